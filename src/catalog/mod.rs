@@ -1,0 +1,177 @@
+//! The catalog: which tables exist, their columns, keys and watermarks. Persisted in the state
+//! store (one JSON entry per object, written synchronously) so it survives restart.
+//!
+//! Object ids are never reused: log records of a dropped table carry its old id and are skipped
+//! on replay, so a new table of the same name never sees them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, sqlstate};
+use crate::storage::state::StateStore;
+use crate::types::{ObjectId, SqlType};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub sql_type: SqlType,
+    pub not_null: bool,
+}
+
+/// `WATERMARK FOR column AS expr`: stored now, used by the windowing issue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkDef {
+    pub column: String,
+    /// The expression as SQL text, validated at CREATE time.
+    pub expr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub id: ObjectId,
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    /// Indices into `columns`; empty when the table has no primary key.
+    pub primary_key: Vec<usize>,
+    pub append_only: bool,
+    pub watermark: Option<WatermarkDef>,
+}
+
+impl TableDef {
+    /// The Arrow schema of the table's rows.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.sql_type.to_arrow(), !c.not_null))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// `CREATE TABLE` text equivalent to this definition (for `SHOW CREATE TABLE`).
+    pub fn create_sql(&self) -> String {
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut s = format!("{} {}", quote_ident(&c.name), c.sql_type);
+                if c.not_null && !self.primary_key.iter().any(|k| self.columns[*k].name == c.name) {
+                    s.push_str(" NOT NULL");
+                }
+                s
+            })
+            .collect();
+        if !self.primary_key.is_empty() {
+            let cols: Vec<String> =
+                self.primary_key.iter().map(|i| quote_ident(&self.columns[*i].name)).collect();
+            parts.push(format!("PRIMARY KEY ({})", cols.join(", ")));
+        }
+        if let Some(w) = &self.watermark {
+            parts.push(format!("WATERMARK FOR {} AS {}", quote_ident(&w.column), w.expr));
+        }
+        let mut sql = format!("CREATE TABLE {} ({})", quote_ident(&self.name), parts.join(", "));
+        if self.append_only {
+            sql.push_str(" APPEND ONLY");
+        }
+        sql
+    }
+}
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Entry {
+    Table(TableDef),
+    NextId { next: ObjectId },
+}
+
+const NEXT_ID_KEY: &[u8] = b"meta/next_id";
+
+fn table_key(id: ObjectId) -> Vec<u8> {
+    format!("table/{id:020}").into_bytes()
+}
+
+/// The in-memory catalog. Mutations go through [`Catalog::create_table`] /
+/// [`Catalog::drop_table`], which persist before changing memory.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    tables: BTreeMap<String, Arc<TableDef>>,
+    next_id: ObjectId,
+}
+
+impl Catalog {
+    pub fn load(store: &StateStore) -> Result<Catalog> {
+        let mut catalog = Catalog { tables: BTreeMap::new(), next_id: 1 };
+        for (key, value) in store.catalog_entries()? {
+            let entry: Entry = serde_json::from_slice(&value).map_err(|e| {
+                crate::err!(
+                    sqlstate::DATA_CORRUPTED,
+                    "catalog entry {} is unreadable: {e}",
+                    String::from_utf8_lossy(&key)
+                )
+            })?;
+            match entry {
+                Entry::Table(t) => {
+                    catalog.next_id = catalog.next_id.max(t.id + 1);
+                    catalog.tables.insert(t.name.clone(), Arc::new(t));
+                }
+                Entry::NextId { next } => catalog.next_id = catalog.next_id.max(next),
+            }
+        }
+        Ok(catalog)
+    }
+
+    pub fn table(&self, name: &str) -> Option<&Arc<TableDef>> {
+        self.tables.get(name)
+    }
+
+    pub fn table_by_id(&self, id: ObjectId) -> Option<&Arc<TableDef>> {
+        self.tables.values().find(|t| t.id == id)
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<TableDef>> {
+        self.tables.values()
+    }
+
+    /// Assigns an id, persists the table and adds it.
+    pub fn create_table(&mut self, store: &StateStore, mut def: TableDef) -> Result<Arc<TableDef>> {
+        def.id = self.next_id;
+        let next = self.next_id + 1;
+        let table_json = serde_json::to_vec(&Entry::Table(def.clone()))
+            .map_err(|e| crate::internal!("serializing the catalog: {e}"))?;
+        let next_json = serde_json::to_vec(&Entry::NextId { next })
+            .map_err(|e| crate::internal!("serializing the catalog: {e}"))?;
+        store.write_catalog(
+            &[(table_key(def.id), table_json), (NEXT_ID_KEY.to_vec(), next_json)],
+            &[],
+        )?;
+        self.next_id = next;
+        let def = Arc::new(def);
+        self.tables.insert(def.name.clone(), def.clone());
+        Ok(def)
+    }
+
+    pub fn drop_table(&mut self, store: &StateStore, name: &str) -> Result<Arc<TableDef>> {
+        let def = self
+            .tables
+            .get(name)
+            .cloned()
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist"))?;
+        store.write_catalog(&[], &[table_key(def.id)])?;
+        self.tables.remove(name);
+        Ok(def)
+    }
+}

@@ -1,0 +1,179 @@
+//! DataFusion integration: a per-session `SessionContext` whose `public` schema serves Eddy's
+//! tables at the statement's snapshot, with the session's uncommitted transaction changes
+//! applied on top.
+//!
+//! ```text
+//!  SessionContext ─ catalog "eddy" ─┬─ schema public      → EddyTable (engine.scan + tx overlay)
+//!                                   ├─ schema pg_catalog  → pg_class, pg_attribute, … (psql)
+//!                                   └─ information_schema (DataFusion's, over the above)
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, SchemaProvider, Session as DfSession, TableProvider,
+};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::config::SessionConfig;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use parking_lot::Mutex;
+
+use super::{Engine, Snapshot};
+use crate::catalog::TableDef;
+use crate::error::Result;
+use crate::types::{ObjectId, ZBatch};
+
+pub const CATALOG_NAME: &str = "eddy";
+
+/// What the current statement of a session reads: the snapshot and the session's uncommitted
+/// transaction changes. Set by the session before planning; read by table scans.
+#[derive(Debug)]
+pub struct ReadState {
+    snapshot: Mutex<Snapshot>,
+    overlay: Mutex<HashMap<ObjectId, Vec<ZBatch>>>,
+}
+
+impl Default for ReadState {
+    fn default() -> Self {
+        ReadState { snapshot: Mutex::new(Snapshot::Latest), overlay: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl ReadState {
+    pub fn set_snapshot(&self, s: Snapshot) {
+        *self.snapshot.lock() = s;
+    }
+    pub fn snapshot(&self) -> Snapshot {
+        *self.snapshot.lock()
+    }
+    pub fn push_overlay(&self, table: ObjectId, change: ZBatch) {
+        self.overlay.lock().entry(table).or_default().push(change);
+    }
+    pub fn overlay(&self, table: ObjectId) -> Vec<ZBatch> {
+        self.overlay.lock().get(&table).cloned().unwrap_or_default()
+    }
+    pub fn take_overlay(&self) -> HashMap<ObjectId, Vec<ZBatch>> {
+        std::mem::take(&mut *self.overlay.lock())
+    }
+    pub fn clear_overlay(&self) {
+        self.overlay.lock().clear();
+    }
+}
+
+/// A new DataFusion context for one session.
+pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG_NAME, "public")
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true)
+        .with_target_partitions(2);
+    let options = config.options_mut();
+    options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    options.sql_parser.map_string_types_to_utf8view = false;
+    options.sql_parser.enable_ident_normalization = true;
+    options.execution.time_zone = Some("+00:00".to_string());
+    let ctx = SessionContext::new_with_config(config);
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema("public", Arc::new(EddySchema { engine: engine.clone(), read }))?;
+    catalog.register_schema("pg_catalog", super::pg_catalog::schema(engine))?;
+    ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
+    super::pg_catalog::register_functions(&ctx);
+    Ok(ctx)
+}
+
+/// Rows of a table as the current statement sees them: the snapshot plus the transaction's
+/// own changes (consolidated, so a row inserted then deleted in the transaction is gone).
+pub fn visible_rows(engine: &Engine, read: &ReadState, def: &TableDef) -> Result<Vec<RecordBatch>> {
+    let base = engine.scan(def.id, read.snapshot())?;
+    let overlay = read.overlay(def.id);
+    if overlay.is_empty() {
+        return Ok(base);
+    }
+    let schema = def.schema();
+    let mut all: Vec<ZBatch> = base.into_iter().map(|b| ZBatch::uniform(b, 1)).collect();
+    all.extend(overlay);
+    Ok(vec![ZBatch::consolidate(&all, &schema)?.expand_positive()?])
+}
+
+struct EddySchema {
+    engine: Arc<Engine>,
+    read: Arc<ReadState>,
+}
+
+impl fmt::Debug for EddySchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EddySchema")
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for EddySchema {
+    fn table_names(&self) -> Vec<String> {
+        self.engine.catalog().tables().map(|t| t.name.clone()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self.engine.catalog().table(name).map(|def| {
+            Arc::new(EddyTable {
+                def: def.clone(),
+                schema: def.schema(),
+                engine: self.engine.clone(),
+                read: self.read.clone(),
+            }) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.engine.catalog().table(name).is_some()
+    }
+}
+
+struct EddyTable {
+    def: Arc<TableDef>,
+    schema: SchemaRef,
+    engine: Arc<Engine>,
+    read: Arc<ReadState>,
+}
+
+impl fmt::Debug for EddyTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EddyTable({})", self.def.name)
+    }
+}
+
+#[async_trait]
+impl TableProvider for EddyTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batches = visible_rows(&self.engine, &self.read, &self.def)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        // Spread chunks over two partitions so both cores work on big scans.
+        let mut partitions = vec![Vec::new(), Vec::new()];
+        for (i, b) in batches.into_iter().enumerate() {
+            partitions[i % 2].push(b);
+        }
+        Ok(MemorySourceConfig::try_new_exec(&partitions, self.schema.clone(), projection.cloned())?)
+    }
+}

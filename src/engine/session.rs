@@ -1,0 +1,878 @@
+//! [`Session`]: one client connection's view of the engine — settings, the open transaction,
+//! and statement execution. The server's only way into the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{self, Statement};
+
+use super::provider::{self, ReadState};
+use super::{Engine, Snapshot, dml};
+use crate::catalog::TableDef;
+use crate::error::{Error, Result, sqlstate};
+use crate::sql::{self, Parsed};
+use crate::types::{ObjectId, ZBatch};
+use crate::unsupported;
+
+/// What a statement produced, for the server to encode.
+pub enum Output {
+    /// Rows; `tag` is the command tag ("SELECT", "SHOW", "EXPLAIN").
+    Rows { schema: SchemaRef, stream: SendableRecordBatchStream, tag: &'static str },
+    /// A command; `rows` is appended to the tag ("INSERT 0 3", "DELETE 2").
+    Command { tag: &'static str, rows: Option<usize> },
+    /// BEGIN: the session is now in a transaction block.
+    TransactionStart,
+    /// COMMIT or ROLLBACK (the tag says which actually happened).
+    TransactionEnd { tag: &'static str },
+    /// COPY … FROM STDIN: the server now reads CopyData and calls [`Session::copy_rows`].
+    CopyIn(CopyIn),
+    /// A warning (PostgreSQL sends these as NOTICE/WARNING) plus a command tag.
+    Warning { tag: &'static str, message: String },
+}
+
+/// `COPY t FROM STDIN` in progress.
+#[derive(Debug, Clone)]
+pub struct CopyIn {
+    pub table: Arc<TableDef>,
+    /// Table column indices, in the order the data has them.
+    pub columns: Vec<usize>,
+    pub format: CopyFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyFormat {
+    pub csv: bool,
+    pub header: bool,
+    pub delimiter: u8,
+    pub null: String,
+    pub quote: u8,
+    pub escape: u8,
+}
+
+/// A statement parsed and described for the extended protocol.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub parsed: Parsed,
+    /// Types of `$1…$n` as inferred (None: unknown, sent as text).
+    pub param_types: Vec<Option<DataType>>,
+    /// Columns of the result, when the statement returns rows.
+    pub schema: Option<SchemaRef>,
+}
+
+struct Transaction {
+    /// An error happened: everything but ROLLBACK/COMMIT fails with 25P02.
+    failed: bool,
+}
+
+/// Session settings with PostgreSQL's names and defaults.
+fn default_settings() -> BTreeMap<String, String> {
+    [
+        ("application_name", ""),
+        ("client_encoding", "UTF8"),
+        ("client_min_messages", "notice"),
+        ("datestyle", "ISO, MDY"),
+        ("default_transaction_isolation", "read committed"),
+        ("extra_float_digits", "1"),
+        ("integer_datetimes", "on"),
+        ("intervalstyle", "postgres"),
+        ("is_superuser", "on"),
+        ("lc_messages", "C"),
+        ("max_identifier_length", "63"),
+        ("search_path", "public"),
+        ("server_encoding", "UTF8"),
+        ("server_version", crate::SERVER_VERSION),
+        ("server_version_num", crate::SERVER_VERSION_NUM),
+        ("standard_conforming_strings", "on"),
+        ("statement_timeout", "0"),
+        ("timezone", "UTC"),
+        ("transaction_isolation", "read committed"),
+        ("transaction_read_only", "off"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+const READ_ONLY_SETTINGS: &[&str] = &[
+    "server_version",
+    "server_version_num",
+    "server_encoding",
+    "integer_datetimes",
+    "max_identifier_length",
+    "is_superuser",
+];
+
+pub struct Session {
+    engine: Arc<Engine>,
+    ctx: SessionContext,
+    read: Arc<ReadState>,
+    settings: BTreeMap<String, String>,
+    tx: Option<Transaction>,
+}
+
+impl Session {
+    pub fn new(engine: Arc<Engine>, startup: &HashMap<String, String>) -> Result<Session> {
+        let read = Arc::new(ReadState::default());
+        let ctx = provider::session_context(engine.clone(), read.clone())?;
+        let mut settings = default_settings();
+        if let Some(app) = startup.get("application_name") {
+            settings.insert("application_name".into(), app.clone());
+        }
+        Ok(Session { engine, ctx, read, settings, tx: None })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(&name.to_lowercase()).map(|s| s.as_str())
+    }
+
+    /// Parses and describes one statement for the extended protocol.
+    pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
+        let (param_types, schema) = match &parsed.stmt {
+            Statement::Query(_) | Statement::Explain { .. } => {
+                self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                let plan = self.plan(&parsed.stmt).await?;
+                let params = param_types_of(&plan)?;
+                let schema = output_schema(&parsed.stmt, &plan);
+                (params, Some(schema))
+            }
+            Statement::Insert(insert) => (dml::insert_param_types(self, insert).await?, None),
+            Statement::Update(_) | Statement::Delete(_) => {
+                (dml::param_types(self, &parsed.stmt).await?, None)
+            }
+            Statement::ShowVariable { variable } => {
+                let name = show_name(variable);
+                (vec![], Some(single_text_schema(&name)))
+            }
+            Statement::ShowTables { .. } => (vec![], Some(single_text_schema("name"))),
+            Statement::ShowCreate { .. } => (vec![], Some(show_create_schema())),
+            _ => (vec![], None),
+        };
+        Ok(Prepared { parsed, param_types, schema })
+    }
+
+    /// Runs one statement with bound parameter values.
+    pub async fn execute(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
+        let ends_tx = matches!(parsed.stmt, Statement::Commit { .. } | Statement::Rollback { .. });
+        if self.tx.as_ref().is_some_and(|t| t.failed) && !ends_tx {
+            return Err(Error::new(
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let result = self.execute_inner(parsed, params).await;
+        if result.is_err() {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.failed = true;
+            }
+        }
+        result
+    }
+
+    /// Marks the open transaction failed (used by the server when an error happens outside
+    /// `execute`, e.g. while decoding parameters or COPY data).
+    pub fn fail_transaction(&mut self) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.failed = true;
+        }
+    }
+
+    async fn execute_inner(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
+        match &parsed.stmt {
+            Statement::Query(query) => {
+                if query_has_locking(query) {
+                    return Err(unsupported!(
+                        "SELECT … FOR UPDATE/SHARE: Eddy has no row locks (reads see a consistent snapshot)"
+                    ));
+                }
+                self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                let plan = self.plan_with_params(&parsed.stmt, params).await?;
+                let schema = output_schema(&parsed.stmt, &plan);
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                let stream = df.execute_stream().await?;
+                let stream = rename_stream(stream, schema.clone());
+                Ok(Output::Rows { schema, stream, tag: "SELECT" })
+            }
+            Statement::Explain { .. } => {
+                self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                let plan = self.plan_with_params(&parsed.stmt, params).await?;
+                let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+                Ok(explain_output(&batches))
+            }
+            Statement::Insert(insert) => {
+                let (table, change) = dml::insert(self, insert, params).await?;
+                let n = change.num_rows();
+                self.write(table, change).await?;
+                Ok(Output::Command { tag: "INSERT", rows: Some(n) })
+            }
+            Statement::Update(_) | Statement::Delete(_) => {
+                let tag = if matches!(parsed.stmt, Statement::Update(_)) { "UPDATE" } else { "DELETE" };
+                let engine = self.engine.clone();
+                let _guard = match self.tx {
+                    None => Some(engine.write_lock.lock().await),
+                    Some(_) => None,
+                };
+                let (table, change, n) = dml::update_or_delete(self, &parsed.stmt, params).await?;
+                self.write(table, change).await?;
+                Ok(Output::Command { tag, rows: Some(n) })
+            }
+            Statement::CreateTable(ct) => {
+                if self.tx.is_some() {
+                    return Err(ddl_in_transaction("CREATE TABLE"));
+                }
+                let def = sql::ddl::table_def(parsed, ct)?;
+                self.validate_watermark(&def).await?;
+                let created = self.engine.create_table(def, ct.if_not_exists).await?;
+                if created {
+                    Ok(Output::Command { tag: "CREATE TABLE", rows: None })
+                } else {
+                    Ok(Output::Warning {
+                        tag: "CREATE TABLE",
+                        message: format!(
+                            "relation \"{}\" already exists, skipping",
+                            sql::table_name(&ct.name)?
+                        ),
+                    })
+                }
+            }
+            Statement::Drop { object_type, if_exists, names, cascade: _, .. } => {
+                if *object_type != ast::ObjectType::Table {
+                    return Err(unsupported!("DROP {object_type}"));
+                }
+                if self.tx.is_some() {
+                    return Err(ddl_in_transaction("DROP TABLE"));
+                }
+                let mut skipped = Vec::new();
+                for name in names {
+                    let name = sql::table_name(name)?;
+                    if self.engine.catalog().table(&name).is_none() {
+                        if *if_exists {
+                            skipped.push(name);
+                            continue;
+                        }
+                        return Err(crate::err!(
+                            sqlstate::UNDEFINED_TABLE,
+                            "table \"{name}\" does not exist"
+                        ));
+                    }
+                    self.engine.drop_table(&name).await?;
+                }
+                if let Some(name) = skipped.first() {
+                    return Ok(Output::Warning {
+                        tag: "DROP TABLE",
+                        message: format!("table \"{name}\" does not exist, skipping"),
+                    });
+                }
+                Ok(Output::Command { tag: "DROP TABLE", rows: None })
+            }
+            Statement::StartTransaction { .. } => {
+                if self.tx.is_some() {
+                    return Ok(Output::Warning {
+                        tag: "BEGIN",
+                        message: "there is already a transaction in progress".into(),
+                    });
+                }
+                self.tx = Some(Transaction { failed: false });
+                self.read.clear_overlay();
+                Ok(Output::TransactionStart)
+            }
+            Statement::Commit { .. } => {
+                let Some(tx) = self.tx.take() else {
+                    return Ok(Output::Warning {
+                        tag: "COMMIT",
+                        message: "there is no transaction in progress".into(),
+                    });
+                };
+                let overlay = self.read.take_overlay();
+                if tx.failed {
+                    return Ok(Output::TransactionEnd { tag: "ROLLBACK" });
+                }
+                let catalog = self.engine.catalog();
+                let mut changes = Vec::new();
+                for (id, batches) in overlay {
+                    let Some(def) = catalog.tables().find(|t| t.id == id) else {
+                        return Err(crate::err!(
+                            sqlstate::UNDEFINED_TABLE,
+                            "a table written by this transaction was dropped"
+                        ));
+                    };
+                    changes.push((id, ZBatch::consolidate(&batches, &def.schema())?));
+                }
+                self.engine.commit(changes).await?;
+                Ok(Output::TransactionEnd { tag: "COMMIT" })
+            }
+            Statement::Rollback { .. } => {
+                if self.tx.take().is_none() {
+                    return Ok(Output::Warning {
+                        tag: "ROLLBACK",
+                        message: "there is no transaction in progress".into(),
+                    });
+                }
+                self.read.clear_overlay();
+                Ok(Output::TransactionEnd { tag: "ROLLBACK" })
+            }
+            Statement::Set(set) => self.set(set),
+            Statement::ShowVariable { variable } => self.show(variable),
+            Statement::ShowTables { .. } => {
+                let names: Vec<String> =
+                    self.engine.catalog().tables().map(|t| t.name.clone()).collect();
+                let schema = single_text_schema("name");
+                Ok(rows_output(schema, vec![Arc::new(StringArray::from(names))], "SHOW"))
+            }
+            Statement::ShowCreate { obj_type, obj_name } => {
+                if *obj_type != ast::ShowCreateObject::Table {
+                    return Err(unsupported!("SHOW CREATE {obj_type}"));
+                }
+                let name = sql::table_name(obj_name)?;
+                let def = self.table(&name)?;
+                let schema = show_create_schema();
+                Ok(rows_output(
+                    schema,
+                    vec![
+                        Arc::new(StringArray::from(vec![def.name.clone()])),
+                        Arc::new(StringArray::from(vec![def.create_sql()])),
+                    ],
+                    "SHOW",
+                ))
+            }
+            Statement::Copy { source, to, target, options, legacy_options, values } => {
+                if *to {
+                    return Err(unsupported!("COPY … TO"));
+                }
+                if !matches!(target, ast::CopyTarget::Stdin) {
+                    return Err(Error::new(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        "COPY FROM a file or program is not allowed; use COPY … FROM STDIN",
+                    ));
+                }
+                if !values.is_empty() {
+                    return Err(unsupported!("inline COPY data in the query string"));
+                }
+                let ast::CopySource::Table { table_name, columns } = source else {
+                    return Err(unsupported!("COPY (query) FROM"));
+                };
+                let name = sql::table_name(table_name)?;
+                let table = self.table(&name)?;
+                let columns = target_columns(&table, columns)?;
+                let format = copy_format(options, legacy_options)?;
+                Ok(Output::CopyIn(CopyIn { table, columns, format }))
+            }
+            Statement::Discard { .. } => {
+                self.settings = default_settings();
+                Ok(Output::Command { tag: "DISCARD ALL", rows: None })
+            }
+            Statement::Reset(_) => Ok(Output::Command { tag: "RESET", rows: None }),
+            other => Err(unsupported!("statement {}", statement_kind(other))),
+        }
+    }
+
+    /// Validates `WATERMARK FOR col AS expr` by planning the expression over the table.
+    async fn validate_watermark(&mut self, def: &TableDef) -> Result<()> {
+        let Some(w) = &def.watermark else { return Ok(()) };
+        let schema = def.schema();
+        let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())?;
+        let expr = self.ctx.parse_sql_expr(&w.expr, &df_schema).map_err(|e| {
+            let e = Error::from(e);
+            Error::new(e.sqlstate, format!("invalid WATERMARK expression: {}", e.message))
+        })?;
+        let (_, field) = datafusion::logical_expr::ExprSchemable::to_field(&expr, &df_schema)
+            .map_err(Error::from)?;
+        let ty = field.data_type().clone();
+        let col_ty = schema
+            .field_with_name(&w.column)
+            .map_err(Error::from)?
+            .data_type()
+            .clone();
+        let ok = matches!(
+            (&ty, &col_ty),
+            (DataType::Timestamp(_, _), DataType::Timestamp(_, _)) | (DataType::Date32, DataType::Date32)
+        ) || (matches!(col_ty, DataType::Date32) && matches!(ty, DataType::Timestamp(_, _)));
+        if !ok {
+            return Err(crate::err!(
+                sqlstate::DATATYPE_MISMATCH,
+                "WATERMARK expression must have the type of column \"{}\", not {ty}",
+                w.column
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn table(&self, name: &str) -> Result<Arc<TableDef>> {
+        self.engine
+            .catalog()
+            .table(name)
+            .cloned()
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "relation \"{name}\" does not exist"))
+    }
+
+    pub(super) fn read_state(&self) -> &Arc<ReadState> {
+        &self.read
+    }
+
+    pub(super) async fn plan(&self, stmt: &Statement) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let plan = state
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+            .await?;
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_with_params(
+        &self,
+        stmt: &Statement,
+        params: &[ScalarValue],
+    ) -> Result<LogicalPlan> {
+        let plan = self.plan(stmt).await?;
+        if params.is_empty() {
+            return Ok(plan);
+        }
+        let types = plan.get_parameter_types()?;
+        let mut values = params.to_vec();
+        for (i, v) in values.iter_mut().enumerate() {
+            if let Some(Some(ty)) = types.get(&format!("${}", i + 1)) {
+                if v.data_type() != *ty {
+                    *v = super::convert::cast_scalar(v, ty)?;
+                }
+            }
+        }
+        Ok(plan.with_param_values(values)?)
+    }
+
+    pub(super) async fn query_batches(
+        &self,
+        stmt: &Statement,
+        params: &[ScalarValue],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let plan = self.plan_with_params(stmt, params).await?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        Ok((schema, batches))
+    }
+
+    /// Applies a change now (autocommit) or adds it to the open transaction.
+    async fn write(&mut self, table: ObjectId, change: ZBatch) -> Result<()> {
+        if change.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            dml::check_in_transaction(self, table, &change)?;
+            self.read.push_overlay(table, change);
+            Ok(())
+        } else {
+            self.engine.commit(vec![(table, change)]).await.map(|_| ())
+        }
+    }
+
+    /// Converts one chunk of COPY text columns (in `copy.columns` order) into table rows.
+    /// On a bad value returns the row (within the chunk) and the error.
+    pub fn copy_rows(
+        &self,
+        copy: &CopyIn,
+        columns: Vec<StringArray>,
+    ) -> std::result::Result<RecordBatch, (usize, usize, Error)> {
+        dml::copy_rows(copy, columns)
+    }
+
+    /// Writes the rows of a finished COPY; returns the row count.
+    pub async fn copy_commit(&mut self, copy: &CopyIn, batches: Vec<RecordBatch>) -> Result<usize> {
+        if self.tx.as_ref().is_some_and(|t| t.failed) {
+            return Err(Error::new(
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let schema = copy.table.schema();
+        let data = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+        let n = data.num_rows();
+        let result = self.write(copy.table.id, ZBatch::uniform(data, 1)).await;
+        if result.is_err() {
+            self.fail_transaction();
+        }
+        result.map(|_| n)
+    }
+
+    fn set(&mut self, set: &ast::Set) -> Result<Output> {
+        let (name, value) = match set {
+            ast::Set::SingleAssignment { variable, values, .. } => {
+                let name = variable.to_string().to_lowercase();
+                let value = values.iter().map(setting_value).collect::<Vec<_>>().join(", ");
+                (name, value)
+            }
+            ast::Set::SetTimeZone { value, .. } => ("timezone".to_string(), setting_value(value)),
+            ast::Set::SetNames { charset_name, .. } => {
+                ("client_encoding".to_string(), charset_name.value.clone())
+            }
+            ast::Set::SetTransaction { .. } => {
+                return Ok(Output::Command { tag: "SET", rows: None });
+            }
+            other => return Err(unsupported!("{other}")),
+        };
+        let value = if value.eq_ignore_ascii_case("default") {
+            default_settings().get(&name).cloned().unwrap_or_default()
+        } else {
+            value
+        };
+        if READ_ONLY_SETTINGS.contains(&name.as_str()) {
+            return Err(crate::err!(
+                "55P02",
+                "parameter \"{name}\" cannot be changed"
+            ));
+        }
+        match name.as_str() {
+            "timezone" => {
+                let v = value.to_ascii_uppercase();
+                if !matches!(v.as_str(), "UTC" | "GMT" | "ETC/UTC" | "Z" | "ZULU" | "+00:00" | "0" | "UCT") {
+                    return Err(unsupported!(
+                        "time zone \"{value}\": Eddy's sessions run in UTC"
+                    ));
+                }
+            }
+            "client_encoding" => {
+                let v = value.to_ascii_uppercase().replace(['-', '_'], "");
+                if v != "UTF8" && v != "UNICODE" {
+                    return Err(unsupported!("client_encoding \"{value}\": only UTF8 is supported"));
+                }
+            }
+            _ => {
+                if !self.settings.contains_key(&name) && !name.contains('.') && !KNOWN_SETTINGS.contains(&name.as_str()) {
+                    return Err(crate::err!(
+                        sqlstate::UNDEFINED_OBJECT,
+                        "unrecognized configuration parameter \"{name}\""
+                    ));
+                }
+            }
+        }
+        self.settings.insert(name, value);
+        Ok(Output::Command { tag: "SET", rows: None })
+    }
+
+    fn show(&self, variable: &[ast::Ident]) -> Result<Output> {
+        let name = show_name(variable);
+        if name == "all" {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("name", DataType::Utf8, false),
+                Field::new("setting", DataType::Utf8, false),
+            ]));
+            let names: Vec<&str> = self.settings.keys().map(|s| s.as_str()).collect();
+            let values: Vec<&str> = self.settings.values().map(|s| s.as_str()).collect();
+            return Ok(rows_output(
+                schema,
+                vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(values))],
+                "SHOW",
+            ));
+        }
+        let key = match name.as_str() {
+            "transaction isolation level" => "transaction_isolation".to_string(),
+            "time zone" => "timezone".to_string(),
+            _ => name.clone(),
+        };
+        let value = self.settings.get(&key).ok_or_else(|| {
+            crate::err!(sqlstate::UNDEFINED_OBJECT, "unrecognized configuration parameter \"{name}\"")
+        })?;
+        let schema = single_text_schema(&key);
+        Ok(rows_output(schema, vec![Arc::new(StringArray::from(vec![value.clone()]))], "SHOW"))
+    }
+}
+
+/// Settings that may be SET though they have no default row above (accepted and remembered).
+const KNOWN_SETTINGS: &[&str] = &[
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "synchronous_commit",
+    "bytea_output",
+    "row_security",
+    "jit",
+    "geqo",
+    "work_mem",
+    "maintenance_work_mem",
+    "enable_seqscan",
+    "enable_indexscan",
+    "xmloption",
+    "default_transaction_read_only",
+    "default_transaction_deferrable",
+    "session_replication_role",
+    "check_function_bodies",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "search_path",
+];
+
+fn setting_value(e: &ast::Expr) -> String {
+    match e {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        ast::Expr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn show_name(variable: &[ast::Ident]) -> String {
+    variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ")
+}
+
+fn ddl_in_transaction(what: &str) -> Error {
+    unsupported!("{what} inside a transaction block")
+}
+
+fn single_text_schema(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]))
+}
+
+fn show_create_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("create_sql", DataType::Utf8, false),
+    ]))
+}
+
+fn rows_output(schema: SchemaRef, columns: Vec<ArrayRef>, tag: &'static str) -> Output {
+    let batch = RecordBatch::try_new(schema.clone(), columns);
+    let stream = futures::stream::iter(vec![batch.map_err(Into::into)]);
+    Output::Rows {
+        schema: schema.clone(),
+        stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+        tag,
+    }
+}
+
+/// EXPLAIN output as PostgreSQL clients expect: one text column "QUERY PLAN", one row per line.
+fn explain_output(batches: &[RecordBatch]) -> Output {
+    let mut lines = Vec::new();
+    for batch in batches {
+        let (Some(kind), Some(plan)) = (
+            batch.column(0).as_any().downcast_ref::<StringArray>(),
+            batch.column(1).as_any().downcast_ref::<StringArray>(),
+        ) else {
+            continue;
+        };
+        for row in 0..batch.num_rows() {
+            if batches.len() > 1 || batch.num_rows() > 1 {
+                lines.push(format!("{}:", kind.value(row)));
+            }
+            lines.extend(plan.value(row).lines().map(|l| l.to_string()));
+        }
+    }
+    rows_output(
+        single_text_schema("QUERY PLAN"),
+        vec![Arc::new(StringArray::from(lines))],
+        "EXPLAIN",
+    )
+}
+
+fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types()?;
+    let mut out = Vec::new();
+    let n = types
+        .keys()
+        .filter_map(|k| k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()))
+        .max()
+        .unwrap_or(0);
+    for i in 1..=n {
+        out.push(types.get(&format!("${i}")).cloned().flatten());
+    }
+    Ok(out)
+}
+
+/// The result columns, named as PostgreSQL would name them.
+fn output_schema(stmt: &Statement, plan: &LogicalPlan) -> SchemaRef {
+    if matches!(stmt, Statement::Explain { .. }) {
+        return single_text_schema("QUERY PLAN");
+    }
+    let arrow = plan.schema().as_arrow();
+    let fields: Vec<Field> = arrow
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_name(pg_column_name(f.name())))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, arrow.metadata().clone()))
+}
+
+/// DataFusion names computed columns after their expression (`count(*)`, `Int64(1)`);
+/// PostgreSQL names them after the function (`count`) or `?column?`.
+fn pg_column_name(name: &str) -> String {
+    let plain = name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '"' || c == '.')
+        && !name.contains('(');
+    if plain {
+        return name.rsplit('.').next().unwrap_or(name).to_string();
+    }
+    if let Some(open) = name.find('(') {
+        let func = &name[..open];
+        if !func.is_empty() && func.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            let lower = func.to_lowercase();
+            // Literals such as Int64(1) and Utf8("a"), and casts, become ?column?.
+            let is_literal = [
+                "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                "float16", "float32", "float64", "utf8", "utf8view", "largeutf8", "boolean",
+                "decimal128", "date32", "timestamp", "intervalmonthdaynano", "binary",
+            ]
+            .contains(&lower.as_str());
+            if is_literal {
+                return "?column?".into();
+            }
+            if lower == "cast" || lower == "try_cast" {
+                // CAST(x AS t): PostgreSQL names it after x when x is a column.
+                let inner = &name[open + 1..];
+                let inner = inner.split(" AS ").next().unwrap_or(inner);
+                let plain = inner.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+                return if plain {
+                    inner.rsplit('.').next().unwrap_or(inner).to_string()
+                } else {
+                    "?column?".into()
+                };
+            }
+            return lower;
+        }
+    }
+    if name == "NULL" || name.starts_with("Boolean(") {
+        return "?column?".into();
+    }
+    if matches!(name, "true" | "false") {
+        return "bool".into();
+    }
+    "?column?".into()
+}
+
+/// Renames the stream's columns to `schema`'s names (data unchanged).
+fn rename_stream(stream: SendableRecordBatchStream, schema: SchemaRef) -> SendableRecordBatchStream {
+    use futures::StreamExt;
+    let out_schema = schema.clone();
+    let mapped = stream.map(move |batch| {
+        let batch = batch?;
+        RecordBatch::try_new_with_options(
+            out_schema.clone(),
+            batch.columns().to_vec(),
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )
+        .map_err(Into::into)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, mapped))
+}
+
+fn query_has_locking(query: &ast::Query) -> bool {
+    !query.locks.is_empty()
+}
+
+/// Resolves an optional column list against a table.
+pub(super) fn target_columns(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<usize>> {
+    if columns.is_empty() {
+        return Ok((0..table.columns.len()).collect());
+    }
+    let mut out = Vec::with_capacity(columns.len());
+    for c in columns {
+        let name = sql::normalize_ident(c);
+        let idx = table.column_index(&name).ok_or_else(|| {
+            crate::err!(
+                sqlstate::UNDEFINED_COLUMN,
+                "column \"{name}\" of relation \"{}\" does not exist",
+                table.name
+            )
+        })?;
+        if out.contains(&idx) {
+            return Err(crate::err!(
+                sqlstate::DUPLICATE_COLUMN,
+                "column \"{name}\" specified more than once"
+            ));
+        }
+        out.push(idx);
+    }
+    Ok(out)
+}
+
+fn copy_format(options: &[ast::CopyOption], legacy: &[ast::CopyLegacyOption]) -> Result<CopyFormat> {
+    let mut f = CopyFormat {
+        csv: false,
+        header: false,
+        delimiter: b'\t',
+        null: "\\N".into(),
+        quote: b'"',
+        escape: b'"',
+    };
+    let mut delimiter = None;
+    let mut null = None;
+    let mut escape = None;
+    let single_byte = |c: char, what: &str| -> Result<u8> {
+        if c.is_ascii() {
+            Ok(c as u8)
+        } else {
+            Err(unsupported!("COPY {what} must be a single one-byte character"))
+        }
+    };
+    for o in options {
+        match o {
+            ast::CopyOption::Format(name) => match name.value.to_lowercase().as_str() {
+                "csv" => f.csv = true,
+                "text" => f.csv = false,
+                "binary" => return Err(unsupported!("COPY FORMAT binary")),
+                other => {
+                    return Err(crate::err!(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        "COPY format \"{other}\" not recognized"
+                    ));
+                }
+            },
+            ast::CopyOption::Header(h) => f.header = *h,
+            ast::CopyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
+            ast::CopyOption::Null(s) => null = Some(s.clone()),
+            ast::CopyOption::Quote(c) => f.quote = single_byte(*c, "quote")?,
+            ast::CopyOption::Escape(c) => escape = Some(single_byte(*c, "escape")?),
+            ast::CopyOption::Encoding(e) => {
+                let v = e.to_ascii_uppercase().replace(['-', '_'], "");
+                if v != "UTF8" {
+                    return Err(unsupported!("COPY ENCODING {e}: only UTF8"));
+                }
+            }
+            ast::CopyOption::Freeze(_) => {}
+            other => return Err(unsupported!("COPY option {other}")),
+        }
+    }
+    for o in legacy {
+        match o {
+            ast::CopyLegacyOption::Csv(_) => f.csv = true,
+            ast::CopyLegacyOption::Header => f.header = true,
+            ast::CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
+            ast::CopyLegacyOption::Null(s) => null = Some(s.clone()),
+            other => return Err(unsupported!("COPY option {other}")),
+        }
+    }
+    if f.csv {
+        f.delimiter = delimiter.unwrap_or(b',');
+        f.null = null.unwrap_or_default();
+        f.escape = escape.unwrap_or(f.quote);
+    } else {
+        if f.header {
+            // PostgreSQL allows HEADER for text since 15.
+        }
+        f.delimiter = delimiter.unwrap_or(b'\t');
+        f.null = null.unwrap_or_else(|| "\\N".into());
+    }
+    Ok(f)
+}
+
+fn statement_kind(stmt: &Statement) -> String {
+    let text = stmt.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    let kind: Vec<&str> = words
+        .iter()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic() || c == '_'))
+        .copied()
+        .collect();
+    if kind.is_empty() { words.first().copied().unwrap_or("").to_string() } else { kind.join(" ") }
+}

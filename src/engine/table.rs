@@ -1,0 +1,547 @@
+//! [`TableStore`]: the current contents of one table, in memory, as Arrow chunks.
+//!
+//! Changes arrive as [`ZBatch`]es (from a commit or from log replay) and are applied by content:
+//! a +1 row is appended, a -1 row removes one live row with equal values (found through a hash
+//! index on the primary key, or on all columns for tables without one). Applying is two-phase —
+//! [`TableStore::plan`] checks everything (duplicate keys, rows to delete exist) without changing
+//! anything, [`TableStore::commit`] then cannot fail — so a transaction touching several tables
+//! is all-or-nothing.
+//!
+//! Visibility by LSN. Each chunk remembers the LSN that inserted it and each row the LSN that
+//! deleted it. Writers see the latest state (including commits still waiting for their fsync);
+//! readers ask for a snapshot at the durable LSN and so never see a row that a crash could take
+//! back.
+//!
+//! State kept: chunks (Arrow batches), per-row delete LSNs, the key index. Small chunks (single-
+//! row INSERTs) are merged once durable; rows deleted before the durable LSN are dropped then.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, DynComparator, RecordBatch, UInt32Array, make_comparator,
+};
+use datafusion::arrow::compute::{SortOptions, filter_record_batch, interleave_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+
+use crate::catalog::TableDef;
+use crate::error::{Error, Result, sqlstate};
+use crate::types::{Lsn, ZBatch};
+
+/// Chunks smaller than this are merged together once durable.
+const SMALL_CHUNK_ROWS: usize = 4096;
+/// Merge when this many small durable chunks have piled up.
+const MERGE_THRESHOLD: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RowRef {
+    chunk: u32,
+    row: u32,
+}
+
+/// Keys of the index are already hashes.
+#[derive(Default)]
+struct IdentityHasher(u64);
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("IdentityHasher only hashes u64")
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+type KeyIndex = HashMap<u64, Vec<RowRef>, BuildHasherDefault<IdentityHasher>>;
+
+struct Chunk {
+    batch: RecordBatch,
+    inserted: Lsn,
+    /// Per row: the LSN that deleted it, `Lsn::MAX` while live. Empty while no row is deleted.
+    deleted: Vec<Lsn>,
+    live: usize,
+}
+
+impl Chunk {
+    fn is_live(&self, row: usize) -> bool {
+        self.deleted.is_empty() || self.deleted[row] == Lsn::MAX
+    }
+}
+
+/// Which rows a read sees.
+#[derive(Debug, Clone, Copy)]
+pub enum Snapshot {
+    /// Everything committed, durable or not (writers).
+    Latest,
+    /// What was durable at this LSN (readers).
+    At(Lsn),
+}
+
+/// A validated change, ready to [`TableStore::commit`].
+pub struct Plan {
+    deletes: Vec<RowRef>,
+    inserts: Option<RecordBatch>,
+    insert_hashes: Vec<u64>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.deletes.is_empty() && self.inserts.is_none()
+    }
+}
+
+pub struct TableStore {
+    name: String,
+    schema: SchemaRef,
+    /// Columns of the index: the primary key, or every column when there is none.
+    key_columns: Vec<usize>,
+    key_names: Vec<String>,
+    unique: bool,
+    chunks: Vec<Option<Chunk>>,
+    free_slots: Vec<u32>,
+    /// Maintained for tables with a primary key; built on the first delete otherwise.
+    index: Option<KeyIndex>,
+    random_state: RandomState,
+    live_rows: usize,
+}
+
+impl TableStore {
+    pub fn new(def: &TableDef) -> TableStore {
+        let unique = !def.primary_key.is_empty();
+        let key_columns: Vec<usize> =
+            if unique { def.primary_key.clone() } else { (0..def.columns.len()).collect() };
+        TableStore {
+            name: def.name.clone(),
+            schema: def.schema(),
+            key_names: key_columns.iter().map(|i| def.columns[*i].name.clone()).collect(),
+            key_columns,
+            unique,
+            chunks: Vec::new(),
+            free_slots: Vec::new(),
+            index: if unique { Some(KeyIndex::default()) } else { None },
+            random_state: RandomState::with_seed(0),
+            live_rows: 0,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn live_rows(&self) -> usize {
+        self.live_rows
+    }
+
+    /// The table's rows as of `snapshot`.
+    pub fn scan(&self, snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for chunk in self.chunks.iter().flatten() {
+            let visible_insert = match snapshot {
+                Snapshot::Latest => true,
+                Snapshot::At(lsn) => chunk.inserted <= lsn,
+            };
+            if !visible_insert {
+                continue;
+            }
+            let any_deleted = match snapshot {
+                Snapshot::Latest => chunk.live < chunk.batch.num_rows(),
+                Snapshot::At(lsn) => chunk.deleted.iter().any(|d| *d <= lsn),
+            };
+            if !any_deleted {
+                out.push(chunk.batch.clone());
+                continue;
+            }
+            let mask: BooleanArray = chunk
+                .deleted
+                .iter()
+                .map(|d| {
+                    Some(match snapshot {
+                        Snapshot::Latest => *d == Lsn::MAX,
+                        Snapshot::At(lsn) => *d > lsn,
+                    })
+                })
+                .collect();
+            let filtered = filter_record_batch(&chunk.batch, &mask)?;
+            if filtered.num_rows() > 0 {
+                out.push(filtered);
+            }
+        }
+        Ok(out)
+    }
+
+    fn hashes(&self, batch: &RecordBatch) -> Result<Vec<u64>> {
+        let arrays: Vec<&ArrayRef> = self.key_columns.iter().map(|i| batch.column(*i)).collect();
+        let mut hashes = vec![0u64; batch.num_rows()];
+        create_hashes(arrays, &self.random_state, &mut hashes)?;
+        Ok(hashes)
+    }
+
+    fn ensure_index(&mut self) -> Result<()> {
+        if self.index.is_some() {
+            return Ok(());
+        }
+        let mut index = KeyIndex::default();
+        for (slot, chunk) in self.chunks.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            let hashes = self.hashes(&chunk.batch)?;
+            for (row, h) in hashes.into_iter().enumerate() {
+                if chunk.is_live(row) {
+                    index.entry(h).or_default().push(RowRef { chunk: slot as u32, row: row as u32 });
+                }
+            }
+        }
+        self.index = Some(index);
+        Ok(())
+    }
+
+    fn comparators(&self, incoming: &RecordBatch, chunk: &Chunk) -> Result<Vec<DynComparator>> {
+        self.key_columns
+            .iter()
+            .map(|c| {
+                make_comparator(
+                    incoming.column(*c).as_ref(),
+                    chunk.batch.column(*c).as_ref(),
+                    SortOptions::default(),
+                )
+                .map_err(Error::from)
+            })
+            .collect()
+    }
+
+    fn key_text(&self, batch: &RecordBatch, row: usize) -> String {
+        self.key_columns
+            .iter()
+            .map(|c| array_value_to_string(batch.column(*c), row).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn duplicate_key(&self, batch: &RecordBatch, row: usize) -> Error {
+        crate::err!(
+            sqlstate::UNIQUE_VIOLATION,
+            "duplicate key value violates unique constraint \"{}_pkey\"",
+            self.name
+        )
+        .with_detail(format!(
+            "Key ({})=({}) already exists.",
+            self.key_names.join(", "),
+            self.key_text(batch, row)
+        ))
+    }
+
+    /// Checks `change` against the latest state and returns what [`TableStore::commit`] will
+    /// do. Deletes are matched first, so an update of a key to itself passes. Fails with 23505
+    /// for a duplicate key and 40001 when a row to delete is no longer there (a concurrent
+    /// write got there first).
+    pub fn plan(&mut self, change: &ZBatch) -> Result<Plan> {
+        let batch = &change.data;
+        let weights = change.weights.values();
+        let has_deletes = weights.iter().any(|w| *w < 0);
+        if has_deletes {
+            self.ensure_index()?;
+        }
+        let hashes = if has_deletes || self.unique { self.hashes(batch)? } else { Vec::new() };
+        let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let matches = |this: &Self,
+                       comparators: &mut HashMap<u32, Vec<DynComparator>>,
+                       row: usize,
+                       at: RowRef|
+         -> Result<bool> {
+            let chunk = this.chunks[at.chunk as usize]
+                .as_ref()
+                .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
+            if !comparators.contains_key(&at.chunk) {
+                comparators.insert(at.chunk, this.comparators(batch, chunk)?);
+            }
+            let cmps = &comparators[&at.chunk];
+            Ok(cmps.iter().all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
+        };
+
+        // Deletes: find a distinct live row for each -1.
+        let mut deletes = Vec::new();
+        let mut deleting: HashSet<RowRef> = HashSet::new();
+        for (row, w) in weights.iter().enumerate() {
+            for _ in 0..(-*w).max(0) {
+                let candidates = self.index.as_ref().and_then(|ix| ix.get(&hashes[row]));
+                let mut found = None;
+                for at in candidates.into_iter().flatten() {
+                    if !deleting.contains(at) && matches(self, &mut comparators, row, *at)? {
+                        found = Some(*at);
+                        break;
+                    }
+                }
+                let at = found.ok_or_else(|| {
+                    crate::err!(
+                        sqlstate::SERIALIZATION_FAILURE,
+                        "could not serialize access due to concurrent update of table \"{}\"",
+                        self.name
+                    )
+                })?;
+                deleting.insert(at);
+                deletes.push(at);
+            }
+        }
+
+        // Inserts: each +w row, w times; keys must be new (or freed by a delete above).
+        let mut take: Vec<(usize, usize)> = Vec::new();
+        let mut insert_hashes = Vec::new();
+        let mut pending: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (row, w) in weights.iter().enumerate() {
+            for _ in 0..(*w).max(0) {
+                if self.unique {
+                    let h = hashes[row];
+                    if let Some(candidates) = self.index.as_ref().and_then(|ix| ix.get(&h)) {
+                        for at in candidates {
+                            if !deleting.contains(at) && matches(self, &mut comparators, row, *at)? {
+                                return Err(self.duplicate_key(batch, row));
+                            }
+                        }
+                    }
+                    if let Some(earlier) = pending.get(&h) {
+                        for other in earlier {
+                            let same = self.key_columns.iter().all(|c| {
+                                let col = batch.column(*c);
+                                make_comparator(col.as_ref(), col.as_ref(), SortOptions::default())
+                                    .map(|cmp| cmp(*other, row) == Ordering::Equal)
+                                    .unwrap_or(false)
+                            });
+                            if same {
+                                return Err(self.duplicate_key(batch, row));
+                            }
+                        }
+                    }
+                    pending.entry(h).or_default().push(row);
+                }
+                take.push((0, row));
+                if !hashes.is_empty() {
+                    insert_hashes.push(hashes[row]);
+                }
+            }
+        }
+        let inserts = if take.is_empty() {
+            None
+        } else if take.len() == batch.num_rows() && take.iter().enumerate().all(|(i, t)| t.1 == i) {
+            Some(batch.clone())
+        } else {
+            Some(interleave_record_batch(&[batch], &take)?)
+        };
+        if self.index.is_some() && inserts.is_some() && insert_hashes.is_empty() {
+            let inserted = inserts.as_ref().map(|b| self.hashes(b)).transpose()?;
+            insert_hashes = inserted.unwrap_or_default();
+        }
+        Ok(Plan { deletes, inserts, insert_hashes })
+    }
+
+    /// Applies a plan made by [`TableStore::plan`] with no change in between. `durable` lets
+    /// small chunks that are already durable be merged.
+    pub fn commit(&mut self, plan: Plan, lsn: Lsn, durable: Lsn) -> Result<()> {
+        for at in &plan.deletes {
+            let chunk = self.chunks[at.chunk as usize]
+                .as_mut()
+                .ok_or_else(|| crate::internal!("delete in a freed chunk"))?;
+            if chunk.deleted.is_empty() {
+                chunk.deleted = vec![Lsn::MAX; chunk.batch.num_rows()];
+            }
+            chunk.deleted[at.row as usize] = lsn;
+            chunk.live -= 1;
+            self.live_rows -= 1;
+        }
+        if let Some(index) = self.index.as_mut() {
+            // Remove deleted refs from their hash slots.
+            let mut by_slot: HashMap<u32, Vec<u32>> = HashMap::new();
+            for at in &plan.deletes {
+                by_slot.entry(at.chunk).or_default().push(at.row);
+            }
+            for (slot, rows) in by_slot {
+                let chunk = self.chunks[slot as usize]
+                    .as_ref()
+                    .ok_or_else(|| crate::internal!("delete in a freed chunk"))?;
+                let take = UInt32Array::from(rows.clone());
+                let subset = datafusion::arrow::compute::take_record_batch(&chunk.batch, &take)?;
+                let arrays: Vec<&ArrayRef> =
+                    self.key_columns.iter().map(|i| subset.column(*i)).collect();
+                let mut hashes = vec![0u64; subset.num_rows()];
+                create_hashes(arrays, &self.random_state, &mut hashes)?;
+                for (row, h) in rows.iter().zip(hashes) {
+                    if let Some(refs) = index.get_mut(&h) {
+                        refs.retain(|r| !(r.chunk == slot && r.row == *row));
+                        if refs.is_empty() {
+                            index.remove(&h);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(batch) = plan.inserts {
+            let rows = batch.num_rows();
+            let slot = self.alloc_slot(Chunk { batch, inserted: lsn, deleted: Vec::new(), live: rows });
+            if let Some(index) = self.index.as_mut() {
+                for (row, h) in plan.insert_hashes.iter().enumerate() {
+                    index.entry(*h).or_default().push(RowRef { chunk: slot, row: row as u32 });
+                }
+            }
+            self.live_rows += rows;
+        }
+        self.maybe_merge(durable)
+    }
+
+    fn alloc_slot(&mut self, chunk: Chunk) -> u32 {
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.chunks[slot as usize] = Some(chunk);
+                slot
+            }
+            None => {
+                self.chunks.push(Some(chunk));
+                (self.chunks.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Merges small chunks that are entirely durable into one, dropping rows whose deletion is
+    /// durable. Keeps single-row INSERTs from leaving millions of one-row batches behind.
+    fn maybe_merge(&mut self, durable: Lsn) -> Result<()> {
+        let mergeable = |c: &Chunk| {
+            c.inserted <= durable
+                && c.batch.num_rows() < SMALL_CHUNK_ROWS
+                && c.deleted.iter().all(|d| *d == Lsn::MAX || *d <= durable)
+        };
+        let slots: Vec<u32> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(mergeable))
+            .map(|(i, _)| i as u32)
+            .collect();
+        if slots.len() < MERGE_THRESHOLD {
+            return Ok(());
+        }
+        let mut batches = Vec::with_capacity(slots.len());
+        let mut take = Vec::new();
+        let mut moved = Vec::new();
+        let mut inserted = Lsn::ZERO;
+        for (b, slot) in slots.iter().enumerate() {
+            let Some(chunk) = self.chunks[*slot as usize].take() else { continue };
+            self.free_slots.push(*slot);
+            inserted = inserted.max(chunk.inserted);
+            for row in 0..chunk.batch.num_rows() {
+                if chunk.is_live(row) {
+                    take.push((b, row));
+                    moved.push(RowRef { chunk: *slot, row: row as u32 });
+                }
+            }
+            batches.push(chunk.batch);
+        }
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let merged = interleave_record_batch(&refs, &take)?;
+        let hashes = if self.index.is_some() { self.hashes(&merged)? } else { Vec::new() };
+        let rows = merged.num_rows();
+        let new_slot =
+            self.alloc_slot(Chunk { batch: merged, inserted, deleted: Vec::new(), live: rows });
+        if let Some(index) = self.index.as_mut() {
+            for (row, (h, old)) in hashes.iter().zip(&moved).enumerate() {
+                if let Some(refs) = index.get_mut(h) {
+                    for r in refs.iter_mut() {
+                        if r == old {
+                            *r = RowRef { chunk: new_slot, row: row as u32 };
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ColumnDef;
+    use crate::types::SqlType;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use std::sync::Arc;
+
+    fn def(pk: bool) -> TableDef {
+        TableDef {
+            id: 1,
+            name: "t".into(),
+            columns: vec![
+                ColumnDef { name: "id".into(), sql_type: SqlType::BigInt, not_null: pk },
+                ColumnDef { name: "v".into(), sql_type: SqlType::Text, not_null: false },
+            ],
+            primary_key: if pk { vec![0] } else { vec![] },
+            append_only: false,
+            watermark: None,
+        }
+    }
+
+    fn rows(schema: &SchemaRef, ids: &[i64], vs: &[&str], weights: &[i64]) -> ZBatch {
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef,
+                Arc::new(StringArray::from(vs.to_vec())),
+            ],
+        )
+        .unwrap();
+        ZBatch::new(batch, Int64Array::from(weights.to_vec()))
+    }
+
+    fn apply(store: &mut TableStore, z: ZBatch, lsn: u64) -> Result<()> {
+        let plan = store.plan(&z)?;
+        store.commit(plan, Lsn(lsn), Lsn(lsn))
+    }
+
+    fn count(store: &TableStore, snap: Snapshot) -> usize {
+        store.scan(snap).unwrap().iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[test]
+    fn primary_key_rejects_duplicates_and_allows_update_in_place() {
+        let mut s = TableStore::new(&def(true));
+        let sc = s.schema().clone();
+        apply(&mut s, rows(&sc, &[1, 2], &["a", "b"], &[1, 1]), 1).unwrap();
+        let err = apply(&mut s, rows(&sc, &[2], &["x"], &[1]), 2).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
+        assert_eq!(err.detail.as_deref(), Some("Key (id)=(2) already exists."));
+        let err = apply(&mut s, rows(&sc, &[3, 3], &["x", "y"], &[1, 1]), 2).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
+        // Update: -1 old, +1 new with the same key.
+        apply(&mut s, rows(&sc, &[2, 2], &["b", "c"], &[-1, 1]), 2).unwrap();
+        assert_eq!(s.live_rows(), 2);
+        assert_eq!(count(&s, Snapshot::At(Lsn(1))), 2);
+    }
+
+    #[test]
+    fn snapshots_hide_later_changes() {
+        let mut s = TableStore::new(&def(false));
+        let sc = s.schema().clone();
+        apply(&mut s, rows(&sc, &[1, 1], &["a", "a"], &[1, 1]), 1).unwrap();
+        let plan = s.plan(&rows(&sc, &[1], &["a"], &[-1])).unwrap();
+        s.commit(plan, Lsn(2), Lsn(1)).unwrap();
+        assert_eq!(count(&s, Snapshot::At(Lsn(1))), 2);
+        assert_eq!(count(&s, Snapshot::At(Lsn(2))), 1);
+        assert_eq!(count(&s, Snapshot::Latest), 1);
+        let err = apply(&mut s, rows(&sc, &[1], &["a"], &[-2]), 3).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::SERIALIZATION_FAILURE);
+        assert_eq!(s.live_rows(), 1, "a failed plan changes nothing");
+    }
+
+    #[test]
+    fn small_chunks_merge_and_index_follows() {
+        let mut s = TableStore::new(&def(true));
+        let sc = s.schema().clone();
+        for i in 0..200 {
+            apply(&mut s, rows(&sc, &[i], &["v"], &[1]), i as u64 + 1).unwrap();
+        }
+        assert!(s.chunks.iter().flatten().count() < 40);
+        let err = apply(&mut s, rows(&sc, &[5], &["v"], &[1]), 500).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
+        apply(&mut s, rows(&sc, &[5], &["v"], &[-1]), 501).unwrap();
+        assert_eq!(s.live_rows(), 199);
+    }
+}

@@ -1,0 +1,49 @@
+//! The `eddy` binary: parse flags, start tracing, open the data directory, serve until
+//! SIGINT/SIGTERM, then shut down cleanly (the log is synced on the way out).
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use eddy::config::Config;
+use eddy::server::Server;
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("eddy: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::start(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{}", e.message);
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %server.local_addr(), data_dir = %config.data_dir.display(), "eddy is ready");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,572 @@
+//! The PostgreSQL wire protocol front end (pgwire): startup, simple and extended query, COPY,
+//! cancel. It turns messages into [`Session`] calls and [`Output`]s into messages, and knows
+//! nothing about storage or dataflow.
+//!
+//! ```text
+//!  TCP ─► pgwire (framing, portal store) ─► Handlers ─► engine::Session ─► Output
+//!                                             │ encode.rs: Arrow → DataRow (text/binary)
+//!                                             │ params.rs: Bind bytes → ScalarValue
+//!                                             └ copy.rs:   CopyData → text columns
+//! ```
+
+mod copy;
+mod encode;
+mod params;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
+    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::response::NoticeResponse;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::engine::{CopyIn, Engine, EngineConfig, Output, Prepared, Session};
+use crate::error::{Error, Result, sqlstate};
+use crate::sql;
+
+/// A running server: the engine plus the accept loop.
+pub struct Server {
+    engine: Arc<Engine>,
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory and starts accepting connections.
+    pub async fn start(config: &Config) -> Result<Server> {
+        let engine_config = EngineConfig { data_dir: config.data_dir.clone() };
+        Self::start_with(engine_config, config.listen).await
+    }
+
+    pub async fn start_with(engine_config: EngineConfig, listen: SocketAddr) -> Result<Server> {
+        let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
+            .await
+            .map_err(|e| crate::internal!("start-up task failed: {e}"))??;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::io(format!("listening on {listen}"), &e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", &e))?;
+        let handlers = Arc::new(Handlers {
+            engine: engine.clone(),
+            manager: Arc::new(ConnectionManager::new()),
+            pids: RandomPidSecretKeyGenerator::default(),
+        });
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, peer)) => {
+                            let _ = socket.set_nodelay(true);
+                            let handlers = handlers.clone();
+                            connections.spawn(async move {
+                                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+            connections.shutdown().await;
+        });
+        Ok(Server { engine, addr, stop, accept })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes every connection, and syncs and closes the log.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+        self.engine.close();
+    }
+}
+
+struct Handlers {
+    engine: Arc<Engine>,
+    manager: Arc<ConnectionManager>,
+    pids: RandomPidSecretKeyGenerator,
+}
+
+type SessionCell = AsyncMutex<Session>;
+
+/// COPY FROM STDIN in progress on a connection.
+struct CopyState {
+    copy: CopyIn,
+    parser: copy::CopyParser,
+    batches: Vec<RecordBatch>,
+    chunk_first_line: usize,
+    error: Option<Error>,
+}
+
+type CopyCell = parking_lot::Mutex<Option<CopyState>>;
+
+fn user_error(e: Error) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(e)))
+}
+
+fn error_info(e: Error) -> ErrorInfo {
+    let mut info = ErrorInfo::new("ERROR".to_owned(), e.sqlstate.to_owned(), e.message);
+    info.detail = e.detail;
+    info.hint = e.hint;
+    info
+}
+
+fn notice(severity: &str, code: &str, message: String) -> PgWireBackendMessage {
+    PgWireBackendMessage::NoticeResponse(NoticeResponse::from(ErrorInfo::new(
+        severity.to_owned(),
+        code.to_owned(),
+        message,
+    )))
+}
+
+fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionCell>> {
+    client.session_extensions().get::<SessionCell>().ok_or_else(|| {
+        user_error(Error::new(sqlstate::PROTOCOL_VIOLATION, "no session: startup has not completed"))
+    })
+}
+
+fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    let n = schema.fields().len();
+    if let Format::Individual(codes) = format {
+        if codes.len() != n {
+            return Err(user_error(crate::err!(
+                sqlstate::PROTOCOL_VIOLATION,
+                "bind message has {} result formats but query has {n} columns",
+                codes.len()
+            )));
+        }
+    }
+    Ok(schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let ty = encode::pg_type(f.data_type());
+            let size = encode::type_size(&ty);
+            FieldInfo::new(f.name().clone(), None, None, ty, format.format_for(i)).with_type_size(size)
+        })
+        .collect())
+}
+
+/// Encodes a stream of record batches as DataRows.
+fn row_stream(
+    stream: datafusion::execution::SendableRecordBatchStream,
+    fields: Arc<Vec<FieldInfo>>,
+) -> impl futures::Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    stream.flat_map(move |batch| {
+        let rows: Vec<PgWireResult<DataRow>> = match batch {
+            Err(e) => vec![Err(user_error(Error::from(e)))],
+            Ok(batch) => {
+                let formats: Vec<FieldFormat> = fields.iter().map(|f| f.format()).collect();
+                (0..batch.num_rows())
+                    .map(|row| {
+                        let mut data = bytes::BytesMut::with_capacity(64);
+                        for (col, format) in batch.columns().iter().zip(&formats) {
+                            encode::encode_value(col.as_ref(), row, *format, &mut data);
+                        }
+                        Ok(DataRow::new(data, batch.num_columns() as i16))
+                    })
+                    .collect()
+            }
+        };
+        stream::iter(rows)
+    })
+}
+
+impl Handlers {
+    /// Turns an engine output into a pgwire response (sending notices first).
+    async fn respond<C>(&self, client: &mut C, output: Output, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        Ok(match output {
+            Output::Rows { schema, stream, tag } => {
+                let fields = Arc::new(fields_of(&schema, format)?);
+                let mut response = QueryResponse::new(fields.clone(), row_stream(stream, fields));
+                response.set_command_tag(tag);
+                Response::Query(response)
+            }
+            Output::Command { tag, rows } => Response::Execution(command_tag(tag, rows)),
+            Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
+            Output::TransactionEnd { tag } => Response::TransactionEnd(Tag::new(tag)),
+            Output::Warning { tag, message } => {
+                let code = match tag {
+                    "BEGIN" => sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "COMMIT" | "ROLLBACK" => sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                    _ => "00000",
+                };
+                let severity = if code == "00000" { "NOTICE" } else { "WARNING" };
+                client.feed(notice(severity, code, message)).await?;
+                Response::Execution(Tag::new(tag))
+            }
+            Output::CopyIn(copy) => {
+                let names: Vec<String> =
+                    copy.columns.iter().map(|c| copy.table.columns[*c].name.clone()).collect();
+                let ncols = names.len();
+                let parser = copy::CopyParser::new(copy.format.clone(), copy.table.name.clone(), names);
+                let first = 1 + copy.format.header as usize;
+                let state = CopyState { copy, parser, batches: Vec::new(), chunk_first_line: first, error: None };
+                client.session_extensions().insert::<CopyCell>(parking_lot::Mutex::new(Some(state)));
+                Response::CopyIn(CopyResponse::new(0, ncols, stream::empty()))
+            }
+        })
+    }
+
+    fn copy_chunk(session: &Session, state: &mut CopyState) {
+        if state.error.is_some() || state.parser.rows_buffered() == 0 {
+            return;
+        }
+        let columns = state.parser.take_chunk();
+        let first = state.chunk_first_line;
+        state.chunk_first_line = state.parser.line;
+        match session.copy_rows(&state.copy, columns) {
+            Ok(batch) => state.batches.push(batch),
+            Err((row, col, e)) => {
+                let name = state.copy.columns.get(col).map(|c| state.copy.table.columns[*c].name.clone());
+                state.error =
+                    Some(copy::with_context(e, &state.copy.table.name, first + row, name.as_deref()));
+            }
+        }
+    }
+}
+
+fn command_tag(tag: &str, rows: Option<usize>) -> Tag {
+    match (tag, rows) {
+        ("INSERT", Some(n)) => Tag::new("INSERT").with_oid(0).with_rows(n),
+        (tag, Some(n)) => Tag::new(tag).with_rows(n),
+        (tag, None) => Tag::new(tag),
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Handlers {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let (pid, key) = self.pids.generate(client);
+            client.set_pid_and_secret_key(pid, key.clone());
+            let (handle, guard) = self.manager.register(pid, key);
+            client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+            client.session_extensions().insert::<ConnectionGuard>(guard);
+            let startup_params: HashMap<String, String> = client.metadata().clone();
+            let session = Session::new(self.engine.clone(), &startup_params).map_err(user_error)?;
+            client.session_extensions().insert::<SessionCell>(AsyncMutex::new(session));
+            let mut params = DefaultServerParameterProvider::default();
+            params.server_version = crate::SERVER_VERSION.to_string();
+            params.time_zone = "UTC".to_string();
+            params.date_style = "ISO, MDY".to_string();
+            params.interval_style = "postgres".to_string();
+            finish_authentication(client, &params).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handlers {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let cell = session_of(client)?;
+        let statements = match sql::parse_all(query) {
+            Ok(s) => s,
+            Err(e) => {
+                cell.lock().await.fail_transaction();
+                return Ok(vec![Response::Error(Box::new(error_info(e)))]);
+            }
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for parsed in &statements {
+            let output = cell.lock().await.execute(parsed, &[]).await;
+            match output {
+                Ok(output) => {
+                    let is_copy = matches!(output, Output::CopyIn(_));
+                    responses.push(self.respond(client, output, &Format::UnifiedText).await?);
+                    if is_copy {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    responses.push(Response::Error(Box::new(error_info(e))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses statements for the extended protocol and describes them.
+struct Parser;
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, client: &C, sql_text: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let cell = session_of(client)?;
+        let mut statements = sql::parse_all(sql_text).map_err(user_error)?;
+        if statements.len() > 1 {
+            return Err(user_error(crate::err!(
+                sqlstate::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement"
+            )));
+        }
+        let Some(parsed) = statements.pop() else { return Ok(None) };
+        let mut session = cell.lock().await;
+        let prepared = session.prepare(parsed).await;
+        if prepared.is_err() {
+            session.fail_transaction();
+        }
+        prepared.map(Some).map_err(user_error)
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt
+            .param_types
+            .iter()
+            .map(|t| t.as_ref().map(encode::pg_type).unwrap_or(Type::TEXT))
+            .collect())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.schema {
+            Some(schema) => fields_of(schema, format.unwrap_or(&Format::UnifiedBinary)),
+            None => Ok(vec![]),
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handlers {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        Arc::new(Parser)
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let cell = session_of(client)?;
+        let prepared = &portal.statement.statement;
+        let params = match bind_params(portal) {
+            Ok(p) => p,
+            Err(e) => {
+                cell.lock().await.fail_transaction();
+                return Err(user_error(e));
+            }
+        };
+        let output = cell.lock().await.execute(&prepared.parsed, &params).await.map_err(user_error)?;
+        self.respond(client, output, &portal.result_column_format).await
+    }
+}
+
+/// Decodes a portal's parameters with the client's declared types, or the inferred ones.
+fn bind_params(portal: &Portal<Prepared>) -> Result<Vec<ScalarValue>> {
+    let prepared = &portal.statement.statement;
+    let declared = &portal.statement.parameter_types;
+    let n = portal.parameters.len();
+    if let Format::Individual(codes) = &portal.parameter_format {
+        if codes.len() != n {
+            return Err(crate::err!(
+                sqlstate::PROTOCOL_VIOLATION,
+                "bind message has {} parameter formats but {n} parameters",
+                codes.len()
+            ));
+        }
+    }
+    let expected = prepared.param_types.len().max(declared.len());
+    if n != expected {
+        return Err(crate::err!(
+            sqlstate::PROTOCOL_VIOLATION,
+            "bind message supplies {n} parameters, but prepared statement requires {expected}"
+        ));
+    }
+    (0..n)
+        .map(|i| {
+            let ty = declared
+                .get(i)
+                .cloned()
+                .flatten()
+                .or_else(|| prepared.param_types.get(i).cloned().flatten().map(|t| encode::pg_type(&t)))
+                .unwrap_or(Type::TEXT);
+            let binary = portal.parameter_format.is_binary(i);
+            params::decode(portal.parameters[i].as_deref(), binary, &ty)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl CopyHandler for Handlers {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Errors are kept and reported at CopyDone: the client streams data without reading.
+        let cell = session_of(client)?;
+        let Some(copy) = client.session_extensions().get::<CopyCell>() else { return Ok(()) };
+        let session = cell.lock().await;
+        let mut guard = copy.lock();
+        let Some(state) = guard.as_mut() else { return Ok(()) };
+        if state.error.is_some() {
+            return Ok(());
+        }
+        if let Err(e) = state.parser.feed(&copy_data.data) {
+            state.error = Some(e);
+            return Ok(());
+        }
+        if state.parser.rows_buffered() >= copy::CHUNK_ROWS {
+            Self::copy_chunk(&session, state);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let cell = session_of(client)?;
+        let state = client.session_extensions().get::<CopyCell>().and_then(|c| c.lock().take());
+        let Some(mut state) = state else {
+            return Err(user_error(Error::new(sqlstate::PROTOCOL_VIOLATION, "CopyDone without COPY")));
+        };
+        let mut session = cell.lock().await;
+        if state.error.is_none() {
+            if let Err(e) = state.parser.finish() {
+                state.error = Some(e);
+            }
+        }
+        Self::copy_chunk(&session, &mut state);
+        if let Some(e) = state.error {
+            session.fail_transaction();
+            return Err(user_error(e));
+        }
+        let n = session.copy_commit(&state.copy, state.batches).await.map_err(user_error)?;
+        drop(session);
+        client
+            .send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(n).into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(c) = client.session_extensions().get::<CopyCell>() {
+            c.lock().take();
+        }
+        if let Ok(cell) = session_of(client) {
+            cell.lock().await.fail_transaction();
+        }
+        user_error(Error::new(
+            sqlstate::QUERY_CANCELED,
+            format!("COPY from stdin failed: {}", fail.message),
+        ))
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.manager.clone()))
+    }
+}
+
+impl Handlers {
+    fn clone_handle(&self) -> Handlers {
+        Handlers {
+            engine: self.engine.clone(),
+            manager: self.manager.clone(),
+            pids: RandomPidSecretKeyGenerator::default(),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_stored_statement(_: &StoredStatement<Prepared>) {}

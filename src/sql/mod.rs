@@ -1,0 +1,291 @@
+//! SQL front end: split a query string into statements, recognise Eddy's additions to the
+//! PostgreSQL grammar, and parse the rest with sqlparser's `PostgreSqlDialect`.
+//!
+//! ```text
+//!  "stmt; stmt; …" ──tokenize──► per statement tokens ──strip Eddy clauses──► sqlparser AST
+//!                                                      (APPEND ONLY, WATERMARK FOR)
+//! ```
+//!
+//! Eddy's additions are removed from the token stream before sqlparser sees it and returned
+//! beside the AST in [`Parsed`]; everything else is plain PostgreSQL syntax. Planning against the
+//! catalog happens in the engine (with DataFusion); this module knows only syntax.
+
+pub mod ddl;
+pub mod errors;
+
+use datafusion::sql::sqlparser::ast::{self, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+
+use crate::error::{Result, sqlstate};
+
+/// Statements longer than this are refused with 54000 before parsing.
+pub const MAX_STATEMENT_BYTES: usize = 16 << 20;
+
+/// One parsed statement plus the Eddy-specific clauses found in it.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub stmt: Statement,
+    /// `CREATE TABLE … APPEND ONLY`.
+    pub append_only: bool,
+    /// `WATERMARK FOR column AS expr` inside `CREATE TABLE`.
+    pub watermark: Option<(ast::Ident, ast::Expr)>,
+    /// The statement's text (without the trailing semicolon).
+    pub text: String,
+}
+
+fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+fn syntax_error(message: impl std::fmt::Display) -> crate::error::Error {
+    crate::err!(sqlstate::SYNTAX_ERROR, "syntax error: {message}")
+}
+
+/// Splits `sql` into the token lists of its statements (empty statements are dropped).
+pub fn split(sql: &str) -> Result<Vec<Vec<TokenWithSpan>>> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(crate::err!(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            "statement is too long: {} bytes (limit {} bytes)",
+            sql.len(),
+            MAX_STATEMENT_BYTES
+        ));
+    }
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| syntax_error(e))?;
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for t in tokens {
+        if t.token == Token::SemiColon {
+            if current.iter().any(|t: &TokenWithSpan| !is_trivia(&t.token)) {
+                out.push(std::mem::take(&mut current));
+            } else {
+                current.clear();
+            }
+        } else {
+            current.push(t);
+        }
+    }
+    if current.iter().any(|t| !is_trivia(&t.token)) {
+        out.push(current);
+    }
+    Ok(out)
+}
+
+/// Parses a whole query string (one or more statements).
+pub fn parse_all(sql: &str) -> Result<Vec<Parsed>> {
+    split(sql)?.into_iter().map(parse_tokens).collect()
+}
+
+fn text_of(tokens: &[TokenWithSpan]) -> String {
+    let s: String = tokens.iter().map(|t| t.token.to_string()).collect();
+    s.trim().to_string()
+}
+
+fn word_is(t: &Token, kw: Keyword) -> bool {
+    matches!(t, Token::Word(w) if w.keyword == kw)
+}
+
+fn word_eq(t: &Token, text: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(text))
+}
+
+/// Parses the tokens of one statement.
+pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
+    let text = text_of(&tokens);
+    let significant: Vec<usize> =
+        (0..tokens.len()).filter(|i| !is_trivia(&tokens[*i].token)).collect();
+    let is_create_table = significant.len() >= 2
+        && word_is(&tokens[significant[0]].token, Keyword::CREATE)
+        && word_is(&tokens[significant[1]].token, Keyword::TABLE);
+    let (tokens, append_only, watermark) =
+        if is_create_table { strip_table_extensions(tokens)? } else { (tokens, false, None) };
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let stmt = parser.parse_statement().map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(format!("unexpected {} at end of statement", parser.peek_token().token)));
+    }
+    Ok(Parsed { stmt, append_only, watermark, text })
+}
+
+fn strip_parser_prefix(e: &datafusion::sql::sqlparser::parser::ParserError) -> String {
+    let s = e.to_string();
+    s.strip_prefix("sql parser error: ").unwrap_or(&s).to_string()
+}
+
+type Stripped = (Vec<TokenWithSpan>, bool, Option<(ast::Ident, ast::Expr)>);
+
+/// Removes `WATERMARK FOR col AS expr` (an element of the column list) and a trailing
+/// `APPEND ONLY` from a `CREATE TABLE`, returning what was found.
+fn strip_table_extensions(tokens: Vec<TokenWithSpan>) -> Result<Stripped> {
+    // Trailing APPEND ONLY.
+    let mut tokens = tokens;
+    let mut append_only = false;
+    let sig: Vec<usize> = (0..tokens.len()).filter(|i| !is_trivia(&tokens[*i].token)).collect();
+    if sig.len() >= 2 {
+        let (a, b) = (sig[sig.len() - 2], sig[sig.len() - 1]);
+        if word_eq(&tokens[a].token, "append") && word_eq(&tokens[b].token, "only") {
+            append_only = true;
+            tokens.truncate(a);
+        }
+    }
+    // WATERMARK FOR inside the outermost parentheses.
+    let mut watermark = None;
+    let mut depth = 0i32;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            t if depth == 1 && word_eq(t, "watermark") => {
+                let next_sig = |from: usize| (from..tokens.len()).find(|j| !is_trivia(&tokens[*j].token));
+                let for_at = next_sig(i + 1).filter(|j| word_is(&tokens[*j].token, Keyword::FOR));
+                let Some(for_at) = for_at else {
+                    i += 1;
+                    continue;
+                };
+                if watermark.is_some() {
+                    return Err(syntax_error("only one WATERMARK clause is allowed per table"));
+                }
+                // The element ends at the next comma or closing parenthesis at depth 1.
+                let mut end = for_at + 1;
+                let mut d = 0i32;
+                while end < tokens.len() {
+                    match tokens[end].token {
+                        Token::LParen => d += 1,
+                        Token::RParen if d == 0 => break,
+                        Token::RParen => d -= 1,
+                        Token::Comma if d == 0 => break,
+                        _ => {}
+                    }
+                    end += 1;
+                }
+                let clause: Vec<TokenWithSpan> = tokens[for_at + 1..end].to_vec();
+                watermark = Some(parse_watermark(clause)?);
+                // Remove the clause and one adjacent comma.
+                let (from, to) = if end < tokens.len() && tokens[end].token == Token::Comma {
+                    (i, end + 1)
+                } else {
+                    let prev_comma = (0..i).rev().find(|j| !is_trivia(&tokens[*j].token));
+                    match prev_comma {
+                        Some(p) if tokens[p].token == Token::Comma => (p, end),
+                        _ => (i, end),
+                    }
+                };
+                tokens.drain(from..to);
+                i = from;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok((tokens, append_only, watermark))
+}
+
+fn parse_watermark(clause: Vec<TokenWithSpan>) -> Result<(ast::Ident, ast::Expr)> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(clause);
+    let column = parser
+        .parse_identifier()
+        .map_err(|e| syntax_error(format!("in WATERMARK FOR: {}", strip_parser_prefix(&e))))?;
+    parser
+        .expect_keyword(Keyword::AS)
+        .map_err(|e| syntax_error(format!("in WATERMARK FOR: {}", strip_parser_prefix(&e))))?;
+    let expr = parser
+        .parse_expr()
+        .map_err(|e| syntax_error(format!("in WATERMARK FOR: {}", strip_parser_prefix(&e))))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(syntax_error(format!(
+            "unexpected {} in WATERMARK FOR clause",
+            parser.peek_token().token
+        )));
+    }
+    Ok((column, expr))
+}
+
+/// Normalises an identifier as PostgreSQL does: unquoted names fold to lower case.
+pub fn normalize_ident(ident: &ast::Ident) -> String {
+    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
+}
+
+/// The table name of an object name (`schema.name` accepts only `public` or no schema).
+pub fn table_name(name: &ast::ObjectName) -> Result<String> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p.as_ident() {
+            Some(ident) => Ok(normalize_ident(ident)),
+            None => Err(syntax_error(format!("invalid name {name}"))),
+        })
+        .collect::<Result<_>>()?;
+    match parts.as_slice() {
+        [name] => Ok(name.clone()),
+        [schema, name] if schema == "public" => Ok(name.clone()),
+        [db, schema, name] if schema == "public" && (db == "eddy" || db == "main") => Ok(name.clone()),
+        _ => Err(crate::err!(
+            sqlstate::UNDEFINED_TABLE,
+            "relation \"{name}\" does not exist (Eddy has one schema, public)"
+        )),
+    }
+}
+
+/// Whether a statement was an empty string after comments (psql sends `-- comment` alone).
+pub fn is_blank(sql: &str) -> bool {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map(|t| t.iter().all(|t| matches!(t, Token::Whitespace(_) | Token::SemiColon)))
+        .unwrap_or(false)
+}
+
+#[allow(dead_code)]
+fn is_newline(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(Whitespace::Newline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_ignores_semicolons_in_strings() {
+        let parsed = parse_all("SELECT 'a;b'; ; SELECT 2 -- x;\n").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].text, "SELECT 'a;b'");
+    }
+
+    #[test]
+    fn recognises_append_only_and_watermark() {
+        let p = parse_all(
+            "CREATE TABLE bids (a bigint, ts timestamp, WATERMARK FOR ts AS ts - INTERVAL '5 seconds', b int) APPEND ONLY",
+        )
+        .unwrap()
+        .remove(0);
+        assert!(p.append_only);
+        let (col, expr) = p.watermark.unwrap();
+        assert_eq!(col.value, "ts");
+        assert_eq!(expr.to_string(), "ts - INTERVAL '5 seconds'");
+        let Statement::CreateTable(ct) = p.stmt else { panic!("not a create table") };
+        assert_eq!(ct.columns.len(), 3);
+    }
+
+    #[test]
+    fn syntax_errors_have_sqlstate() {
+        let e = parse_all("SELEC 1").unwrap_err();
+        assert_eq!(e.sqlstate, sqlstate::SYNTAX_ERROR);
+        let e = parse_all("SELECT 1 2").unwrap_err();
+        assert_eq!(e.sqlstate, sqlstate::SYNTAX_ERROR);
+    }
+
+    #[test]
+    fn copy_from_stdin_parses_without_inline_data() {
+        let p = parse_all("COPY t (a, b) FROM STDIN WITH (FORMAT csv, HEADER true)").unwrap();
+        assert!(matches!(p[0].stmt, Statement::Copy { .. }));
+    }
+}
