@@ -288,9 +288,9 @@ pub async fn insert(
             return Err(unsupported!("DEFAULT in VALUES (Eddy has no column defaults yet)"));
         }
     }
+    let source = typed_string_literals(source, &table, &columns)?;
     session.read_state().set_snapshot(Snapshot::At(session.engine().durable_lsn()));
-    let (schema, batches) =
-        session.query_batches(&Statement::Query(source.clone()), params).await?;
+    let (schema, batches) = session.query_batches(&Statement::Query(source), params).await?;
     if schema.fields().len() != columns.len() {
         return Err(arity_error(schema.fields().len(), columns.len()));
     }
@@ -298,6 +298,43 @@ pub async fn insert(
     let rows = data.num_rows();
     let batch = build_rows(&table, &columns, data.columns().to_vec(), rows)?;
     Ok((table.id, ZBatch::uniform(batch, 1)))
+}
+
+/// In `VALUES`, a string literal has no type of its own in PostgreSQL: it takes the type of the
+/// column it goes to. Rewrites such cells as casts so mixed rows (`'2024-01-01'`, `now()`) unify.
+fn typed_string_literals(source: &ast::Query, table: &TableDef, columns: &[usize]) -> Result<Box<ast::Query>> {
+    let mut source = Box::new(source.clone());
+    if let SetExpr::Values(values) = source.body.as_mut() {
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        for row in values.rows.iter_mut() {
+            for (cell, col) in row.content.iter_mut().zip(columns) {
+                let is_string = matches!(cell, ast::Expr::Value(v) if matches!(v.value, ast::Value::SingleQuotedString(_)));
+                if !is_string {
+                    continue;
+                }
+                let ty = table.columns[*col].sql_type;
+                let text = format!("CAST({cell} AS {})", cast_type_name(ty));
+                *cell = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+                    .try_with_sql(&text)
+                    .and_then(|mut p| p.parse_expr())
+                    .map_err(|e| crate::internal!("rewriting a VALUES literal: {e}"))?;
+            }
+        }
+    }
+    Ok(source)
+}
+
+/// A type name DataFusion's SQL planner accepts in CAST.
+fn cast_type_name(ty: crate::types::SqlType) -> String {
+    use crate::types::SqlType as T;
+    match ty {
+        T::Varchar(_) => "text".into(),
+        T::Numeric(None) => "numeric(38,10)".into(),
+        T::Time => "time".into(),
+        T::Timestamp => "timestamp".into(),
+        T::TimestampTz => "timestamptz".into(),
+        other => other.to_string(),
+    }
 }
 
 /// `SELECT t.*, <new values…> FROM t WHERE …` for an UPDATE or DELETE; returns the table, the
@@ -387,9 +424,8 @@ fn rewrite_as_select(session: &Session, stmt: &Statement) -> Result<(Arc<TableDe
         None => format!("{name}.*"),
     };
     let mut select = format!("SELECT {star}");
-    for e in &exprs {
-        select.push_str(", ");
-        select.push_str(e);
+    for (k, e) in exprs.iter().enumerate() {
+        select.push_str(&format!(", {e} AS __eddy_new_{k}"));
     }
     select.push_str(&format!(" FROM {target}"));
     if let Some(cond) = selection {
