@@ -199,12 +199,21 @@ pub fn parse_text_column(
             }
             Ok(Arc::new(b.finish()))
         }
+        SqlType::Interval => {
+            let mut b = datafusion::arrow::array::IntervalMonthDayNanoBuilder::with_capacity(text.len());
+            for (row, v) in text.iter().enumerate() {
+                match v {
+                    None => b.append_null(),
+                    Some(s) => b.append_value(parse_interval(s).ok_or_else(|| (row, invalid(ty, s)))?),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
         SqlType::Numeric(_)
         | SqlType::Date
         | SqlType::Time
         | SqlType::Timestamp
-        | SqlType::TimestampTz
-        | SqlType::Interval => {
+        | SqlType::TimestampTz => {
             let trimmed: StringArray = text.iter().map(|v| v.map(|s| s.trim())).collect();
             let target = ty.to_arrow();
             match cast_with_options(&trimmed, &target, &STRICT) {
@@ -233,6 +242,96 @@ pub fn parse_text_column(
             }
         }
     }
+}
+
+/// Parses PostgreSQL interval input: `1 year 2 mons 3 days 04:05:06.5`, `-1 day`, `@ 3 hours ago`,
+/// `90 minutes`, `1.5 hours`, `00:01:00`.
+pub fn parse_interval(s: &str) -> Option<datafusion::arrow::datatypes::IntervalMonthDayNano> {
+    let mut months: i64 = 0;
+    let mut days: i64 = 0;
+    let mut nanos: f64 = 0.0;
+    let lower = s.trim().to_ascii_lowercase();
+    let mut words: Vec<&str> = lower.split_whitespace().collect();
+    if words.first() == Some(&"@") {
+        words.remove(0);
+    }
+    let ago = words.last() == Some(&"ago");
+    if ago {
+        words.pop();
+    }
+    if words.is_empty() {
+        return None;
+    }
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        if w.contains(':') {
+            let (neg, body) = match w.strip_prefix('-') {
+                Some(b) => (true, b),
+                None => (false, w.strip_prefix('+').unwrap_or(w)),
+            };
+            let parts: Vec<&str> = body.split(':').collect();
+            if parts.len() < 2 || parts.len() > 3 {
+                return None;
+            }
+            let h: f64 = parts[0].parse().ok()?;
+            let m: f64 = parts[1].parse().ok()?;
+            let sec: f64 = if parts.len() == 3 { parts[2].parse().ok()? } else { 0.0 };
+            let total = (h * 3600.0 + m * 60.0 + sec) * 1e9;
+            nanos += if neg { -total } else { total };
+            i += 1;
+            continue;
+        }
+        // A number, optionally glued to its unit ("5min").
+        let split = w.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(w.len());
+        let (num, glued) = w.split_at(split);
+        let value: f64 = num.parse().ok()?;
+        let unit = if glued.is_empty() {
+            i += 1;
+            match words.get(i) {
+                Some(u) => *u,
+                None => "second",
+            }
+        } else {
+            glued
+        };
+        let unit = unit.trim_end_matches(',');
+        match unit {
+            "millennium" | "millennia" | "millenniums" => months += (value * 12000.0) as i64,
+            "century" | "centuries" => months += (value * 1200.0) as i64,
+            "decade" | "decades" => months += (value * 120.0) as i64,
+            "y" | "yr" | "yrs" | "year" | "years" => {
+                months += (value * 12.0).round() as i64;
+            }
+            "mon" | "mons" | "month" | "months" => {
+                months += value.trunc() as i64;
+                days += (value.fract() * 30.0) as i64;
+            }
+            "w" | "week" | "weeks" => {
+                let d = value * 7.0;
+                days += d.trunc() as i64;
+                nanos += d.fract() * 86_400e9;
+            }
+            "d" | "day" | "days" => {
+                days += value.trunc() as i64;
+                nanos += value.fract() * 86_400e9;
+            }
+            "h" | "hr" | "hrs" | "hour" | "hours" => nanos += value * 3_600e9,
+            "m" | "min" | "mins" | "minute" | "minutes" => nanos += value * 60e9,
+            "s" | "sec" | "secs" | "second" | "seconds" => nanos += value * 1e9,
+            "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => nanos += value * 1e6,
+            "us" | "usec" | "usecs" | "microsecond" | "microseconds" => nanos += value * 1e3,
+            _ => return None,
+        }
+        i += 1;
+    }
+    let sign = if ago { -1 } else { 1 };
+    let nanos = (nanos.round() as i64 / 1000) * 1000;
+    Some(datafusion::arrow::datatypes::IntervalMonthDayNano::new(
+        i32::try_from(months * sign).ok()?,
+        i32::try_from(days * sign).ok()?,
+        nanos * sign,
+    ))
 }
 
 fn check_varchar(s: &str, limit: u32) -> Result<()> {
@@ -375,6 +474,17 @@ mod tests {
         assert!(parse(&["maybe"], SqlType::Boolean).is_err());
         assert_eq!(parse_bytea("\\x0aff").unwrap(), vec![10, 255]);
         assert_eq!(parse_bytea("a\\\\b\\001").unwrap(), b"a\\b\x01".to_vec());
+    }
+
+    #[test]
+    fn intervals_like_postgres() {
+        use datafusion::arrow::datatypes::IntervalMonthDayNano as I;
+        assert_eq!(parse_interval("1 year 2 mons 3 days 04:05:06.5"), Some(I::new(14, 3, 14_706_500_000_000)));
+        assert_eq!(parse_interval("-1 day"), Some(I::new(0, -1, 0)));
+        assert_eq!(parse_interval("@ 3 hours ago"), Some(I::new(0, 0, -10_800_000_000_000)));
+        assert_eq!(parse_interval("90 minutes"), Some(I::new(0, 0, 5_400_000_000_000)));
+        assert_eq!(parse_interval("5 seconds"), Some(I::new(0, 0, 5_000_000_000)));
+        assert_eq!(parse_interval("1 fortnight"), None);
     }
 
     #[test]

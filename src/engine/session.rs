@@ -575,6 +575,8 @@ impl Session {
                 "SHOW",
             ));
         }
+        let dotted = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(".");
+        let name = if self.settings.contains_key(&dotted) { dotted } else { name };
         let key = match name.as_str() {
             "transaction isolation level" => "transaction_isolation".to_string(),
             "time zone" => "timezone".to_string(),
