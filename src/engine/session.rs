@@ -202,8 +202,13 @@ impl Session {
                 self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let schema = output_schema(&parsed.stmt, &plan);
-                let df = self.ctx.execute_logical_plan(plan).await?;
-                let stream = df.execute_stream().await?;
+                // Run to completion here, not while the server drains the stream: a
+                // CancelRequest interrupts only the statement's execution call.
+                let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+                let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+                    schema.clone(),
+                    futures::stream::iter(batches.into_iter().map(Ok)),
+                ));
                 let stream = rename_stream(stream, schema.clone());
                 Ok(Output::Rows { schema, stream, tag: "SELECT" })
             }
@@ -680,7 +685,25 @@ fn explain_output(batches: &[RecordBatch]) -> Output {
 }
 
 fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
-    let types = plan.get_parameter_types()?;
+    let mut types = plan.get_parameter_types()?;
+    // DataFusion leaves `$1` untyped in `$1::bigint`; PostgreSQL types it by the cast.
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, expr::Placeholder};
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::Cast(cast) = e {
+                    if let Expr::Placeholder(Placeholder { id, .. }) = cast.expr.as_ref() {
+                        let slot = types.entry(id.clone()).or_insert(None);
+                        if slot.is_none() {
+                            *slot = Some(cast.field.data_type().clone());
+                        }
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
     let mut out = Vec::new();
     let n = types
         .keys()
