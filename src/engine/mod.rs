@@ -126,6 +126,11 @@ impl Engine {
         table.scan(snapshot)
     }
 
+    /// Live rows of a table, durable or not (for statistics such as pg_class.reltuples).
+    pub fn row_count(&self, id: ObjectId) -> usize {
+        self.tables.read().get(&id).map(|t| t.live_rows()).unwrap_or(0)
+    }
+
     /// Makes `changes` durable and visible, atomically. Returns once the log record is synced.
     pub async fn commit(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Lsn> {
         let changes: Vec<(ObjectId, ZBatch)> =

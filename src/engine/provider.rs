@@ -84,9 +84,9 @@ pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<Sess
     let ctx = SessionContext::new_with_config(config);
     let catalog = MemoryCatalogProvider::new();
     catalog.register_schema("public", Arc::new(EddySchema { engine: engine.clone(), read }))?;
-    catalog.register_schema("pg_catalog", super::pg_catalog::schema(engine))?;
+    catalog.register_schema("pg_catalog", super::pg_catalog::schema(engine.clone()))?;
     ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
-    super::pg_catalog::register_functions(&ctx);
+    super::pg_catalog::register_functions(&ctx, engine);
     Ok(ctx)
 }
 

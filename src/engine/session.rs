@@ -430,8 +430,9 @@ impl Session {
 
     pub(super) async fn plan(&self, stmt: &Statement) -> Result<LogicalPlan> {
         let state = self.ctx.state();
+        let stmt = sql::dedupe_output_names(stmt);
         let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt)))
             .await?;
         Ok(plan)
     }
@@ -716,18 +717,95 @@ fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     Ok(out)
 }
 
-/// The result columns, named as PostgreSQL would name them.
+/// The result columns, named as PostgreSQL would name them: from the SELECT list when it has
+/// no wildcard (alias, column name, function name, else `?column?`), else from DataFusion's
+/// names.
 fn output_schema(stmt: &Statement, plan: &LogicalPlan) -> SchemaRef {
     if matches!(stmt, Statement::Explain { .. }) {
         return single_text_schema("QUERY PLAN");
     }
     let arrow = plan.schema().as_arrow();
+    let from_select = select_list_names(stmt).filter(|names| names.len() == arrow.fields().len());
     let fields: Vec<Field> = arrow
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_name(pg_column_name(f.name())))
+        .enumerate()
+        .map(|(i, f)| {
+            let name = match &from_select {
+                Some(names) => names[i].clone(),
+                None => pg_column_name(f.name()),
+            };
+            f.as_ref().clone().with_name(name)
+        })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, arrow.metadata().clone()))
+}
+
+fn select_list_names(stmt: &Statement) -> Option<Vec<String>> {
+    let Statement::Query(query) = stmt else { return None };
+    // A set operation takes its column names from its first branch.
+    let mut body = query.body.as_ref();
+    loop {
+        match body {
+            ast::SetExpr::SetOperation { left, .. } => body = left.as_ref(),
+            ast::SetExpr::Query(q) => body = q.body.as_ref(),
+            _ => break,
+        }
+    }
+    let ast::SetExpr::Select(select) = body else { return None };
+    select
+        .projection
+        .iter()
+        .map(|item| match item {
+            ast::SelectItem::ExprWithAlias { alias, .. } => Some(sql::normalize_ident(alias)),
+            ast::SelectItem::UnnamedExpr(e) => Some(expr_column_name(e)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// PostgreSQL's name for an unaliased output expression.
+fn expr_column_name(e: &ast::Expr) -> String {
+    match e {
+        ast::Expr::Identifier(i) => sql::normalize_ident(i),
+        ast::Expr::CompoundIdentifier(parts) => {
+            parts.last().map(sql::normalize_ident).unwrap_or_else(|| "?column?".into())
+        }
+        ast::Expr::Function(f) => f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(sql::normalize_ident)
+            .unwrap_or_else(|| "?column?".into()),
+        ast::Expr::Cast { expr, data_type, .. } => match expr.as_ref() {
+            ast::Expr::Value(_) => cast_type_column_name(data_type),
+            inner => expr_column_name(inner),
+        },
+        ast::Expr::Nested(inner) => expr_column_name(inner),
+        ast::Expr::Case { .. } => "case".into(),
+        ast::Expr::Exists { .. } => "exists".into(),
+        ast::Expr::Array(_) => "array".into(),
+        _ => "?column?".into(),
+    }
+}
+
+/// `'x'::text` is named after the type, as in PostgreSQL.
+fn cast_type_column_name(t: &ast::DataType) -> String {
+    match crate::types::parse_sql_type(t) {
+        Ok(crate::types::SqlType::Integer) => "int4".into(),
+        Ok(crate::types::SqlType::BigInt) => "int8".into(),
+        Ok(crate::types::SqlType::SmallInt) => "int2".into(),
+        Ok(crate::types::SqlType::Boolean) => "bool".into(),
+        Ok(crate::types::SqlType::Real) => "float4".into(),
+        Ok(crate::types::SqlType::Double) => "float8".into(),
+        Ok(crate::types::SqlType::Varchar(_)) => "varchar".into(),
+        Ok(crate::types::SqlType::TimestampTz) => "timestamptz".into(),
+        Ok(crate::types::SqlType::Timestamp) => "timestamp".into(),
+        Ok(crate::types::SqlType::Time) => "time".into(),
+        Ok(t) => t.to_string(),
+        Err(_) => "?column?".into(),
+    }
 }
 
 /// DataFusion names computed columns after their expression (`count(*)`, `Int64(1)`);

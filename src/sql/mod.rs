@@ -95,8 +95,92 @@ fn word_eq(t: &Token, text: &str) -> bool {
     matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(text))
 }
 
+/// Rewrites PostgreSQL catalog idioms that psql and drivers send into forms DataFusion plans:
+/// `OPERATOR(pg_catalog.~)` → `~`, `COLLATE pg_catalog.default` → (nothing),
+/// `pg_catalog.f(…)` → `f(…)`, `::pg_catalog.t` → `::t`, and casts to `regclass`/`regtype`/`oid`
+/// (Eddy's oids are plain integers) are dropped.
+fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let sig = |t: &TokenWithSpan| !is_trivia(&t.token);
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let toks: Vec<TokenWithSpan> = tokens;
+    let mut i = 0;
+    // Index of the next significant token at or after `from`.
+    let next = |from: usize| (from..toks.len()).find(|j| sig(&toks[*j]));
+    while i < toks.len() {
+        let t = &toks[i].token;
+        // OPERATOR ( pg_catalog . op )
+        if word_eq(t, "operator") {
+            if let Some(lp) = next(i + 1).filter(|j| toks[*j].token == Token::LParen) {
+                if let Some(ns) = next(lp + 1).filter(|j| word_eq(&toks[*j].token, "pg_catalog")) {
+                    if let Some(dot) = next(ns + 1).filter(|j| toks[*j].token == Token::Period) {
+                        if let Some(op) = next(dot + 1) {
+                            if let Some(rp) = next(op + 1).filter(|j| toks[*j].token == Token::RParen) {
+                                out.push(toks[op].clone());
+                                i = rp + 1;
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // COLLATE pg_catalog . default  |  COLLATE "default"
+        if word_is(t, Keyword::COLLATE) {
+            if let Some(a) = next(i + 1) {
+                if word_eq(&toks[a].token, "pg_catalog") {
+                    if let Some(dot) = next(a + 1).filter(|j| toks[*j].token == Token::Period) {
+                        if let Some(name) = next(dot + 1) {
+                            i = name + 1;
+                            continue;
+                        }
+                    }
+                } else if matches!(&toks[a].token, Token::Word(w) if w.value == "default" || w.value == "C") {
+                    i = a + 1;
+                    continue;
+                }
+            }
+        }
+        // pg_catalog . name  (function calls and type names) → name
+        if word_eq(t, "pg_catalog") {
+            if let Some(dot) = next(i + 1).filter(|j| toks[*j].token == Token::Period) {
+                if let Some(name) = next(dot + 1) {
+                    let prev = out.iter().rev().find(|t| sig(t)).map(|t| t.token.clone());
+                    let is_call = next(name + 1).is_some_and(|j| toks[j].token == Token::LParen);
+                    if is_call || prev == Some(Token::DoubleColon) {
+                        i = name;
+                        continue;
+                    }
+                }
+            }
+        }
+        // ::regclass, ::regtype, ::oid … → (no cast)
+        if *t == Token::DoubleColon {
+            if let Some(name) = next(i + 1) {
+                let skip_ns = if word_eq(&toks[name].token, "pg_catalog") {
+                    next(name + 1).filter(|j| toks[*j].token == Token::Period).and_then(|d| next(d + 1))
+                } else {
+                    Some(name)
+                };
+                if let Some(n) = skip_ns {
+                    if ["regclass", "regtype", "regproc", "regprocedure", "regnamespace", "regrole", "oid"]
+                        .iter()
+                        .any(|r| word_eq(&toks[n].token, r))
+                    {
+                        i = n + 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(toks[i].clone());
+        i += 1;
+    }
+    out
+}
+
 /// Parses the tokens of one statement.
 pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
+    let tokens = rewrite_catalog_idioms(tokens);
     let text = text_of(&tokens);
     let significant: Vec<usize> =
         (0..tokens.len()).filter(|i| !is_trivia(&tokens[*i].token)).collect();
@@ -111,7 +195,111 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
     if parser.peek_token().token != Token::EOF {
         return Err(syntax_error(format!("unexpected {} at end of statement", parser.peek_token().token)));
     }
+    let mut stmt = stmt;
+    if text.contains("pg_catalog") || text.contains("information_schema") {
+        aggregate_scalar_subqueries(&mut stmt);
+    }
     Ok(Parsed { stmt, append_only, watermark, text })
+}
+
+/// PostgreSQL allows several output columns with the same name (`SELECT 1, 1`); DataFusion
+/// does not. Gives repeated unaliased expressions unique aliases for planning (the names the
+/// client sees are taken from the original SELECT list).
+pub fn dedupe_output_names(stmt: &Statement) -> Statement {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, visit_statements_mut};
+    fn fix(body: &mut SetExpr) {
+        match body {
+            SetExpr::Select(select) => {
+                let mut seen = std::collections::HashSet::new();
+                for (i, item) in select.projection.iter_mut().enumerate() {
+                    let name = match item {
+                        SelectItem::UnnamedExpr(e) => e.to_string(),
+                        SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+                        _ => continue,
+                    };
+                    if !seen.insert(name) {
+                        if let SelectItem::UnnamedExpr(e) = item {
+                            *item = SelectItem::ExprWithAlias {
+                                expr: e.clone(),
+                                alias: ast::Ident::with_quote('"', format!("?column?{}", i + 1)),
+                            };
+                        }
+                    }
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                fix(left);
+                fix(right);
+            }
+            SetExpr::Query(q) => fix(&mut q.body),
+            _ => {}
+        }
+    }
+    let mut stmt = stmt.clone();
+    let _ = visit_statements_mut(&mut stmt, |s| {
+        if let Statement::Query(q) = s {
+            fix(&mut q.body);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    stmt
+}
+
+/// psql's catalog queries use correlated scalar subqueries that return at most one row
+/// without aggregating (`(SELECT c.collname FROM … WHERE …)`), which DataFusion cannot
+/// decorrelate. Wrapping the single output in `max()` is equivalent when at most one row
+/// matches, which is all a scalar subquery may return. Applied to catalog queries only.
+fn aggregate_scalar_subqueries(stmt: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, visit_expressions_mut};
+    let _ = visit_expressions_mut(stmt, |expr| {
+        // Eddy has no column defaults or non-default collations: these lookups are NULL.
+        // `array(SELECT …)` appears only over catalogs Eddy keeps empty (policies, publications).
+        if let ast::Expr::Function(f) = expr {
+            if f.name.to_string().eq_ignore_ascii_case("array")
+                && matches!(f.args, ast::FunctionArguments::Subquery(_))
+            {
+                *expr = ast::Expr::Value(ast::Value::Null.into());
+                return std::ops::ControlFlow::<()>::Continue(());
+            }
+        }
+        if let ast::Expr::Subquery(query) = expr {
+            let text = query.to_string();
+            // …and correlated table functions (publication column lists) are beyond DataFusion;
+            // they only appear over catalogs Eddy keeps empty.
+            if text.contains("pg_attrdef") || text.contains("pg_collation") || text.contains("generate_series") {
+                *expr = ast::Expr::Value(ast::Value::Null.into());
+                return std::ops::ControlFlow::<()>::Continue(());
+            }
+        }
+        if let ast::Expr::Subquery(query) = expr {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                let no_grouping = matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+                if select.projection.len() == 1 && no_grouping && select.having.is_none() {
+                    let item = &mut select.projection[0];
+                    let inner = match item {
+                        SelectItem::UnnamedExpr(e) => Some(e),
+                        SelectItem::ExprWithAlias { expr, .. } => Some(expr),
+                        _ => None,
+                    };
+                    if let Some(e) = inner {
+                        let is_aggregate = matches!(e, ast::Expr::Function(f)
+                            if ["count", "max", "min", "sum", "avg", "bool_and", "bool_or", "string_agg", "array_agg"]
+                                .contains(&f.name.to_string().to_lowercase().as_str()));
+                        if !is_aggregate {
+                            let dialect = PostgreSqlDialect {};
+                            if let Ok(wrapped) = Parser::new(&dialect)
+                                .try_with_sql(&format!("max({e})"))
+                                .and_then(|mut p| p.parse_expr())
+                            {
+                                *e = wrapped;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 fn strip_parser_prefix(e: &datafusion::sql::sqlparser::parser::ParserError) -> String {
@@ -273,6 +461,21 @@ mod tests {
         assert_eq!(expr.to_string(), "ts - INTERVAL '5 seconds'");
         let Statement::CreateTable(ct) = p.stmt else { panic!("not a create table") };
         assert_eq!(ct.columns.len(), 3);
+    }
+
+    #[test]
+    fn rewrites_psql_catalog_idioms() {
+        let p = parse_all(
+            "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c \
+             WHERE c.relname OPERATOR(pg_catalog.~) '^(t)$' COLLATE pg_catalog.default \
+             AND c.reloftype::pg_catalog.regtype::pg_catalog.text = ''",
+        )
+        .unwrap();
+        assert_eq!(
+            p[0].text,
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c \
+             WHERE c.relname ~ '^(t)$'  AND c.reloftype::text = ''"
+        );
     }
 
     #[test]

@@ -1,0 +1,21 @@
+-- What a new user does in psql: create, load with \copy, inspect with meta-commands, query.
+CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, email varchar(50), joined date);
+CREATE TABLE events (user_id int, kind text, at timestamp, WATERMARK FOR at AS at - INTERVAL '1 minute') APPEND ONLY;
+INSERT INTO users VALUES (1, 'ann', 'ann@example.com', '2024-01-02'), (2, 'bob', NULL, NULL);
+\copy events FROM 'sql-tests/psql/events.csv' WITH (FORMAT csv, HEADER true)
+\dt
+\d users
+\d events
+\d
+\dn
+\l
+SELECT u.name, count(e.kind) AS events FROM users u LEFT JOIN events e ON e.user_id = u.id GROUP BY u.name ORDER BY u.name;
+\x on
+SELECT * FROM users WHERE id = 1;
+\x off
+BEGIN;
+DELETE FROM users WHERE id = 2;
+ROLLBACK;
+SELECT count(*) FROM users;
+SELECT * FROM nowhere;
+\conninfo
