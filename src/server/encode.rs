@@ -57,7 +57,8 @@ pub fn type_size(t: &Type) -> i16 {
 
 /// Appends one value (length-prefixed, or -1 for NULL) to a DataRow body.
 pub fn encode_value(array: &dyn Array, row: usize, format: FieldFormat, out: &mut BytesMut) {
-    if array.is_null(row) {
+    // NullArray has no validity buffer: `is_null` is false for it, but every value is NULL.
+    if array.is_null(row) || array.data_type() == &DataType::Null {
         out.put_i32(-1);
         return;
     }
