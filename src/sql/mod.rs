@@ -218,11 +218,13 @@ pub fn dedupe_output_names(stmt: &Statement) -> Statement {
                         _ => continue,
                     };
                     if !seen.insert(name) {
-                        if let SelectItem::UnnamedExpr(e) = item {
-                            *item = SelectItem::ExprWithAlias {
-                                expr: e.clone(),
-                                alias: ast::Ident::with_quote('"', format!("?column?{}", i + 1)),
-                            };
+                        let unique = ast::Ident::with_quote('"', format!("?column?{}", i + 1));
+                        match item {
+                            SelectItem::UnnamedExpr(e) => {
+                                *item = SelectItem::ExprWithAlias { expr: e.clone(), alias: unique };
+                            }
+                            SelectItem::ExprWithAlias { alias, .. } => *alias = unique,
+                            _ => {}
                         }
                     }
                 }
