@@ -1,0 +1,130 @@
+//! Ingest throughput, end to end over pgwire against an in-process server (release build):
+//!
+//! 1. `COPY t FROM STDIN` on one connection: rows/s.
+//! 2. Single-row `INSERT` commits over 16 connections (autocommit, each waits for its fsync):
+//!    commits/s — group commit lets concurrent commits share fsyncs.
+//!
+//! Run: `cargo bench --bench ingest` (options: `-- --rows 2000000 --seconds 10`).
+//! The data directory is a temporary directory on the same disk as the working directory.
+//! Results are printed as a Markdown table for docs/benchmarks.md.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use eddy::engine::EngineConfig;
+use eddy::server::Server;
+use futures::SinkExt;
+use tokio_postgres::NoTls;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn connect(port: u16) -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"), NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+fn main() {
+    let rows = arg("--rows", 2_000_000);
+    let seconds = arg("--seconds", 10);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let server = Server::start_with(
+            EngineConfig { data_dir: dir.path().to_path_buf() },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let port = server.local_addr().port();
+        let client = connect(port).await;
+        client
+            .batch_execute(
+                "CREATE TABLE copy_target (id bigint, user_id bigint, amount double precision, note text, at timestamp);
+                 CREATE TABLE commits (conn int, seq bigint, payload text, PRIMARY KEY (conn, seq))",
+            )
+            .await
+            .unwrap();
+
+        // 1. COPY, one connection, data generated up front so only ingest is timed.
+        let mut chunks = Vec::new();
+        let mut chunk = String::with_capacity(1 << 20);
+        for i in 0..rows {
+            chunk.push_str(&format!(
+                "{i}\t{}\t{}.{}\tnote number {i}\t2024-01-{:02} {:02}:{:02}:{:02}\n",
+                i % 10_000,
+                i % 1000,
+                i % 100,
+                1 + i % 28,
+                i % 24,
+                i % 60,
+                (i * 7) % 60
+            ));
+            if chunk.len() > (1 << 20) {
+                chunks.push(bytes::Bytes::from(std::mem::take(&mut chunk)));
+            }
+        }
+        chunks.push(bytes::Bytes::from(chunk));
+        let started = Instant::now();
+        let sink = client.copy_in("COPY copy_target FROM STDIN").await.unwrap();
+        futures::pin_mut!(sink);
+        for c in chunks {
+            sink.send(c).await.unwrap();
+        }
+        let copied = sink.finish().await.unwrap();
+        let copy_secs = started.elapsed().as_secs_f64();
+        assert_eq!(copied, rows);
+        let copy_rate = rows as f64 / copy_secs;
+
+        // 2. Single-row INSERT commits over 16 connections.
+        let connections = 16;
+        let done = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        let started = Instant::now();
+        for conn in 0..connections {
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = connect(port).await;
+                let stmt = client.prepare("INSERT INTO commits VALUES ($1, $2, $3)").await.unwrap();
+                let mut seq = 0i64;
+                while Instant::now() < deadline {
+                    client.execute(&stmt, &[&(conn as i32), &seq, &"some payload"]).await.unwrap();
+                    seq += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let insert_secs = started.elapsed().as_secs_f64();
+        let commits = done.load(Ordering::Relaxed);
+        let count: i64 = client.query_one("SELECT count(*) FROM commits", &[]).await.unwrap().get(0);
+        assert_eq!(count as u64, commits);
+        let commit_rate = commits as f64 / insert_secs;
+
+        println!("| benchmark | result | goal |");
+        println!("|---|---|---|");
+        println!(
+            "| COPY FROM STDIN, 1 connection, {rows} rows (5 columns) | {:.0} rows/s ({copy_secs:.2} s) | ≥ 500,000 rows/s |",
+            copy_rate
+        );
+        println!(
+            "| single-row INSERT, {connections} connections, {seconds} s | {:.0} commits/s ({commits} commits) | ≥ 20,000 commits/s |",
+            commit_rate
+        );
+        server.shutdown().await;
+    });
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Eddy's one entry point for a fresh Debian 12 machine with Rust installed.
+#
+#   ./eddy.sh run    install what is missing, build (release) and start the server on 127.0.0.1:5544
+#   ./eddy.sh test   install what is missing and run the whole test suite
+#
+# Extra arguments after `run` go to the server, e.g. `./eddy.sh run --data-dir /var/lib/eddy`.
+# The cargo target directory defaults to ~/.cache/eddy-target (outside the checkout) so that
+# RocksDB's C++ is compiled once per machine, not once per checkout.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy-target}"
+
+setup() {
+    # libclang-dev: bindgen for the rocksdb crate. postgresql-client: psql, used by the tests
+    # and by you. Installed only when missing; sudo when not root.
+    local missing=()
+    for pkg in libclang-dev postgresql-client; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "eddy.sh: installing ${missing[*]}" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    command -v cargo >/dev/null || { echo "eddy.sh: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
+}
+
+case "${1:-}" in
+    run)
+        shift
+        setup
+        cargo build --release --bin eddy
+        exec "$CARGO_TARGET_DIR/release/eddy" "$@"
+        ;;
+    test)
+        shift
+        setup
+        exec cargo test "$@"
+        ;;
+    *)
+        echo "usage: $0 run [server flags…] | test [cargo test args…]" >&2
+        exit 2
+        ;;
+esac
