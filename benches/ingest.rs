@@ -27,10 +27,12 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 async fn connect(port: u16) -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"), NoTls)
-            .await
-            .expect("connect");
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
+        NoTls,
+    )
+    .await
+    .expect("connect");
     tokio::spawn(conn);
     client
 }
@@ -38,7 +40,10 @@ async fn connect(port: u16) -> tokio_postgres::Client {
 fn main() {
     let rows = arg("--rows", 2_000_000);
     let seconds = arg("--seconds", 10);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let dir = tempfile::tempdir_in(".").unwrap();
         let server = Server::start_with(

@@ -68,7 +68,12 @@ impl fmt::Display for Error {
 
 impl Error {
     pub fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
-        Error { sqlstate, message: message.into(), detail: None, hint: None }
+        Error {
+            sqlstate,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {

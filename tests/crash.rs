@@ -12,7 +12,11 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
@@ -47,7 +51,10 @@ async fn connect(port: u16) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_loses_no_acknowledged_write() {
-    let cycles: usize = std::env::var("EDDY_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let cycles: usize = std::env::var("EDDY_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = spawn(dir.path(), port);
@@ -78,16 +85,24 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
                 let mut client = connect(port).await;
                 for seq in start.. {
                     attempted.lock().unwrap().insert((writer, seq));
-                    let r = client.execute("INSERT INTO acked VALUES ($1, $2)", &[&writer, &seq]).await;
+                    let r = client
+                        .execute("INSERT INTO acked VALUES ($1, $2)", &[&writer, &seq])
+                        .await;
                     if r.is_err() {
                         break;
                     }
                     acked.lock().unwrap().insert((writer, seq));
                     if writer == 0 {
                         let id = seq;
-                        let Ok(tx) = client.transaction().await else { break };
-                        let a = tx.execute("INSERT INTO pairs VALUES ($1, 'a')", &[&(id * 2)]).await;
-                        let b = tx.execute("INSERT INTO pairs VALUES ($1, 'b')", &[&(id * 2 + 1)]).await;
+                        let Ok(tx) = client.transaction().await else {
+                            break;
+                        };
+                        let a = tx
+                            .execute("INSERT INTO pairs VALUES ($1, 'a')", &[&(id * 2)])
+                            .await;
+                        let b = tx
+                            .execute("INSERT INTO pairs VALUES ($1, 'b')", &[&(id * 2 + 1)])
+                            .await;
                         if a.is_err() || b.is_err() || tx.commit().await.is_err() {
                             break;
                         }
@@ -107,23 +122,38 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
 
         child = spawn(dir.path(), port);
         let client = connect(port).await;
-        let rows = client.query("SELECT writer, seq FROM acked", &[]).await.unwrap();
+        let rows = client
+            .query("SELECT writer, seq FROM acked", &[])
+            .await
+            .unwrap();
         let present: HashSet<(i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let acked_now = acked.lock().unwrap().clone();
         let missing: Vec<_> = acked_now.difference(&present).take(5).collect();
-        assert!(missing.is_empty(), "cycle {cycle}: acknowledged rows lost: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "cycle {cycle}: acknowledged rows lost: {missing:?}"
+        );
         // Unacknowledged in-flight rows may have landed, but nothing that was never sent.
         let attempted_now = attempted.lock().unwrap().clone();
         let phantom: Vec<_> = present.difference(&attempted_now).take(5).collect();
-        assert!(phantom.is_empty(), "cycle {cycle}: rows nobody wrote: {phantom:?}");
+        assert!(
+            phantom.is_empty(),
+            "cycle {cycle}: rows nobody wrote: {phantom:?}"
+        );
 
         let rows = client.query("SELECT id FROM pairs", &[]).await.unwrap();
         let ids: HashSet<i32> = rows.iter().map(|r| r.get(0)).collect();
         for id in &ids {
-            assert!(ids.contains(&(id ^ 1)), "cycle {cycle}: half a transaction survived: {id}");
+            assert!(
+                ids.contains(&(id ^ 1)),
+                "cycle {cycle}: half a transaction survived: {id}"
+            );
         }
         for id in pairs_acked.lock().unwrap().iter() {
-            assert!(ids.contains(&(id * 2)), "cycle {cycle}: acknowledged transaction {id} lost");
+            assert!(
+                ids.contains(&(id * 2)),
+                "cycle {cycle}: acknowledged transaction {id} lost"
+            );
         }
         eprintln!(
             "cycle {cycle}: {} acknowledged rows, {} present, {} transactions",

@@ -15,7 +15,9 @@ use tokio_postgres::{Client, NoTls};
 async fn start() -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with(
-        EngineConfig { data_dir: dir.path().to_path_buf() },
+        EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+        },
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
@@ -47,7 +49,9 @@ impl<'a> FromSql<'a> for Raw {
 }
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 #[tokio::test]
@@ -70,8 +74,21 @@ async fn extended_protocol_with_binary_types() {
     // The server infers every parameter's type from its column.
     assert_eq!(
         insert.params(),
-        &[Type::INT4, Type::BOOL, Type::INT2, Type::INT8, Type::FLOAT4, Type::FLOAT8, Type::TEXT,
-          Type::TEXT, Type::BYTEA, Type::DATE, Type::TIME, Type::TIMESTAMP, Type::TIMESTAMPTZ]
+        &[
+            Type::INT4,
+            Type::BOOL,
+            Type::INT2,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::DATE,
+            Type::TIME,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ
+        ]
     );
     let date = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
     let time = NaiveTime::from_hms_micro_opt(13, 14, 15, 500_000).unwrap();
@@ -80,7 +97,21 @@ async fn extended_protocol_with_binary_types() {
     let n = client
         .execute(
             &insert,
-            &[&1i32, &true, &-7i16, &i64::MAX, &1.5f32, &-0.1f64, &"héllo", &"abc", &vec![0u8, 255], &date, &time, &ts, &tz],
+            &[
+                &1i32,
+                &true,
+                &-7i16,
+                &i64::MAX,
+                &1.5f32,
+                &-0.1f64,
+                &"héllo",
+                &"abc",
+                &vec![0u8, 255],
+                &date,
+                &time,
+                &ts,
+                &tz,
+            ],
         )
         .await
         .unwrap();
@@ -88,23 +119,58 @@ async fn extended_protocol_with_binary_types() {
     client
         .execute(
             &insert,
-            &[&2i32, &None::<bool>, &None::<i16>, &None::<i64>, &None::<f32>, &None::<f64>, &None::<&str>,
-              &None::<&str>, &None::<Vec<u8>>, &None::<NaiveDate>, &None::<NaiveTime>, &None::<NaiveDateTime>,
-              &None::<chrono::DateTime<Utc>>],
+            &[
+                &2i32,
+                &None::<bool>,
+                &None::<i16>,
+                &None::<i64>,
+                &None::<f32>,
+                &None::<f64>,
+                &None::<&str>,
+                &None::<&str>,
+                &None::<Vec<u8>>,
+                &None::<NaiveDate>,
+                &None::<NaiveTime>,
+                &None::<NaiveDateTime>,
+                &None::<chrono::DateTime<Utc>>,
+            ],
         )
         .await
         .unwrap();
     // Text parameters where the client sends text (numeric, interval).
-    client.execute("UPDATE t SET n = 123.45, iv = '1 day 02:00:00' WHERE k = $1", &[&1i32]).await.unwrap();
+    client
+        .execute(
+            "UPDATE t SET n = 123.45, iv = '1 day 02:00:00' WHERE k = $1",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
 
-    let select = client.prepare("SELECT * FROM t WHERE k = $1").await.unwrap();
+    let select = client
+        .prepare("SELECT * FROM t WHERE k = $1")
+        .await
+        .unwrap();
     assert_eq!(select.params(), &[Type::INT4]);
     let types: Vec<Type> = select.columns().iter().map(|c| c.type_().clone()).collect();
     assert_eq!(
         types,
-        vec![Type::INT4, Type::BOOL, Type::INT2, Type::INT8, Type::FLOAT4, Type::FLOAT8, Type::NUMERIC,
-             Type::TEXT, Type::TEXT, Type::BYTEA, Type::DATE, Type::TIME, Type::TIMESTAMP,
-             Type::TIMESTAMPTZ, Type::INTERVAL]
+        vec![
+            Type::INT4,
+            Type::BOOL,
+            Type::INT2,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::TEXT,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::DATE,
+            Type::TIME,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::INTERVAL
+        ]
     );
     let row = client.query_one(&select, &[&1i32]).await.unwrap();
     assert_eq!(row.get::<_, i32>("k"), 1);
@@ -120,10 +186,16 @@ async fn extended_protocol_with_binary_types() {
     assert_eq!(row.get::<_, NaiveDateTime>("ts"), ts);
     assert_eq!(row.get::<_, chrono::DateTime<Utc>>("tz"), tz);
     // numeric 123.45: 2 base-10000 digits, weight 0, positive, scale 2: 123, 4500.
-    assert_eq!(row.get::<_, Raw>("n").0, vec![0, 2, 0, 0, 0, 0, 0, 2, 0, 123, 17, 148]);
+    assert_eq!(
+        row.get::<_, Raw>("n").0,
+        vec![0, 2, 0, 0, 0, 0, 0, 2, 0, 123, 17, 148]
+    );
     // interval: microseconds, days, months.
     let iv = row.get::<_, Raw>("iv").0;
-    assert_eq!(i64::from_be_bytes(iv[0..8].try_into().unwrap()), 7_200_000_000);
+    assert_eq!(
+        i64::from_be_bytes(iv[0..8].try_into().unwrap()),
+        7_200_000_000
+    );
     assert_eq!(i32::from_be_bytes(iv[8..12].try_into().unwrap()), 1);
 
     let row = client.query_one(&select, &[&2i32]).await.unwrap();
@@ -132,21 +204,55 @@ async fn extended_protocol_with_binary_types() {
     assert_eq!(row.get::<_, Option<Raw>>("n").map(|r| r.0), None);
 
     // The same values in text format (simple protocol).
-    let rows = client.simple_query("SELECT n, iv, tz, y FROM t WHERE k = 1").await.unwrap();
-    let tokio_postgres::SimpleQueryMessage::Row(r) = &rows[1] else { panic!("no row: {rows:?}") };
+    let rows = client
+        .simple_query("SELECT n, iv, tz, y FROM t WHERE k = 1")
+        .await
+        .unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(r) = &rows[1] else {
+        panic!("no row: {rows:?}")
+    };
     assert_eq!(r.get(0), Some("123.45"));
     assert_eq!(r.get(1), Some("1 day 02:00:00"));
     assert_eq!(r.get(2), Some("2024-02-29 13:14:15.5+00"));
     assert_eq!(r.get(3), Some("\\x00ff"));
 
     // Parameters in expressions, and type errors with SQLSTATEs.
-    let row = client.query_one("SELECT $1::bigint + 1 AS x", &[&41i64]).await.unwrap();
+    let row = client
+        .query_one("SELECT $1::bigint + 1 AS x", &[&41i64])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>("x"), 42);
-    let e = client.execute(&insert, &[&1i32, &true, &1i16, &1i64, &1f32, &1f64, &"", &"", &vec![1u8], &date, &time, &ts, &tz]).await.unwrap_err();
+    let e = client
+        .execute(
+            &insert,
+            &[
+                &1i32,
+                &true,
+                &1i16,
+                &1i64,
+                &1f32,
+                &1f64,
+                &"",
+                &"",
+                &vec![1u8],
+                &date,
+                &time,
+                &ts,
+                &tz,
+            ],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "23505");
-    let e = client.query("SELECT * FROM nope WHERE x = $1", &[&1i32]).await.unwrap_err();
+    let e = client
+        .query("SELECT * FROM nope WHERE x = $1", &[&1i32])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42P01");
-    let e = client.execute("INSERT INTO t (k, v) VALUES ($1, $2)", &[&9i32, &"toolong"]).await.unwrap_err();
+    let e = client
+        .execute("INSERT INTO t (k, v) VALUES ($1, $2)", &[&9i32, &"toolong"])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "22001");
     server.shutdown().await;
 }
@@ -155,15 +261,24 @@ async fn extended_protocol_with_binary_types() {
 async fn transactions_over_the_extended_protocol() {
     let (server, _dir) = start().await;
     let mut client = connect(&server).await;
-    client.batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
     let tx = client.transaction().await.unwrap();
-    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&1i32, &"x"]).await.unwrap();
-    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&2i32, &"y"]).await.unwrap();
+    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&1i32, &"x"])
+        .await
+        .unwrap();
+    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&2i32, &"y"])
+        .await
+        .unwrap();
     assert_eq!(tx.query("SELECT * FROM a", &[]).await.unwrap().len(), 2);
     tx.rollback().await.unwrap();
     assert_eq!(client.query("SELECT * FROM a", &[]).await.unwrap().len(), 0);
     let tx = client.transaction().await.unwrap();
-    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&1i32, &"x"]).await.unwrap();
+    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&1i32, &"x"])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(client.query("SELECT * FROM a", &[]).await.unwrap().len(), 1);
     server.shutdown().await;
@@ -173,7 +288,10 @@ async fn transactions_over_the_extended_protocol() {
 async fn copy_from_stdin_text_and_csv() {
     let (server, _dir) = start().await;
     let client = connect(&server).await;
-    client.batch_execute("CREATE TABLE c (id int PRIMARY KEY, name text, score double precision)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE c (id int PRIMARY KEY, name text, score double precision)")
+        .await
+        .unwrap();
 
     let sink = client.copy_in("COPY c FROM STDIN").await.unwrap();
     futures::pin_mut!(sink);
@@ -185,33 +303,60 @@ async fn copy_from_stdin_text_and_csv() {
     sink.send(bytes::Bytes::from(data)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 20_001);
 
-    let sink = client.copy_in("COPY c (score, id) FROM STDIN WITH (FORMAT csv, HEADER true)").await.unwrap();
+    let sink = client
+        .copy_in("COPY c (score, id) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .await
+        .unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"score,id\n1.25,30000\n,30001\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"score,id\n1.25,30000\n,30001\n"))
+        .await
+        .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
 
-    let row = client.query_one("SELECT count(*), count(name), sum(score) FROM c", &[]).await.unwrap();
+    let row = client
+        .query_one("SELECT count(*), count(name), sum(score) FROM c", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>(0), 20_003);
     assert_eq!(row.get::<_, i64>(1), 20_000);
 
     // A bad row rejects the whole COPY and names the line and column.
     let sink = client.copy_in("COPY c FROM STDIN").await.unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"40000\ta\t1\n40001\tb\tnot-a-number\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(
+        b"40000\ta\t1\n40001\tb\tnot-a-number\n",
+    ))
+    .await
+    .unwrap();
     let e = sink.finish().await.unwrap_err();
     assert_eq!(code(&e), "22P02");
-    let detail = e.as_db_error().unwrap().detail().unwrap_or_default().to_string();
-    assert!(detail.contains("line 2") && detail.contains("column score"), "{detail}");
+    let detail = e
+        .as_db_error()
+        .unwrap()
+        .detail()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains("line 2") && detail.contains("column score"),
+        "{detail}"
+    );
     let sink = client.copy_in("COPY c FROM STDIN").await.unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1\tdup\t1\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"1\tdup\t1\n"))
+        .await
+        .unwrap();
     assert_eq!(code(&sink.finish().await.unwrap_err()), "23505");
     let sink = client.copy_in("COPY c FROM STDIN").await.unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"50000\t\xff\xfe\t1\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"50000\t\xff\xfe\t1\n"))
+        .await
+        .unwrap();
     assert_eq!(code(&sink.finish().await.unwrap_err()), "22021");
 
-    let row = client.query_one("SELECT count(*) FROM c", &[]).await.unwrap();
+    let row = client
+        .query_one("SELECT count(*) FROM c", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>(0), 20_003, "failed COPYs wrote nothing");
     server.shutdown().await;
 }
@@ -234,7 +379,14 @@ async fn cancel_request_stops_a_running_query() {
     assert!(started.elapsed() < Duration::from_secs(30));
     canceller.await.unwrap();
     // The session is usable afterwards.
-    assert_eq!(client.query_one("SELECT 1::int", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        client
+            .query_one("SELECT 1::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
     server.shutdown().await;
 }
 
@@ -242,12 +394,24 @@ async fn cancel_request_stops_a_running_query() {
 async fn bad_input_never_hurts_the_server_or_other_sessions() {
     let (server, _dir) = start().await;
     let bystander = connect(&server).await;
-    bystander.batch_execute("CREATE TABLE safe (id int PRIMARY KEY)").await.unwrap();
-    bystander.execute("INSERT INTO safe VALUES (1)", &[]).await.unwrap();
+    bystander
+        .batch_execute("CREATE TABLE safe (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    bystander
+        .execute("INSERT INTO safe VALUES (1)", &[])
+        .await
+        .unwrap();
 
     // Random bytes on a raw socket, before and after a valid startup.
-    for garbage in [&b"\x00\x00\x00\x08\xde\xad\xbe\xef"[..], &b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..]] {
-        let mut sock = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    for garbage in [
+        &b"\x00\x00\x00\x08\xde\xad\xbe\xef"[..],
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+    ] {
+        let mut sock = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
         let _ = sock.write_all(garbage).await;
         let mut buf = [0u8; 256];
         let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
@@ -272,12 +436,25 @@ async fn bad_input_never_hurts_the_server_or_other_sessions() {
     let big = format!("SELECT '{}' garbage garbage", "x".repeat(10 << 20));
     assert_eq!(code(&victim.simple_query(&big).await.unwrap_err()), "42601");
     let huge = format!("SELECT '{}'", "x".repeat(20 << 20));
-    assert_eq!(code(&victim.simple_query(&huge).await.unwrap_err()), "54000");
+    assert_eq!(
+        code(&victim.simple_query(&huge).await.unwrap_err()),
+        "54000"
+    );
 
     // The bystander never noticed.
-    let row = bystander.query_one("SELECT count(*) FROM safe", &[]).await.unwrap();
+    let row = bystander
+        .query_one("SELECT count(*) FROM safe", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>(0), 1);
-    assert_eq!(victim.query_one("SELECT count(*) FROM safe", &[]).await.unwrap().get::<_, i64>(0), 1);
+    assert_eq!(
+        victim
+            .query_one("SELECT count(*) FROM safe", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
     server.shutdown().await;
 }
 
@@ -285,12 +462,18 @@ async fn bad_input_never_hurts_the_server_or_other_sessions() {
 async fn concurrent_writers_all_land() {
     let (server, _dir) = start().await;
     let setup = connect(&server).await;
-    setup.batch_execute("CREATE TABLE w (writer int, seq int, PRIMARY KEY (writer, seq))").await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE w (writer int, seq int, PRIMARY KEY (writer, seq))")
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for writer in 0..8i32 {
         let client = connect(&server).await;
         tasks.push(tokio::spawn(async move {
-            let stmt = client.prepare("INSERT INTO w VALUES ($1, $2)").await.unwrap();
+            let stmt = client
+                .prepare("INSERT INTO w VALUES ($1, $2)")
+                .await
+                .unwrap();
             for seq in 0..100i32 {
                 client.execute(&stmt, &[&writer, &seq]).await.unwrap();
             }
@@ -299,7 +482,10 @@ async fn concurrent_writers_all_land() {
     for t in tasks {
         t.await.unwrap();
     }
-    let row = setup.query_one("SELECT count(*), count(DISTINCT writer) FROM w", &[]).await.unwrap();
+    let row = setup
+        .query_one("SELECT count(*), count(DISTINCT writer) FROM w", &[])
+        .await
+        .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (800, 8));
     server.shutdown().await;
 }

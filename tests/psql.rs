@@ -21,7 +21,9 @@ async fn psql_scripts_match_their_expected_output() {
     for script in scripts {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start_with(
-            EngineConfig { data_dir: dir.path().to_path_buf() },
+            EngineConfig {
+                data_dir: dir.path().to_path_buf(),
+            },
             "127.0.0.1:0".parse().unwrap(),
         )
         .await
@@ -30,7 +32,18 @@ async fn psql_scripts_match_their_expected_output() {
         let script_arg = script.strip_prefix(root).unwrap_or(&script).to_path_buf();
         let output = tokio::task::spawn_blocking(move || {
             Command::new("psql")
-                .args(["-X", "-h", "127.0.0.1", "-p", &port, "-U", "eddy", "-d", "eddy", "-f"])
+                .args([
+                    "-X",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "eddy",
+                    "-d",
+                    "eddy",
+                    "-f",
+                ])
                 .arg(&script_arg)
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .env("PGCONNECT_TIMEOUT", "10")
@@ -43,17 +56,29 @@ async fn psql_scripts_match_their_expected_output() {
         let mut actual = String::from_utf8_lossy(&output.stdout).to_string();
         actual.push_str(&String::from_utf8_lossy(&output.stderr));
         // Ports differ between runs.
-        let actual = actual.replace(&format!("port \"{}\"", output_port(&actual)), "port \"PORT\"");
+        let actual = actual.replace(
+            &format!("port \"{}\"", output_port(&actual)),
+            "port \"PORT\"",
+        );
         let expected_path = script.with_extension("out");
         if std::env::var("PSQL_OVERRIDE").is_ok() {
             std::fs::write(&expected_path, &actual).unwrap();
             continue;
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        assert_eq!(actual, expected, "psql output of {} differs", script.display());
+        assert_eq!(
+            actual,
+            expected,
+            "psql output of {} differs",
+            script.display()
+        );
     }
 }
 
 fn output_port(text: &str) -> String {
-    text.split("port \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_string()
+    text.split("port \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("")
+        .to_string()
 }

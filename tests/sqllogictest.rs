@@ -36,21 +36,32 @@ struct Harness {
 impl Harness {
     async fn start(data_dir: &Path) -> Harness {
         let server = Server::start_with(
-            EngineConfig { data_dir: data_dir.to_path_buf() },
+            EngineConfig {
+                data_dir: data_dir.to_path_buf(),
+            },
             "127.0.0.1:0".parse().unwrap(),
         )
         .await
         .expect("server starts");
-        Harness { data_dir: data_dir.to_path_buf(), addr: server.local_addr(), server: Some(server) }
+        Harness {
+            data_dir: data_dir.to_path_buf(),
+            addr: server.local_addr(),
+            server: Some(server),
+        }
     }
 
     async fn restart(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = Server::start_with(EngineConfig { data_dir: self.data_dir.clone() }, self.addr)
-            .await
-            .expect("server restarts");
+        let server = Server::start_with(
+            EngineConfig {
+                data_dir: self.data_dir.clone(),
+            },
+            self.addr,
+        )
+        .await
+        .expect("server restarts");
         self.server = Some(server);
     }
 }
@@ -77,9 +88,15 @@ impl From<tokio_postgres::Error> for DbError {
                 if let Some(detail) = db.detail() {
                     message.push_str(&format!(" (DETAIL: {detail})"));
                 }
-                DbError { message, sqlstate: Some(db.code().code().to_string()) }
+                DbError {
+                    message,
+                    sqlstate: Some(db.code().code().to_string()),
+                }
             }
-            None => DbError { message: e.to_string(), sqlstate: None },
+            None => DbError {
+                message: e.to_string(),
+                sqlstate: None,
+            },
         }
     }
 }
@@ -90,7 +107,11 @@ struct EddyDb {
 }
 
 async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, DbError> {
-    let conn_str = format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port());
+    let conn_str = format!(
+        "host={} port={} user=eddy dbname=eddy",
+        addr.ip(),
+        addr.port()
+    );
     let (client, connection) = tokio_postgres::connect(&conn_str, NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
@@ -104,7 +125,11 @@ impl AsyncDB for EddyDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
-        if sql.trim().trim_end_matches(';').eq_ignore_ascii_case("restart eddy") {
+        if sql
+            .trim()
+            .trim_end_matches(';')
+            .eq_ignore_ascii_case("restart eddy")
+        {
             let mut harness = self.harness.lock().await;
             harness.restart().await;
             self.client = connect(harness.addr).await?;
@@ -134,7 +159,10 @@ impl AsyncDB for EddyDb {
             }
         }
         match columns {
-            Some(n) => Ok(DBOutput::Rows { types: vec![DefaultColumnType::Any; n], rows }),
+            Some(n) => Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Any; n],
+                rows,
+            }),
             None => Ok(DBOutput::StatementComplete(count)),
         }
     }
@@ -173,7 +201,10 @@ fn run_file(path: PathBuf) -> Result<(), Failed> {
                 let harness = harness.clone();
                 async move {
                     let addr = harness.lock().await.addr;
-                    Ok(EddyDb { client: connect(addr).await?, harness })
+                    Ok(EddyDb {
+                        client: connect(addr).await?,
+                        harness,
+                    })
                 }
             }
         };
@@ -181,16 +212,19 @@ fn run_file(path: PathBuf) -> Result<(), Failed> {
         let result = if std::env::var("SLT_OVERRIDE").is_ok() {
             runner
                 .update_test_file(
-                &path,
-                " ",
-                sqllogictest::default_validator,
-                sqllogictest::default_normalizer,
-                sqllogictest::default_column_validator,
-            )
-            .await
-            .map_err(|e| Failed::from(e.to_string()))
+                    &path,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
+                .await
+                .map_err(|e| Failed::from(e.to_string()))
         } else {
-            runner.run_file_async(&path).await.map_err(|e| Failed::from(e.display(true).to_string()))
+            runner
+                .run_file_async(&path)
+                .await
+                .map_err(|e| Failed::from(e.display(true).to_string()))
         };
         if let Some(server) = harness.lock().await.server.take() {
             server.shutdown().await;

@@ -62,21 +62,37 @@ impl TableDef {
             .iter()
             .map(|c| {
                 let mut s = format!("{} {}", quote_ident(&c.name), c.sql_type);
-                if c.not_null && !self.primary_key.iter().any(|k| self.columns[*k].name == c.name) {
+                if c.not_null
+                    && !self
+                        .primary_key
+                        .iter()
+                        .any(|k| self.columns[*k].name == c.name)
+                {
                     s.push_str(" NOT NULL");
                 }
                 s
             })
             .collect();
         if !self.primary_key.is_empty() {
-            let cols: Vec<String> =
-                self.primary_key.iter().map(|i| quote_ident(&self.columns[*i].name)).collect();
+            let cols: Vec<String> = self
+                .primary_key
+                .iter()
+                .map(|i| quote_ident(&self.columns[*i].name))
+                .collect();
             parts.push(format!("PRIMARY KEY ({})", cols.join(", ")));
         }
         if let Some(w) = &self.watermark {
-            parts.push(format!("WATERMARK FOR {} AS {}", quote_ident(&w.column), w.expr));
+            parts.push(format!(
+                "WATERMARK FOR {} AS {}",
+                quote_ident(&w.column),
+                w.expr
+            ));
         }
-        let mut sql = format!("CREATE TABLE {} ({})", quote_ident(&self.name), parts.join(", "));
+        let mut sql = format!(
+            "CREATE TABLE {} ({})",
+            quote_ident(&self.name),
+            parts.join(", ")
+        );
         if self.append_only {
             sql.push_str(" APPEND ONLY");
         }
@@ -86,9 +102,18 @@ impl TableDef {
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` does.
 pub fn quote_ident(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,7 +139,10 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn load(store: &StateStore) -> Result<Catalog> {
-        let mut catalog = Catalog { tables: BTreeMap::new(), next_id: 1 };
+        let mut catalog = Catalog {
+            tables: BTreeMap::new(),
+            next_id: 1,
+        };
         for (key, value) in store.catalog_entries()? {
             let entry: Entry = serde_json::from_slice(&value).map_err(|e| {
                 crate::err!(
@@ -155,7 +183,10 @@ impl Catalog {
         let next_json = serde_json::to_vec(&Entry::NextId { next })
             .map_err(|e| crate::internal!("serializing the catalog: {e}"))?;
         store.write_catalog(
-            &[(table_key(def.id), table_json), (NEXT_ID_KEY.to_vec(), next_json)],
+            &[
+                (table_key(def.id), table_json),
+                (NEXT_ID_KEY.to_vec(), next_json),
+            ],
             &[],
         )?;
         self.next_id = next;
@@ -165,11 +196,9 @@ impl Catalog {
     }
 
     pub fn drop_table(&mut self, store: &StateStore, name: &str) -> Result<Arc<TableDef>> {
-        let def = self
-            .tables
-            .get(name)
-            .cloned()
-            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist"))?;
+        let def = self.tables.get(name).cloned().ok_or_else(|| {
+            crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist")
+        })?;
         store.write_catalog(&[], &[table_key(def.id)])?;
         self.tables.remove(name);
         Ok(def)

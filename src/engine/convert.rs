@@ -16,10 +16,14 @@ use crate::catalog::ColumnDef;
 use crate::error::{Error, Result, sqlstate};
 use crate::types::SqlType;
 
-const STRICT: CastOptions<'static> =
-    CastOptions { safe: false, format_options: FormatOptions::new() };
-const LENIENT: CastOptions<'static> =
-    CastOptions { safe: true, format_options: FormatOptions::new() };
+const STRICT: CastOptions<'static> = CastOptions {
+    safe: false,
+    format_options: FormatOptions::new(),
+};
+const LENIENT: CastOptions<'static> = CastOptions {
+    safe: true,
+    format_options: FormatOptions::new(),
+};
 
 fn invalid(ty: SqlType, value: &str) -> Error {
     let code = match ty {
@@ -27,7 +31,11 @@ fn invalid(ty: SqlType, value: &str) -> Error {
         SqlType::Interval => "22007",
         _ => sqlstate::INVALID_TEXT_REPRESENTATION,
     };
-    crate::err!(code, "invalid input syntax for type {}: \"{value}\"", type_word(ty))
+    crate::err!(
+        code,
+        "invalid input syntax for type {}: \"{value}\"",
+        type_word(ty)
+    )
 }
 
 fn out_of_range(ty: SqlType, value: &str) -> Error {
@@ -115,7 +123,10 @@ pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
                 )
             })
         };
-        return digits.chunks(2).map(|p| Ok(val(p[0])? << 4 | val(p[1])?)).collect();
+        return digits
+            .chunks(2)
+            .map(|p| Ok(val(p[0])? << 4 | val(p[1])?))
+            .collect();
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -128,9 +139,12 @@ pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
             out.push(b'\\');
             i += 2;
         } else if i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
-            let v = (bytes[i + 1] - b'0') as u16 * 64 + (bytes[i + 2] - b'0') as u16 * 8
+            let v = (bytes[i + 1] - b'0') as u16 * 64
+                + (bytes[i + 2] - b'0') as u16 * 8
                 + (bytes[i + 3] - b'0') as u16;
             if v > 255 {
                 return Err(invalid(SqlType::Bytea, s));
@@ -162,12 +176,25 @@ pub fn parse_text_column(
         }};
     }
     match ty {
-        SqlType::Boolean => build!(BooleanBuilder, |s: &str| parse_bool(s).ok_or_else(|| invalid(ty, s))),
+        SqlType::Boolean => build!(BooleanBuilder, |s: &str| parse_bool(s)
+            .ok_or_else(|| invalid(ty, s))),
         SqlType::SmallInt => {
-            build!(Int16Builder, |s: &str| parse_int(s, ty, i16::MIN as i64, i16::MAX as i64).map(|v| v as i16))
+            build!(Int16Builder, |s: &str| parse_int(
+                s,
+                ty,
+                i16::MIN as i64,
+                i16::MAX as i64
+            )
+            .map(|v| v as i16))
         }
         SqlType::Integer => {
-            build!(Int32Builder, |s: &str| parse_int(s, ty, i32::MIN as i64, i32::MAX as i64).map(|v| v as i32))
+            build!(Int32Builder, |s: &str| parse_int(
+                s,
+                ty,
+                i32::MIN as i64,
+                i32::MAX as i64
+            )
+            .map(|v| v as i32))
         }
         SqlType::BigInt => build!(Int64Builder, |s: &str| parse_int(s, ty, i64::MIN, i64::MAX)),
         SqlType::Real => build!(Float32Builder, |s: &str| {
@@ -200,11 +227,14 @@ pub fn parse_text_column(
             Ok(Arc::new(b.finish()))
         }
         SqlType::Interval => {
-            let mut b = datafusion::arrow::array::IntervalMonthDayNanoBuilder::with_capacity(text.len());
+            let mut b =
+                datafusion::arrow::array::IntervalMonthDayNanoBuilder::with_capacity(text.len());
             for (row, v) in text.iter().enumerate() {
                 match v {
                     None => b.append_null(),
-                    Some(s) => b.append_value(parse_interval(s).ok_or_else(|| (row, invalid(ty, s)))?),
+                    Some(s) => {
+                        b.append_value(parse_interval(s).ok_or_else(|| (row, invalid(ty, s)))?)
+                    }
                 }
             }
             Ok(Arc::new(b.finish()))
@@ -229,11 +259,14 @@ pub fn parse_text_column(
                     let err = if matches!(ty, SqlType::Numeric(_))
                         && value.trim().parse::<f64>().is_ok()
                     {
-                        crate::err!(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, "numeric field overflow")
-                            .with_detail(format!(
-                                "A field with precision and scale {} cannot hold \"{value}\".",
-                                ty
-                            ))
+                        crate::err!(
+                            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                            "numeric field overflow"
+                        )
+                        .with_detail(format!(
+                            "A field with precision and scale {} cannot hold \"{value}\".",
+                            ty
+                        ))
                     } else {
                         invalid(ty, value)
                     };
@@ -276,7 +309,11 @@ pub fn parse_interval(s: &str) -> Option<datafusion::arrow::datatypes::IntervalM
             }
             let h: f64 = parts[0].parse().ok()?;
             let m: f64 = parts[1].parse().ok()?;
-            let sec: f64 = if parts.len() == 3 { parts[2].parse().ok()? } else { 0.0 };
+            let sec: f64 = if parts.len() == 3 {
+                parts[2].parse().ok()?
+            } else {
+                0.0
+            };
             let total = (h * 3600.0 + m * 60.0 + sec) * 1e9;
             nanos += if neg { -total } else { total };
             i += 1;
@@ -368,7 +405,9 @@ pub fn to_column_type(array: &ArrayRef, col: &ColumnDef) -> Result<ArrayRef> {
                     "column \"{}\" is of type {} but expression is of type {}",
                     col.name,
                     col.sql_type,
-                    SqlType::from_arrow(dt).map(|t| t.to_string()).unwrap_or_else(|| dt.to_string())
+                    SqlType::from_arrow(dt)
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| dt.to_string())
                 ));
             }
             cast_with_options(array, &target, &STRICT).map_err(|e| {
@@ -399,9 +438,12 @@ pub fn to_column_type(array: &ArrayRef, col: &ColumnDef) -> Result<ArrayRef> {
 /// Whether PostgreSQL would assign a value of Arrow type `from` to a column of `to` (implicit or
 /// assignment cast).
 fn castable(from: &DataType, to: SqlType) -> bool {
-    let Some(from) = SqlType::from_arrow(from) else { return false };
+    let Some(from) = SqlType::from_arrow(from) else {
+        return false;
+    };
     use SqlType::*;
-    let numeric = |t: SqlType| matches!(t, SmallInt | Integer | BigInt | Real | Double | Numeric(_));
+    let numeric =
+        |t: SqlType| matches!(t, SmallInt | Integer | BigInt | Real | Double | Numeric(_));
     let text = |t: SqlType| matches!(t, Text | Varchar(_));
     let datetime = |t: SqlType| matches!(t, Date | Timestamp | TimestampTz);
     (numeric(from) && numeric(to))
@@ -432,24 +474,6 @@ pub fn cast_scalar(value: &ScalarValue, ty: &DataType) -> Result<ScalarValue> {
     Ok(value.cast_to(ty)?)
 }
 
-/// 23502 if a NOT NULL column of `batch` (in table column order) has a NULL.
-pub fn check_not_null(
-    table: &str,
-    columns: &[ColumnDef],
-    batch: &datafusion::arrow::array::RecordBatch,
-) -> Result<()> {
-    for (col, array) in columns.iter().zip(batch.columns()) {
-        if col.not_null && array.null_count() > 0 {
-            return Err(crate::err!(
-                sqlstate::NOT_NULL_VIOLATION,
-                "null value in column \"{}\" of relation \"{table}\" violates not-null constraint",
-                col.name
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,7 +486,10 @@ mod tests {
     fn integers_report_syntax_and_range_like_postgres() {
         assert!(parse(&["1", " -7 "], SqlType::Integer).is_ok());
         let (row, e) = parse(&["1", "abc"], SqlType::Integer).unwrap_err();
-        assert_eq!((row, e.sqlstate), (1, sqlstate::INVALID_TEXT_REPRESENTATION));
+        assert_eq!(
+            (row, e.sqlstate),
+            (1, sqlstate::INVALID_TEXT_REPRESENTATION)
+        );
         assert_eq!(e.message, "invalid input syntax for type integer: \"abc\"");
         let (_, e) = parse(&["99999999999"], SqlType::Integer).unwrap_err();
         assert_eq!(e.sqlstate, sqlstate::NUMERIC_VALUE_OUT_OF_RANGE);
@@ -479,11 +506,23 @@ mod tests {
     #[test]
     fn intervals_like_postgres() {
         use datafusion::arrow::datatypes::IntervalMonthDayNano as I;
-        assert_eq!(parse_interval("1 year 2 mons 3 days 04:05:06.5"), Some(I::new(14, 3, 14_706_500_000_000)));
+        assert_eq!(
+            parse_interval("1 year 2 mons 3 days 04:05:06.5"),
+            Some(I::new(14, 3, 14_706_500_000_000))
+        );
         assert_eq!(parse_interval("-1 day"), Some(I::new(0, -1, 0)));
-        assert_eq!(parse_interval("@ 3 hours ago"), Some(I::new(0, 0, -10_800_000_000_000)));
-        assert_eq!(parse_interval("90 minutes"), Some(I::new(0, 0, 5_400_000_000_000)));
-        assert_eq!(parse_interval("5 seconds"), Some(I::new(0, 0, 5_000_000_000)));
+        assert_eq!(
+            parse_interval("@ 3 hours ago"),
+            Some(I::new(0, 0, -10_800_000_000_000))
+        );
+        assert_eq!(
+            parse_interval("90 minutes"),
+            Some(I::new(0, 0, 5_400_000_000_000))
+        );
+        assert_eq!(
+            parse_interval("5 seconds"),
+            Some(I::new(0, 0, 5_000_000_000))
+        );
         assert_eq!(parse_interval("1 fortnight"), None);
     }
 

@@ -18,7 +18,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement};
 
-use super::convert::{check_not_null, parse_text_column, to_column_type};
+use super::convert::{parse_text_column, to_column_type};
 use super::session::{CopyIn, Session, target_columns};
 use super::{Snapshot, provider};
 use crate::catalog::TableDef;
@@ -41,14 +41,22 @@ fn insert_target(session: &Session, insert: &ast::Insert) -> Result<(Arc<TableDe
     let idents: Vec<ast::Ident> = insert
         .columns
         .iter()
-        .map(|c| c.0.last().and_then(|p| p.as_ident()).cloned().unwrap_or_else(|| ast::Ident::new(c.to_string())))
+        .map(|c| {
+            c.0.last()
+                .and_then(|p| p.as_ident())
+                .cloned()
+                .unwrap_or_else(|| ast::Ident::new(c.to_string()))
+        })
         .collect();
     let columns = target_columns(&table, &idents)?;
     Ok((table, columns))
 }
 
 /// Parameter types of an INSERT: the types of the columns the VALUES cells go to.
-pub async fn insert_param_types(session: &Session, insert: &ast::Insert) -> Result<Vec<Option<DataType>>> {
+pub async fn insert_param_types(
+    session: &Session,
+    insert: &ast::Insert,
+) -> Result<Vec<Option<DataType>>> {
     let (table, columns) = insert_target(session, insert)?;
     let mut types: Vec<Option<DataType>> = Vec::new();
     if let Some(source) = &insert.source {
@@ -71,7 +79,9 @@ pub async fn insert_param_types(session: &Session, insert: &ast::Insert) -> Resu
         let plan = session.plan(&Statement::Query(source.clone())).await?;
         let inferred = plan.get_parameter_types()?;
         let n = inferred.len();
-        return Ok((1..=n).map(|i| inferred.get(&format!("${i}")).cloned().flatten()).collect());
+        return Ok((1..=n)
+            .map(|i| inferred.get(&format!("${i}")).cloned().flatten())
+            .collect());
     }
     Ok(types)
 }
@@ -81,7 +91,9 @@ pub async fn param_types(session: &Session, stmt: &Statement) -> Result<Vec<Opti
     let (_, select, _) = rewrite_as_select(session, stmt)?;
     session.read_state().set_snapshot(Snapshot::Latest);
     let parsed = sql::parse_all(&select)?;
-    let Some(p) = parsed.into_iter().next() else { return Ok(vec![]) };
+    let Some(p) = parsed.into_iter().next() else {
+        return Ok(vec![]);
+    };
     let plan = session.plan(&p.stmt).await?;
     let types = plan.get_parameter_types()?;
     let n = types
@@ -89,13 +101,17 @@ pub async fn param_types(session: &Session, stmt: &Statement) -> Result<Vec<Opti
         .filter_map(|k| k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()))
         .max()
         .unwrap_or(0);
-    Ok((1..=n).map(|i| types.get(&format!("${i}")).cloned().flatten()).collect())
+    Ok((1..=n)
+        .map(|i| types.get(&format!("${i}")).cloned().flatten())
+        .collect())
 }
 
 fn placeholder_index(e: &ast::Expr) -> Option<usize> {
     match e {
         ast::Expr::Value(v) => match &v.value {
-            ast::Value::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1),
+            ast::Value::Placeholder(p) => {
+                p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)
+            }
             _ => None,
         },
         _ => None,
@@ -117,11 +133,19 @@ fn simple_cell(e: &ast::Expr, params: &[ScalarValue]) -> Option<Result<Cell>> {
             ast::Value::Null => Ok(Cell::Value(ScalarValue::Null)),
             ast::Value::Placeholder(p) => {
                 let n = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())?;
-                Ok(Cell::Value(params.get(n.checked_sub(1)?).cloned().unwrap_or(ScalarValue::Null)))
+                Ok(Cell::Value(
+                    params
+                        .get(n.checked_sub(1)?)
+                        .cloned()
+                        .unwrap_or(ScalarValue::Null),
+                ))
             }
             _ => return None,
         }),
-        ast::Expr::UnaryOp { op: ast::UnaryOperator::Minus, expr } => match expr.as_ref() {
+        ast::Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => match expr.as_ref() {
             ast::Expr::Value(v) => match &v.value {
                 ast::Value::Number(n, _) => Some(Ok(Cell::Text(format!("-{n}")))),
                 _ => None,
@@ -142,7 +166,9 @@ fn values_fast_path(
     if source.with.is_some() || source.order_by.is_some() || source.limit_clause.is_some() {
         return None;
     }
-    let SetExpr::Values(values) = source.body.as_ref() else { return None };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return None;
+    };
     let mut cells: Vec<Vec<Cell>> = (0..columns.len()).map(|_| Vec::new()).collect();
     for row in &values.rows {
         let row = &row.content;
@@ -160,7 +186,9 @@ fn values_fast_path(
         let mut out = Vec::with_capacity(columns.len());
         for (cells, col) in cells.into_iter().zip(columns) {
             let col = &table.columns[*col];
-            let all_text = cells.iter().all(|c| matches!(c, Cell::Text(_) | Cell::Value(ScalarValue::Null)));
+            let all_text = cells
+                .iter()
+                .all(|c| matches!(c, Cell::Text(_) | Cell::Value(ScalarValue::Null)));
             let array = if all_text {
                 let text: StringArray = cells
                     .iter()
@@ -175,7 +203,9 @@ fn values_fast_path(
                 let scalars = cells
                     .into_iter()
                     .map(|c| match c {
-                        Cell::Text(s) => super::convert::cast_scalar(&ScalarValue::Utf8(Some(s)), &target),
+                        Cell::Text(s) => {
+                            super::convert::cast_scalar(&ScalarValue::Utf8(Some(s)), &target)
+                        }
                         Cell::Value(v) => {
                             let arr = v.to_array()?;
                             let arr = to_column_type(&arr, col)?;
@@ -194,14 +224,25 @@ fn values_fast_path(
 
 fn arity_error(got: usize, want: usize) -> Error {
     if got > want {
-        crate::err!(sqlstate::SYNTAX_ERROR, "INSERT has more expressions than target columns")
+        crate::err!(
+            sqlstate::SYNTAX_ERROR,
+            "INSERT has more expressions than target columns"
+        )
     } else {
-        crate::err!(sqlstate::SYNTAX_ERROR, "INSERT has more target columns than expressions")
+        crate::err!(
+            sqlstate::SYNTAX_ERROR,
+            "INSERT has more target columns than expressions"
+        )
     }
 }
 
-/// Assembles full table rows from values for `columns` (others NULL) and checks NOT NULL.
-fn table_rows(table: &TableDef, columns: &[usize], values: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+/// Assembles full table rows from values for `columns` (the others NULL).
+fn table_rows(
+    table: &TableDef,
+    columns: &[usize],
+    values: Vec<ArrayRef>,
+    rows: usize,
+) -> Result<RecordBatch> {
     let mut full: Vec<ArrayRef> = table
         .columns
         .iter()
@@ -210,39 +251,16 @@ fn table_rows(table: &TableDef, columns: &[usize], values: Vec<ArrayRef>, rows: 
     for (array, col) in values.into_iter().zip(columns) {
         full[*col] = to_column_type(&array, &table.columns[*col])?;
     }
-    let batch = RecordBatch::try_new(table.schema(), full).map_err(|e| {
-        if e.to_string().contains("non-nullable") {
-            crate::err!(
-                sqlstate::NOT_NULL_VIOLATION,
-                "null value violates not-null constraint of relation \"{}\"",
-                table.name
-            )
-        } else {
-            Error::from(e)
-        }
-    });
-    match batch {
-        Ok(b) => Ok(b),
-        Err(e) if e.sqlstate == sqlstate::NOT_NULL_VIOLATION => {
-            // Name the column, as PostgreSQL does.
-            for (i, c) in table.columns.iter().enumerate() {
-                if c.not_null && !columns.contains(&i) && rows > 0 {
-                    return Err(crate::err!(
-                        sqlstate::NOT_NULL_VIOLATION,
-                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
-                        c.name,
-                        table.name
-                    ));
-                }
-            }
-            Err(e)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(RecordBatch::try_new(table.schema(), full)?)
 }
 
-fn build_rows(table: &TableDef, columns: &[usize], values: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
-    // Check NOT NULL before assembling (Arrow refuses nulls in non-nullable fields).
+/// Table rows from values for `columns`, after checking NOT NULL (23502, naming the column).
+fn build_rows(
+    table: &TableDef,
+    columns: &[usize],
+    values: Vec<ArrayRef>,
+    rows: usize,
+) -> Result<RecordBatch> {
     for (i, c) in table.columns.iter().enumerate() {
         if !c.not_null || rows == 0 {
             continue;
@@ -284,13 +302,21 @@ pub async fn insert(
         if let Some(row) = v.rows.iter().find(|r| r.content.len() != columns.len()) {
             return Err(arity_error(row.content.len(), columns.len()));
         }
-        if v.rows.iter().flat_map(|r| r.content.iter()).any(|e| matches!(e, ast::Expr::Identifier(i) if i.value.eq_ignore_ascii_case("default"))) {
-            return Err(unsupported!("DEFAULT in VALUES (Eddy has no column defaults yet)"));
+        if v.rows.iter().flat_map(|r| r.content.iter()).any(
+            |e| matches!(e, ast::Expr::Identifier(i) if i.value.eq_ignore_ascii_case("default")),
+        ) {
+            return Err(unsupported!(
+                "DEFAULT in VALUES (Eddy has no column defaults yet)"
+            ));
         }
     }
     let source = typed_string_literals(source, &table, &columns)?;
-    session.read_state().set_snapshot(Snapshot::At(session.engine().durable_lsn()));
-    let (schema, batches) = session.query_batches(&Statement::Query(source), params).await?;
+    session
+        .read_state()
+        .set_snapshot(Snapshot::At(session.engine().durable_lsn()));
+    let (schema, batches) = session
+        .query_batches(&Statement::Query(source), params)
+        .await?;
     if schema.fields().len() != columns.len() {
         return Err(arity_error(schema.fields().len(), columns.len()));
     }
@@ -302,7 +328,11 @@ pub async fn insert(
 
 /// In `VALUES`, a string literal has no type of its own in PostgreSQL: it takes the type of the
 /// column it goes to. Rewrites such cells as casts so mixed rows (`'2024-01-01'`, `now()`) unify.
-fn typed_string_literals(source: &ast::Query, table: &TableDef, columns: &[usize]) -> Result<Box<ast::Query>> {
+fn typed_string_literals(
+    source: &ast::Query,
+    table: &TableDef,
+    columns: &[usize],
+) -> Result<Box<ast::Query>> {
     let mut source = Box::new(source.clone());
     if let SetExpr::Values(values) = source.body.as_mut() {
         let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
@@ -339,35 +369,41 @@ fn cast_type_name(ty: crate::types::SqlType) -> String {
 
 /// `SELECT t.*, <new values…> FROM t WHERE …` for an UPDATE or DELETE; returns the table, the
 /// query text and the updated column indices.
-fn rewrite_as_select(session: &Session, stmt: &Statement) -> Result<(Arc<TableDef>, String, Vec<usize>)> {
-    let (relation, selection, assignments): (&ast::TableWithJoins, &Option<ast::Expr>, &[ast::Assignment]) =
-        match stmt {
-            Statement::Update(u) => {
-                if u.from.is_some() {
-                    return Err(unsupported!("UPDATE … FROM"));
-                }
-                if u.returning.is_some() {
-                    return Err(unsupported!("UPDATE … RETURNING"));
-                }
-                (&u.table, &u.selection, &u.assignments)
+fn rewrite_as_select(
+    session: &Session,
+    stmt: &Statement,
+) -> Result<(Arc<TableDef>, String, Vec<usize>)> {
+    let (relation, selection, assignments): (
+        &ast::TableWithJoins,
+        &Option<ast::Expr>,
+        &[ast::Assignment],
+    ) = match stmt {
+        Statement::Update(u) => {
+            if u.from.is_some() {
+                return Err(unsupported!("UPDATE … FROM"));
             }
-            Statement::Delete(d) => {
-                if d.using.is_some() {
-                    return Err(unsupported!("DELETE … USING"));
-                }
-                if d.returning.is_some() {
-                    return Err(unsupported!("DELETE … RETURNING"));
-                }
-                let tables = match &d.from {
-                    ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
-                };
-                if tables.len() != 1 {
-                    return Err(unsupported!("DELETE from several tables"));
-                }
-                (&tables[0], &d.selection, &[])
+            if u.returning.is_some() {
+                return Err(unsupported!("UPDATE … RETURNING"));
             }
-            _ => return Err(crate::internal!("not an UPDATE or DELETE")),
-        };
+            (&u.table, &u.selection, &u.assignments)
+        }
+        Statement::Delete(d) => {
+            if d.using.is_some() {
+                return Err(unsupported!("DELETE … USING"));
+            }
+            if d.returning.is_some() {
+                return Err(unsupported!("DELETE … RETURNING"));
+            }
+            let tables = match &d.from {
+                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+            };
+            if tables.len() != 1 {
+                return Err(unsupported!("DELETE from several tables"));
+            }
+            (&tables[0], &d.selection, &[])
+        }
+        _ => return Err(crate::internal!("not an UPDATE or DELETE")),
+    };
     if !relation.joins.is_empty() {
         return Err(unsupported!("joins in UPDATE/DELETE"));
     }
@@ -375,7 +411,11 @@ fn rewrite_as_select(session: &Session, stmt: &Statement) -> Result<(Arc<TableDe
         return Err(unsupported!("UPDATE/DELETE of {}", relation.relation));
     };
     let table = session.table(&sql::table_name(name)?)?;
-    let verb = if matches!(stmt, Statement::Update(_)) { "UPDATE" } else { "DELETE" };
+    let verb = if matches!(stmt, Statement::Update(_)) {
+        "UPDATE"
+    } else {
+        "DELETE"
+    };
     if table.append_only {
         return Err(unsupported!(
             "{verb} on append-only table \"{}\": APPEND ONLY tables accept only INSERT and COPY",
@@ -386,12 +426,12 @@ fn rewrite_as_select(session: &Session, stmt: &Statement) -> Result<(Arc<TableDe
     let mut exprs = Vec::new();
     for a in assignments {
         let names: Vec<String> = match &a.target {
-            ast::AssignmentTarget::ColumnName(n) => vec![n
-                .0
-                .last()
-                .and_then(|p| p.as_ident())
-                .map(sql::normalize_ident)
-                .unwrap_or_else(|| n.to_string())],
+            ast::AssignmentTarget::ColumnName(n) => vec![
+                n.0.last()
+                    .and_then(|p| p.as_ident())
+                    .map(sql::normalize_ident)
+                    .unwrap_or_else(|| n.to_string()),
+            ],
             ast::AssignmentTarget::Tuple(_) => return Err(unsupported!("UPDATE SET (a, b) = …")),
         };
         for name in names {
@@ -408,8 +448,11 @@ fn rewrite_as_select(session: &Session, stmt: &Statement) -> Result<(Arc<TableDe
                     "multiple assignments to same column \"{name}\""
                 ));
             }
-            if matches!(&a.value, ast::Expr::Identifier(i) if i.value.eq_ignore_ascii_case("default")) {
-                return Err(unsupported!("SET … = DEFAULT (Eddy has no column defaults yet)"));
+            if matches!(&a.value, ast::Expr::Identifier(i) if i.value.eq_ignore_ascii_case("default"))
+            {
+                return Err(unsupported!(
+                    "SET … = DEFAULT (Eddy has no column defaults yet)"
+                ));
             }
             updated.push(idx);
             exprs.push(format!("({})", a.value));
@@ -442,7 +485,10 @@ pub async fn update_or_delete(
 ) -> Result<(ObjectId, ZBatch, usize)> {
     let (table, select, updated) = rewrite_as_select(session, stmt)?;
     let parsed: Vec<Parsed> = sql::parse_all(&select)?;
-    let query = parsed.into_iter().next().ok_or_else(|| crate::internal!("empty rewrite"))?;
+    let query = parsed
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::internal!("empty rewrite"))?;
     session.read_state().set_snapshot(Snapshot::Latest);
     let (schema, batches) = session.query_batches(&query.stmt, params).await?;
     let data = concat_batches(&schema, &batches)?;
@@ -480,7 +526,9 @@ pub async fn update_or_delete(
 /// against concurrent commits.
 pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch) -> Result<()> {
     let catalog = session.engine().catalog();
-    let Some(def) = catalog.table_by_id(table) else { return Ok(()) };
+    let Some(def) = catalog.table_by_id(table) else {
+        return Ok(());
+    };
     if def.primary_key.is_empty() || change.weights.values().iter().all(|w| *w < 0) {
         return Ok(());
     }
@@ -492,26 +540,42 @@ pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch)
     all.push(change.clone());
     let merged = ZBatch::consolidate(&all, &schema)?;
     let rows = merged.expand_positive()?;
-    let keys: Vec<ArrayRef> = def.primary_key.iter().map(|i| rows.column(*i).clone()).collect();
+    let keys: Vec<ArrayRef> = def
+        .primary_key
+        .iter()
+        .map(|i| rows.column(*i).clone())
+        .collect();
     let converter = RowConverter::new(
-        keys.iter().map(|k| SortField::new(k.data_type().clone())).collect(),
+        keys.iter()
+            .map(|k| SortField::new(k.data_type().clone()))
+            .collect(),
     )?;
     let converted = converter.convert_columns(&keys)?;
     let mut seen = HashSet::with_capacity(converted.num_rows());
     for (i, row) in converted.iter().enumerate() {
         if !seen.insert(row) {
-            let key_names: Vec<&str> =
-                def.primary_key.iter().map(|k| def.columns[*k].name.as_str()).collect();
+            let key_names: Vec<&str> = def
+                .primary_key
+                .iter()
+                .map(|k| def.columns[*k].name.as_str())
+                .collect();
             let values: Vec<String> = keys
                 .iter()
-                .map(|k| datafusion::arrow::util::display::array_value_to_string(k, i).unwrap_or_default())
+                .map(|k| {
+                    datafusion::arrow::util::display::array_value_to_string(k, i)
+                        .unwrap_or_default()
+                })
                 .collect();
             return Err(crate::err!(
                 sqlstate::UNIQUE_VIOLATION,
                 "duplicate key value violates unique constraint \"{}_pkey\"",
                 def.name
             )
-            .with_detail(format!("Key ({})=({}) already exists.", key_names.join(", "), values.join(", "))));
+            .with_detail(format!(
+                "Key ({})=({}) already exists.",
+                key_names.join(", "),
+                values.join(", ")
+            )));
         }
     }
     Ok(())
@@ -542,8 +606,5 @@ pub fn copy_rows(
         }
         values.push(array);
     }
-    build_rows(&copy.table, &copy.columns, values, rows).map_err(|e| (0, 0, e)).and_then(|b| {
-        check_not_null(&copy.table.name, &copy.table.columns, &b).map_err(|e| (0, 0, e))?;
-        Ok(b)
-    })
+    build_rows(&copy.table, &copy.columns, values, rows).map_err(|e| (0, 0, e))
 }

@@ -68,8 +68,10 @@ impl Engine {
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), &e))?;
         let state = StateStore::open(&dir.join("state"))?;
         let catalog = Catalog::load(&state)?;
-        let mut tables: HashMap<ObjectId, table::TableStore> =
-            catalog.tables().map(|t| (t.id, table::TableStore::new(t))).collect();
+        let mut tables: HashMap<ObjectId, table::TableStore> = catalog
+            .tables()
+            .map(|t| (t.id, table::TableStore::new(t)))
+            .collect();
         let started = std::time::Instant::now();
         let mut records = 0u64;
         let log = Log::open(&dir.join("log"), |record: LogRecord| {
@@ -116,7 +118,11 @@ impl Engine {
     }
 
     /// The rows of table `id` as of `snapshot`.
-    pub fn scan(&self, id: ObjectId, snapshot: Snapshot) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    pub fn scan(
+        &self,
+        id: ObjectId,
+        snapshot: Snapshot,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
         let tables = self.tables.read();
         let table = tables
             .get(&id)
@@ -128,13 +134,19 @@ impl Engine {
 
     /// Live rows of a table, durable or not (for statistics such as pg_class.reltuples).
     pub fn row_count(&self, id: ObjectId) -> usize {
-        self.tables.read().get(&id).map(|t| t.live_rows()).unwrap_or(0)
+        self.tables
+            .read()
+            .get(&id)
+            .map(|t| t.live_rows())
+            .unwrap_or(0)
     }
 
     /// Makes `changes` durable and visible, atomically. Returns once the log record is synced.
     pub async fn commit(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Lsn> {
-        let changes: Vec<(ObjectId, ZBatch)> =
-            changes.into_iter().filter(|(_, z)| z.num_rows() > 0).collect();
+        let changes: Vec<(ObjectId, ZBatch)> = changes
+            .into_iter()
+            .filter(|(_, z)| z.num_rows() > 0)
+            .collect();
         if changes.is_empty() {
             return Ok(self.log.durable_lsn());
         }
@@ -179,7 +191,9 @@ impl Engine {
             ));
         }
         let def = catalog.create_table(&self.state, def)?;
-        self.tables.write().insert(def.id, table::TableStore::new(&def));
+        self.tables
+            .write()
+            .insert(def.id, table::TableStore::new(&def));
         *self.catalog.write() = Arc::new(catalog);
         Ok(true)
     }

@@ -53,7 +53,11 @@ pub fn type_oid(t: SqlType) -> (i64, i32) {
         SqlType::Timestamp => (1114, -1),
         SqlType::TimestampTz => (1184, -1),
         SqlType::Interval => (1186, -1),
-        SqlType::Numeric(ps) => (1700, ps.map(|(p, s)| ((p as i32) << 16 | s as i32) + 4).unwrap_or(-1)),
+        SqlType::Numeric(ps) => (
+            1700,
+            ps.map(|(p, s)| ((p as i32) << 16 | s as i32) + 4)
+                .unwrap_or(-1),
+        ),
     }
 }
 
@@ -137,7 +141,10 @@ fn null_list() -> ScalarValue {
 impl Builder {
     fn new(columns: &[(&str, DataType)]) -> Builder {
         Builder {
-            fields: columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect(),
+            fields: columns
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect(),
             rows: Vec::new(),
         }
     }
@@ -212,39 +219,117 @@ impl PgCatalog {
         let tables: Vec<&Arc<TableDef>> = catalog.tables().collect();
         let t = match name {
             "pg_namespace" => {
-                let mut t = Builder::new(&[("oid", INT), ("nspname", TEXT), ("nspowner", INT), ("nspacl", TEXT)]);
-                t.row(vec![i(PG_CATALOG_NS), s("pg_catalog"), i(OWNER), null_text()]);
+                let mut t = Builder::new(&[
+                    ("oid", INT),
+                    ("nspname", TEXT),
+                    ("nspowner", INT),
+                    ("nspacl", TEXT),
+                ]);
+                t.row(vec![
+                    i(PG_CATALOG_NS),
+                    s("pg_catalog"),
+                    i(OWNER),
+                    null_text(),
+                ]);
                 t.row(vec![i(PUBLIC_NS), s("public"), i(OWNER), null_text()]);
-                t.row(vec![i(INFORMATION_SCHEMA_NS), s("information_schema"), i(OWNER), null_text()]);
+                t.row(vec![
+                    i(INFORMATION_SCHEMA_NS),
+                    s("information_schema"),
+                    i(OWNER),
+                    null_text(),
+                ]);
                 t
             }
             "pg_class" => {
                 let mut t = Builder::new(&[
-                    ("oid", INT), ("relname", TEXT), ("relnamespace", INT), ("reltype", INT),
-                    ("relowner", INT), ("relam", INT), ("relkind", TEXT), ("relnatts", INT),
-                    ("relchecks", INT), ("relhasindex", BOOL), ("relhasrules", BOOL),
-                    ("relhastriggers", BOOL), ("relrowsecurity", BOOL), ("relforcerowsecurity", BOOL),
-                    ("relispartition", BOOL), ("reltablespace", INT), ("reloftype", INT),
-                    ("relpersistence", TEXT), ("relreplident", TEXT), ("reltoastrelid", INT),
-                    ("relpartbound", TEXT), ("reloptions", TEXT), ("relacl", TEXT), ("reltuples", DataType::Float64),
-                    ("relpages", INT), ("relisshared", BOOL), ("relhassubclass", BOOL),
+                    ("oid", INT),
+                    ("relname", TEXT),
+                    ("relnamespace", INT),
+                    ("reltype", INT),
+                    ("relowner", INT),
+                    ("relam", INT),
+                    ("relkind", TEXT),
+                    ("relnatts", INT),
+                    ("relchecks", INT),
+                    ("relhasindex", BOOL),
+                    ("relhasrules", BOOL),
+                    ("relhastriggers", BOOL),
+                    ("relrowsecurity", BOOL),
+                    ("relforcerowsecurity", BOOL),
+                    ("relispartition", BOOL),
+                    ("reltablespace", INT),
+                    ("reloftype", INT),
+                    ("relpersistence", TEXT),
+                    ("relreplident", TEXT),
+                    ("reltoastrelid", INT),
+                    ("relpartbound", TEXT),
+                    ("reloptions", TEXT),
+                    ("relacl", TEXT),
+                    ("reltuples", DataType::Float64),
+                    ("relpages", INT),
+                    ("relisshared", BOOL),
+                    ("relhassubclass", BOOL),
                 ]);
                 for def in &tables {
                     let rows = self.engine.row_count(def.id) as f64;
                     t.row(vec![
-                        i(table_oid(def)), s(&def.name), i(PUBLIC_NS), i(0), i(OWNER), i(2), s("r"),
-                        i(def.columns.len() as i64), i(0), b(!def.primary_key.is_empty()), b(false),
-                        b(false), b(false), b(false), b(false), i(0), i(0), s("p"), s("d"), i(0),
-                        null_text(), null_text(), null_text(), ScalarValue::Float64(Some(rows)), i(0),
-                        b(false), b(false),
+                        i(table_oid(def)),
+                        s(&def.name),
+                        i(PUBLIC_NS),
+                        i(0),
+                        i(OWNER),
+                        i(2),
+                        s("r"),
+                        i(def.columns.len() as i64),
+                        i(0),
+                        b(!def.primary_key.is_empty()),
+                        b(false),
+                        b(false),
+                        b(false),
+                        b(false),
+                        b(false),
+                        i(0),
+                        i(0),
+                        s("p"),
+                        s("d"),
+                        i(0),
+                        null_text(),
+                        null_text(),
+                        null_text(),
+                        ScalarValue::Float64(Some(rows)),
+                        i(0),
+                        b(false),
+                        b(false),
                     ]);
                     if !def.primary_key.is_empty() {
                         t.row(vec![
-                            i(index_oid(def)), s(&format!("{}_pkey", def.name)), i(PUBLIC_NS), i(0), i(OWNER),
-                            i(403), s("i"), i(def.primary_key.len() as i64), i(0), b(false), b(false),
-                            b(false), b(false), b(false), b(false), i(0), i(0), s("p"), s("n"), i(0),
-                            null_text(), null_text(), null_text(), ScalarValue::Float64(Some(rows)), i(0),
-                            b(false), b(false),
+                            i(index_oid(def)),
+                            s(&format!("{}_pkey", def.name)),
+                            i(PUBLIC_NS),
+                            i(0),
+                            i(OWNER),
+                            i(403),
+                            s("i"),
+                            i(def.primary_key.len() as i64),
+                            i(0),
+                            b(false),
+                            b(false),
+                            b(false),
+                            b(false),
+                            b(false),
+                            b(false),
+                            i(0),
+                            i(0),
+                            s("p"),
+                            s("n"),
+                            i(0),
+                            null_text(),
+                            null_text(),
+                            null_text(),
+                            ScalarValue::Float64(Some(rows)),
+                            i(0),
+                            b(false),
+                            b(false),
                         ]);
                     }
                 }
@@ -258,32 +343,87 @@ impl PgCatalog {
             }
             "pg_attribute" => {
                 let mut t = Builder::new(&[
-                    ("attrelid", INT), ("attname", TEXT), ("atttypid", INT), ("atttypmod", INT),
-                    ("attnum", INT), ("attlen", INT), ("attnotnull", BOOL), ("atthasdef", BOOL),
-                    ("attisdropped", BOOL), ("attidentity", TEXT), ("attgenerated", TEXT),
-                    ("attcollation", INT), ("attstattarget", INT), ("attstorage", TEXT),
-                    ("attislocal", BOOL), ("attinhcount", INT), ("attacl", TEXT), ("attoptions", TEXT),
-                    ("attfdwoptions", TEXT), ("attmissingval", TEXT), ("attcompression", TEXT),
+                    ("attrelid", INT),
+                    ("attname", TEXT),
+                    ("atttypid", INT),
+                    ("atttypmod", INT),
+                    ("attnum", INT),
+                    ("attlen", INT),
+                    ("attnotnull", BOOL),
+                    ("atthasdef", BOOL),
+                    ("attisdropped", BOOL),
+                    ("attidentity", TEXT),
+                    ("attgenerated", TEXT),
+                    ("attcollation", INT),
+                    ("attstattarget", INT),
+                    ("attstorage", TEXT),
+                    ("attislocal", BOOL),
+                    ("attinhcount", INT),
+                    ("attacl", TEXT),
+                    ("attoptions", TEXT),
+                    ("attfdwoptions", TEXT),
+                    ("attmissingval", TEXT),
+                    ("attcompression", TEXT),
                 ]);
                 for def in &tables {
                     for (n, c) in def.columns.iter().enumerate() {
                         let (oid, typmod) = type_oid(c.sql_type);
                         let len = TYPES.iter().find(|t| t.0 == oid).map(|t| t.2).unwrap_or(-1);
-                        let collation = if matches!(c.sql_type, SqlType::Text | SqlType::Varchar(_)) { 100 } else { 0 };
+                        let collation = if matches!(c.sql_type, SqlType::Text | SqlType::Varchar(_))
+                        {
+                            100
+                        } else {
+                            0
+                        };
                         t.row(vec![
-                            i(table_oid(def)), s(&c.name), i(oid), i(typmod as i64), i(n as i64 + 1), i(len),
-                            b(c.not_null), b(false), b(false), s(""), s(""), i(collation), i(-1),
-                            s(if len == -1 { "x" } else { "p" }), b(true), i(0), null_text(), null_text(),
-                            null_text(), null_text(), s(""),
+                            i(table_oid(def)),
+                            s(&c.name),
+                            i(oid),
+                            i(typmod as i64),
+                            i(n as i64 + 1),
+                            i(len),
+                            b(c.not_null),
+                            b(false),
+                            b(false),
+                            s(""),
+                            s(""),
+                            i(collation),
+                            i(-1),
+                            s(if len == -1 { "x" } else { "p" }),
+                            b(true),
+                            i(0),
+                            null_text(),
+                            null_text(),
+                            null_text(),
+                            null_text(),
+                            s(""),
                         ]);
                     }
                     for (n, k) in def.primary_key.iter().enumerate() {
                         let c = &def.columns[*k];
                         let (oid, typmod) = type_oid(c.sql_type);
                         t.row(vec![
-                            i(index_oid(def)), s(&c.name), i(oid), i(typmod as i64), i(n as i64 + 1), i(-1),
-                            b(false), b(false), b(false), s(""), s(""), i(0), i(-1), s("p"), b(true), i(0),
-                            null_text(), null_text(), null_text(), null_text(), s(""),
+                            i(index_oid(def)),
+                            s(&c.name),
+                            i(oid),
+                            i(typmod as i64),
+                            i(n as i64 + 1),
+                            i(-1),
+                            b(false),
+                            b(false),
+                            b(false),
+                            s(""),
+                            s(""),
+                            i(0),
+                            i(-1),
+                            s("p"),
+                            b(true),
+                            i(0),
+                            null_text(),
+                            null_text(),
+                            null_text(),
+                            null_text(),
+                            s(""),
                         ]);
                     }
                 }
@@ -291,121 +431,305 @@ impl PgCatalog {
             }
             "pg_type" => {
                 let mut t = Builder::new(&[
-                    ("oid", INT), ("typname", TEXT), ("typnamespace", INT), ("typowner", INT),
-                    ("typlen", INT), ("typtype", TEXT), ("typcategory", TEXT), ("typcollation", INT),
-                    ("typelem", INT), ("typarray", INT), ("typbasetype", INT), ("typtypmod", INT),
-                    ("typnotnull", BOOL), ("typrelid", INT), ("typinput", TEXT), ("typoutput", TEXT),
-                    ("typreceive", TEXT), ("typsend", TEXT), ("typdelim", TEXT),
+                    ("oid", INT),
+                    ("typname", TEXT),
+                    ("typnamespace", INT),
+                    ("typowner", INT),
+                    ("typlen", INT),
+                    ("typtype", TEXT),
+                    ("typcategory", TEXT),
+                    ("typcollation", INT),
+                    ("typelem", INT),
+                    ("typarray", INT),
+                    ("typbasetype", INT),
+                    ("typtypmod", INT),
+                    ("typnotnull", BOOL),
+                    ("typrelid", INT),
+                    ("typinput", TEXT),
+                    ("typoutput", TEXT),
+                    ("typreceive", TEXT),
+                    ("typsend", TEXT),
+                    ("typdelim", TEXT),
                 ]);
                 for (oid, name, len, cat) in TYPES {
                     let coll = if *cat == "S" && *oid != 18 { 100 } else { 0 };
                     t.row(vec![
-                        i(*oid), s(name), i(PG_CATALOG_NS), i(OWNER), i(*len), s("b"), s(cat), i(coll),
-                        i(0), i(0), i(0), i(-1), b(false), i(0), s(&format!("{name}in")),
-                        s(&format!("{name}out")), s(&format!("{name}recv")), s(&format!("{name}send")), s(","),
+                        i(*oid),
+                        s(name),
+                        i(PG_CATALOG_NS),
+                        i(OWNER),
+                        i(*len),
+                        s("b"),
+                        s(cat),
+                        i(coll),
+                        i(0),
+                        i(0),
+                        i(0),
+                        i(-1),
+                        b(false),
+                        i(0),
+                        s(&format!("{name}in")),
+                        s(&format!("{name}out")),
+                        s(&format!("{name}recv")),
+                        s(&format!("{name}send")),
+                        s(","),
                     ]);
                 }
                 t
             }
             "pg_index" => {
                 let mut t = Builder::new(&[
-                    ("indexrelid", INT), ("indrelid", INT), ("indnatts", INT), ("indnkeyatts", INT),
-                    ("indisunique", BOOL), ("indisprimary", BOOL), ("indisexclusion", BOOL),
-                    ("indimmediate", BOOL), ("indisclustered", BOOL), ("indisvalid", BOOL),
-                    ("indcheckxmin", BOOL), ("indisready", BOOL), ("indislive", BOOL),
-                    ("indisreplident", BOOL), ("indkey", TEXT), ("indexprs", TEXT), ("indpred", TEXT),
+                    ("indexrelid", INT),
+                    ("indrelid", INT),
+                    ("indnatts", INT),
+                    ("indnkeyatts", INT),
+                    ("indisunique", BOOL),
+                    ("indisprimary", BOOL),
+                    ("indisexclusion", BOOL),
+                    ("indimmediate", BOOL),
+                    ("indisclustered", BOOL),
+                    ("indisvalid", BOOL),
+                    ("indcheckxmin", BOOL),
+                    ("indisready", BOOL),
+                    ("indislive", BOOL),
+                    ("indisreplident", BOOL),
+                    ("indkey", TEXT),
+                    ("indexprs", TEXT),
+                    ("indpred", TEXT),
                 ]);
                 for def in tables.iter().filter(|d| !d.primary_key.is_empty()) {
-                    let key: Vec<String> = def.primary_key.iter().map(|k| (k + 1).to_string()).collect();
+                    let key: Vec<String> = def
+                        .primary_key
+                        .iter()
+                        .map(|k| (k + 1).to_string())
+                        .collect();
                     let n = def.primary_key.len() as i64;
                     t.row(vec![
-                        i(index_oid(def)), i(table_oid(def)), i(n), i(n), b(true), b(true), b(false),
-                        b(true), b(false), b(true), b(false), b(true), b(true), b(false), s(&key.join(" ")),
-                        null_text(), null_text(),
+                        i(index_oid(def)),
+                        i(table_oid(def)),
+                        i(n),
+                        i(n),
+                        b(true),
+                        b(true),
+                        b(false),
+                        b(true),
+                        b(false),
+                        b(true),
+                        b(false),
+                        b(true),
+                        b(true),
+                        b(false),
+                        s(&key.join(" ")),
+                        null_text(),
+                        null_text(),
                     ]);
                 }
                 t
             }
             "pg_constraint" => {
                 let mut t = Builder::new(&[
-                    ("oid", INT), ("conname", TEXT), ("connamespace", INT), ("contype", TEXT),
-                    ("condeferrable", BOOL), ("condeferred", BOOL), ("convalidated", BOOL),
-                    ("conrelid", INT), ("conindid", INT), ("confrelid", INT), ("conkey", TEXT),
-                    ("conparentid", INT), ("conislocal", BOOL),
+                    ("oid", INT),
+                    ("conname", TEXT),
+                    ("connamespace", INT),
+                    ("contype", TEXT),
+                    ("condeferrable", BOOL),
+                    ("condeferred", BOOL),
+                    ("convalidated", BOOL),
+                    ("conrelid", INT),
+                    ("conindid", INT),
+                    ("confrelid", INT),
+                    ("conkey", TEXT),
+                    ("conparentid", INT),
+                    ("conislocal", BOOL),
                 ]);
                 for def in tables.iter().filter(|d| !d.primary_key.is_empty()) {
-                    let key: Vec<String> = def.primary_key.iter().map(|k| (k + 1).to_string()).collect();
+                    let key: Vec<String> = def
+                        .primary_key
+                        .iter()
+                        .map(|k| (k + 1).to_string())
+                        .collect();
                     t.row(vec![
-                        i(index_oid(def)), s(&format!("{}_pkey", def.name)), i(PUBLIC_NS), s("p"), b(false),
-                        b(false), b(true), i(table_oid(def)), i(index_oid(def)), i(0),
-                        s(&format!("{{{}}}", key.join(","))), i(0), b(true),
+                        i(index_oid(def)),
+                        s(&format!("{}_pkey", def.name)),
+                        i(PUBLIC_NS),
+                        s("p"),
+                        b(false),
+                        b(false),
+                        b(true),
+                        i(table_oid(def)),
+                        i(index_oid(def)),
+                        i(0),
+                        s(&format!("{{{}}}", key.join(","))),
+                        i(0),
+                        b(true),
                     ]);
                 }
                 t
             }
-            "pg_attrdef" => Builder::new(&[("oid", INT), ("adrelid", INT), ("adnum", INT), ("adbin", TEXT)]),
+            "pg_attrdef" => Builder::new(&[
+                ("oid", INT),
+                ("adrelid", INT),
+                ("adnum", INT),
+                ("adbin", TEXT),
+            ]),
             "pg_collation" => {
-                let mut t = Builder::new(&[("oid", INT), ("collname", TEXT), ("collnamespace", INT)]);
+                let mut t =
+                    Builder::new(&[("oid", INT), ("collname", TEXT), ("collnamespace", INT)]);
                 t.row(vec![i(100), s("default"), i(PG_CATALOG_NS)]);
                 t
             }
-            "pg_inherits" => Builder::new(&[("inhrelid", INT), ("inhparent", INT), ("inhseqno", INT), ("inhdetachpending", BOOL)]),
+            "pg_inherits" => Builder::new(&[
+                ("inhrelid", INT),
+                ("inhparent", INT),
+                ("inhseqno", INT),
+                ("inhdetachpending", BOOL),
+            ]),
             "pg_policy" => Builder::new(&[
-                ("oid", INT), ("polname", TEXT), ("polrelid", INT), ("polcmd", TEXT), ("polpermissive", BOOL),
-                ("polroles", TEXT), ("polqual", TEXT), ("polwithcheck", TEXT),
+                ("oid", INT),
+                ("polname", TEXT),
+                ("polrelid", INT),
+                ("polcmd", TEXT),
+                ("polpermissive", BOOL),
+                ("polroles", TEXT),
+                ("polqual", TEXT),
+                ("polwithcheck", TEXT),
             ]),
             "pg_statistic_ext" => Builder::new(&[
-                ("oid", INT), ("stxrelid", INT), ("stxname", TEXT), ("stxnamespace", INT), ("stxkeys", TEXT),
-                ("stxkind", text_list()), ("stxstattarget", INT),
+                ("oid", INT),
+                ("stxrelid", INT),
+                ("stxname", TEXT),
+                ("stxnamespace", INT),
+                ("stxkeys", TEXT),
+                ("stxkind", text_list()),
+                ("stxstattarget", INT),
             ]),
             "pg_publication" => Builder::new(&[
-                ("oid", INT), ("pubname", TEXT), ("puballtables", BOOL), ("pubinsert", BOOL),
-                ("pubupdate", BOOL), ("pubdelete", BOOL), ("pubtruncate", BOOL), ("pubviaroot", BOOL),
+                ("oid", INT),
+                ("pubname", TEXT),
+                ("puballtables", BOOL),
+                ("pubinsert", BOOL),
+                ("pubupdate", BOOL),
+                ("pubdelete", BOOL),
+                ("pubtruncate", BOOL),
+                ("pubviaroot", BOOL),
             ]),
-            "pg_publication_rel" => Builder::new(&[("oid", INT), ("prpubid", INT), ("prrelid", INT), ("prqual", TEXT), ("prattrs", TEXT)]),
-            "pg_publication_namespace" => Builder::new(&[("oid", INT), ("pnpubid", INT), ("pnnspid", INT)]),
+            "pg_publication_rel" => Builder::new(&[
+                ("oid", INT),
+                ("prpubid", INT),
+                ("prrelid", INT),
+                ("prqual", TEXT),
+                ("prattrs", TEXT),
+            ]),
+            "pg_publication_namespace" => {
+                Builder::new(&[("oid", INT), ("pnpubid", INT), ("pnnspid", INT)])
+            }
             "pg_trigger" => Builder::new(&[
-                ("oid", INT), ("tgrelid", INT), ("tgname", TEXT), ("tgenabled", TEXT), ("tgisinternal", BOOL),
+                ("oid", INT),
+                ("tgrelid", INT),
+                ("tgname", TEXT),
+                ("tgenabled", TEXT),
+                ("tgisinternal", BOOL),
                 ("tgparentid", INT),
             ]),
-            "pg_description" => Builder::new(&[("objoid", INT), ("classoid", INT), ("objsubid", INT), ("description", TEXT)]),
+            "pg_description" => Builder::new(&[
+                ("objoid", INT),
+                ("classoid", INT),
+                ("objsubid", INT),
+                ("description", TEXT),
+            ]),
             "pg_proc" => Builder::new(&[
-                ("oid", INT), ("proname", TEXT), ("pronamespace", INT), ("prokind", TEXT), ("prorettype", INT),
+                ("oid", INT),
+                ("proname", TEXT),
+                ("pronamespace", INT),
+                ("prokind", TEXT),
+                ("prorettype", INT),
                 ("proargtypes", TEXT),
             ]),
             "pg_database" => {
                 let mut t = Builder::new(&[
-                    ("oid", INT), ("datname", TEXT), ("datdba", INT), ("encoding", INT), ("datlocprovider", TEXT),
-                    ("datistemplate", BOOL), ("datallowconn", BOOL), ("datconnlimit", INT),
-                    ("datcollate", TEXT), ("datctype", TEXT), ("daticulocale", TEXT), ("datacl", text_list()),
+                    ("oid", INT),
+                    ("datname", TEXT),
+                    ("datdba", INT),
+                    ("encoding", INT),
+                    ("datlocprovider", TEXT),
+                    ("datistemplate", BOOL),
+                    ("datallowconn", BOOL),
+                    ("datconnlimit", INT),
+                    ("datcollate", TEXT),
+                    ("datctype", TEXT),
+                    ("daticulocale", TEXT),
+                    ("datacl", text_list()),
                 ]);
                 t.row(vec![
-                    i(16_383), s("eddy"), i(OWNER), i(6), s("c"), b(false), b(true), i(-1), s("C.UTF-8"),
-                    s("C.UTF-8"), null_text(), null_list(),
+                    i(16_383),
+                    s("eddy"),
+                    i(OWNER),
+                    i(6),
+                    s("c"),
+                    b(false),
+                    b(true),
+                    i(-1),
+                    s("C.UTF-8"),
+                    s("C.UTF-8"),
+                    null_text(),
+                    null_list(),
                 ]);
                 t
             }
             "pg_roles" | "pg_user" => {
                 let mut t = Builder::new(&[
-                    ("oid", INT), ("rolname", TEXT), ("usename", TEXT), ("rolsuper", BOOL), ("usesuper", BOOL),
-                    ("rolcanlogin", BOOL), ("rolinherit", BOOL), ("rolcreaterole", BOOL), ("rolcreatedb", BOOL),
-                    ("rolreplication", BOOL), ("rolconnlimit", INT), ("rolvaliduntil", TEXT), ("rolbypassrls", BOOL),
+                    ("oid", INT),
+                    ("rolname", TEXT),
+                    ("usename", TEXT),
+                    ("rolsuper", BOOL),
+                    ("usesuper", BOOL),
+                    ("rolcanlogin", BOOL),
+                    ("rolinherit", BOOL),
+                    ("rolcreaterole", BOOL),
+                    ("rolcreatedb", BOOL),
+                    ("rolreplication", BOOL),
+                    ("rolconnlimit", INT),
+                    ("rolvaliduntil", TEXT),
+                    ("rolbypassrls", BOOL),
                 ]);
                 t.row(vec![
-                    i(OWNER), s("eddy"), s("eddy"), b(true), b(true), b(true), b(true), b(true), b(true), b(false),
-                    i(-1), null_text(), b(true),
+                    i(OWNER),
+                    s("eddy"),
+                    s("eddy"),
+                    b(true),
+                    b(true),
+                    b(true),
+                    b(true),
+                    b(true),
+                    b(true),
+                    b(false),
+                    i(-1),
+                    null_text(),
+                    b(true),
                 ]);
                 t
             }
             "pg_tables" => {
                 let mut t = Builder::new(&[
-                    ("schemaname", TEXT), ("tablename", TEXT), ("tableowner", TEXT), ("tablespace", TEXT),
-                    ("hasindexes", BOOL), ("hasrules", BOOL), ("hastriggers", BOOL), ("rowsecurity", BOOL),
+                    ("schemaname", TEXT),
+                    ("tablename", TEXT),
+                    ("tableowner", TEXT),
+                    ("tablespace", TEXT),
+                    ("hasindexes", BOOL),
+                    ("hasrules", BOOL),
+                    ("hastriggers", BOOL),
+                    ("rowsecurity", BOOL),
                 ]);
                 for def in &tables {
                     t.row(vec![
-                        s("public"), s(&def.name), s("eddy"), null_text(), b(!def.primary_key.is_empty()),
-                        b(false), b(false), b(false),
+                        s("public"),
+                        s(&def.name),
+                        s("eddy"),
+                        null_text(),
+                        b(!def.primary_key.is_empty()),
+                        b(false),
+                        b(false),
+                        b(false),
                     ]);
                 }
                 t
@@ -504,7 +828,9 @@ impl ScalarUDFImpl for PgFunction {
             }
         };
         let text = |values: Vec<Option<String>>| -> ColumnarValue {
-            ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(values)))
+            ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(
+                values,
+            )))
         };
         Ok(match self.kind {
             PgFn::GetUserById => text(vec![Some("eddy".into()); n]),

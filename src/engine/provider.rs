@@ -44,7 +44,10 @@ pub struct ReadState {
 
 impl Default for ReadState {
     fn default() -> Self {
-        ReadState { snapshot: Mutex::new(Snapshot::Latest), overlay: Mutex::new(HashMap::new()) }
+        ReadState {
+            snapshot: Mutex::new(Snapshot::Latest),
+            overlay: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -83,7 +86,13 @@ pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<Sess
     options.execution.time_zone = Some("+00:00".to_string());
     let ctx = SessionContext::new_with_config(config);
     let catalog = MemoryCatalogProvider::new();
-    catalog.register_schema("public", Arc::new(EddySchema { engine: engine.clone(), read }))?;
+    catalog.register_schema(
+        "public",
+        Arc::new(EddySchema {
+            engine: engine.clone(),
+            read,
+        }),
+    )?;
     catalog.register_schema("pg_catalog", super::pg_catalog::schema(engine.clone()))?;
     ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
     super::pg_catalog::register_functions(&ctx, engine);
@@ -118,7 +127,11 @@ impl fmt::Debug for EddySchema {
 #[async_trait]
 impl SchemaProvider for EddySchema {
     fn table_names(&self) -> Vec<String> {
-        self.engine.catalog().tables().map(|t| t.name.clone()).collect()
+        self.engine
+            .catalog()
+            .tables()
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
@@ -174,6 +187,10 @@ impl TableProvider for EddyTable {
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % 2].push(b);
         }
-        Ok(MemorySourceConfig::try_new_exec(&partitions, self.schema.clone(), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &partitions,
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
     }
 }

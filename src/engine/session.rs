@@ -24,9 +24,16 @@ use crate::unsupported;
 /// What a statement produced, for the server to encode.
 pub enum Output {
     /// Rows; `tag` is the command tag ("SELECT", "SHOW", "EXPLAIN").
-    Rows { schema: SchemaRef, stream: SendableRecordBatchStream, tag: &'static str },
+    Rows {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        tag: &'static str,
+    },
     /// A command; `rows` is appended to the tag ("INSERT 0 3", "DELETE 2").
-    Command { tag: &'static str, rows: Option<usize> },
+    Command {
+        tag: &'static str,
+        rows: Option<usize>,
+    },
     /// BEGIN: the session is now in a transaction block.
     TransactionStart,
     /// COMMIT or ROLLBACK (the tag says which actually happened).
@@ -125,7 +132,13 @@ impl Session {
         if let Some(app) = startup.get("application_name") {
             settings.insert("application_name".into(), app.clone());
         }
-        Ok(Session { engine, ctx, read, settings, tx: None })
+        Ok(Session {
+            engine,
+            ctx,
+            read,
+            settings,
+            tx: None,
+        })
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -144,7 +157,8 @@ impl Session {
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
         let (param_types, schema) = match &parsed.stmt {
             Statement::Query(_) | Statement::Explain { .. } => {
-                self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                self.read
+                    .set_snapshot(Snapshot::At(self.engine.durable_lsn()));
                 let plan = self.plan(&parsed.stmt).await?;
                 let params = param_types_of(&plan)?;
                 let schema = output_schema(&parsed.stmt, &plan);
@@ -162,12 +176,19 @@ impl Session {
             Statement::ShowCreate { .. } => (vec![], Some(show_create_schema())),
             _ => (vec![], None),
         };
-        Ok(Prepared { parsed, param_types, schema })
+        Ok(Prepared {
+            parsed,
+            param_types,
+            schema,
+        })
     }
 
     /// Runs one statement with bound parameter values.
     pub async fn execute(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
-        let ends_tx = matches!(parsed.stmt, Statement::Commit { .. } | Statement::Rollback { .. });
+        let ends_tx = matches!(
+            parsed.stmt,
+            Statement::Commit { .. } | Statement::Rollback { .. }
+        );
         if self.tx.as_ref().is_some_and(|t| t.failed) && !ends_tx {
             return Err(Error::new(
                 sqlstate::IN_FAILED_SQL_TRANSACTION,
@@ -199,7 +220,8 @@ impl Session {
                         "SELECT … FOR UPDATE/SHARE: Eddy has no row locks (reads see a consistent snapshot)"
                     ));
                 }
-                self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                self.read
+                    .set_snapshot(Snapshot::At(self.engine.durable_lsn()));
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let schema = output_schema(&parsed.stmt, &plan);
                 // Run to completion here, not while the server drains the stream: a
@@ -210,10 +232,15 @@ impl Session {
                     futures::stream::iter(batches.into_iter().map(Ok)),
                 ));
                 let stream = rename_stream(stream, schema.clone());
-                Ok(Output::Rows { schema, stream, tag: "SELECT" })
+                Ok(Output::Rows {
+                    schema,
+                    stream,
+                    tag: "SELECT",
+                })
             }
             Statement::Explain { .. } => {
-                self.read.set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                self.read
+                    .set_snapshot(Snapshot::At(self.engine.durable_lsn()));
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 Ok(explain_output(&batches))
@@ -222,10 +249,17 @@ impl Session {
                 let (table, change) = dml::insert(self, insert, params).await?;
                 let n = change.num_rows();
                 self.write(table, change).await?;
-                Ok(Output::Command { tag: "INSERT", rows: Some(n) })
+                Ok(Output::Command {
+                    tag: "INSERT",
+                    rows: Some(n),
+                })
             }
             Statement::Update(_) | Statement::Delete(_) => {
-                let tag = if matches!(parsed.stmt, Statement::Update(_)) { "UPDATE" } else { "DELETE" };
+                let tag = if matches!(parsed.stmt, Statement::Update(_)) {
+                    "UPDATE"
+                } else {
+                    "DELETE"
+                };
                 let engine = self.engine.clone();
                 let _guard = match self.tx {
                     None => Some(engine.write_lock.lock().await),
@@ -243,7 +277,10 @@ impl Session {
                 self.validate_watermark(&def).await?;
                 let created = self.engine.create_table(def, ct.if_not_exists).await?;
                 if created {
-                    Ok(Output::Command { tag: "CREATE TABLE", rows: None })
+                    Ok(Output::Command {
+                        tag: "CREATE TABLE",
+                        rows: None,
+                    })
                 } else {
                     Ok(Output::Warning {
                         tag: "CREATE TABLE",
@@ -254,7 +291,13 @@ impl Session {
                     })
                 }
             }
-            Statement::Drop { object_type, if_exists, names, cascade: _, .. } => {
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade: _,
+                ..
+            } => {
                 if *object_type != ast::ObjectType::Table {
                     return Err(unsupported!("DROP {object_type}"));
                 }
@@ -282,7 +325,10 @@ impl Session {
                         message: format!("table \"{name}\" does not exist, skipping"),
                     });
                 }
-                Ok(Output::Command { tag: "DROP TABLE", rows: None })
+                Ok(Output::Command {
+                    tag: "DROP TABLE",
+                    rows: None,
+                })
             }
             Statement::StartTransaction { .. } => {
                 if self.tx.is_some() {
@@ -333,10 +379,18 @@ impl Session {
             Statement::Set(set) => self.set(set),
             Statement::ShowVariable { variable } => self.show(variable),
             Statement::ShowTables { .. } => {
-                let names: Vec<String> =
-                    self.engine.catalog().tables().map(|t| t.name.clone()).collect();
+                let names: Vec<String> = self
+                    .engine
+                    .catalog()
+                    .tables()
+                    .map(|t| t.name.clone())
+                    .collect();
                 let schema = single_text_schema("name");
-                Ok(rows_output(schema, vec![Arc::new(StringArray::from(names))], "SHOW"))
+                Ok(rows_output(
+                    schema,
+                    vec![Arc::new(StringArray::from(names))],
+                    "SHOW",
+                ))
             }
             Statement::ShowCreate { obj_type, obj_name } => {
                 if *obj_type != ast::ShowCreateObject::Table {
@@ -354,7 +408,14 @@ impl Session {
                     "SHOW",
                 ))
             }
-            Statement::Copy { source, to, target, options, legacy_options, values } => {
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                values,
+            } => {
                 if *to {
                     return Err(unsupported!("COPY … TO"));
                 }
@@ -367,32 +428,51 @@ impl Session {
                 if !values.is_empty() {
                     return Err(unsupported!("inline COPY data in the query string"));
                 }
-                let ast::CopySource::Table { table_name, columns } = source else {
+                let ast::CopySource::Table {
+                    table_name,
+                    columns,
+                } = source
+                else {
                     return Err(unsupported!("COPY (query) FROM"));
                 };
                 let name = sql::table_name(table_name)?;
                 let table = self.table(&name)?;
                 let columns = target_columns(&table, columns)?;
                 let format = copy_format(options, legacy_options)?;
-                Ok(Output::CopyIn(CopyIn { table, columns, format }))
+                Ok(Output::CopyIn(CopyIn {
+                    table,
+                    columns,
+                    format,
+                }))
             }
             Statement::Discard { .. } => {
                 self.settings = default_settings();
-                Ok(Output::Command { tag: "DISCARD ALL", rows: None })
+                Ok(Output::Command {
+                    tag: "DISCARD ALL",
+                    rows: None,
+                })
             }
-            Statement::Reset(_) => Ok(Output::Command { tag: "RESET", rows: None }),
+            Statement::Reset(_) => Ok(Output::Command {
+                tag: "RESET",
+                rows: None,
+            }),
             other => Err(unsupported!("statement {}", statement_kind(other))),
         }
     }
 
     /// Validates `WATERMARK FOR col AS expr` by planning the expression over the table.
     async fn validate_watermark(&mut self, def: &TableDef) -> Result<()> {
-        let Some(w) = &def.watermark else { return Ok(()) };
+        let Some(w) = &def.watermark else {
+            return Ok(());
+        };
         let schema = def.schema();
         let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())?;
         let expr = self.ctx.parse_sql_expr(&w.expr, &df_schema).map_err(|e| {
             let e = Error::from(e);
-            Error::new(e.sqlstate, format!("invalid WATERMARK expression: {}", e.message))
+            Error::new(
+                e.sqlstate,
+                format!("invalid WATERMARK expression: {}", e.message),
+            )
         })?;
         let (_, field) = datafusion::logical_expr::ExprSchemable::to_field(&expr, &df_schema)
             .map_err(Error::from)?;
@@ -404,8 +484,10 @@ impl Session {
             .clone();
         let ok = matches!(
             (&ty, &col_ty),
-            (DataType::Timestamp(_, _), DataType::Timestamp(_, _)) | (DataType::Date32, DataType::Date32)
-        ) || (matches!(col_ty, DataType::Date32) && matches!(ty, DataType::Timestamp(_, _)));
+            (DataType::Timestamp(_, _), DataType::Timestamp(_, _))
+                | (DataType::Date32, DataType::Date32)
+        ) || (matches!(col_ty, DataType::Date32)
+            && matches!(ty, DataType::Timestamp(_, _)));
         if !ok {
             return Err(crate::err!(
                 sqlstate::DATATYPE_MISMATCH,
@@ -417,11 +499,12 @@ impl Session {
     }
 
     pub(super) fn table(&self, name: &str) -> Result<Arc<TableDef>> {
-        self.engine
-            .catalog()
-            .table(name)
-            .cloned()
-            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "relation \"{name}\" does not exist"))
+        self.engine.catalog().table(name).cloned().ok_or_else(|| {
+            crate::err!(
+                sqlstate::UNDEFINED_TABLE,
+                "relation \"{name}\" does not exist"
+            )
+        })
     }
 
     pub(super) fn read_state(&self) -> &Arc<ReadState> {
@@ -432,7 +515,9 @@ impl Session {
         let state = self.ctx.state();
         let stmt = sql::dedupe_output_names(stmt);
         let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt)))
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                stmt,
+            )))
             .await?;
         Ok(plan)
     }
@@ -513,9 +598,15 @@ impl Session {
 
     fn set(&mut self, set: &ast::Set) -> Result<Output> {
         let (name, value) = match set {
-            ast::Set::SingleAssignment { variable, values, .. } => {
+            ast::Set::SingleAssignment {
+                variable, values, ..
+            } => {
                 let name = variable.to_string().to_lowercase();
-                let value = values.iter().map(setting_value).collect::<Vec<_>>().join(", ");
+                let value = values
+                    .iter()
+                    .map(setting_value)
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 (name, value)
             }
             ast::Set::SetTimeZone { value, .. } => ("timezone".to_string(), setting_value(value)),
@@ -523,7 +614,10 @@ impl Session {
                 ("client_encoding".to_string(), charset_name.value.clone())
             }
             ast::Set::SetTransaction { .. } => {
-                return Ok(Output::Command { tag: "SET", rows: None });
+                return Ok(Output::Command {
+                    tag: "SET",
+                    rows: None,
+                });
             }
             other => return Err(unsupported!("{other}")),
         };
@@ -541,7 +635,10 @@ impl Session {
         match name.as_str() {
             "timezone" => {
                 let v = value.to_ascii_uppercase();
-                if !matches!(v.as_str(), "UTC" | "GMT" | "ETC/UTC" | "Z" | "ZULU" | "+00:00" | "0" | "UCT") {
+                if !matches!(
+                    v.as_str(),
+                    "UTC" | "GMT" | "ETC/UTC" | "Z" | "ZULU" | "+00:00" | "0" | "UCT"
+                ) {
                     return Err(unsupported!(
                         "time zone \"{value}\": Eddy's sessions run in UTC"
                     ));
@@ -550,11 +647,16 @@ impl Session {
             "client_encoding" => {
                 let v = value.to_ascii_uppercase().replace(['-', '_'], "");
                 if v != "UTF8" && v != "UNICODE" {
-                    return Err(unsupported!("client_encoding \"{value}\": only UTF8 is supported"));
+                    return Err(unsupported!(
+                        "client_encoding \"{value}\": only UTF8 is supported"
+                    ));
                 }
             }
             _ => {
-                if !self.settings.contains_key(&name) && !name.contains('.') && !KNOWN_SETTINGS.contains(&name.as_str()) {
+                if !self.settings.contains_key(&name)
+                    && !name.contains('.')
+                    && !KNOWN_SETTINGS.contains(&name.as_str())
+                {
                     return Err(crate::err!(
                         sqlstate::UNDEFINED_OBJECT,
                         "unrecognized configuration parameter \"{name}\""
@@ -563,7 +665,10 @@ impl Session {
             }
         }
         self.settings.insert(name, value);
-        Ok(Output::Command { tag: "SET", rows: None })
+        Ok(Output::Command {
+            tag: "SET",
+            rows: None,
+        })
     }
 
     fn show(&self, variable: &[ast::Ident]) -> Result<Output> {
@@ -577,22 +682,40 @@ impl Session {
             let values: Vec<&str> = self.settings.values().map(|s| s.as_str()).collect();
             return Ok(rows_output(
                 schema,
-                vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(values))],
+                vec![
+                    Arc::new(StringArray::from(names)),
+                    Arc::new(StringArray::from(values)),
+                ],
                 "SHOW",
             ));
         }
-        let dotted = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(".");
-        let name = if self.settings.contains_key(&dotted) { dotted } else { name };
+        let dotted = variable
+            .iter()
+            .map(|i| i.value.to_lowercase())
+            .collect::<Vec<_>>()
+            .join(".");
+        let name = if self.settings.contains_key(&dotted) {
+            dotted
+        } else {
+            name
+        };
         let key = match name.as_str() {
             "transaction isolation level" => "transaction_isolation".to_string(),
             "time zone" => "timezone".to_string(),
             _ => name.clone(),
         };
         let value = self.settings.get(&key).ok_or_else(|| {
-            crate::err!(sqlstate::UNDEFINED_OBJECT, "unrecognized configuration parameter \"{name}\"")
+            crate::err!(
+                sqlstate::UNDEFINED_OBJECT,
+                "unrecognized configuration parameter \"{name}\""
+            )
         })?;
         let schema = single_text_schema(&key);
-        Ok(rows_output(schema, vec![Arc::new(StringArray::from(vec![value.clone()]))], "SHOW"))
+        Ok(rows_output(
+            schema,
+            vec![Arc::new(StringArray::from(vec![value.clone()]))],
+            "SHOW",
+        ))
     }
 }
 
@@ -633,7 +756,11 @@ fn setting_value(e: &ast::Expr) -> String {
 }
 
 fn show_name(variable: &[ast::Ident]) -> String {
-    variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ")
+    variable
+        .iter()
+        .map(|i| i.value.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ddl_in_transaction(what: &str) -> Error {
@@ -742,7 +869,9 @@ fn output_schema(stmt: &Statement, plan: &LogicalPlan) -> SchemaRef {
 }
 
 fn select_list_names(stmt: &Statement) -> Option<Vec<String>> {
-    let Statement::Query(query) = stmt else { return None };
+    let Statement::Query(query) = stmt else {
+        return None;
+    };
     // A set operation takes its column names from its first branch.
     let mut body = query.body.as_ref();
     loop {
@@ -752,7 +881,9 @@ fn select_list_names(stmt: &Statement) -> Option<Vec<String>> {
             _ => break,
         }
     }
-    let ast::SetExpr::Select(select) = body else { return None };
+    let ast::SetExpr::Select(select) = body else {
+        return None;
+    };
     select
         .projection
         .iter()
@@ -768,9 +899,10 @@ fn select_list_names(stmt: &Statement) -> Option<Vec<String>> {
 fn expr_column_name(e: &ast::Expr) -> String {
     match e {
         ast::Expr::Identifier(i) => sql::normalize_ident(i),
-        ast::Expr::CompoundIdentifier(parts) => {
-            parts.last().map(sql::normalize_ident).unwrap_or_else(|| "?column?".into())
-        }
+        ast::Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .map(sql::normalize_ident)
+            .unwrap_or_else(|| "?column?".into()),
         ast::Expr::Function(f) => f
             .name
             .0
@@ -778,7 +910,9 @@ fn expr_column_name(e: &ast::Expr) -> String {
             .and_then(|p| p.as_ident())
             .map(sql::normalize_ident)
             .unwrap_or_else(|| "?column?".into()),
-        ast::Expr::Cast { expr, data_type, .. } => match expr.as_ref() {
+        ast::Expr::Cast {
+            expr, data_type, ..
+        } => match expr.as_ref() {
             ast::Expr::Value(_) => cast_type_column_name(data_type),
             inner => expr_column_name(inner),
         },
@@ -811,7 +945,9 @@ fn cast_type_column_name(t: &ast::DataType) -> String {
 /// DataFusion names computed columns after their expression (`count(*)`, `Int64(1)`);
 /// PostgreSQL names them after the function (`count`) or `?column?`.
 fn pg_column_name(name: &str) -> String {
-    let plain = name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '"' || c == '.')
+    let plain = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '_' || c == '"' || c == '.')
         && !name.contains('(');
     if plain {
         return name.rsplit('.').next().unwrap_or(name).to_string();
@@ -822,9 +958,26 @@ fn pg_column_name(name: &str) -> String {
             let lower = func.to_lowercase();
             // Literals such as Int64(1) and Utf8("a"), and casts, become ?column?.
             let is_literal = [
-                "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                "float16", "float32", "float64", "utf8", "utf8view", "largeutf8", "boolean",
-                "decimal128", "date32", "timestamp", "intervalmonthdaynano", "binary",
+                "int8",
+                "int16",
+                "int32",
+                "int64",
+                "uint8",
+                "uint16",
+                "uint32",
+                "uint64",
+                "float16",
+                "float32",
+                "float64",
+                "utf8",
+                "utf8view",
+                "largeutf8",
+                "boolean",
+                "decimal128",
+                "date32",
+                "timestamp",
+                "intervalmonthdaynano",
+                "binary",
             ]
             .contains(&lower.as_str());
             if is_literal {
@@ -834,7 +987,9 @@ fn pg_column_name(name: &str) -> String {
                 // CAST(x AS t): PostgreSQL names it after x when x is a column.
                 let inner = &name[open + 1..];
                 let inner = inner.split(" AS ").next().unwrap_or(inner);
-                let plain = inner.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+                let plain = inner
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
                 return if plain {
                     inner.rsplit('.').next().unwrap_or(inner).to_string()
                 } else {
@@ -854,7 +1009,10 @@ fn pg_column_name(name: &str) -> String {
 }
 
 /// Renames the stream's columns to `schema`'s names (data unchanged).
-fn rename_stream(stream: SendableRecordBatchStream, schema: SchemaRef) -> SendableRecordBatchStream {
+fn rename_stream(
+    stream: SendableRecordBatchStream,
+    schema: SchemaRef,
+) -> SendableRecordBatchStream {
     use futures::StreamExt;
     let out_schema = schema.clone();
     let mapped = stream.map(move |batch| {
@@ -862,7 +1020,8 @@ fn rename_stream(stream: SendableRecordBatchStream, schema: SchemaRef) -> Sendab
         RecordBatch::try_new_with_options(
             out_schema.clone(),
             batch.columns().to_vec(),
-            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(batch.num_rows())),
         )
         .map_err(Into::into)
     });
@@ -899,7 +1058,10 @@ pub(super) fn target_columns(table: &TableDef, columns: &[ast::Ident]) -> Result
     Ok(out)
 }
 
-fn copy_format(options: &[ast::CopyOption], legacy: &[ast::CopyLegacyOption]) -> Result<CopyFormat> {
+fn copy_format(
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+) -> Result<CopyFormat> {
     let mut f = CopyFormat {
         csv: false,
         header: false,
@@ -915,7 +1077,9 @@ fn copy_format(options: &[ast::CopyOption], legacy: &[ast::CopyLegacyOption]) ->
         if c.is_ascii() {
             Ok(c as u8)
         } else {
-            Err(unsupported!("COPY {what} must be a single one-byte character"))
+            Err(unsupported!(
+                "COPY {what} must be a single one-byte character"
+            ))
         }
     };
     for o in options {
@@ -977,5 +1141,9 @@ fn statement_kind(stmt: &Statement) -> String {
         .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic() || c == '_'))
         .copied()
         .collect();
-    if kind.is_empty() { words.first().copied().unwrap_or("").to_string() } else { kind.join(" ") }
+    if kind.is_empty() {
+        words.first().copied().unwrap_or("").to_string()
+    } else {
+        kind.join(" ")
+    }
 }

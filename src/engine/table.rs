@@ -112,17 +112,27 @@ pub struct TableStore {
 impl TableStore {
     pub fn new(def: &TableDef) -> TableStore {
         let unique = !def.primary_key.is_empty();
-        let key_columns: Vec<usize> =
-            if unique { def.primary_key.clone() } else { (0..def.columns.len()).collect() };
+        let key_columns: Vec<usize> = if unique {
+            def.primary_key.clone()
+        } else {
+            (0..def.columns.len()).collect()
+        };
         TableStore {
             name: def.name.clone(),
             schema: def.schema(),
-            key_names: key_columns.iter().map(|i| def.columns[*i].name.clone()).collect(),
+            key_names: key_columns
+                .iter()
+                .map(|i| def.columns[*i].name.clone())
+                .collect(),
             key_columns,
             unique,
             chunks: Vec::new(),
             free_slots: Vec::new(),
-            index: if unique { Some(KeyIndex::default()) } else { None },
+            index: if unique {
+                Some(KeyIndex::default())
+            } else {
+                None
+            },
             random_state: RandomState::with_seed(0),
             live_rows: 0,
         }
@@ -190,7 +200,10 @@ impl TableStore {
             let hashes = self.hashes(&chunk.batch)?;
             for (row, h) in hashes.into_iter().enumerate() {
                 if chunk.is_live(row) {
-                    index.entry(h).or_default().push(RowRef { chunk: slot as u32, row: row as u32 });
+                    index.entry(h).or_default().push(RowRef {
+                        chunk: slot as u32,
+                        row: row as u32,
+                    });
                 }
             }
         }
@@ -244,7 +257,11 @@ impl TableStore {
         if has_deletes {
             self.ensure_index()?;
         }
-        let hashes = if has_deletes || self.unique { self.hashes(batch)? } else { Vec::new() };
+        let hashes = if has_deletes || self.unique {
+            self.hashes(batch)?
+        } else {
+            Vec::new()
+        };
         let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
         let matches = |this: &Self,
                        comparators: &mut HashMap<u32, Vec<DynComparator>>,
@@ -258,7 +275,9 @@ impl TableStore {
                 comparators.insert(at.chunk, this.comparators(batch, chunk)?);
             }
             let cmps = &comparators[&at.chunk];
-            Ok(cmps.iter().all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
+            Ok(cmps
+                .iter()
+                .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
         };
 
         // Deletes: find a distinct live row for each -1.
@@ -296,7 +315,8 @@ impl TableStore {
                     let h = hashes[row];
                     if let Some(candidates) = self.index.as_ref().and_then(|ix| ix.get(&h)) {
                         for at in candidates {
-                            if !deleting.contains(at) && matches(self, &mut comparators, row, *at)? {
+                            if !deleting.contains(at) && matches(self, &mut comparators, row, *at)?
+                            {
                                 return Err(self.duplicate_key(batch, row));
                             }
                         }
@@ -333,7 +353,11 @@ impl TableStore {
             let inserted = inserts.as_ref().map(|b| self.hashes(b)).transpose()?;
             insert_hashes = inserted.unwrap_or_default();
         }
-        Ok(Plan { deletes, inserts, insert_hashes })
+        Ok(Plan {
+            deletes,
+            inserts,
+            insert_hashes,
+        })
     }
 
     /// Applies a plan made by [`TableStore::plan`] with no change in between. `durable` lets
@@ -378,10 +402,18 @@ impl TableStore {
         }
         if let Some(batch) = plan.inserts {
             let rows = batch.num_rows();
-            let slot = self.alloc_slot(Chunk { batch, inserted: lsn, deleted: Vec::new(), live: rows });
+            let slot = self.alloc_slot(Chunk {
+                batch,
+                inserted: lsn,
+                deleted: Vec::new(),
+                live: rows,
+            });
             if let Some(index) = self.index.as_mut() {
                 for (row, h) in plan.insert_hashes.iter().enumerate() {
-                    index.entry(*h).or_default().push(RowRef { chunk: slot, row: row as u32 });
+                    index.entry(*h).or_default().push(RowRef {
+                        chunk: slot,
+                        row: row as u32,
+                    });
                 }
             }
             self.live_rows += rows;
@@ -425,29 +457,45 @@ impl TableStore {
         let mut moved = Vec::new();
         let mut inserted = Lsn::ZERO;
         for (b, slot) in slots.iter().enumerate() {
-            let Some(chunk) = self.chunks[*slot as usize].take() else { continue };
+            let Some(chunk) = self.chunks[*slot as usize].take() else {
+                continue;
+            };
             self.free_slots.push(*slot);
             inserted = inserted.max(chunk.inserted);
             for row in 0..chunk.batch.num_rows() {
                 if chunk.is_live(row) {
                     take.push((b, row));
-                    moved.push(RowRef { chunk: *slot, row: row as u32 });
+                    moved.push(RowRef {
+                        chunk: *slot,
+                        row: row as u32,
+                    });
                 }
             }
             batches.push(chunk.batch);
         }
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         let merged = interleave_record_batch(&refs, &take)?;
-        let hashes = if self.index.is_some() { self.hashes(&merged)? } else { Vec::new() };
+        let hashes = if self.index.is_some() {
+            self.hashes(&merged)?
+        } else {
+            Vec::new()
+        };
         let rows = merged.num_rows();
-        let new_slot =
-            self.alloc_slot(Chunk { batch: merged, inserted, deleted: Vec::new(), live: rows });
+        let new_slot = self.alloc_slot(Chunk {
+            batch: merged,
+            inserted,
+            deleted: Vec::new(),
+            live: rows,
+        });
         if let Some(index) = self.index.as_mut() {
             for (row, (h, old)) in hashes.iter().zip(&moved).enumerate() {
                 if let Some(refs) = index.get_mut(h) {
                     for r in refs.iter_mut() {
                         if r == old {
-                            *r = RowRef { chunk: new_slot, row: row as u32 };
+                            *r = RowRef {
+                                chunk: new_slot,
+                                row: row as u32,
+                            };
                         }
                     }
                 }
@@ -470,8 +518,16 @@ mod tests {
             id: 1,
             name: "t".into(),
             columns: vec![
-                ColumnDef { name: "id".into(), sql_type: SqlType::BigInt, not_null: pk },
-                ColumnDef { name: "v".into(), sql_type: SqlType::Text, not_null: false },
+                ColumnDef {
+                    name: "id".into(),
+                    sql_type: SqlType::BigInt,
+                    not_null: pk,
+                },
+                ColumnDef {
+                    name: "v".into(),
+                    sql_type: SqlType::Text,
+                    not_null: false,
+                },
             ],
             primary_key: if pk { vec![0] } else { vec![] },
             append_only: false,

@@ -38,7 +38,10 @@ pub fn with_context(e: Error, table: &str, line: usize, column: Option<&str>) ->
         Some(d) => format!("{d}\n{context}"),
         None => context,
     };
-    Error { detail: Some(detail), ..e }
+    Error {
+        detail: Some(detail),
+        ..e
+    }
 }
 
 impl CopyParser {
@@ -118,7 +121,8 @@ impl CopyParser {
         while i < bytes.len() {
             let b = bytes[i];
             if quoted {
-                if b == self.format.escape && self.format.escape != self.format.quote
+                if b == self.format.escape
+                    && self.format.escape != self.format.quote
                     && bytes.get(i + 1) == Some(&self.format.quote)
                 {
                     i += 2;
@@ -188,7 +192,11 @@ impl CopyParser {
             self.header_pending = false;
             return Ok(());
         }
-        let fields = if self.format.csv { self.split_csv(record)? } else { self.split_text(record)? };
+        let fields = if self.format.csv {
+            self.split_csv(record)?
+        } else {
+            self.split_text(record)?
+        };
         if fields.len() < self.ncols {
             let missing = &self.column_names[fields.len().min(self.ncols.saturating_sub(1))];
             return Err(self.err(
@@ -214,7 +222,11 @@ impl CopyParser {
 
     fn utf8(&self, bytes: Vec<u8>) -> Result<String> {
         String::from_utf8(bytes).map_err(|e| {
-            let bad = e.as_bytes().get(e.utf8_error().valid_up_to()).copied().unwrap_or(0);
+            let bad = e
+                .as_bytes()
+                .get(e.utf8_error().valid_up_to())
+                .copied()
+                .unwrap_or(0);
             self.err(
                 sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
                 format!("invalid byte sequence for encoding \"UTF8\": 0x{bad:02x}"),
@@ -296,17 +308,12 @@ impl CopyParser {
             let mut out = Vec::new();
             let mut quoted_any = false;
             let mut quoted = false;
-            let mut raw_start = i;
+            let raw_start = i;
             while i < record.len() {
                 let b = record[i];
                 if quoted {
-                    if b == f.escape && record.get(i + 1) == Some(&f.quote) && (f.escape != f.quote || true) {
-                        if f.escape == f.quote {
-                            // Doubled quote inside quotes, or the closing quote.
-                            out.push(f.quote);
-                            i += 2;
-                            continue;
-                        }
+                    // An escaped quote ("" when ESCAPE is the quote character).
+                    if b == f.escape && record.get(i + 1) == Some(&f.quote) {
                         out.push(f.quote);
                         i += 2;
                         continue;
@@ -330,11 +337,12 @@ impl CopyParser {
                 }
             }
             if quoted {
-                return Err(self.err(sqlstate::BAD_COPY_FILE_FORMAT, "unterminated CSV quoted field".into()));
+                return Err(self.err(
+                    sqlstate::BAD_COPY_FILE_FORMAT,
+                    "unterminated CSV quoted field".into(),
+                ));
             }
             let raw = &record[raw_start..i];
-            raw_start = i;
-            let _ = raw_start;
             let is_null = !quoted_any && raw == f.null.as_bytes();
             fields.push(if is_null { None } else { Some(self.utf8(out)?) });
             if i >= record.len() {
@@ -351,18 +359,42 @@ mod tests {
     use super::*;
 
     fn text_format() -> CopyFormat {
-        CopyFormat { csv: false, header: false, delimiter: b'\t', null: "\\N".into(), quote: b'"', escape: b'"' }
+        CopyFormat {
+            csv: false,
+            header: false,
+            delimiter: b'\t',
+            null: "\\N".into(),
+            quote: b'"',
+            escape: b'"',
+        }
     }
 
     fn csv_format(header: bool) -> CopyFormat {
-        CopyFormat { csv: true, header, delimiter: b',', null: String::new(), quote: b'"', escape: b'"' }
+        CopyFormat {
+            csv: true,
+            header,
+            delimiter: b',',
+            null: String::new(),
+            quote: b'"',
+            escape: b'"',
+        }
     }
 
     fn values(p: &mut CopyParser) -> Vec<Vec<Option<String>>> {
         let cols = p.take_chunk();
         let n = cols.first().map(|c| c.len()).unwrap_or(0);
         (0..n)
-            .map(|r| cols.iter().map(|c| if c.is_null(r) { None } else { Some(c.value(r).to_string()) }).collect())
+            .map(|r| {
+                cols.iter()
+                    .map(|c| {
+                        if c.is_null(r) {
+                            None
+                        } else {
+                            Some(c.value(r).to_string())
+                        }
+                    })
+                    .collect()
+            })
             .collect()
     }
 
@@ -387,7 +419,8 @@ mod tests {
     #[test]
     fn csv_with_header_quotes_and_nulls() {
         let mut p = CopyParser::new(csv_format(true), "t".into(), vec!["a".into(), "b".into()]);
-        p.feed(b"a,b\n1,\"x,\"\"y\"\"\"\n2,\n3,\"\"\n4,\"multi\nline\"\n").unwrap();
+        p.feed(b"a,b\n1,\"x,\"\"y\"\"\"\n2,\n3,\"\"\n4,\"multi\nline\"\n")
+            .unwrap();
         p.finish().unwrap();
         assert_eq!(
             values(&mut p),

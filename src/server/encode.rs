@@ -31,9 +31,10 @@ pub fn pg_type(dt: &DataType) -> Type {
         | DataType::Decimal64(_, _)
         | DataType::Decimal128(_, _)
         | DataType::Decimal256(_, _) => Type::NUMERIC,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
-            Type::BYTEA
-        }
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => Type::BYTEA,
         DataType::Date32 | DataType::Date64 => Type::DATE,
         DataType::Time32(_) | DataType::Time64(_) => Type::TIME,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
@@ -75,7 +76,10 @@ pub fn encode_value(array: &dyn Array, row: usize, format: FieldFormat, out: &mu
 
 macro_rules! downcast {
     ($array:expr, $ty:ty) => {
-        $array.as_any().downcast_ref::<$ty>().expect("array type matches its DataType")
+        $array
+            .as_any()
+            .downcast_ref::<$ty>()
+            .expect("array type matches its DataType")
     };
 }
 
@@ -91,7 +95,11 @@ fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
     let mut w = Buf(out);
     let _ = match array.data_type() {
         DataType::Boolean => {
-            w.0.put_u8(if downcast!(array, BooleanArray).value(row) { b't' } else { b'f' });
+            w.0.put_u8(if downcast!(array, BooleanArray).value(row) {
+                b't'
+            } else {
+                b'f'
+            });
             Ok(())
         }
         DataType::Int8 => write!(w, "{}", downcast!(array, Int8Array).value(row)),
@@ -103,11 +111,15 @@ fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
         DataType::UInt32 => write!(w, "{}", downcast!(array, UInt32Array).value(row)),
         DataType::UInt64 => write!(w, "{}", downcast!(array, UInt64Array).value(row)),
         DataType::Float32 => {
-            w.0.extend_from_slice(format_float(downcast!(array, Float32Array).value(row) as f64, true).as_bytes());
+            w.0.extend_from_slice(
+                format_float(downcast!(array, Float32Array).value(row) as f64, true).as_bytes(),
+            );
             Ok(())
         }
         DataType::Float64 => {
-            w.0.extend_from_slice(format_float(downcast!(array, Float64Array).value(row), false).as_bytes());
+            w.0.extend_from_slice(
+                format_float(downcast!(array, Float64Array).value(row), false).as_bytes(),
+            );
             Ok(())
         }
         DataType::Utf8 => {
@@ -131,7 +143,10 @@ fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
             Ok(())
         }
         DataType::Date32 => write_date(&mut w, downcast!(array, Date32Array).value(row) as i64),
-        DataType::Date64 => write_date(&mut w, downcast!(array, Date64Array).value(row) / 86_400_000),
+        DataType::Date64 => write_date(
+            &mut w,
+            downcast!(array, Date64Array).value(row) / 86_400_000,
+        ),
         DataType::Time64(_) | DataType::Time32(_) => write_time(&mut w, time_micros(array, row)),
         DataType::Timestamp(_, tz) => {
             let micros = timestamp_micros(array, row);
@@ -180,13 +195,16 @@ fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) {
         DataType::Float16 => out.put_f32(downcast!(array, Float16Array).value(row).to_f32()),
         DataType::Float32 => out.put_f32(downcast!(array, Float32Array).value(row)),
         DataType::Float64 => out.put_f64(downcast!(array, Float64Array).value(row)),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
-            out.extend_from_slice(binary_value(array, row))
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => out.extend_from_slice(binary_value(array, row)),
+        DataType::Date32 => {
+            out.put_i32((downcast!(array, Date32Array).value(row) as i64 - PG_EPOCH_DAYS) as i32)
         }
-        DataType::Date32 => out.put_i32((downcast!(array, Date32Array).value(row) as i64 - PG_EPOCH_DAYS) as i32),
-        DataType::Date64 => {
-            out.put_i32((downcast!(array, Date64Array).value(row) / 86_400_000 - PG_EPOCH_DAYS) as i32)
-        }
+        DataType::Date64 => out.put_i32(
+            (downcast!(array, Date64Array).value(row) / 86_400_000 - PG_EPOCH_DAYS) as i32,
+        ),
         DataType::Time32(_) | DataType::Time64(_) => out.put_i64(time_micros(array, row)),
         DataType::Timestamp(_, _) => out.put_i64(timestamp_micros(array, row) - PG_EPOCH_MICROS),
         DataType::Interval(_) | DataType::Duration(_) => {
@@ -195,9 +213,11 @@ fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) {
             out.put_i32(days);
             out.put_i32(months);
         }
-        DataType::Decimal128(_, scale) => {
-            encode_numeric_binary(downcast!(array, Decimal128Array).value(row), *scale as i32, out)
-        }
+        DataType::Decimal128(_, scale) => encode_numeric_binary(
+            downcast!(array, Decimal128Array).value(row),
+            *scale as i32,
+            out,
+        ),
         // Everything else is described as text: its binary form is its text form.
         _ => encode_text(array, row, out),
     }
@@ -219,14 +239,10 @@ fn encode_numeric_binary(value: i128, scale: i32, out: &mut BytesMut) {
     }
     groups.reverse();
     let total = groups.len() as i32;
-    let mut weight = total - frac_groups - 1;
-    // Strip leading and trailing zero groups.
+    // Strip leading and trailing zero groups; the weight counts from the first kept group.
     let leading = groups.iter().take_while(|g| **g == 0).count();
     groups.drain(..leading);
-    weight -= 0;
-    if leading > 0 {
-        weight = total - frac_groups - 1 - leading as i32;
-    }
+    let mut weight = total - frac_groups - 1 - leading as i32;
     while groups.last() == Some(&0) {
         groups.pop();
     }
@@ -235,7 +251,11 @@ fn encode_numeric_binary(value: i128, scale: i32, out: &mut BytesMut) {
     }
     out.put_i16(groups.len() as i16);
     out.put_i16(weight as i16);
-    out.put_u16(if negative && !groups.is_empty() { 0x4000 } else { 0 });
+    out.put_u16(if negative && !groups.is_empty() {
+        0x4000
+    } else {
+        0
+    });
     out.put_u16(scale as u16);
     for g in groups {
         out.put_i16(g);
@@ -249,12 +269,24 @@ pub fn format_float(v: f64, single: bool) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if v == 0.0 {
-        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if v.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
-    let sci = if single { format!("{:e}", v as f32) } else { format!("{v:e}") };
+    let sci = if single {
+        format!("{:e}", v as f32)
+    } else {
+        format!("{v:e}")
+    };
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let limit = if single { 6 } else { 15 };
@@ -288,7 +320,8 @@ fn write_fraction(w: &mut Buf, micros: u32) -> std::fmt::Result {
 fn write_time(w: &mut Buf, micros: i64) -> std::fmt::Result {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000) as u32;
-    let t = NaiveTime::from_num_seconds_from_midnight_opt((secs % 86_400) as u32, 0).unwrap_or_default();
+    let t = NaiveTime::from_num_seconds_from_midnight_opt((secs % 86_400) as u32, 0)
+        .unwrap_or_default();
     write!(w, "{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())?;
     write_fraction(w, frac)
 }
@@ -319,7 +352,11 @@ fn write_interval(w: &mut Buf, months: i32, days: i32, micros: i64) -> std::fmt:
     let years = months / 12;
     let mons = months % 12;
     let plural = |n: i64, unit: &str, units: &str| {
-        if n == 1 || n == -1 { format!("{n} {unit}") } else { format!("{n} {units}") }
+        if n == 1 || n == -1 {
+            format!("{n} {unit}")
+        } else {
+            format!("{n} {units}")
+        }
     };
     if years != 0 {
         parts.push(plural(years as i64, "year", "years"));
@@ -339,7 +376,13 @@ fn write_interval(w: &mut Buf, months: i32, days: i32, micros: i64) -> std::fmt:
         if neg {
             s.push('-');
         }
-        let _ = write!(s, "{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+        let _ = write!(
+            s,
+            "{:02}:{:02}:{:02}",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60
+        );
         if frac != 0 {
             let f = format!("{frac:06}");
             let _ = write!(s, ".{}", f.trim_end_matches('0'));
@@ -351,9 +394,13 @@ fn write_interval(w: &mut Buf, months: i32, days: i32, micros: i64) -> std::fmt:
 
 fn time_micros(array: &dyn Array, row: usize) -> i64 {
     match array.data_type() {
-        DataType::Time32(TimeUnit::Second) => downcast!(array, Time32SecondArray).value(row) as i64 * 1_000_000,
+        DataType::Time32(TimeUnit::Second) => {
+            downcast!(array, Time32SecondArray).value(row) as i64 * 1_000_000
+        }
         DataType::Time32(_) => downcast!(array, Time32MillisecondArray).value(row) as i64 * 1_000,
-        DataType::Time64(TimeUnit::Nanosecond) => downcast!(array, Time64NanosecondArray).value(row) / 1_000,
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            downcast!(array, Time64NanosecondArray).value(row) / 1_000
+        }
         DataType::Time64(_) => downcast!(array, Time64MicrosecondArray).value(row),
         _ => 0,
     }
@@ -367,10 +414,12 @@ fn timestamp_micros(array: &dyn Array, row: usize) -> i64 {
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             downcast!(array, TimestampMillisecondArray).value(row) * 1_000
         }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => downcast!(array, TimestampMicrosecondArray).value(row),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            downcast!(array, TimestampNanosecondArray).value(row).div_euclid(1_000)
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            downcast!(array, TimestampMicrosecondArray).value(row)
         }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => downcast!(array, TimestampNanosecondArray)
+            .value(row)
+            .div_euclid(1_000),
         _ => 0,
     }
 }
@@ -392,9 +441,13 @@ fn interval_parts(array: &dyn Array, row: usize) -> (i32, i32, i64) {
         DataType::Duration(unit) => {
             let v = match unit {
                 TimeUnit::Second => downcast!(array, DurationSecondArray).value(row) * 1_000_000,
-                TimeUnit::Millisecond => downcast!(array, DurationMillisecondArray).value(row) * 1_000,
+                TimeUnit::Millisecond => {
+                    downcast!(array, DurationMillisecondArray).value(row) * 1_000
+                }
                 TimeUnit::Microsecond => downcast!(array, DurationMicrosecondArray).value(row),
-                TimeUnit::Nanosecond => downcast!(array, DurationNanosecondArray).value(row) / 1_000,
+                TimeUnit::Nanosecond => {
+                    downcast!(array, DurationNanosecondArray).value(row) / 1_000
+                }
             };
             (0, 0, v)
         }
@@ -430,10 +483,20 @@ mod tests {
         assert_eq!(text(Arc::new(ts)), "2024-01-02 03:04:05.25");
         let tz = TimestampMicrosecondArray::from(vec![0]).with_timezone("+00:00");
         assert_eq!(text(Arc::new(tz)), "1970-01-01 00:00:00+00");
-        assert_eq!(text(Arc::new(Date32Array::from(vec![19_724]))), "2024-01-02");
-        let iv = IntervalMonthDayNanoArray::from(vec![IntervalMonthDayNanoType::make_value(14, 3, 3_723_500_000_000)]);
+        assert_eq!(
+            text(Arc::new(Date32Array::from(vec![19_724]))),
+            "2024-01-02"
+        );
+        let iv = IntervalMonthDayNanoArray::from(vec![IntervalMonthDayNanoType::make_value(
+            14,
+            3,
+            3_723_500_000_000,
+        )]);
         assert_eq!(text(Arc::new(iv)), "1 year 2 mons 3 days 01:02:03.5");
-        assert_eq!(text(Arc::new(BinaryArray::from(vec![&b"\x01\xff"[..]]))), "\\x01ff");
+        assert_eq!(
+            text(Arc::new(BinaryArray::from(vec![&b"\x01\xff"[..]]))),
+            "\\x01ff"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
@@ -63,7 +63,9 @@ pub struct Server {
 impl Server {
     /// Opens the data directory and starts accepting connections.
     pub async fn start(config: &Config) -> Result<Server> {
-        let engine_config = EngineConfig { data_dir: config.data_dir.clone() };
+        let engine_config = EngineConfig {
+            data_dir: config.data_dir.clone(),
+        };
         Self::start_with(engine_config, config.listen).await
     }
 
@@ -74,7 +76,9 @@ impl Server {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| Error::io(format!("listening on {listen}"), &e))?;
-        let addr = listener.local_addr().map_err(|e| Error::io("reading the listen address", &e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the listen address", &e))?;
         let handlers = Arc::new(Handlers {
             engine: engine.clone(),
             manager: Arc::new(ConnectionManager::new()),
@@ -106,7 +110,12 @@ impl Server {
             }
             connections.shutdown().await;
         });
-        Ok(Server { engine, addr, stop, accept })
+        Ok(Server {
+            engine,
+            addr,
+            stop,
+            accept,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -160,9 +169,15 @@ fn notice(severity: &str, code: &str, message: String) -> PgWireBackendMessage {
 }
 
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionCell>> {
-    client.session_extensions().get::<SessionCell>().ok_or_else(|| {
-        user_error(Error::new(sqlstate::PROTOCOL_VIOLATION, "no session: startup has not completed"))
-    })
+    client
+        .session_extensions()
+        .get::<SessionCell>()
+        .ok_or_else(|| {
+            user_error(Error::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "no session: startup has not completed",
+            ))
+        })
 }
 
 fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
@@ -183,7 +198,8 @@ fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>
         .map(|(i, f)| {
             let ty = encode::pg_type(f.data_type());
             let size = encode::type_size(&ty);
-            FieldInfo::new(f.name().clone(), None, None, ty, format.format_for(i)).with_type_size(size)
+            FieldInfo::new(f.name().clone(), None, None, ty, format.format_for(i))
+                .with_type_size(size)
         })
         .collect())
 }
@@ -215,14 +231,23 @@ fn row_stream(
 
 impl Handlers {
     /// Turns an engine output into a pgwire response (sending notices first).
-    async fn respond<C>(&self, client: &mut C, output: Output, format: &Format) -> PgWireResult<Response>
+    async fn respond<C>(
+        &self,
+        client: &mut C,
+        output: Output,
+        format: &Format,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         Ok(match output {
-            Output::Rows { schema, stream, tag } => {
+            Output::Rows {
+                schema,
+                stream,
+                tag,
+            } => {
                 let fields = Arc::new(fields_of(&schema, format)?);
                 let mut response = QueryResponse::new(fields.clone(), row_stream(stream, fields));
                 response.set_command_tag(tag);
@@ -242,13 +267,25 @@ impl Handlers {
                 Response::Execution(Tag::new(tag))
             }
             Output::CopyIn(copy) => {
-                let names: Vec<String> =
-                    copy.columns.iter().map(|c| copy.table.columns[*c].name.clone()).collect();
+                let names: Vec<String> = copy
+                    .columns
+                    .iter()
+                    .map(|c| copy.table.columns[*c].name.clone())
+                    .collect();
                 let ncols = names.len();
-                let parser = copy::CopyParser::new(copy.format.clone(), copy.table.name.clone(), names);
+                let parser =
+                    copy::CopyParser::new(copy.format.clone(), copy.table.name.clone(), names);
                 let first = 1 + copy.format.header as usize;
-                let state = CopyState { copy, parser, batches: Vec::new(), chunk_first_line: first, error: None };
-                client.session_extensions().insert::<CopyCell>(parking_lot::Mutex::new(Some(state)));
+                let state = CopyState {
+                    copy,
+                    parser,
+                    batches: Vec::new(),
+                    chunk_first_line: first,
+                    error: None,
+                };
+                client
+                    .session_extensions()
+                    .insert::<CopyCell>(parking_lot::Mutex::new(Some(state)));
                 Response::CopyIn(CopyResponse::new(0, ncols, stream::empty()))
             }
         })
@@ -264,9 +301,17 @@ impl Handlers {
         match session.copy_rows(&state.copy, columns) {
             Ok(batch) => state.batches.push(batch),
             Err((row, col, e)) => {
-                let name = state.copy.columns.get(col).map(|c| state.copy.table.columns[*c].name.clone());
-                state.error =
-                    Some(copy::with_context(e, &state.copy.table.name, first + row, name.as_deref()));
+                let name = state
+                    .copy
+                    .columns
+                    .get(col)
+                    .map(|c| state.copy.table.columns[*c].name.clone());
+                state.error = Some(copy::with_context(
+                    e,
+                    &state.copy.table.name,
+                    first + row,
+                    name.as_deref(),
+                ));
             }
         }
     }
@@ -282,7 +327,11 @@ fn command_tag(tag: &str, rows: Option<usize>) -> Tag {
 
 #[async_trait]
 impl StartupHandler for Handlers {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -294,11 +343,15 @@ impl StartupHandler for Handlers {
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key.clone());
             let (handle, guard) = self.manager.register(pid, key);
-            client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+            client
+                .session_extensions()
+                .insert::<Arc<ConnectionHandle>>(handle);
             client.session_extensions().insert::<ConnectionGuard>(guard);
             let startup_params: HashMap<String, String> = client.metadata().clone();
             let session = Session::new(self.engine.clone(), &startup_params).map_err(user_error)?;
-            client.session_extensions().insert::<SessionCell>(AsyncMutex::new(session));
+            client
+                .session_extensions()
+                .insert::<SessionCell>(AsyncMutex::new(session));
             let mut params = DefaultServerParameterProvider::default();
             params.server_version = crate::SERVER_VERSION.to_string();
             params.time_zone = "UTC".to_string();
@@ -358,7 +411,12 @@ struct Parser;
 impl QueryParser for Parser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, client: &C, sql_text: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql_text: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -370,7 +428,9 @@ impl QueryParser for Parser {
                 "cannot insert multiple commands into a prepared statement"
             )));
         }
-        let Some(parsed) = statements.pop() else { return Ok(None) };
+        let Some(parsed) = statements.pop() else {
+            return Ok(None);
+        };
         let mut session = cell.lock().await;
         let prepared = session.prepare(parsed).await;
         if prepared.is_err() {
@@ -387,7 +447,11 @@ impl QueryParser for Parser {
             .collect())
     }
 
-    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.schema {
             Some(schema) => fields_of(schema, format.unwrap_or(&Format::UnifiedBinary)),
             None => Ok(vec![]),
@@ -404,7 +468,12 @@ impl ExtendedQueryHandler for Handlers {
         Arc::new(Parser)
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Prepared>,
@@ -420,8 +489,14 @@ impl ExtendedQueryHandler for Handlers {
                 return Err(user_error(e));
             }
         };
-        let output = cell.lock().await.execute(&prepared.parsed, &params).await.map_err(user_error)?;
-        self.respond(client, output, &portal.result_column_format).await
+        let output = cell
+            .lock()
+            .await
+            .execute(&prepared.parsed, &params)
+            .await
+            .map_err(user_error)?;
+        self.respond(client, output, &portal.result_column_format)
+            .await
     }
 }
 
@@ -452,7 +527,14 @@ fn bind_params(portal: &Portal<Prepared>) -> Result<Vec<ScalarValue>> {
                 .get(i)
                 .cloned()
                 .flatten()
-                .or_else(|| prepared.param_types.get(i).cloned().flatten().map(|t| encode::pg_type(&t)))
+                .or_else(|| {
+                    prepared
+                        .param_types
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .map(|t| encode::pg_type(&t))
+                })
                 .unwrap_or(Type::TEXT);
             let binary = portal.parameter_format.is_binary(i);
             params::decode(portal.parameters[i].as_deref(), binary, &ty)
@@ -470,10 +552,14 @@ impl CopyHandler for Handlers {
     {
         // Errors are kept and reported at CopyDone: the client streams data without reading.
         let cell = session_of(client)?;
-        let Some(copy) = client.session_extensions().get::<CopyCell>() else { return Ok(()) };
+        let Some(copy) = client.session_extensions().get::<CopyCell>() else {
+            return Ok(());
+        };
         let session = cell.lock().await;
         let mut guard = copy.lock();
-        let Some(state) = guard.as_mut() else { return Ok(()) };
+        let Some(state) = guard.as_mut() else {
+            return Ok(());
+        };
         if state.error.is_some() {
             return Ok(());
         }
@@ -494,9 +580,15 @@ impl CopyHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let cell = session_of(client)?;
-        let state = client.session_extensions().get::<CopyCell>().and_then(|c| c.lock().take());
+        let state = client
+            .session_extensions()
+            .get::<CopyCell>()
+            .and_then(|c| c.lock().take());
         let Some(mut state) = state else {
-            return Err(user_error(Error::new(sqlstate::PROTOCOL_VIOLATION, "CopyDone without COPY")));
+            return Err(user_error(Error::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "CopyDone without COPY",
+            )));
         };
         let mut session = cell.lock().await;
         if state.error.is_none() {
@@ -509,10 +601,15 @@ impl CopyHandler for Handlers {
             session.fail_transaction();
             return Err(user_error(e));
         }
-        let n = session.copy_commit(&state.copy, state.batches).await.map_err(user_error)?;
+        let n = session
+            .copy_commit(&state.copy, state.batches)
+            .await
+            .map_err(user_error)?;
         drop(session);
         client
-            .send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(n).into()))
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(n).into(),
+            ))
             .await?;
         Ok(())
     }
@@ -567,6 +664,3 @@ impl Handlers {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _assert_stored_statement(_: &StoredStatement<Prepared>) {}

@@ -29,10 +29,15 @@ fn fixed<const N: usize>(bytes: &[u8], ty: &Type) -> Result<[u8; N]> {
 
 /// Decodes one parameter. `None` bytes is SQL NULL.
 pub fn decode(bytes: Option<&[u8]>, binary: bool, ty: &Type) -> Result<ScalarValue> {
-    let Some(bytes) = bytes else { return Ok(ScalarValue::Null) };
+    let Some(bytes) = bytes else {
+        return Ok(ScalarValue::Null);
+    };
     if !binary {
         let text = std::str::from_utf8(bytes).map_err(|_| {
-            crate::err!(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, "invalid byte sequence for encoding \"UTF8\"")
+            crate::err!(
+                sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+                "invalid byte sequence for encoding \"UTF8\""
+            )
         })?;
         return Ok(ScalarValue::Utf8(Some(text.to_string())));
     }
@@ -45,7 +50,10 @@ pub fn decode(bytes: Option<&[u8]>, binary: bool, ty: &Type) -> Result<ScalarVal
         Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(fixed(bytes, ty)?))),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
             let text = std::str::from_utf8(bytes).map_err(|_| {
-                crate::err!(sqlstate::CHARACTER_NOT_IN_REPERTOIRE, "invalid byte sequence for encoding \"UTF8\"")
+                crate::err!(
+                    sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+                    "invalid byte sequence for encoding \"UTF8\""
+                )
             })?;
             ScalarValue::Utf8(Some(text.to_string()))
         }
@@ -98,12 +106,17 @@ fn decode_numeric(bytes: &[u8], ty: &Type) -> Result<ScalarValue> {
     let mut value: i128 = 0;
     for i in 0..ndigits {
         let d = i16::from_be_bytes([bytes[8 + 2 * i], bytes[9 + 2 * i]]) as i128;
-        value = value.checked_mul(10_000).and_then(|v| v.checked_add(d)).ok_or_else(|| bad(ty))?;
+        value = value
+            .checked_mul(10_000)
+            .and_then(|v| v.checked_add(d))
+            .ok_or_else(|| bad(ty))?;
     }
     // value currently has exponent 4*(weight - ndigits + 1); adjust to -dscale.
     let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
     if exp >= 0 {
-        value = value.checked_mul(10i128.checked_pow(exp as u32).ok_or_else(|| bad(ty))?).ok_or_else(|| bad(ty))?;
+        value = value
+            .checked_mul(10i128.checked_pow(exp as u32).ok_or_else(|| bad(ty))?)
+            .ok_or_else(|| bad(ty))?;
     } else {
         value /= 10i128.checked_pow((-exp) as u32).ok_or_else(|| bad(ty))?;
     }
@@ -121,7 +134,10 @@ mod tests {
     fn decodes_binary_numeric() {
         // 123.45: ndigits 2, weight 0, sign +, dscale 2, digits 123 4500
         let b = [0, 2, 0, 0, 0, 0, 0, 2, 0, 123, 17, 148];
-        assert_eq!(decode_numeric(&b, &Type::NUMERIC).unwrap(), ScalarValue::Decimal128(Some(12345), 38, 2));
+        assert_eq!(
+            decode_numeric(&b, &Type::NUMERIC).unwrap(),
+            ScalarValue::Decimal128(Some(12345), 38, 2)
+        );
     }
 
     #[test]

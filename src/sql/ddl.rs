@@ -50,7 +50,11 @@ pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<TableDef> {
                 other => return Err(unsupported!("column option {other}")),
             }
         }
-        columns.push(ColumnDef { name: col_name, sql_type, not_null });
+        columns.push(ColumnDef {
+            name: col_name,
+            sql_type,
+            not_null,
+        });
     }
     for constraint in &ct.constraints {
         match constraint {
@@ -63,12 +67,15 @@ pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<TableDef> {
                         ast::Expr::Identifier(ident) => normalize_ident(ident),
                         other => return Err(unsupported!("primary key on expression {other}")),
                     };
-                    let idx = columns.iter().position(|c| c.name == col_name).ok_or_else(|| {
-                        crate::err!(
-                            sqlstate::UNDEFINED_COLUMN,
-                            "column \"{col_name}\" named in key does not exist"
-                        )
-                    })?;
+                    let idx = columns
+                        .iter()
+                        .position(|c| c.name == col_name)
+                        .ok_or_else(|| {
+                            crate::err!(
+                                sqlstate::UNDEFINED_COLUMN,
+                                "column \"{col_name}\" named in key does not exist"
+                            )
+                        })?;
                     if primary_key.contains(&idx) {
                         return Err(crate::err!(
                             sqlstate::DUPLICATE_COLUMN,
@@ -92,17 +99,30 @@ pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<TableDef> {
                     "column \"{column}\" named in WATERMARK FOR does not exist"
                 )
             })?;
-            if !matches!(c.sql_type, SqlType::Timestamp | SqlType::TimestampTz | SqlType::Date) {
+            if !matches!(
+                c.sql_type,
+                SqlType::Timestamp | SqlType::TimestampTz | SqlType::Date
+            ) {
                 return Err(crate::err!(
                     sqlstate::DATATYPE_MISMATCH,
                     "WATERMARK FOR column \"{column}\" must be a timestamp, timestamptz or date, not {}",
                     c.sql_type
                 ));
             }
-            Some(WatermarkDef { column, expr: expr.to_string() })
+            Some(WatermarkDef {
+                column,
+                expr: expr.to_string(),
+            })
         }
     };
-    Ok(TableDef { id: 0, name, columns, primary_key, append_only: parsed.append_only, watermark })
+    Ok(TableDef {
+        id: 0,
+        name,
+        columns,
+        primary_key,
+        append_only: parsed.append_only,
+        watermark,
+    })
 }
 
 fn multiple_pk(table: &str) -> crate::error::Error {

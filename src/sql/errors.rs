@@ -43,7 +43,10 @@ pub fn from_datafusion(e: DataFusionError) -> Error {
             let text = inner.to_string();
             Error::new(
                 sqlstate::SYNTAX_ERROR,
-                format!("syntax error: {}", text.strip_prefix("sql parser error: ").unwrap_or(&text)),
+                format!(
+                    "syntax error: {}",
+                    text.strip_prefix("sql parser error: ").unwrap_or(&text)
+                ),
             )
         }
         DataFusionError::SchemaError(inner, _) => match *inner {
@@ -60,9 +63,10 @@ pub fn from_datafusion(e: DataFusionError) -> Error {
                 Error::new(sqlstate::DUPLICATE_COLUMN, inner.to_string())
             }
         },
-        DataFusionError::NotImplemented(msg) => {
-            Error::new(sqlstate::FEATURE_NOT_SUPPORTED, format!("not supported: {msg}"))
-        }
+        DataFusionError::NotImplemented(msg) => Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("not supported: {msg}"),
+        ),
         DataFusionError::Plan(msg) => from_plan_message(msg),
         DataFusionError::Execution(msg) => from_execution_message(msg),
         DataFusionError::ExecutionJoin(e) => Error::internal(e.to_string()),
@@ -98,7 +102,10 @@ fn clone_shared(e: &DataFusionError) -> DataFusionError {
 
 fn from_plan_message(msg: String) -> Error {
     let lower = msg.to_lowercase();
-    if let Some(rest) = msg.strip_prefix("table '").or_else(|| msg.strip_prefix("Table '")) {
+    if let Some(rest) = msg
+        .strip_prefix("table '")
+        .or_else(|| msg.strip_prefix("Table '"))
+    {
         if lower.contains("not found") {
             let name = rest.split('\'').next().unwrap_or(rest);
             let name = name.rsplit('.').next().unwrap_or(name);

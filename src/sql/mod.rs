@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Result, sqlstate};
 
@@ -114,7 +114,9 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                 if let Some(ns) = next(lp + 1).filter(|j| word_eq(&toks[*j].token, "pg_catalog")) {
                     if let Some(dot) = next(ns + 1).filter(|j| toks[*j].token == Token::Period) {
                         if let Some(op) = next(dot + 1) {
-                            if let Some(rp) = next(op + 1).filter(|j| toks[*j].token == Token::RParen) {
+                            if let Some(rp) =
+                                next(op + 1).filter(|j| toks[*j].token == Token::RParen)
+                            {
                                 out.push(toks[op].clone());
                                 i = rp + 1;
                                 continue;
@@ -134,7 +136,8 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                             continue;
                         }
                     }
-                } else if matches!(&toks[a].token, Token::Word(w) if w.value == "default" || w.value == "C") {
+                } else if matches!(&toks[a].token, Token::Word(w) if w.value == "default" || w.value == "C")
+                {
                     i = a + 1;
                     continue;
                 }
@@ -157,14 +160,24 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         if *t == Token::DoubleColon {
             if let Some(name) = next(i + 1) {
                 let skip_ns = if word_eq(&toks[name].token, "pg_catalog") {
-                    next(name + 1).filter(|j| toks[*j].token == Token::Period).and_then(|d| next(d + 1))
+                    next(name + 1)
+                        .filter(|j| toks[*j].token == Token::Period)
+                        .and_then(|d| next(d + 1))
                 } else {
                     Some(name)
                 };
                 if let Some(n) = skip_ns {
-                    if ["regclass", "regtype", "regproc", "regprocedure", "regnamespace", "regrole", "oid"]
-                        .iter()
-                        .any(|r| word_eq(&toks[n].token, r))
+                    if [
+                        "regclass",
+                        "regtype",
+                        "regproc",
+                        "regprocedure",
+                        "regnamespace",
+                        "regrole",
+                        "oid",
+                    ]
+                    .iter()
+                    .any(|r| word_eq(&toks[n].token, r))
                     {
                         i = n + 1;
                         continue;
@@ -182,24 +195,38 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
 pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
     let tokens = rewrite_catalog_idioms(tokens);
     let text = text_of(&tokens);
-    let significant: Vec<usize> =
-        (0..tokens.len()).filter(|i| !is_trivia(&tokens[*i].token)).collect();
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|i| !is_trivia(&tokens[*i].token))
+        .collect();
     let is_create_table = significant.len() >= 2
         && word_is(&tokens[significant[0]].token, Keyword::CREATE)
         && word_is(&tokens[significant[1]].token, Keyword::TABLE);
-    let (tokens, append_only, watermark) =
-        if is_create_table { strip_table_extensions(tokens)? } else { (tokens, false, None) };
+    let (tokens, append_only, watermark) = if is_create_table {
+        strip_table_extensions(tokens)?
+    } else {
+        (tokens, false, None)
+    };
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
-    let stmt = parser.parse_statement().map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
+    let stmt = parser
+        .parse_statement()
+        .map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
     if parser.peek_token().token != Token::EOF {
-        return Err(syntax_error(format!("unexpected {} at end of statement", parser.peek_token().token)));
+        return Err(syntax_error(format!(
+            "unexpected {} at end of statement",
+            parser.peek_token().token
+        )));
     }
     let mut stmt = stmt;
     if text.contains("pg_catalog") || text.contains("information_schema") {
         aggregate_scalar_subqueries(&mut stmt);
     }
-    Ok(Parsed { stmt, append_only, watermark, text })
+    Ok(Parsed {
+        stmt,
+        append_only,
+        watermark,
+        text,
+    })
 }
 
 /// PostgreSQL allows several output columns with the same name (`SELECT 1, 1`); DataFusion
@@ -221,7 +248,10 @@ pub fn dedupe_output_names(stmt: &Statement) -> Statement {
                         let unique = ast::Ident::with_quote('"', format!("?column?{}", i + 1));
                         match item {
                             SelectItem::UnnamedExpr(e) => {
-                                *item = SelectItem::ExprWithAlias { expr: e.clone(), alias: unique };
+                                *item = SelectItem::ExprWithAlias {
+                                    expr: e.clone(),
+                                    alias: unique,
+                                };
                             }
                             SelectItem::ExprWithAlias { alias, .. } => *alias = unique,
                             _ => {}
@@ -268,14 +298,18 @@ fn aggregate_scalar_subqueries(stmt: &mut Statement) {
             let text = query.to_string();
             // …and correlated table functions (publication column lists) are beyond DataFusion;
             // they only appear over catalogs Eddy keeps empty.
-            if text.contains("pg_attrdef") || text.contains("pg_collation") || text.contains("generate_series") {
+            if text.contains("pg_attrdef")
+                || text.contains("pg_collation")
+                || text.contains("generate_series")
+            {
                 *expr = ast::Expr::Value(ast::Value::Null.into());
                 return std::ops::ControlFlow::<()>::Continue(());
             }
         }
         if let ast::Expr::Subquery(query) = expr {
             if let SetExpr::Select(select) = query.body.as_mut() {
-                let no_grouping = matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+                let no_grouping =
+                    matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
                 if select.projection.len() == 1 && no_grouping && select.having.is_none() {
                     let item = &mut select.projection[0];
                     let inner = match item {
@@ -306,7 +340,9 @@ fn aggregate_scalar_subqueries(stmt: &mut Statement) {
 
 fn strip_parser_prefix(e: &datafusion::sql::sqlparser::parser::ParserError) -> String {
     let s = e.to_string();
-    s.strip_prefix("sql parser error: ").unwrap_or(&s).to_string()
+    s.strip_prefix("sql parser error: ")
+        .unwrap_or(&s)
+        .to_string()
 }
 
 type Stripped = (Vec<TokenWithSpan>, bool, Option<(ast::Ident, ast::Expr)>);
@@ -317,7 +353,9 @@ fn strip_table_extensions(tokens: Vec<TokenWithSpan>) -> Result<Stripped> {
     // Trailing APPEND ONLY.
     let mut tokens = tokens;
     let mut append_only = false;
-    let sig: Vec<usize> = (0..tokens.len()).filter(|i| !is_trivia(&tokens[*i].token)).collect();
+    let sig: Vec<usize> = (0..tokens.len())
+        .filter(|i| !is_trivia(&tokens[*i].token))
+        .collect();
     if sig.len() >= 2 {
         let (a, b) = (sig[sig.len() - 2], sig[sig.len() - 1]);
         if word_eq(&tokens[a].token, "append") && word_eq(&tokens[b].token, "only") {
@@ -334,14 +372,17 @@ fn strip_table_extensions(tokens: Vec<TokenWithSpan>) -> Result<Stripped> {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             t if depth == 1 && word_eq(t, "watermark") => {
-                let next_sig = |from: usize| (from..tokens.len()).find(|j| !is_trivia(&tokens[*j].token));
+                let next_sig =
+                    |from: usize| (from..tokens.len()).find(|j| !is_trivia(&tokens[*j].token));
                 let for_at = next_sig(i + 1).filter(|j| word_is(&tokens[*j].token, Keyword::FOR));
                 let Some(for_at) = for_at else {
                     i += 1;
                     continue;
                 };
                 if watermark.is_some() {
-                    return Err(syntax_error("only one WATERMARK clause is allowed per table"));
+                    return Err(syntax_error(
+                        "only one WATERMARK clause is allowed per table",
+                    ));
                 }
                 // The element ends at the next comma or closing parenthesis at depth 1.
                 let mut end = for_at + 1;
@@ -402,7 +443,11 @@ fn parse_watermark(clause: Vec<TokenWithSpan>) -> Result<(ast::Ident, ast::Expr)
 
 /// Normalises an identifier as PostgreSQL does: unquoted names fold to lower case.
 pub fn normalize_ident(ident: &ast::Ident) -> String {
-    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() }
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
 }
 
 /// The table name of an object name (`schema.name` accepts only `public` or no schema).
@@ -418,25 +463,14 @@ pub fn table_name(name: &ast::ObjectName) -> Result<String> {
     match parts.as_slice() {
         [name] => Ok(name.clone()),
         [schema, name] if schema == "public" => Ok(name.clone()),
-        [db, schema, name] if schema == "public" && (db == "eddy" || db == "main") => Ok(name.clone()),
+        [db, schema, name] if schema == "public" && (db == "eddy" || db == "main") => {
+            Ok(name.clone())
+        }
         _ => Err(crate::err!(
             sqlstate::UNDEFINED_TABLE,
             "relation \"{name}\" does not exist (Eddy has one schema, public)"
         )),
     }
-}
-
-/// Whether a statement was an empty string after comments (psql sends `-- comment` alone).
-pub fn is_blank(sql: &str) -> bool {
-    Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize()
-        .map(|t| t.iter().all(|t| matches!(t, Token::Whitespace(_) | Token::SemiColon)))
-        .unwrap_or(false)
-}
-
-#[allow(dead_code)]
-fn is_newline(t: &Token) -> bool {
-    matches!(t, Token::Whitespace(Whitespace::Newline))
 }
 
 #[cfg(test)]
@@ -461,7 +495,9 @@ mod tests {
         let (col, expr) = p.watermark.unwrap();
         assert_eq!(col.value, "ts");
         assert_eq!(expr.to_string(), "ts - INTERVAL '5 seconds'");
-        let Statement::CreateTable(ct) = p.stmt else { panic!("not a create table") };
+        let Statement::CreateTable(ct) = p.stmt else {
+            panic!("not a create table")
+        };
         assert_eq!(ct.columns.len(), 3);
     }
 

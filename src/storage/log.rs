@@ -145,7 +145,8 @@ impl Log {
     /// Opens (or creates) the log in `dir`, calling `apply` for every record in order, and starts
     /// the writer thread.
     pub fn open(dir: &Path, mut apply: impl FnMut(LogRecord) -> Result<()>) -> Result<Log> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
         let mut segments = list_segments(dir)?;
         let mut last_lsn = Lsn::ZERO;
         let n = segments.len();
@@ -281,8 +282,12 @@ impl SegmentWriter {
             buf.extend_from_slice(&req.lsn.0.to_le_bytes());
             buf.extend_from_slice(&req.body);
         }
-        self.file.write_all(buf).map_err(|e| Error::io("writing the log", &e))?;
-        self.file.sync_data().map_err(|e| Error::io("syncing the log", &e))?;
+        self.file
+            .write_all(buf)
+            .map_err(|e| Error::io("writing the log", &e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("syncing the log", &e))?;
         self.file_len += buf.len() as u64;
         let last = group.last().map(|r| r.lsn.0).unwrap_or(0);
         self.durable.store(last, Ordering::Release);
@@ -362,7 +367,9 @@ fn replay_segment(
         } else {
             let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
             let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-            let lsn = Lsn(u64::from_le_bytes(rest[8..16].try_into().unwrap_or_default()));
+            let lsn = Lsn(u64::from_le_bytes(
+                rest[8..16].try_into().unwrap_or_default(),
+            ));
             if len > MAX_RECORD_BYTES || HEADER_LEN + len > rest.len() {
                 if rest.iter().all(|b| *b == 0) || HEADER_LEN + len > rest.len() {
                     torn("truncated record")?
@@ -442,7 +449,9 @@ mod tests {
 
     fn write(dir: &Path, values: &[i64]) {
         let log = Log::open(dir, |_| Ok(())).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         for v in values {
             let d = log.append(encode_body(&[change(*v, 1)]).unwrap()).unwrap();
             rt.block_on(d.wait()).unwrap();
@@ -456,7 +465,10 @@ mod tests {
         write(dir.path(), &[1, 2, 3]);
         write(dir.path(), &[4]);
         let records = replay(dir.path()).unwrap();
-        assert_eq!(records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         assert_eq!(records[3].changes[0].1.weights.value(0), 1);
     }
 
@@ -467,7 +479,12 @@ mod tests {
         let seg = list_segments(dir.path()).unwrap().pop().unwrap();
         let len = fs::metadata(&seg).unwrap().len();
         // Crash in the middle of writing the second record.
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
         let records = replay(dir.path()).unwrap();
         assert_eq!(records.len(), 1);
         // The log keeps working after the cut.

@@ -77,6 +77,8 @@ impl StateStore {
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.db.write_opt(batch, &options).map_err(|e| rocks_err("writing the catalog", e))
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| rocks_err("writing the catalog", e))
     }
 }

@@ -43,13 +43,18 @@ impl ZBatch {
         fields.push(Arc::new(Field::new(WEIGHT_COLUMN, DataType::Int64, false)));
         let mut columns: Vec<ArrayRef> = self.data.columns().to_vec();
         columns.push(Arc::new(self.weights.clone()));
-        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
     }
 
     /// The inverse of [`ZBatch::to_record_batch`].
     pub fn from_record_batch(batch: RecordBatch) -> Result<Self> {
         let n = batch.num_columns();
-        let weights_idx = n.checked_sub(1).ok_or_else(|| crate::internal!("empty log batch"))?;
+        let weights_idx = n
+            .checked_sub(1)
+            .ok_or_else(|| crate::internal!("empty log batch"))?;
         if batch.schema().field(weights_idx).name() != WEIGHT_COLUMN {
             return Err(crate::internal!("log batch without a weight column"));
         }
@@ -67,10 +72,16 @@ impl ZBatch {
     /// `(row, +1)` and `(row, -1)` cancel. Output order follows first appearance.
     pub fn consolidate(batches: &[ZBatch], schema: &SchemaRef) -> Result<ZBatch> {
         let data = concat_batches(schema, batches.iter().map(|b| &b.data))?;
-        let weights: Vec<i64> =
-            batches.iter().flat_map(|b| b.weights.values().iter().copied()).collect();
+        let weights: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.weights.values().iter().copied())
+            .collect();
         let converter = RowConverter::new(
-            schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
         )?;
         let rows = converter.convert_columns(data.columns())?;
         let mut sums: HashMap<&[u8], (u32, i64)> = HashMap::with_capacity(rows.num_rows());
@@ -93,7 +104,10 @@ impl ZBatch {
             }
         }
         let data = take_record_batch(&data, &UInt32Array::from(indices))?;
-        Ok(ZBatch { data, weights: Int64Array::from(out_weights) })
+        Ok(ZBatch {
+            data,
+            weights: Int64Array::from(out_weights),
+        })
     }
 
     /// The rows of a consolidated batch with positive weight, each repeated `weight` times:
@@ -130,7 +144,12 @@ mod tests {
         let b = batch(&["y", "z"], &[-1, 1]);
         let schema = a.data.schema();
         let c = ZBatch::consolidate(&[a, b], &schema).unwrap();
-        let names = c.data.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let names = c
+            .data
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(names.iter().collect::<Vec<_>>(), vec![Some("x"), Some("z")]);
         assert_eq!(c.weights.values().to_vec(), vec![2, 1]);
         assert_eq!(c.expand_positive().unwrap().num_rows(), 3);
