@@ -1,8 +1,10 @@
 //! Runs every `sql-tests/*.slt` file against a real Eddy server over pgwire.
 //!
 //! Each file gets its own server, started in-process on a free port with a temporary data
-//! directory, and is run with sqllogictest-rs through tokio-postgres's simple query protocol
-//! (what psql uses). One harness-only statement exists:
+//! directory, and is run with sqllogictest-rs twice: through tokio-postgres's simple query
+//! protocol (what psql uses, text results) and through the extended protocol (Parse/Describe/
+//! Bind/Execute with binary results, decoded back to PostgreSQL's text forms here), so both
+//! protocols and both encodings must give the expected output. One harness-only statement exists:
 //!
 //! ```text
 //! statement ok
@@ -101,9 +103,16 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Simple,
+    Extended,
+}
+
 struct EddyDb {
     client: tokio_postgres::Client,
     harness: Arc<Mutex<Harness>>,
+    protocol: Protocol,
 }
 
 async fn connect(addr: SocketAddr) -> Result<tokio_postgres::Client, DbError> {
@@ -134,6 +143,10 @@ impl AsyncDB for EddyDb {
             harness.restart().await;
             self.client = connect(harness.addr).await?;
             return Ok(DBOutput::StatementComplete(0));
+        }
+        let single = eddy::sql::split(sql).map(|s| s.len() == 1).unwrap_or(false);
+        if self.protocol == Protocol::Extended && single {
+            return self.run_extended(sql).await;
         }
         let messages = self.client.simple_query(sql).await?;
         let mut rows = Vec::new();
@@ -186,7 +199,227 @@ impl AsyncDB for EddyDb {
     }
 }
 
-fn run_file(path: PathBuf) -> Result<(), Failed> {
+impl EddyDb {
+    /// One statement through Parse/Describe/Bind/Execute with binary results.
+    async fn run_extended(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
+        let stmt = self.client.prepare(sql).await?;
+        if stmt.columns().is_empty() {
+            let n = self.client.execute(&stmt, &[]).await?;
+            return Ok(DBOutput::StatementComplete(n));
+        }
+        let rows = self.client.query(&stmt, &[]).await?;
+        let ncols = stmt.columns().len();
+        let rows = rows
+            .iter()
+            .map(|row| (0..ncols).map(|i| binary_text::value(row, i)).collect())
+            .collect();
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Any; ncols],
+            rows,
+        })
+    }
+}
+
+/// Binary result values → the text PostgreSQL would print, as the sqllogictest files expect.
+mod binary_text {
+    use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+    use tokio_postgres::Row;
+    use tokio_postgres::types::{FromSql, Type};
+
+    struct Raw(Vec<u8>);
+    impl<'a> FromSql<'a> for Raw {
+        fn from_sql(
+            _: &Type,
+            raw: &'a [u8],
+        ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(Raw(raw.to_vec()))
+        }
+        fn accepts(_: &Type) -> bool {
+            true
+        }
+    }
+
+    fn or_null<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
+        match v {
+            None => "NULL".into(),
+            Some(v) => {
+                let s = f(v);
+                if s.is_empty() { "(empty)".into() } else { s }
+            }
+        }
+    }
+
+    fn fraction(micros: u32) -> String {
+        if micros == 0 {
+            String::new()
+        } else {
+            format!(".{}", format!("{micros:06}").trim_end_matches('0'))
+        }
+    }
+
+    fn float(v: f64, single: bool) -> String {
+        if v.is_nan() {
+            return "NaN".into();
+        }
+        if v.is_infinite() {
+            return if v > 0.0 {
+                "Infinity".into()
+            } else {
+                "-Infinity".into()
+            };
+        }
+        let sci = if single {
+            format!("{:e}", v as f32)
+        } else {
+            format!("{v:e}")
+        };
+        let (mantissa, exp) = sci.split_once('e').unwrap();
+        let exp: i32 = exp.parse().unwrap();
+        if exp < -4 || exp >= if single { 6 } else { 15 } {
+            format!(
+                "{mantissa}e{}{:02}",
+                if exp < 0 { '-' } else { '+' },
+                exp.abs()
+            )
+        } else if single {
+            format!("{}", v as f32)
+        } else {
+            format!("{v}")
+        }
+    }
+
+    fn numeric(b: &[u8]) -> String {
+        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+        let weight = i16::from_be_bytes([b[2], b[3]]) as i32;
+        let sign = u16::from_be_bytes([b[4], b[5]]);
+        let dscale = u16::from_be_bytes([b[6], b[7]]) as usize;
+        let digits: Vec<u16> = (0..n)
+            .map(|i| u16::from_be_bytes([b[8 + 2 * i], b[9 + 2 * i]]))
+            .collect();
+        let mut int_part = String::new();
+        for k in 0..=weight.max(0) {
+            let d = if weight >= 0 {
+                digits.get(k as usize).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            if int_part.is_empty() {
+                int_part = d.to_string()
+            } else {
+                int_part.push_str(&format!("{d:04}"))
+            }
+            if weight < 0 {
+                break;
+            }
+        }
+        let mut frac = String::new();
+        let mut k = weight + 1;
+        while frac.len() < dscale {
+            let d = if k >= 0 {
+                digits.get(k as usize).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            frac.push_str(&format!("{d:04}"));
+            k += 1;
+        }
+        frac.truncate(dscale);
+        let sign = if sign == 0x4000 { "-" } else { "" };
+        if dscale > 0 {
+            format!("{sign}{int_part}.{frac}")
+        } else {
+            format!("{sign}{int_part}")
+        }
+    }
+
+    fn interval(b: &[u8]) -> String {
+        let micros = i64::from_be_bytes(b[0..8].try_into().unwrap());
+        let days = i32::from_be_bytes(b[8..12].try_into().unwrap());
+        let months = i32::from_be_bytes(b[12..16].try_into().unwrap());
+        let mut parts = Vec::new();
+        let unit = |n: i64, one: &str, many: &str| {
+            if n.abs() == 1 {
+                format!("{n} {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
+        if months / 12 != 0 {
+            parts.push(unit((months / 12) as i64, "year", "years"));
+        }
+        if months % 12 != 0 {
+            parts.push(unit((months % 12) as i64, "mon", "mons"));
+        }
+        if days != 0 {
+            parts.push(unit(days as i64, "day", "days"));
+        }
+        if micros != 0 || parts.is_empty() {
+            let abs = micros.unsigned_abs();
+            let secs = abs / 1_000_000;
+            parts.push(format!(
+                "{}{:02}:{:02}:{:02}{}",
+                if micros < 0 { "-" } else { "" },
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60,
+                fraction((abs % 1_000_000) as u32)
+            ));
+        }
+        parts.join(" ")
+    }
+
+    pub fn value(row: &Row, i: usize) -> String {
+        let ty = row.columns()[i].type_().clone();
+        match ty {
+            Type::BOOL => or_null(row.get::<_, Option<bool>>(i), |v| {
+                if v { "t".into() } else { "f".into() }
+            }),
+            Type::INT2 => or_null(row.get::<_, Option<i16>>(i), |v| v.to_string()),
+            Type::INT4 => or_null(row.get::<_, Option<i32>>(i), |v| v.to_string()),
+            Type::INT8 => or_null(row.get::<_, Option<i64>>(i), |v| v.to_string()),
+            Type::FLOAT4 => or_null(row.get::<_, Option<f32>>(i), |v| float(v as f64, true)),
+            Type::FLOAT8 => or_null(row.get::<_, Option<f64>>(i), |v| float(v, false)),
+            Type::BYTEA => or_null(row.get::<_, Option<Vec<u8>>>(i), |v| {
+                let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+                format!("\\x{hex}")
+            }),
+            Type::DATE => or_null(row.get::<_, Option<NaiveDate>>(i), |v| {
+                v.format("%Y-%m-%d").to_string()
+            }),
+            Type::TIME => or_null(row.get::<_, Option<NaiveTime>>(i), |v| {
+                format!(
+                    "{}{}",
+                    v.format("%H:%M:%S"),
+                    fraction(v.nanosecond() / 1000)
+                )
+            }),
+            Type::TIMESTAMP => or_null(row.get::<_, Option<NaiveDateTime>>(i), |v| {
+                format!(
+                    "{}{}",
+                    v.format("%Y-%m-%d %H:%M:%S"),
+                    fraction(v.nanosecond() / 1000)
+                )
+            }),
+            Type::TIMESTAMPTZ => or_null(
+                row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(i),
+                |v| {
+                    format!(
+                        "{}{}+00",
+                        v.format("%Y-%m-%d %H:%M:%S"),
+                        fraction(v.nanosecond() / 1000)
+                    )
+                },
+            ),
+            Type::NUMERIC => or_null(row.get::<_, Option<Raw>>(i), |v| numeric(&v.0)),
+            Type::INTERVAL => or_null(row.get::<_, Option<Raw>>(i), |v| interval(&v.0)),
+            _ => or_null(row.get::<_, Option<Raw>>(i), |v| {
+                String::from_utf8_lossy(&v.0).to_string()
+            }),
+        }
+    }
+}
+
+fn run_file(path: PathBuf, protocol: Protocol) -> Result<(), Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,12 +437,13 @@ fn run_file(path: PathBuf) -> Result<(), Failed> {
                     Ok(EddyDb {
                         client: connect(addr).await?,
                         harness,
+                        protocol,
                     })
                 }
             }
         };
         let mut runner = Runner::new(make);
-        let result = if std::env::var("SLT_OVERRIDE").is_ok() {
+        let result = if std::env::var("SLT_OVERRIDE").is_ok() && protocol == Protocol::Simple {
             runner
                 .update_test_file(
                     &path,
@@ -242,12 +476,16 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
         .collect();
     files.sort();
-    let trials = files
-        .into_iter()
-        .map(|path| {
-            let name = path.file_stem().unwrap().to_string_lossy().to_string();
-            Trial::test(name, move || run_file(path))
-        })
-        .collect();
+    let mut trials = Vec::new();
+    for path in files {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let p = path.clone();
+        trials.push(Trial::test(format!("{name}::simple"), move || {
+            run_file(p, Protocol::Simple)
+        }));
+        trials.push(Trial::test(format!("{name}::extended"), move || {
+            run_file(path, Protocol::Extended)
+        }));
+    }
     libtest_mimic::run(&args, trials).exit();
 }
