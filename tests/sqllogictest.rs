@@ -257,36 +257,7 @@ mod binary_text {
         }
     }
 
-    fn float(v: f64, single: bool) -> String {
-        if v.is_nan() {
-            return "NaN".into();
-        }
-        if v.is_infinite() {
-            return if v > 0.0 {
-                "Infinity".into()
-            } else {
-                "-Infinity".into()
-            };
-        }
-        let sci = if single {
-            format!("{:e}", v as f32)
-        } else {
-            format!("{v:e}")
-        };
-        let (mantissa, exp) = sci.split_once('e').unwrap();
-        let exp: i32 = exp.parse().unwrap();
-        if exp < -4 || exp >= if single { 6 } else { 15 } {
-            format!(
-                "{mantissa}e{}{:02}",
-                if exp < 0 { '-' } else { '+' },
-                exp.abs()
-            )
-        } else if single {
-            format!("{}", v as f32)
-        } else {
-            format!("{v}")
-        }
-    }
+    use eddy::server::format_float as float;
 
     fn numeric(b: &[u8]) -> String {
         let n = i16::from_be_bytes([b[0], b[1]]) as usize;

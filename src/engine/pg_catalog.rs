@@ -36,6 +36,14 @@ fn index_oid(def: &TableDef) -> i64 {
     table_oid(def) + 1
 }
 
+/// The primary key's column numbers (1-based, as pg_index.indkey and pg_constraint.conkey).
+fn key_attnums(def: &TableDef) -> Vec<String> {
+    def.primary_key
+        .iter()
+        .map(|k| (k + 1).to_string())
+        .collect()
+}
+
 /// PostgreSQL's type oid and typmod for a column type.
 pub fn type_oid(t: SqlType) -> (i64, i32) {
     match t {
@@ -498,11 +506,7 @@ impl PgCatalog {
                     ("indpred", TEXT),
                 ]);
                 for def in tables.iter().filter(|d| !d.primary_key.is_empty()) {
-                    let key: Vec<String> = def
-                        .primary_key
-                        .iter()
-                        .map(|k| (k + 1).to_string())
-                        .collect();
+                    let key = key_attnums(def);
                     let n = def.primary_key.len() as i64;
                     t.row(vec![
                         i(index_oid(def)),
@@ -543,11 +547,7 @@ impl PgCatalog {
                     ("conislocal", BOOL),
                 ]);
                 for def in tables.iter().filter(|d| !d.primary_key.is_empty()) {
-                    let key: Vec<String> = def
-                        .primary_key
-                        .iter()
-                        .map(|k| (k + 1).to_string())
-                        .collect();
+                    let key = key_attnums(def);
                     t.row(vec![
                         i(index_oid(def)),
                         s(&format!("{}_pkey", def.name)),

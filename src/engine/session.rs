@@ -53,6 +53,7 @@ pub struct CopyIn {
     pub format: CopyFormat,
 }
 
+/// COPY options; the default is PostgreSQL's text format.
 #[derive(Debug, Clone)]
 pub struct CopyFormat {
     pub csv: bool,
@@ -61,6 +62,19 @@ pub struct CopyFormat {
     pub null: String,
     pub quote: u8,
     pub escape: u8,
+}
+
+impl Default for CopyFormat {
+    fn default() -> Self {
+        CopyFormat {
+            csv: false,
+            header: false,
+            delimiter: b'\t',
+            null: "\\N".into(),
+            quote: b'"',
+            escape: b'"',
+        }
+    }
 }
 
 /// A statement parsed and described for the extended protocol.
@@ -1062,14 +1076,7 @@ fn copy_format(
     options: &[ast::CopyOption],
     legacy: &[ast::CopyLegacyOption],
 ) -> Result<CopyFormat> {
-    let mut f = CopyFormat {
-        csv: false,
-        header: false,
-        delimiter: b'\t',
-        null: "\\N".into(),
-        quote: b'"',
-        escape: b'"',
-    };
+    let mut f = CopyFormat::default();
     let mut delimiter = None;
     let mut null = None;
     let mut escape = None;

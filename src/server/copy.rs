@@ -359,14 +359,7 @@ mod tests {
     use super::*;
 
     fn text_format() -> CopyFormat {
-        CopyFormat {
-            csv: false,
-            header: false,
-            delimiter: b'\t',
-            null: "\\N".into(),
-            quote: b'"',
-            escape: b'"',
-        }
+        CopyFormat::default()
     }
 
     fn csv_format(header: bool) -> CopyFormat {

@@ -11,6 +11,8 @@
 
 mod copy;
 mod encode;
+
+pub use encode::format_float;
 mod params;
 
 use std::collections::HashMap;
