@@ -19,8 +19,8 @@ use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement};
 
 use super::convert::{parse_text_column, to_column_type};
+use super::provider;
 use super::session::{CopyIn, Session, target_columns};
-use super::{Snapshot, provider};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result, sqlstate};
 use crate::sql::{self, Parsed};
@@ -75,7 +75,7 @@ pub async fn insert_param_types(
             }
             return Ok(types);
         }
-        session.read_state().set_snapshot(Snapshot::Latest);
+        session.read_state().read_latest();
         let plan = session.plan(&Statement::Query(source.clone())).await?;
         let inferred = plan.get_parameter_types()?;
         let n = inferred.len();
@@ -89,7 +89,7 @@ pub async fn insert_param_types(
 /// Parameter types of an UPDATE or DELETE, from the equivalent SELECT.
 pub async fn param_types(session: &Session, stmt: &Statement) -> Result<Vec<Option<DataType>>> {
     let (_, select, _) = rewrite_as_select(session, stmt)?;
-    session.read_state().set_snapshot(Snapshot::Latest);
+    session.read_state().read_latest();
     let parsed = sql::parse_all(&select)?;
     let Some(p) = parsed.into_iter().next() else {
         return Ok(vec![]);
@@ -311,9 +311,7 @@ pub async fn insert(
         }
     }
     let source = typed_string_literals(source, &table, &columns)?;
-    session
-        .read_state()
-        .set_snapshot(Snapshot::At(session.engine().durable_lsn()));
+    session.read_state().read_durable(session.engine());
     let (schema, batches) = session
         .query_batches(&Statement::Query(source), params)
         .await?;
@@ -489,7 +487,7 @@ pub async fn update_or_delete(
         .into_iter()
         .next()
         .ok_or_else(|| crate::internal!("empty rewrite"))?;
-    session.read_state().set_snapshot(Snapshot::Latest);
+    session.read_state().read_latest();
     let (schema, batches) = session.query_batches(&query.stmt, params).await?;
     let data = concat_batches(&schema, &batches)?;
     let n = data.num_rows();
@@ -533,7 +531,7 @@ pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch)
         return Ok(());
     }
     let read = session.read_state();
-    read.set_snapshot(Snapshot::Latest);
+    read.read_latest();
     let current = provider::visible_rows(session.engine(), read, def)?;
     let schema = def.schema();
     let mut all: Vec<ZBatch> = current.into_iter().map(|b| ZBatch::uniform(b, 1)).collect();

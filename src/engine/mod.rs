@@ -25,7 +25,7 @@ mod provider;
 mod session;
 pub mod table;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,6 +55,9 @@ pub struct Engine {
     tables: RwLock<HashMap<ObjectId, table::TableStore>>,
     /// Held while validating a commit and queueing its log record: LSN order = apply order.
     commit_lock: Mutex<()>,
+    /// Snapshots of statements still running (LSN → count). Small chunks are merged only up to
+    /// the oldest of them, so merging never hides rows from a running statement.
+    readers: Arc<Mutex<BTreeMap<Lsn, usize>>>,
     /// Serialises read-modify-write statements (UPDATE/DELETE outside a transaction, DDL) so
     /// they do not fail each other with 40001.
     write_lock: tokio::sync::Mutex<()>,
@@ -95,6 +98,7 @@ impl Engine {
             catalog: RwLock::new(Arc::new(catalog)),
             tables: RwLock::new(tables),
             commit_lock: Mutex::new(()),
+            readers: Arc::default(),
             write_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -115,6 +119,29 @@ impl Engine {
 
     pub fn durable_lsn(&self) -> Lsn {
         self.log.durable_lsn()
+    }
+
+    /// Takes a snapshot at the durable LSN for one statement; it stays readable (no merge goes
+    /// past it) until the returned pin is dropped.
+    pub fn pin_snapshot(&self) -> SnapshotPin {
+        let mut readers = self.readers.lock();
+        let lsn = self.log.durable_lsn();
+        *readers.entry(lsn).or_insert(0) += 1;
+        SnapshotPin {
+            lsn,
+            readers: self.readers.clone(),
+        }
+    }
+
+    /// The oldest LSN any running statement reads at (or the durable LSN when none runs):
+    /// rows inserted and deleted at or below it look the same to every reader.
+    fn read_horizon(&self) -> Lsn {
+        let readers = self.readers.lock();
+        let durable = self.log.durable_lsn();
+        readers
+            .keys()
+            .next()
+            .map_or(durable, |oldest| (*oldest).min(durable))
     }
 
     /// The rows of table `id` as of `snapshot`.
@@ -165,10 +192,10 @@ impl Engine {
                 plans.push((*id, table.plan(change)?));
             }
             let durable = self.log.append(body)?;
-            let durable_lsn = self.log.durable_lsn();
+            let horizon = self.read_horizon();
             for (id, plan) in plans {
                 if let Some(table) = tables.get_mut(&id) {
-                    table.commit(plan, durable.lsn, durable_lsn)?;
+                    table.commit(plan, durable.lsn, horizon)?;
                 }
             }
             durable
@@ -209,6 +236,24 @@ impl Engine {
     }
 }
 
+/// Keeps a statement's snapshot readable; see [`Engine::pin_snapshot`].
+pub struct SnapshotPin {
+    pub lsn: Lsn,
+    readers: Arc<Mutex<BTreeMap<Lsn, usize>>>,
+}
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        let mut readers = self.readers.lock();
+        if let Some(n) = readers.get_mut(&self.lsn) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.lsn);
+            }
+        }
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.log.close();
@@ -237,4 +282,73 @@ fn replay(tables: &mut HashMap<ObjectId, table::TableStore>, record: LogRecord) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ColumnDef;
+    use crate::types::SqlType;
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+
+    fn one_row(def: &TableDef, v: i64) -> ZBatch {
+        let batch =
+            RecordBatch::try_new(def.schema(), vec![Arc::new(Int64Array::from(vec![v]))]).unwrap();
+        ZBatch::uniform(batch, 1)
+    }
+
+    #[tokio::test]
+    async fn a_running_statements_snapshot_survives_later_commits_and_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+        })
+        .unwrap();
+        let def = TableDef {
+            id: 0,
+            name: "t".into(),
+            columns: vec![ColumnDef {
+                name: "v".into(),
+                sql_type: SqlType::BigInt,
+                not_null: false,
+            }],
+            primary_key: vec![],
+            append_only: true,
+            watermark: None,
+        };
+        engine.create_table(def, false).await.unwrap();
+        let def = engine.catalog().table("t").unwrap().clone();
+        let count = |snapshot| -> usize {
+            engine
+                .scan(def.id, snapshot)
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum()
+        };
+        for v in 0..10 {
+            engine
+                .commit(vec![(def.id, one_row(&def, v))])
+                .await
+                .unwrap();
+        }
+        let pin = engine.pin_snapshot();
+        for v in 10..200 {
+            engine
+                .commit(vec![(def.id, one_row(&def, v))])
+                .await
+                .unwrap();
+        }
+        assert_eq!(count(Snapshot::At(pin.lsn)), 10);
+        drop(pin);
+        engine
+            .commit(vec![(def.id, one_row(&def, 200))])
+            .await
+            .unwrap();
+        assert_eq!(count(Snapshot::At(engine.durable_lsn())), 201);
+        assert!(
+            engine.tables.read()[&def.id].chunk_count() < 100,
+            "small chunks were merged"
+        );
+    }
 }

@@ -36,25 +36,47 @@ pub const CATALOG_NAME: &str = "eddy";
 
 /// What the current statement of a session reads: the snapshot and the session's uncommitted
 /// transaction changes. Set by the session before planning; read by table scans.
-#[derive(Debug)]
 pub struct ReadState {
     snapshot: Mutex<Snapshot>,
+    /// Keeps the statement's snapshot readable while it runs.
+    pin: Mutex<Option<super::SnapshotPin>>,
     overlay: Mutex<HashMap<ObjectId, Vec<ZBatch>>>,
+}
+
+impl fmt::Debug for ReadState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadState({:?})", *self.snapshot.lock())
+    }
 }
 
 impl Default for ReadState {
     fn default() -> Self {
         ReadState {
             snapshot: Mutex::new(Snapshot::Latest),
+            pin: Mutex::new(None),
             overlay: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl ReadState {
-    pub fn set_snapshot(&self, s: Snapshot) {
-        *self.snapshot.lock() = s;
+    /// Reads the latest state (writers computing a change).
+    pub fn read_latest(&self) {
+        *self.snapshot.lock() = Snapshot::Latest;
     }
+
+    /// Reads a snapshot at the durable LSN, pinned until [`ReadState::release`].
+    pub fn read_durable(&self, engine: &Engine) {
+        let pin = engine.pin_snapshot();
+        *self.snapshot.lock() = Snapshot::At(pin.lsn);
+        *self.pin.lock() = Some(pin);
+    }
+
+    /// Ends the statement's pinned snapshot.
+    pub fn release(&self) {
+        self.pin.lock().take();
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         *self.snapshot.lock()
     }

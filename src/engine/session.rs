@@ -14,7 +14,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 
 use super::provider::{self, ReadState};
-use super::{Engine, Snapshot, dml};
+use super::{Engine, dml};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result, sqlstate};
 use crate::sql::{self, Parsed};
@@ -171,8 +171,7 @@ impl Session {
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
         let (param_types, schema) = match &parsed.stmt {
             Statement::Query(_) | Statement::Explain { .. } => {
-                self.read
-                    .set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                // Logical planning reads no rows: no snapshot needed.
                 let plan = self.plan(&parsed.stmt).await?;
                 let params = param_types_of(&plan)?;
                 let schema = output_schema(&parsed.stmt, &plan);
@@ -210,6 +209,7 @@ impl Session {
             ));
         }
         let result = self.execute_inner(parsed, params).await;
+        self.read.release();
         if result.is_err() {
             if let Some(tx) = self.tx.as_mut() {
                 tx.failed = true;
@@ -234,8 +234,7 @@ impl Session {
                         "SELECT … FOR UPDATE/SHARE: Eddy has no row locks (reads see a consistent snapshot)"
                     ));
                 }
-                self.read
-                    .set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                self.read.read_durable(&self.engine);
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let schema = output_schema(&parsed.stmt, &plan);
                 // Run to completion here, not while the server drains the stream: a
@@ -253,8 +252,7 @@ impl Session {
                 })
             }
             Statement::Explain { .. } => {
-                self.read
-                    .set_snapshot(Snapshot::At(self.engine.durable_lsn()));
+                self.read.read_durable(&self.engine);
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 Ok(explain_output(&batches))
@@ -377,7 +375,10 @@ impl Session {
                     };
                     changes.push((id, ZBatch::consolidate(&batches, &def.schema())?));
                 }
-                self.engine.commit(changes).await?;
+                // Like autocommit UPDATE/DELETE, so those never fail with 40001 against it.
+                let engine = self.engine.clone();
+                let _write = engine.write_lock.lock().await;
+                engine.commit(changes).await?;
                 Ok(Output::TransactionEnd { tag: "COMMIT" })
             }
             Statement::Rollback { .. } => {

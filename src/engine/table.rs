@@ -146,6 +146,11 @@ impl TableStore {
         self.live_rows
     }
 
+    /// Number of Arrow chunks holding the rows (small ones are merged over time).
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.iter().flatten().count()
+    }
+
     /// The table's rows as of `snapshot`.
     pub fn scan(&self, snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
@@ -360,9 +365,9 @@ impl TableStore {
         })
     }
 
-    /// Applies a plan made by [`TableStore::plan`] with no change in between. `durable` lets
-    /// small chunks that are already durable be merged.
-    pub fn commit(&mut self, plan: Plan, lsn: Lsn, durable: Lsn) -> Result<()> {
+    /// Applies a plan made by [`TableStore::plan`] with no change in between. Small chunks at
+    /// or below `horizon` (the oldest snapshot any reader may use) may then be merged.
+    pub fn commit(&mut self, plan: Plan, lsn: Lsn, horizon: Lsn) -> Result<()> {
         for at in &plan.deletes {
             let chunk = self.chunks[at.chunk as usize]
                 .as_mut()
@@ -418,7 +423,7 @@ impl TableStore {
             }
             self.live_rows += rows;
         }
-        self.maybe_merge(durable)
+        self.maybe_merge(horizon)
     }
 
     fn alloc_slot(&mut self, chunk: Chunk) -> u32 {
@@ -434,13 +439,14 @@ impl TableStore {
         }
     }
 
-    /// Merges small chunks that are entirely durable into one, dropping rows whose deletion is
-    /// durable. Keeps single-row INSERTs from leaving millions of one-row batches behind.
-    fn maybe_merge(&mut self, durable: Lsn) -> Result<()> {
+    /// Merges small chunks inserted at or below `horizon` into one, dropping rows deleted at or
+    /// below it: no reader can tell the difference, since every snapshot in use is at or above
+    /// the horizon. Keeps single-row INSERTs from leaving millions of one-row batches behind.
+    fn maybe_merge(&mut self, horizon: Lsn) -> Result<()> {
         let mergeable = |c: &Chunk| {
-            c.inserted <= durable
+            c.inserted <= horizon
                 && c.batch.num_rows() < SMALL_CHUNK_ROWS
-                && c.deleted.iter().all(|d| *d == Lsn::MAX || *d <= durable)
+                && c.deleted.iter().all(|d| *d == Lsn::MAX || *d <= horizon)
         };
         let slots: Vec<u32> = self
             .chunks
@@ -585,6 +591,33 @@ mod tests {
         let err = apply(&mut s, rows(&sc, &[1], &["a"], &[-2]), 3).unwrap_err();
         assert_eq!(err.sqlstate, sqlstate::SERIALIZATION_FAILURE);
         assert_eq!(s.live_rows(), 1, "a failed plan changes nothing");
+    }
+
+    #[test]
+    fn merging_never_changes_what_a_snapshot_at_the_horizon_sees() {
+        let mut s = TableStore::new(&def(false));
+        let sc = s.schema().clone();
+        // A reader pinned a snapshot at LSN 10 while 100 more single-row commits arrive.
+        for lsn in 1..=10u64 {
+            apply(&mut s, rows(&sc, &[lsn as i64], &["old"], &[1]), lsn).unwrap();
+        }
+        let plan = s.plan(&rows(&sc, &[1], &["old"], &[-1])).unwrap();
+        s.commit(plan, Lsn(11), Lsn(10)).unwrap();
+        for lsn in 12..=110u64 {
+            let plan = s.plan(&rows(&sc, &[lsn as i64], &["new"], &[1])).unwrap();
+            s.commit(plan, Lsn(lsn), Lsn(10)).unwrap();
+        }
+        assert!(
+            s.chunks.iter().flatten().count() < 110,
+            "old chunks were merged"
+        );
+        assert_eq!(
+            count(&s, Snapshot::At(Lsn(10))),
+            10,
+            "the pinned snapshot is unchanged"
+        );
+        assert_eq!(count(&s, Snapshot::At(Lsn(11))), 9);
+        assert_eq!(count(&s, Snapshot::Latest), 108);
     }
 
     #[test]
