@@ -886,6 +886,51 @@ impl ScalarUDFImpl for PgFunction {
     }
 }
 
+/// A function whose value is fixed for the session (`current_user`, `pg_backend_pid()`…).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionConstant {
+    name: &'static str,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SessionConstant {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+/// Functions whose value depends on the connection.
+pub fn register_session_functions(ctx: &SessionContext, user: &str, backend_pid: i32) {
+    let constants = [
+        ("current_user", s(user)),
+        ("session_user", s(user)),
+        ("current_role", s(user)),
+        ("current_database", s("eddy")),
+        ("current_catalog", s("eddy")),
+        ("pg_backend_pid", ScalarValue::Int32(Some(backend_pid))),
+    ];
+    for (name, value) in constants {
+        ctx.register_udf(ScalarUDF::from(SessionConstant {
+            name,
+            value,
+            signature: Signature::nullary(Volatility::Stable),
+        }));
+    }
+}
+
 pub fn register_functions(ctx: &SessionContext, engine: Arc<Engine>) {
     let functions = [
         (PgFn::GetUserById, "pg_get_userbyid"),

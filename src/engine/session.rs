@@ -139,9 +139,20 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(engine: Arc<Engine>, startup: &HashMap<String, String>) -> Result<Session> {
+    /// A session for a connection: `startup` holds the startup parameters (user, database,
+    /// application_name), `backend_pid` the process id reported to the client.
+    pub fn new(
+        engine: Arc<Engine>,
+        startup: &HashMap<String, String>,
+        backend_pid: i32,
+    ) -> Result<Session> {
         let read = Arc::new(ReadState::default());
         let ctx = provider::session_context(engine.clone(), read.clone())?;
+        let user = startup
+            .get("user")
+            .cloned()
+            .unwrap_or_else(|| "eddy".into());
+        super::pg_catalog::register_session_functions(&ctx, &user, backend_pid);
         let mut settings = default_settings();
         if let Some(app) = startup.get("application_name") {
             settings.insert("application_name".into(), app.clone());

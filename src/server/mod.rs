@@ -350,7 +350,8 @@ impl StartupHandler for Handlers {
                 .insert::<Arc<ConnectionHandle>>(handle);
             client.session_extensions().insert::<ConnectionGuard>(guard);
             let startup_params: HashMap<String, String> = client.metadata().clone();
-            let session = Session::new(self.engine.clone(), &startup_params).map_err(user_error)?;
+            let session =
+                Session::new(self.engine.clone(), &startup_params, pid).map_err(user_error)?;
             client
                 .session_extensions()
                 .insert::<SessionCell>(AsyncMutex::new(session));
