@@ -6,20 +6,19 @@
 //! DELETE run `SELECT t.*, <new values> FROM t WHERE <cond>` against the latest state, which
 //! gives the old rows (-1) and their replacements (+1).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, StringArray, new_null_array,
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array, new_null_array,
 };
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement};
 
 use super::convert::{parse_text_column, to_column_type};
-use super::provider;
 use super::session::{CopyIn, Session, target_columns};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result, sqlstate};
@@ -521,7 +520,8 @@ pub async fn update_or_delete(
 
 /// Inside a transaction, checks a statement's change against what the transaction sees
 /// (23505 for a duplicate key), as PostgreSQL does at statement time; COMMIT checks again
-/// against concurrent commits.
+/// against concurrent commits. Costs O(transaction size), not O(table size): only keys the
+/// transaction touches are looked up in the table's index.
 pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch) -> Result<()> {
     let catalog = session.engine().catalog();
     let Some(def) = catalog.table_by_id(table) else {
@@ -530,18 +530,14 @@ pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch)
     if def.primary_key.is_empty() || change.weights.values().iter().all(|w| *w < 0) {
         return Ok(());
     }
-    let read = session.read_state();
-    read.read_latest();
-    let current = provider::visible_rows(session.engine(), read, def)?;
-    let schema = def.schema();
-    let mut all: Vec<ZBatch> = current.into_iter().map(|b| ZBatch::uniform(b, 1)).collect();
+    // The transaction's net change, this statement included.
+    let mut all = session.read_state().overlay(table);
     all.push(change.clone());
-    let merged = ZBatch::consolidate(&all, &schema)?;
-    let rows = merged.expand_positive()?;
+    let net = ZBatch::consolidate(&all, &def.schema())?;
     let keys: Vec<ArrayRef> = def
         .primary_key
         .iter()
-        .map(|i| rows.column(*i).clone())
+        .map(|i| net.data.column(*i).clone())
         .collect();
     let converter = RowConverter::new(
         keys.iter()
@@ -549,9 +545,28 @@ pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch)
             .collect(),
     )?;
     let converted = converter.convert_columns(&keys)?;
-    let mut seen = HashSet::with_capacity(converted.num_rows());
+    // Per key: the net change of its row count, and a row that adds it.
+    let mut per_key: HashMap<&[u8], (i64, Option<usize>)> = HashMap::new();
     for (i, row) in converted.iter().enumerate() {
-        if !seen.insert(row) {
+        let w = net.weights.value(i);
+        let entry = per_key.entry(row.data()).or_insert((0, None));
+        entry.0 += w;
+        if w > 0 && entry.1.is_none() {
+            entry.1 = Some(i);
+        }
+    }
+    let added: Vec<(i64, usize)> = per_key
+        .values()
+        .filter_map(|(n, row)| row.map(|r| (*n, r)))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let indices = UInt32Array::from(added.iter().map(|(_, r)| *r as u32).collect::<Vec<_>>());
+    let rows = take_record_batch(&net.data, &indices)?;
+    let existing = session.engine().count_keys(table, &rows)?;
+    for ((n, row), base) in added.iter().zip(existing) {
+        if base as i64 + n > 1 {
             let key_names: Vec<&str> = def
                 .primary_key
                 .iter()
@@ -560,7 +575,7 @@ pub fn check_in_transaction(session: &Session, table: ObjectId, change: &ZBatch)
             let values: Vec<String> = keys
                 .iter()
                 .map(|k| {
-                    datafusion::arrow::util::display::array_value_to_string(k, i)
+                    datafusion::arrow::util::display::array_value_to_string(k, *row)
                         .unwrap_or_default()
                 })
                 .collect();

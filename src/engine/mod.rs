@@ -159,6 +159,19 @@ impl Engine {
         table.scan(snapshot)
     }
 
+    /// For each row of `rows`, how many live rows of table `id` share its primary key.
+    pub fn count_keys(
+        &self,
+        id: ObjectId,
+        rows: &datafusion::arrow::array::RecordBatch,
+    ) -> Result<Vec<usize>> {
+        let tables = self.tables.read();
+        let table = tables
+            .get(&id)
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table was dropped"))?;
+        table.count_keys(rows)
+    }
+
     /// Live rows of a table, durable or not (for statistics such as pg_class.reltuples).
     pub fn row_count(&self, id: ObjectId) -> usize {
         self.tables

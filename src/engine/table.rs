@@ -251,6 +251,36 @@ impl TableStore {
         ))
     }
 
+    /// For each row of `rows` (full table rows), how many live rows (latest state) have the same
+    /// key. Only meaningful for tables with a primary key.
+    pub fn count_keys(&self, rows: &RecordBatch) -> Result<Vec<usize>> {
+        let Some(index) = self.index.as_ref().filter(|_| self.unique) else {
+            return Ok(vec![0; rows.num_rows()]);
+        };
+        let hashes = self.hashes(rows)?;
+        let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.num_rows());
+        for (row, h) in hashes.iter().enumerate() {
+            let mut n = 0;
+            for at in index.get(h).into_iter().flatten() {
+                let chunk = self.chunks[at.chunk as usize]
+                    .as_ref()
+                    .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
+                if !comparators.contains_key(&at.chunk) {
+                    comparators.insert(at.chunk, self.comparators(rows, chunk)?);
+                }
+                if comparators[&at.chunk]
+                    .iter()
+                    .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal)
+                {
+                    n += 1;
+                }
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+
     /// Checks `change` against the latest state and returns what [`TableStore::commit`] will
     /// do. Deletes are matched first, so an update of a key to itself passes. Fails with 23505
     /// for a duplicate key and 40001 when a row to delete is no longer there (a concurrent
