@@ -105,7 +105,7 @@ fn main() {
                 let stmt = client.prepare("INSERT INTO commits VALUES ($1, $2, $3)").await.unwrap();
                 let mut seq = 0i64;
                 while Instant::now() < deadline {
-                    client.execute(&stmt, &[&(conn as i32), &seq, &"some payload"]).await.unwrap();
+                    client.execute(&stmt, &[&{ conn }, &seq, &"some payload"]).await.unwrap();
                     seq += 1;
                     done.fetch_add(1, Ordering::Relaxed);
                 }

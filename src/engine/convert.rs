@@ -108,7 +108,7 @@ fn parse_float(s: &str, ty: SqlType) -> Result<f64> {
 pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
     if let Some(hex) = s.strip_prefix("\\x").or_else(|| s.strip_prefix("\\X")) {
         let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(crate::err!(
                 sqlstate::INVALID_TEXT_REPRESENTATION,
                 "invalid hexadecimal data: odd number of digits"
@@ -425,11 +425,11 @@ pub fn to_column_type(array: &ArrayRef, col: &ColumnDef) -> Result<ArrayRef> {
             })?
         }
     };
-    if let SqlType::Varchar(Some(limit)) = col.sql_type {
-        if let Some(text) = out.as_any().downcast_ref::<StringArray>() {
-            for s in text.iter().flatten() {
-                check_varchar(s, limit)?;
-            }
+    if let SqlType::Varchar(Some(limit)) = col.sql_type
+        && let Some(text) = out.as_any().downcast_ref::<StringArray>()
+    {
+        for s in text.iter().flatten() {
+            check_varchar(s, limit)?;
         }
     }
     Ok(out)
@@ -459,17 +459,17 @@ pub fn cast_scalar(value: &ScalarValue, ty: &DataType) -> Result<ScalarValue> {
     if value.is_null() {
         return Ok(ScalarValue::try_from(ty)?);
     }
-    if let ScalarValue::Utf8(Some(s)) = value {
-        if let Some(sql_type) = SqlType::from_arrow(ty) {
-            let parsed = parse_text_column(&StringArray::from(vec![s.as_str()]), sql_type)
-                .map_err(|(_, e)| e)?;
-            let parsed = if parsed.data_type() != ty {
-                cast_with_options(&parsed, ty, &STRICT)?
-            } else {
-                parsed
-            };
-            return Ok(ScalarValue::try_from_array(&parsed, 0)?);
-        }
+    if let ScalarValue::Utf8(Some(s)) = value
+        && let Some(sql_type) = SqlType::from_arrow(ty)
+    {
+        let parsed = parse_text_column(&StringArray::from(vec![s.as_str()]), sql_type)
+            .map_err(|(_, e)| e)?;
+        let parsed = if parsed.data_type() != ty {
+            cast_with_options(&parsed, ty, &STRICT)?
+        } else {
+            parsed
+        };
+        return Ok(ScalarValue::try_from_array(&parsed, 0)?);
     }
     Ok(value.cast_to(ty)?)
 }

@@ -221,10 +221,10 @@ impl Session {
         }
         let result = self.execute_inner(parsed, params).await;
         self.read.release();
-        if result.is_err() {
-            if let Some(tx) = self.tx.as_mut() {
-                tx.failed = true;
-            }
+        if result.is_err()
+            && let Some(tx) = self.tx.as_mut()
+        {
+            tx.failed = true;
         }
         result
     }
@@ -560,10 +560,10 @@ impl Session {
         let types = plan.get_parameter_types()?;
         let mut values = params.to_vec();
         for (i, v) in values.iter_mut().enumerate() {
-            if let Some(Some(ty)) = types.get(&format!("${}", i + 1)) {
-                if v.data_type() != *ty {
-                    *v = super::convert::cast_scalar(v, ty)?;
-                }
+            if let Some(Some(ty)) = types.get(&format!("${}", i + 1))
+                && v.data_type() != *ty
+            {
+                *v = super::convert::cast_scalar(v, ty)?;
             }
         }
         Ok(plan.with_param_values(values)?)
@@ -846,12 +846,12 @@ fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
             e.apply(|e| {
-                if let Expr::Cast(cast) = e {
-                    if let Expr::Placeholder(Placeholder { id, .. }) = cast.expr.as_ref() {
-                        let slot = types.entry(id.clone()).or_insert(None);
-                        if slot.is_none() {
-                            *slot = Some(cast.field.data_type().clone());
-                        }
+                if let Expr::Cast(cast) = e
+                    && let Expr::Placeholder(Placeholder { id, .. }) = cast.expr.as_ref()
+                {
+                    let slot = types.entry(id.clone()).or_insert(None);
+                    if slot.is_none() {
+                        *slot = Some(cast.field.data_type().clone());
                     }
                 }
                 Ok(TreeNodeRecursion::Continue)

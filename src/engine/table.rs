@@ -266,8 +266,8 @@ impl TableStore {
                 let chunk = self.chunks[at.chunk as usize]
                     .as_ref()
                     .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
-                if !comparators.contains_key(&at.chunk) {
-                    comparators.insert(at.chunk, self.comparators(rows, chunk)?);
+                if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
+                    e.insert(self.comparators(rows, chunk)?);
                 }
                 if comparators[&at.chunk]
                     .iter()
@@ -306,8 +306,8 @@ impl TableStore {
             let chunk = this.chunks[at.chunk as usize]
                 .as_ref()
                 .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
-            if !comparators.contains_key(&at.chunk) {
-                comparators.insert(at.chunk, this.comparators(batch, chunk)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
+                e.insert(this.comparators(batch, chunk)?);
             }
             let cmps = &comparators[&at.chunk];
             Ok(cmps

@@ -184,14 +184,14 @@ fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionCell>> {
 
 fn fields_of(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
     let n = schema.fields().len();
-    if let Format::Individual(codes) = format {
-        if codes.len() != n {
-            return Err(user_error(crate::err!(
-                sqlstate::PROTOCOL_VIOLATION,
-                "bind message has {} result formats but query has {n} columns",
-                codes.len()
-            )));
-        }
+    if let Format::Individual(codes) = format
+        && codes.len() != n
+    {
+        return Err(user_error(crate::err!(
+            sqlstate::PROTOCOL_VIOLATION,
+            "bind message has {} result formats but query has {n} columns",
+            codes.len()
+        )));
     }
     Ok(schema
         .fields()
@@ -508,14 +508,14 @@ fn bind_params(portal: &Portal<Prepared>) -> Result<Vec<ScalarValue>> {
     let prepared = &portal.statement.statement;
     let declared = &portal.statement.parameter_types;
     let n = portal.parameters.len();
-    if let Format::Individual(codes) = &portal.parameter_format {
-        if codes.len() != n {
-            return Err(crate::err!(
-                sqlstate::PROTOCOL_VIOLATION,
-                "bind message has {} parameter formats but {n} parameters",
-                codes.len()
-            ));
-        }
+    if let Format::Individual(codes) = &portal.parameter_format
+        && codes.len() != n
+    {
+        return Err(crate::err!(
+            sqlstate::PROTOCOL_VIOLATION,
+            "bind message has {} parameter formats but {n} parameters",
+            codes.len()
+        ));
     }
     let expected = prepared.param_types.len().max(declared.len());
     if n != expected {
@@ -594,10 +594,10 @@ impl CopyHandler for Handlers {
             )));
         };
         let mut session = cell.lock().await;
-        if state.error.is_none() {
-            if let Err(e) = state.parser.finish() {
-                state.error = Some(e);
-            }
+        if state.error.is_none()
+            && let Err(e) = state.parser.finish()
+        {
+            state.error = Some(e);
         }
         Self::copy_chunk(&session, &mut state);
         if let Some(e) = state.error {

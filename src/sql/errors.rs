@@ -105,15 +105,14 @@ fn from_plan_message(msg: String) -> Error {
     if let Some(rest) = msg
         .strip_prefix("table '")
         .or_else(|| msg.strip_prefix("Table '"))
+        && lower.contains("not found")
     {
-        if lower.contains("not found") {
-            let name = rest.split('\'').next().unwrap_or(rest);
-            let name = name.rsplit('.').next().unwrap_or(name);
-            return Error::new(
-                sqlstate::UNDEFINED_TABLE,
-                format!("relation \"{name}\" does not exist"),
-            );
-        }
+        let name = rest.split('\'').next().unwrap_or(rest);
+        let name = name.rsplit('.').next().unwrap_or(name);
+        return Error::new(
+            sqlstate::UNDEFINED_TABLE,
+            format!("relation \"{name}\" does not exist"),
+        );
     }
     if lower.contains("invalid function") || lower.contains("no function matches") {
         return Error::new(sqlstate::UNDEFINED_FUNCTION, msg);

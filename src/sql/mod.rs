@@ -57,7 +57,7 @@ pub fn split(sql: &str) -> Result<Vec<Vec<TokenWithSpan>>> {
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
-        .map_err(|e| syntax_error(e))?;
+        .map_err(syntax_error)?;
     let mut out = Vec::new();
     let mut current = Vec::new();
     for t in tokens {
@@ -109,80 +109,72 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     while i < toks.len() {
         let t = &toks[i].token;
         // OPERATOR ( pg_catalog . op )
-        if word_eq(t, "operator") {
-            if let Some(lp) = next(i + 1).filter(|j| toks[*j].token == Token::LParen) {
-                if let Some(ns) = next(lp + 1).filter(|j| word_eq(&toks[*j].token, "pg_catalog")) {
-                    if let Some(dot) = next(ns + 1).filter(|j| toks[*j].token == Token::Period) {
-                        if let Some(op) = next(dot + 1) {
-                            if let Some(rp) =
-                                next(op + 1).filter(|j| toks[*j].token == Token::RParen)
-                            {
-                                out.push(toks[op].clone());
-                                i = rp + 1;
-                                continue;
-                            }
-                        }
-                    }
-                }
-            }
+        if word_eq(t, "operator")
+            && let Some(lp) = next(i + 1).filter(|j| toks[*j].token == Token::LParen)
+            && let Some(ns) = next(lp + 1).filter(|j| word_eq(&toks[*j].token, "pg_catalog"))
+            && let Some(dot) = next(ns + 1).filter(|j| toks[*j].token == Token::Period)
+            && let Some(op) = next(dot + 1)
+            && let Some(rp) = next(op + 1).filter(|j| toks[*j].token == Token::RParen)
+        {
+            out.push(toks[op].clone());
+            i = rp + 1;
+            continue;
         }
         // COLLATE pg_catalog . default  |  COLLATE "default"
-        if word_is(t, Keyword::COLLATE) {
-            if let Some(a) = next(i + 1) {
-                if word_eq(&toks[a].token, "pg_catalog") {
-                    if let Some(dot) = next(a + 1).filter(|j| toks[*j].token == Token::Period) {
-                        if let Some(name) = next(dot + 1) {
-                            i = name + 1;
-                            continue;
-                        }
-                    }
-                } else if matches!(&toks[a].token, Token::Word(w) if w.value == "default" || w.value == "C")
+        if word_is(t, Keyword::COLLATE)
+            && let Some(a) = next(i + 1)
+        {
+            if word_eq(&toks[a].token, "pg_catalog") {
+                if let Some(dot) = next(a + 1).filter(|j| toks[*j].token == Token::Period)
+                    && let Some(name) = next(dot + 1)
                 {
-                    i = a + 1;
+                    i = name + 1;
                     continue;
                 }
+            } else if matches!(&toks[a].token, Token::Word(w) if w.value == "default" || w.value == "C")
+            {
+                i = a + 1;
+                continue;
             }
         }
         // pg_catalog . name  (function calls and type names) → name
-        if word_eq(t, "pg_catalog") {
-            if let Some(dot) = next(i + 1).filter(|j| toks[*j].token == Token::Period) {
-                if let Some(name) = next(dot + 1) {
-                    let prev = out.iter().rev().find(|t| sig(t)).map(|t| t.token.clone());
-                    let is_call = next(name + 1).is_some_and(|j| toks[j].token == Token::LParen);
-                    if is_call || prev == Some(Token::DoubleColon) {
-                        i = name;
-                        continue;
-                    }
-                }
+        if word_eq(t, "pg_catalog")
+            && let Some(dot) = next(i + 1).filter(|j| toks[*j].token == Token::Period)
+            && let Some(name) = next(dot + 1)
+        {
+            let prev = out.iter().rev().find(|t| sig(t)).map(|t| t.token.clone());
+            let is_call = next(name + 1).is_some_and(|j| toks[j].token == Token::LParen);
+            if is_call || prev == Some(Token::DoubleColon) {
+                i = name;
+                continue;
             }
         }
         // ::regclass, ::regtype, ::oid … → (no cast)
-        if *t == Token::DoubleColon {
-            if let Some(name) = next(i + 1) {
-                let skip_ns = if word_eq(&toks[name].token, "pg_catalog") {
-                    next(name + 1)
-                        .filter(|j| toks[*j].token == Token::Period)
-                        .and_then(|d| next(d + 1))
-                } else {
-                    Some(name)
-                };
-                if let Some(n) = skip_ns {
-                    if [
-                        "regclass",
-                        "regtype",
-                        "regproc",
-                        "regprocedure",
-                        "regnamespace",
-                        "regrole",
-                        "oid",
-                    ]
-                    .iter()
-                    .any(|r| word_eq(&toks[n].token, r))
-                    {
-                        i = n + 1;
-                        continue;
-                    }
-                }
+        if *t == Token::DoubleColon
+            && let Some(name) = next(i + 1)
+        {
+            let skip_ns = if word_eq(&toks[name].token, "pg_catalog") {
+                next(name + 1)
+                    .filter(|j| toks[*j].token == Token::Period)
+                    .and_then(|d| next(d + 1))
+            } else {
+                Some(name)
+            };
+            if let Some(n) = skip_ns
+                && [
+                    "regclass",
+                    "regtype",
+                    "regproc",
+                    "regprocedure",
+                    "regnamespace",
+                    "regrole",
+                    "oid",
+                ]
+                .iter()
+                .any(|r| word_eq(&toks[n].token, r))
+            {
+                i = n + 1;
+                continue;
             }
         }
         out.push(toks[i].clone());
@@ -286,13 +278,12 @@ fn aggregate_scalar_subqueries(stmt: &mut Statement) {
     let _ = visit_expressions_mut(stmt, |expr| {
         // Eddy has no column defaults or non-default collations: these lookups are NULL.
         // `array(SELECT …)` appears only over catalogs Eddy keeps empty (policies, publications).
-        if let ast::Expr::Function(f) = expr {
-            if f.name.to_string().eq_ignore_ascii_case("array")
-                && matches!(f.args, ast::FunctionArguments::Subquery(_))
-            {
-                *expr = ast::Expr::Value(ast::Value::Null.into());
-                return std::ops::ControlFlow::<()>::Continue(());
-            }
+        if let ast::Expr::Function(f) = expr
+            && f.name.to_string().eq_ignore_ascii_case("array")
+            && matches!(f.args, ast::FunctionArguments::Subquery(_))
+        {
+            *expr = ast::Expr::Value(ast::Value::Null.into());
+            return std::ops::ControlFlow::<()>::Continue(());
         }
         if let ast::Expr::Subquery(query) = expr {
             let text = query.to_string();
@@ -306,29 +297,29 @@ fn aggregate_scalar_subqueries(stmt: &mut Statement) {
                 return std::ops::ControlFlow::<()>::Continue(());
             }
         }
-        if let ast::Expr::Subquery(query) = expr {
-            if let SetExpr::Select(select) = query.body.as_mut() {
-                let no_grouping =
-                    matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
-                if select.projection.len() == 1 && no_grouping && select.having.is_none() {
-                    let item = &mut select.projection[0];
-                    let inner = match item {
-                        SelectItem::UnnamedExpr(e) => Some(e),
-                        SelectItem::ExprWithAlias { expr, .. } => Some(expr),
-                        _ => None,
-                    };
-                    if let Some(e) = inner {
-                        let is_aggregate = matches!(e, ast::Expr::Function(f)
+        if let ast::Expr::Subquery(query) = expr
+            && let SetExpr::Select(select) = query.body.as_mut()
+        {
+            let no_grouping =
+                matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+            if select.projection.len() == 1 && no_grouping && select.having.is_none() {
+                let item = &mut select.projection[0];
+                let inner = match item {
+                    SelectItem::UnnamedExpr(e) => Some(e),
+                    SelectItem::ExprWithAlias { expr, .. } => Some(expr),
+                    _ => None,
+                };
+                if let Some(e) = inner {
+                    let is_aggregate = matches!(e, ast::Expr::Function(f)
                             if ["count", "max", "min", "sum", "avg", "bool_and", "bool_or", "string_agg", "array_agg"]
                                 .contains(&f.name.to_string().to_lowercase().as_str()));
-                        if !is_aggregate {
-                            let dialect = PostgreSqlDialect {};
-                            if let Ok(wrapped) = Parser::new(&dialect)
-                                .try_with_sql(&format!("max({e})"))
-                                .and_then(|mut p| p.parse_expr())
-                            {
-                                *e = wrapped;
-                            }
+                    if !is_aggregate {
+                        let dialect = PostgreSqlDialect {};
+                        if let Ok(wrapped) = Parser::new(&dialect)
+                            .try_with_sql(&format!("max({e})"))
+                            .and_then(|mut p| p.parse_expr())
+                        {
+                            *e = wrapped;
                         }
                     }
                 }
