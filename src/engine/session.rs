@@ -90,6 +90,9 @@ pub struct Prepared {
 struct Transaction {
     /// An error happened: everything but ROLLBACK/COMMIT fails with 25P02.
     failed: bool,
+    /// The implicit transaction of a multi-statement simple query (no BEGIN): committed when
+    /// the query's last statement succeeds, discarded when one fails.
+    implicit: bool,
 }
 
 /// Session settings with PostgreSQL's names and defaults.
@@ -293,7 +296,7 @@ impl Session {
                 Ok(Output::Command { tag, rows: Some(n) })
             }
             Statement::CreateTable(ct) => {
-                if self.tx.is_some() {
+                if !self.ddl_allowed() {
                     return Err(ddl_in_transaction("CREATE TABLE"));
                 }
                 let def = sql::ddl::table_def(parsed, ct)?;
@@ -324,7 +327,7 @@ impl Session {
                 if *object_type != ast::ObjectType::Table {
                     return Err(unsupported!("DROP {object_type}"));
                 }
-                if self.tx.is_some() {
+                if !self.ddl_allowed() {
                     return Err(ddl_in_transaction("DROP TABLE"));
                 }
                 let mut skipped = Vec::new();
@@ -354,43 +357,34 @@ impl Session {
                 })
             }
             Statement::StartTransaction { .. } => {
-                if self.tx.is_some() {
-                    return Ok(Output::Warning {
-                        tag: "BEGIN",
-                        message: "there is already a transaction in progress".into(),
-                    });
+                match self.tx.as_mut() {
+                    // BEGIN inside a multi-statement query makes its block explicit.
+                    Some(tx) if tx.implicit => tx.implicit = false,
+                    Some(_) => {
+                        return Ok(Output::Warning {
+                            tag: "BEGIN",
+                            message: "there is already a transaction in progress".into(),
+                        });
+                    }
+                    None => {
+                        self.tx = Some(Transaction {
+                            failed: false,
+                            implicit: false,
+                        });
+                        self.read.clear_overlay();
+                    }
                 }
-                self.tx = Some(Transaction { failed: false });
-                self.read.clear_overlay();
                 Ok(Output::TransactionStart)
             }
             Statement::Commit { .. } => {
-                let Some(tx) = self.tx.take() else {
+                if self.tx.is_none() {
                     return Ok(Output::Warning {
                         tag: "COMMIT",
                         message: "there is no transaction in progress".into(),
                     });
-                };
-                let overlay = self.read.take_overlay();
-                if tx.failed {
-                    return Ok(Output::TransactionEnd { tag: "ROLLBACK" });
                 }
-                let catalog = self.engine.catalog();
-                let mut changes = Vec::new();
-                for (id, batches) in overlay {
-                    let Some(def) = catalog.tables().find(|t| t.id == id) else {
-                        return Err(crate::err!(
-                            sqlstate::UNDEFINED_TABLE,
-                            "a table written by this transaction was dropped"
-                        ));
-                    };
-                    changes.push((id, ZBatch::consolidate(&batches, &def.schema())?));
-                }
-                // Like autocommit UPDATE/DELETE, so those never fail with 40001 against it.
-                let engine = self.engine.clone();
-                let _write = engine.write_lock.lock().await;
-                engine.commit(changes).await?;
-                Ok(Output::TransactionEnd { tag: "COMMIT" })
+                let tag = self.commit_transaction().await?;
+                Ok(Output::TransactionEnd { tag })
             }
             Statement::Rollback { .. } => {
                 if self.tx.take().is_none() {
@@ -484,6 +478,60 @@ impl Session {
             }),
             other => Err(unsupported!("statement {}", statement_kind(other))),
         }
+    }
+
+    /// Starts the implicit transaction of a multi-statement simple query (PostgreSQL runs such
+    /// a query as one transaction unless it contains BEGIN/COMMIT).
+    pub fn begin_implicit(&mut self) {
+        if self.tx.is_none() {
+            self.tx = Some(Transaction {
+                failed: false,
+                implicit: true,
+            });
+            self.read.clear_overlay();
+        }
+    }
+
+    /// Ends the implicit transaction, if one is still open: commits unless a statement failed.
+    pub async fn end_implicit(&mut self) -> Result<()> {
+        if self.tx.as_ref().is_some_and(|t| t.implicit) {
+            self.commit_transaction().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the open transaction: commits its writes, or discards them if it failed. Returns
+    /// the tag of what happened.
+    async fn commit_transaction(&mut self) -> Result<&'static str> {
+        let Some(tx) = self.tx.take() else {
+            return Ok("COMMIT");
+        };
+        let overlay = self.read.take_overlay();
+        if tx.failed {
+            return Ok("ROLLBACK");
+        }
+        let catalog = self.engine.catalog();
+        let mut changes = Vec::new();
+        for (id, batches) in overlay {
+            let Some(def) = catalog.table_by_id(id) else {
+                return Err(crate::err!(
+                    sqlstate::UNDEFINED_TABLE,
+                    "a table written by this transaction was dropped"
+                ));
+            };
+            changes.push((id, ZBatch::consolidate(&batches, &def.schema())?));
+        }
+        // Like autocommit UPDATE/DELETE, so those never fail with 40001 against it.
+        let engine = self.engine.clone();
+        let _write = engine.write_lock.lock().await;
+        engine.commit(changes).await?;
+        Ok("COMMIT")
+    }
+
+    /// Whether DDL may run: outside a transaction block, or in an implicit one (DDL itself is
+    /// not transactional).
+    fn ddl_allowed(&self) -> bool {
+        self.tx.as_ref().is_none_or(|t| t.implicit)
     }
 
     /// Validates `WATERMARK FOR col AS expr` by planning the expression over the table.

@@ -386,21 +386,42 @@ impl SimpleQueryHandler for Handlers {
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
+        // Several statements in one query form one implicit transaction, as in PostgreSQL.
+        let implicit = statements.len() > 1;
+        if implicit {
+            cell.lock().await.begin_implicit();
+        }
         let mut responses = Vec::with_capacity(statements.len());
         for parsed in &statements {
             let output = cell.lock().await.execute(parsed, &[]).await;
             match output {
                 Ok(output) => {
                     let is_copy = matches!(output, Output::CopyIn(_));
+                    if is_copy && implicit {
+                        // COPY data arrives after this query; what came before commits first.
+                        if let Err(e) = cell.lock().await.end_implicit().await {
+                            responses.push(Response::Error(Box::new(error_info(e))));
+                            return Ok(responses);
+                        }
+                    }
                     responses.push(self.respond(client, output, &Format::UnifiedText).await?);
                     if is_copy {
-                        break;
+                        return Ok(responses);
+                    }
+                    // After a COMMIT/ROLLBACK, the rest of the query is a new implicit block.
+                    if implicit {
+                        cell.lock().await.begin_implicit();
                     }
                 }
                 Err(e) => {
                     responses.push(Response::Error(Box::new(error_info(e))));
                     break;
                 }
+            }
+        }
+        if implicit {
+            if let Err(e) = cell.lock().await.end_implicit().await {
+                responses.push(Response::Error(Box::new(error_info(e))));
             }
         }
         Ok(responses)
