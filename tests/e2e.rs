@@ -489,3 +489,37 @@ async fn concurrent_writers_all_land() {
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (800, 8));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_statement_aborts_its_transaction() {
+    let (server, _dir) = start().await;
+    let client = connect(&server).await;
+    client
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.unwrap();
+    });
+    let e = client
+        .simple_query("SELECT count(*) FROM generate_series(1, 20000000000) a")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "57014");
+    canceller.await.unwrap();
+    let e = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), "25P02");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let rows = client.simple_query("SELECT count(*) FROM t").await.unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(r) = &rows[1] else {
+        panic!("no row")
+    };
+    assert_eq!(r.get(0), Some("0"));
+    server.shutdown().await;
+}

@@ -38,7 +38,7 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
-    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ErrorHandler, PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
@@ -657,6 +657,25 @@ impl CopyHandler for Handlers {
     }
 }
 
+/// Every error reaches this handler, including those pgwire raises itself (a Bind with the
+/// wrong parameter count, a protocol violation): inside a transaction block each one aborts the
+/// transaction, as in PostgreSQL.
+impl ErrorHandler for Handlers {
+    fn on_error<C>(&self, client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        tracing::debug!(error = %error, "statement failed");
+        if let Some(cell) = client.session_extensions().get::<SessionCell>() {
+            // The session is not locked between statements; if it is, the failing statement
+            // ran inside the engine, which has already marked the transaction.
+            if let Ok(mut session) = cell.try_lock() {
+                session.fail_transaction();
+            }
+        }
+    }
+}
+
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         Arc::new(self.clone_handle())
@@ -671,6 +690,10 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(self.clone_handle())
     }
 
