@@ -17,6 +17,10 @@ use eddy::server::Server;
 use futures::SinkExt;
 use tokio_postgres::NoTls;
 
+/// The same allocator as the `eddy` binary, so the numbers are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
