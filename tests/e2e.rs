@@ -37,6 +37,15 @@ async fn connect(server: &Server) -> Client {
     client
 }
 
+/// Sends a CancelRequest for `client`'s running statement after `delay`.
+fn cancel_after(client: &Client, delay: Duration) -> tokio::task::JoinHandle<()> {
+    let token = client.cancel_token();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        token.cancel_query(NoTls).await.unwrap();
+    })
+}
+
 /// Raw binary value of any type, to check encodings tokio-postgres has no Rust type for.
 struct Raw(Vec<u8>);
 impl<'a> FromSql<'a> for Raw {
@@ -365,11 +374,7 @@ async fn copy_from_stdin_text_and_csv() {
 async fn cancel_request_stops_a_running_query() {
     let (server, _dir) = start().await;
     let client = connect(&server).await;
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(NoTls).await.unwrap();
-    });
+    let canceller = cancel_after(&client, Duration::from_millis(300));
     let started = std::time::Instant::now();
     let e = client
         .simple_query("SELECT count(*) FROM generate_series(1, 20000000000) a")
@@ -502,11 +507,7 @@ async fn a_cancelled_statement_aborts_its_transaction() {
         .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(NoTls).await.unwrap();
-    });
+    let canceller = cancel_after(&client, Duration::from_millis(300));
     let e = client
         .simple_query("SELECT count(*) FROM generate_series(1, 20000000000) a")
         .await

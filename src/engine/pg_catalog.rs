@@ -91,33 +91,40 @@ const TYPES: &[(i64, &str, i64, &str)] = &[
     (18, "char", 1, "S"),
 ];
 
-/// `format_type(oid, typmod)` as PostgreSQL prints it.
+/// `format_type(oid, typmod)` as PostgreSQL prints it: the inverse of [`type_oid`], printed by
+/// `SqlType`'s Display (which follows `format_type`), plus the catalog-only types.
 fn format_type(oid: i64, typmod: i64) -> Option<String> {
-    Some(match oid {
-        16 => "boolean".into(),
-        17 => "bytea".into(),
-        18 => "\"char\"".into(),
-        19 => "name".into(),
-        20 => "bigint".into(),
-        21 => "smallint".into(),
-        23 => "integer".into(),
-        25 => "text".into(),
-        26 => "oid".into(),
-        700 => "real".into(),
-        701 => "double precision".into(),
-        1043 if typmod >= 4 => format!("character varying({})", typmod - 4),
-        1043 => "character varying".into(),
-        1082 => "date".into(),
-        1083 => "time without time zone".into(),
-        1114 => "timestamp without time zone".into(),
-        1184 => "timestamp with time zone".into(),
-        1186 => "interval".into(),
-        1700 if typmod >= 4 => {
-            let m = typmod - 4;
-            format!("numeric({},{})", m >> 16, m & 0xffff)
+    const ALL: [SqlType; 15] = [
+        SqlType::Boolean,
+        SqlType::SmallInt,
+        SqlType::Integer,
+        SqlType::BigInt,
+        SqlType::Real,
+        SqlType::Double,
+        SqlType::Numeric(None),
+        SqlType::Text,
+        SqlType::Varchar(None),
+        SqlType::Bytea,
+        SqlType::Date,
+        SqlType::Time,
+        SqlType::Timestamp,
+        SqlType::TimestampTz,
+        SqlType::Interval,
+    ];
+    let m = typmod - 4;
+    let t = ALL.into_iter().find(|t| type_oid(*t).0 == oid);
+    Some(match t {
+        Some(SqlType::Varchar(_)) if m >= 0 => SqlType::Varchar(Some(m as u32)).to_string(),
+        Some(SqlType::Numeric(_)) if m >= 0 => {
+            SqlType::Numeric(Some(((m >> 16) as u8, (m & 0xffff) as i8))).to_string()
         }
-        1700 => "numeric".into(),
-        _ => return None,
+        Some(t) => t.to_string(),
+        None => match oid {
+            18 => "\"char\"".into(),
+            19 => "name".into(),
+            26 => "oid".into(),
+            _ => return None,
+        },
     })
 }
 
@@ -887,6 +894,27 @@ impl ScalarUDFImpl for PgFunction {
 }
 
 /// A function whose value is fixed for the session (`current_user`, `pg_backend_pid()`…).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_type_inverts_type_oid() {
+        for t in [
+            SqlType::Integer,
+            SqlType::Varchar(Some(20)),
+            SqlType::Numeric(Some((8, 2))),
+            SqlType::TimestampTz,
+        ] {
+            let (oid, typmod) = type_oid(t);
+            assert_eq!(format_type(oid, typmod as i64), Some(t.to_string()));
+        }
+        assert_eq!(format_type(1043, -1).as_deref(), Some("character varying"));
+        assert_eq!(format_type(19, -1).as_deref(), Some("name"));
+        assert_eq!(format_type(99999, -1), None);
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SessionConstant {
     name: &'static str,
