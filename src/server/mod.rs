@@ -419,10 +419,8 @@ impl SimpleQueryHandler for Handlers {
                 }
             }
         }
-        if implicit {
-            if let Err(e) = cell.lock().await.end_implicit().await {
-                responses.push(Response::Error(Box::new(error_info(e))));
-            }
+        if implicit && let Err(e) = cell.lock().await.end_implicit().await {
+            responses.push(Response::Error(Box::new(error_info(e))));
         }
         Ok(responses)
     }
