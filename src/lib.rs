@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod dataflow;
 pub mod engine;
 pub mod error;
 pub mod server;

@@ -1,5 +1,6 @@
-//! The catalog: which tables exist, their columns, keys and watermarks. Persisted in the state
-//! store (one JSON entry per object, written synchronously) so it survives restart.
+//! The catalog: which tables and views exist, their columns, keys, watermarks and dependencies.
+//! Persisted in the state store (one JSON entry per object, written synchronously) so it
+//! survives restart. Tables and views share one namespace, as in PostgreSQL.
 //!
 //! Object ids are never reused: log records of a dropped table carry its old id and are skipped
 //! on replay, so a new table of the same name never sees them.
@@ -116,10 +117,48 @@ pub fn quote_ident(name: &str) -> String {
     }
 }
 
+/// A view: its query text and output column names. A materialized view is kept current by a
+/// dataflow; a plain view is inlined into the queries that read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewDef {
+    pub id: ObjectId,
+    pub name: String,
+    pub materialized: bool,
+    /// The defining query, as SQL text (re-planned at start-up).
+    pub query: String,
+    /// Output column names (from the query, or the column list of the CREATE statement).
+    pub columns: Vec<String>,
+    /// Tables and views the query reads.
+    pub depends_on: Vec<ObjectId>,
+}
+
+impl ViewDef {
+    pub fn kind(&self) -> &'static str {
+        if self.materialized {
+            "materialized view"
+        } else {
+            "view"
+        }
+    }
+
+    /// The CREATE statement that defines this view (for `SHOW CREATE`).
+    pub fn create_sql(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        format!(
+            "CREATE {}VIEW {} ({}) AS {}",
+            if self.materialized { "MATERIALIZED " } else { "" },
+            quote_ident(&self.name),
+            cols.join(", "),
+            self.query
+        )
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Entry {
     Table(TableDef),
+    View(ViewDef),
     NextId { next: ObjectId },
 }
 
@@ -129,11 +168,16 @@ fn table_key(id: ObjectId) -> Vec<u8> {
     format!("table/{id:020}").into_bytes()
 }
 
+fn view_key(id: ObjectId) -> Vec<u8> {
+    format!("view/{id:020}").into_bytes()
+}
+
 /// The in-memory catalog. Mutations go through [`Catalog::create_table`] /
 /// [`Catalog::drop_table`], which persist before changing memory.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     tables: BTreeMap<String, Arc<TableDef>>,
+    views: BTreeMap<String, Arc<ViewDef>>,
     next_id: ObjectId,
 }
 
@@ -141,6 +185,7 @@ impl Catalog {
     pub fn load(store: &StateStore) -> Result<Catalog> {
         let mut catalog = Catalog {
             tables: BTreeMap::new(),
+            views: BTreeMap::new(),
             next_id: 1,
         };
         for (key, value) in store.catalog_entries()? {
@@ -155,6 +200,10 @@ impl Catalog {
                 Entry::Table(t) => {
                     catalog.next_id = catalog.next_id.max(t.id + 1);
                     catalog.tables.insert(t.name.clone(), Arc::new(t));
+                }
+                Entry::View(v) => {
+                    catalog.next_id = catalog.next_id.max(v.id + 1);
+                    catalog.views.insert(v.name.clone(), Arc::new(v));
                 }
                 Entry::NextId { next } => catalog.next_id = catalog.next_id.max(next),
             }
@@ -172,6 +221,80 @@ impl Catalog {
 
     pub fn tables(&self) -> impl Iterator<Item = &Arc<TableDef>> {
         self.tables.values()
+    }
+
+    pub fn view(&self, name: &str) -> Option<&Arc<ViewDef>> {
+        self.views.get(name)
+    }
+
+    pub fn view_by_id(&self, id: ObjectId) -> Option<&Arc<ViewDef>> {
+        self.views.values().find(|v| v.id == id)
+    }
+
+    /// Views in creation order (a view comes after everything it reads).
+    pub fn views(&self) -> Vec<Arc<ViewDef>> {
+        let mut views: Vec<Arc<ViewDef>> = self.views.values().cloned().collect();
+        views.sort_by_key(|v| v.id);
+        views
+    }
+
+    /// Whether a table or view has this name.
+    pub fn relation_exists(&self, name: &str) -> bool {
+        self.tables.contains_key(name) || self.views.contains_key(name)
+    }
+
+    /// Views that read object `id` directly.
+    pub fn dependents(&self, id: ObjectId) -> Vec<Arc<ViewDef>> {
+        self.views()
+            .into_iter()
+            .filter(|v| v.depends_on.contains(&id))
+            .collect()
+    }
+
+    /// Views that read object `id`, directly or through other views, in reverse creation
+    /// order (the order to drop them in).
+    pub fn dependents_transitive(&self, id: ObjectId) -> Vec<Arc<ViewDef>> {
+        let mut out: Vec<Arc<ViewDef>> = Vec::new();
+        let mut frontier = vec![id];
+        while let Some(next) = frontier.pop() {
+            for v in self.dependents(next) {
+                if !out.iter().any(|o| o.id == v.id) {
+                    frontier.push(v.id);
+                    out.push(v);
+                }
+            }
+        }
+        out.sort_by_key(|v| std::cmp::Reverse(v.id));
+        out
+    }
+
+    /// Takes the next object id, persisted so it is never handed out again.
+    pub fn reserve_id(&mut self, store: &StateStore) -> Result<ObjectId> {
+        let id = self.next_id;
+        let next_json = serde_json::to_vec(&Entry::NextId { next: id + 1 })
+            .map_err(|e| crate::internal!("serializing the catalog: {e}"))?;
+        store.write_catalog(&[(NEXT_ID_KEY.to_vec(), next_json)], &[])?;
+        self.next_id = id + 1;
+        Ok(id)
+    }
+
+    /// Persists a view (its id already reserved) and adds it.
+    pub fn create_view(&mut self, store: &StateStore, def: ViewDef) -> Result<Arc<ViewDef>> {
+        let json = serde_json::to_vec(&Entry::View(def.clone()))
+            .map_err(|e| crate::internal!("serializing the catalog: {e}"))?;
+        store.write_catalog(&[(view_key(def.id), json)], &[])?;
+        let def = Arc::new(def);
+        self.views.insert(def.name.clone(), def.clone());
+        Ok(def)
+    }
+
+    pub fn drop_view(&mut self, store: &StateStore, name: &str) -> Result<Arc<ViewDef>> {
+        let def = self.views.get(name).cloned().ok_or_else(|| {
+            crate::err!(sqlstate::UNDEFINED_TABLE, "view \"{name}\" does not exist")
+        })?;
+        store.write_catalog(&[], &[view_key(def.id)])?;
+        self.views.remove(name);
+        Ok(def)
     }
 
     /// Assigns an id, persists the table and adds it.

@@ -23,22 +23,24 @@ mod dml;
 mod pg_catalog;
 mod provider;
 mod session;
-pub mod table;
+mod views;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::catalog::{Catalog, TableDef};
+use crate::catalog::{Catalog, TableDef, ViewDef};
+use crate::dataflow::{DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Log, LogRecord, encode_body};
 use crate::storage::state::StateStore;
 use crate::types::{Lsn, ObjectId, ZBatch};
 
 pub use session::{CopyFormat, CopyIn, Output, Prepared, Session};
-pub use table::Snapshot;
+pub use crate::storage::table::Snapshot;
+use crate::storage::table::{self, TableStore};
 
 /// Engine settings (from the command line).
 #[derive(Debug, Clone)]
@@ -55,9 +57,10 @@ pub struct Engine {
     tables: RwLock<HashMap<ObjectId, table::TableStore>>,
     /// Held while validating a commit and queueing its log record: LSN order = apply order.
     commit_lock: Mutex<()>,
-    /// Snapshots of statements still running (LSN → count). Small chunks are merged only up to
-    /// the oldest of them, so merging never hides rows from a running statement.
-    readers: Arc<Mutex<BTreeMap<Lsn, usize>>>,
+    /// The dataflows of materialized views, and the read points (epochs) statements pin. Small
+    /// table chunks are merged only up to the oldest pinned LSN, so merging never hides rows
+    /// from a running statement.
+    runtime: Arc<Runtime>,
     /// Serialises read-modify-write statements (UPDATE/DELETE outside a transaction, DDL) so
     /// they do not fail each other with 40001.
     write_lock: tokio::sync::Mutex<()>,
@@ -73,14 +76,20 @@ impl Engine {
         let catalog = Catalog::load(&state)?;
         let mut tables: HashMap<ObjectId, table::TableStore> = catalog
             .tables()
-            .map(|t| (t.id, table::TableStore::new(t)))
+            .map(|t| (t.id, new_table_store(t)))
             .collect();
         let started = std::time::Instant::now();
         let mut records = 0u64;
-        let log = Log::open(&dir.join("log"), |record: LogRecord| {
-            records += 1;
-            replay(&mut tables, record)
-        })?;
+        let runtime = Arc::new(Runtime::new());
+        let notify = runtime.clone();
+        let log = Log::open(
+            &dir.join("log"),
+            |record: LogRecord| {
+                records += 1;
+                replay(&mut tables, record)
+            },
+            Box::new(move |lsn| notify.set_durable(lsn)),
+        )?;
         let rows: usize = tables.values().map(|t| t.live_rows()).sum();
         tracing::info!(
             data_dir = %dir.display(),
@@ -98,7 +107,7 @@ impl Engine {
             catalog: RwLock::new(Arc::new(catalog)),
             tables: RwLock::new(tables),
             commit_lock: Mutex::new(()),
-            readers: Arc::default(),
+            runtime,
             write_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -107,9 +116,40 @@ impl Engine {
         &self.config.data_dir
     }
 
-    /// Stops the log writer after it has synced everything queued.
+    /// Starts the dataflow runtime and the dataflows of the catalog's materialized views, each
+    /// backfilled from the tables as replayed from the log (in creation order, so a view's
+    /// inputs are running before it).
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        let scanner = Arc::new(Scanner(Arc::downgrade(self)));
+        self.runtime.start(self.log.durable_lsn(), scanner)?;
+        let views = self.catalog().views();
+        let mut session = Session::new(self.clone(), &HashMap::new(), 0)?;
+        for view in views.into_iter().filter(|v| v.materialized) {
+            let started = std::time::Instant::now();
+            let (spec, schema) = session.plan_view(&view).await.map_err(|e| {
+                crate::err!(
+                    sqlstate::DATA_CORRUPTED,
+                    "materialized view \"{}\" cannot be planned at start-up: {}",
+                    view.name,
+                    e.message
+                )
+            })?;
+            self.runtime
+                .create_view(view.id, &view.name, spec, schema)
+                .await?;
+            tracing::info!(view = %view.name, elapsed_ms = started.elapsed().as_millis() as u64, "materialized view backfilled");
+        }
+        Ok(())
+    }
+
+    /// Stops the dataflows, then the log writer after it has synced everything queued.
     pub fn close(&self) {
+        self.runtime.stop();
         self.log.close();
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// A consistent snapshot of the catalog.
@@ -121,27 +161,31 @@ impl Engine {
         self.log.durable_lsn()
     }
 
-    /// Takes a snapshot at the durable LSN for one statement; it stays readable (no merge goes
-    /// past it) until the returned pin is dropped.
-    pub fn pin_snapshot(&self) -> SnapshotPin {
-        let mut readers = self.readers.lock();
-        let lsn = self.log.durable_lsn();
-        *readers.entry(lsn).or_insert(0) += 1;
-        SnapshotPin {
-            lsn,
-            readers: self.readers.clone(),
-        }
+    /// Takes a snapshot at the durable LSN for a statement that reads only tables; it stays
+    /// readable (no merge goes past it) until the returned pin is dropped.
+    pub fn pin_snapshot(&self) -> ReadPin {
+        self.runtime.epochs().pin_lsn(self.log.durable_lsn())
     }
 
-    /// The oldest LSN any running statement reads at (or the durable LSN when none runs):
-    /// rows inserted and deleted at or below it look the same to every reader.
+    /// Takes a read point for a statement that reads views: the first committed epoch that
+    /// covers everything durable when the statement started (so a session reads its own
+    /// writes), waiting up to `timeout` for the dataflows to get there. Tables are read at the
+    /// same point, so tables and views agree.
+    pub async fn pin_views(&self, timeout: std::time::Duration) -> Result<ReadPin> {
+        let target = self.log.durable_lsn();
+        self.runtime.epochs().wait_for(target, timeout).await?;
+        Ok(self.runtime.epochs().pin_committed())
+    }
+
+    /// The oldest LSN any running statement reads at (never past the committed epoch): rows
+    /// inserted and deleted at or below it look the same to every reader.
     fn read_horizon(&self) -> Lsn {
-        let readers = self.readers.lock();
-        let durable = self.log.durable_lsn();
-        readers
-            .keys()
-            .next()
-            .map_or(durable, |oldest| (*oldest).min(durable))
+        self.runtime.epochs().lsn_horizon()
+    }
+
+    /// A materialized view's contents and status.
+    pub fn view_state(&self, id: ObjectId) -> Option<Arc<ViewState>> {
+        self.runtime.view(id)
     }
 
     /// The rows of table `id` as of `snapshot`.
@@ -211,6 +255,7 @@ impl Engine {
                     table.commit(plan, durable.lsn, horizon)?;
                 }
             }
+            self.runtime.push(durable.lsn, Arc::new(changes));
             durable
         };
         durable.wait().await
@@ -220,7 +265,7 @@ impl Engine {
         let _w = self.write_lock.lock().await;
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
-        if catalog.table(&def.name).is_some() {
+        if catalog.relation_exists(&def.name) {
             if if_not_exists {
                 return Ok(false);
             }
@@ -233,13 +278,19 @@ impl Engine {
         let def = catalog.create_table(&self.state, def)?;
         self.tables
             .write()
-            .insert(def.id, table::TableStore::new(&def));
+            .insert(def.id, new_table_store(&def));
         *self.catalog.write() = Arc::new(catalog);
         Ok(true)
     }
 
-    async fn drop_table(&self, name: &str) -> Result<()> {
+    async fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
         let _w = self.write_lock.lock().await;
+        let id = self
+            .catalog()
+            .table(name)
+            .map(|t| t.id)
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist"))?;
+        self.drop_dependents(id, "table", name, cascade).await?;
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
         let def = catalog.drop_table(&self.state, name)?;
@@ -247,28 +298,111 @@ impl Engine {
         *self.catalog.write() = Arc::new(catalog);
         Ok(())
     }
-}
 
-/// Keeps a statement's snapshot readable; see [`Engine::pin_snapshot`].
-pub struct SnapshotPin {
-    pub lsn: Lsn,
-    readers: Arc<Mutex<BTreeMap<Lsn, usize>>>,
-}
-
-impl Drop for SnapshotPin {
-    fn drop(&mut self) {
-        let mut readers = self.readers.lock();
-        if let Some(n) = readers.get_mut(&self.lsn) {
-            *n -= 1;
-            if *n == 0 {
-                readers.remove(&self.lsn);
-            }
+    /// Fails with 2BP01 if views read object `id`, unless `cascade`: then drops them (latest
+    /// first). The caller holds the write lock.
+    async fn drop_dependents(&self, id: ObjectId, kind: &str, name: &str, cascade: bool) -> Result<()> {
+        let catalog = self.catalog();
+        let dependents = catalog.dependents_transitive(id);
+        if dependents.is_empty() {
+            return Ok(());
         }
+        if !cascade {
+            let detail: Vec<String> = catalog
+                .dependents(id)
+                .iter()
+                .map(|v| format!("{} {} depends on {kind} {name}", v.kind(), v.name))
+                .collect();
+            return Err(crate::err!(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                "cannot drop {kind} {name} because other objects depend on it"
+            )
+            .with_detail(detail.join("\n"))
+            .with_hint("Use DROP ... CASCADE to drop the dependent objects too."));
+        }
+        for view in dependents {
+            self.remove_view(&view).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_view(&self, view: &ViewDef) -> Result<()> {
+        let mut catalog = (**self.catalog.read()).clone();
+        catalog.drop_view(&self.state, &view.name)?;
+        *self.catalog.write() = Arc::new(catalog);
+        if view.materialized {
+            self.runtime.drop_view(view.id).await;
+        }
+        Ok(())
+    }
+
+    /// Creates a view. A materialized one is backfilled before this returns; if the backfill
+    /// fails (e.g. division by zero over existing rows) nothing is created.
+    async fn create_view(
+        &self,
+        mut def: ViewDef,
+        dataflow: Option<(DataflowSpec, datafusion::arrow::datatypes::SchemaRef)>,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        let _w = self.write_lock.lock().await;
+        let mut catalog = (**self.catalog.read()).clone();
+        if catalog.relation_exists(&def.name) {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(crate::err!(
+                sqlstate::DUPLICATE_TABLE,
+                "relation \"{}\" already exists",
+                def.name
+            ));
+        }
+        def.id = catalog.reserve_id(&self.state)?;
+        *self.catalog.write() = Arc::new(catalog.clone());
+        if let Some((spec, schema)) = dataflow {
+            self.runtime
+                .create_view(def.id, &def.name, spec, schema)
+                .await?;
+        }
+        catalog.create_view(&self.state, def)?;
+        *self.catalog.write() = Arc::new(catalog);
+        Ok(true)
+    }
+
+    async fn drop_view(&self, name: &str, materialized: bool, cascade: bool) -> Result<()> {
+        let _w = self.write_lock.lock().await;
+        let kind = if materialized { "materialized view" } else { "view" };
+        let view = self
+            .catalog()
+            .view(name)
+            .filter(|v| v.materialized == materialized)
+            .cloned()
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "{kind} \"{name}\" does not exist"))?;
+        self.drop_dependents(view.id, kind, name, cascade).await?;
+        self.remove_view(&view).await
+    }
+}
+
+fn new_table_store(def: &TableDef) -> TableStore {
+    TableStore::new(&def.name, def.schema(), &def.primary_key)
+}
+
+/// Backfill reads tables through this (weak, so the runtime thread does not keep the engine
+/// alive).
+struct Scanner(std::sync::Weak<Engine>);
+
+impl TableScanner for Scanner {
+    fn scan_table(&self, id: ObjectId, lsn: Lsn) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        let engine = self
+            .0
+            .upgrade()
+            .ok_or_else(|| crate::err!(sqlstate::QUERY_CANCELED, "the server is shutting down"))?;
+        engine.scan(id, Snapshot::At(lsn))
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.runtime.stop();
         self.log.close();
     }
 }
@@ -317,6 +451,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
         })
         .unwrap();
+        engine.start().await.unwrap();
         let def = TableDef {
             id: 0,
             name: "t".into(),

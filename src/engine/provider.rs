@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  SessionContext ─ catalog "eddy" ─┬─ schema public      → EddyTable (engine.scan + tx overlay)
+//!                                   │                       EddyView (view store at the epoch)
 //!                                   ├─ schema pg_catalog  → pg_class, pg_attribute, … (psql)
 //!                                   └─ information_schema (DataFusion's, over the above)
 //! ```
@@ -20,7 +21,7 @@ use datafusion::catalog::{
 };
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::config::SessionConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -28,9 +29,10 @@ use datafusion::prelude::SessionContext;
 use parking_lot::Mutex;
 
 use super::{Engine, Snapshot};
-use crate::catalog::TableDef;
-use crate::error::Result;
-use crate::types::{ObjectId, ZBatch};
+use crate::catalog::{TableDef, ViewDef};
+use crate::dataflow::ReadPin;
+use crate::error::{Result, sqlstate};
+use crate::types::{Epoch, ObjectId, ZBatch};
 
 pub const CATALOG_NAME: &str = "eddy";
 
@@ -38,8 +40,10 @@ pub const CATALOG_NAME: &str = "eddy";
 /// transaction changes. Set by the session before planning; read by table scans.
 pub struct ReadState {
     snapshot: Mutex<Snapshot>,
-    /// Keeps the statement's snapshot readable while it runs.
-    pin: Mutex<Option<super::SnapshotPin>>,
+    /// Keeps the statement's read point readable while it runs.
+    pin: Mutex<Option<ReadPin>>,
+    /// The committed epoch views are read at (set when the statement reads views).
+    epoch: Mutex<Option<Epoch>>,
     overlay: Mutex<HashMap<ObjectId, Vec<ZBatch>>>,
 }
 
@@ -54,6 +58,7 @@ impl Default for ReadState {
         ReadState {
             snapshot: Mutex::new(Snapshot::Latest),
             pin: Mutex::new(None),
+            epoch: Mutex::new(None),
             overlay: Mutex::new(HashMap::new()),
         }
     }
@@ -63,18 +68,32 @@ impl ReadState {
     /// Reads the latest state (writers computing a change).
     pub fn read_latest(&self) {
         *self.snapshot.lock() = Snapshot::Latest;
+        *self.epoch.lock() = None;
     }
 
     /// Reads a snapshot at the durable LSN, pinned until [`ReadState::release`].
     pub fn read_durable(&self, engine: &Engine) {
-        let pin = engine.pin_snapshot();
+        self.read_at(engine.pin_snapshot());
+    }
+
+    /// Reads tables (and views, if the pin has an epoch) at `pin` until [`ReadState::release`].
+    pub fn read_at(&self, pin: ReadPin) {
         *self.snapshot.lock() = Snapshot::At(pin.lsn);
+        *self.epoch.lock() = pin.epoch;
         *self.pin.lock() = Some(pin);
     }
 
-    /// Ends the statement's pinned snapshot.
+    /// Ends the statement's pinned read point.
     pub fn release(&self) {
         self.pin.lock().take();
+        *self.epoch.lock() = None;
+    }
+
+    /// The epoch views are read at: the pinned one, else the latest committed.
+    pub fn view_epoch(&self, engine: &Engine) -> Epoch {
+        self.epoch
+            .lock()
+            .unwrap_or_else(|| engine.runtime().epochs().committed().epoch)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -149,26 +168,42 @@ impl fmt::Debug for EddySchema {
 #[async_trait]
 impl SchemaProvider for EddySchema {
     fn table_names(&self) -> Vec<String> {
-        self.engine
-            .catalog()
-            .tables()
-            .map(|t| t.name.clone())
-            .collect()
+        let catalog = self.engine.catalog();
+        let mut names: Vec<String> = catalog.tables().map(|t| t.name.clone()).collect();
+        names.extend(catalog.views().iter().map(|v| v.name.clone()));
+        names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(self.engine.catalog().table(name).map(|def| {
-            Arc::new(EddyTable {
+        let catalog = self.engine.catalog();
+        if let Some(def) = catalog.table(name) {
+            return Ok(Some(Arc::new(EddyTable {
                 def: def.clone(),
                 schema: def.schema(),
                 engine: self.engine.clone(),
                 read: self.read.clone(),
-            }) as Arc<dyn TableProvider>
-        }))
+            })));
+        }
+        let Some(def) = catalog.view(name).filter(|v| v.materialized) else {
+            return Ok(None);
+        };
+        let state = self.engine.view_state(def.id).ok_or_else(|| {
+            DataFusionError::External(Box::new(crate::err!(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "materialized view \"{name}\" is not running yet"
+            )))
+        })?;
+        Ok(Some(Arc::new(EddyView {
+            def: def.clone(),
+            schema: state.schema(),
+            state,
+            engine: self.engine.clone(),
+            read: self.read.clone(),
+        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.engine.catalog().table(name).is_some()
+        self.engine.catalog().relation_exists(name)
     }
 }
 
@@ -205,6 +240,55 @@ impl TableProvider for EddyTable {
         let batches = visible_rows(&self.engine, &self.read, &self.def)
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         // Spread chunks over two partitions so both cores work on big scans.
+        let mut partitions = vec![Vec::new(), Vec::new()];
+        for (i, b) in batches.into_iter().enumerate() {
+            partitions[i % 2].push(b);
+        }
+        Ok(MemorySourceConfig::try_new_exec(
+            &partitions,
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// A materialized view as a DataFusion table: its contents at the statement's epoch.
+struct EddyView {
+    def: Arc<ViewDef>,
+    schema: SchemaRef,
+    state: Arc<crate::dataflow::ViewState>,
+    engine: Arc<Engine>,
+    read: Arc<ReadState>,
+}
+
+impl fmt::Debug for EddyView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EddyView({})", self.def.name)
+    }
+}
+
+#[async_trait]
+impl TableProvider for EddyView {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let epoch = self.read.view_epoch(&self.engine);
+        let batches = self
+            .state
+            .scan(epoch)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut partitions = vec![Vec::new(), Vec::new()];
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % 2].push(b);

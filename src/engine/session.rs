@@ -134,8 +134,8 @@ const READ_ONLY_SETTINGS: &[&str] = &[
 ];
 
 pub struct Session {
-    engine: Arc<Engine>,
-    ctx: SessionContext,
+    pub(super) engine: Arc<Engine>,
+    pub(super) ctx: SessionContext,
     read: Arc<ReadState>,
     settings: BTreeMap<String, String>,
     tx: Option<Transaction>,
@@ -248,7 +248,7 @@ impl Session {
                         "SELECT … FOR UPDATE/SHARE: Eddy has no row locks (reads see a consistent snapshot)"
                     ));
                 }
-                self.read.read_durable(&self.engine);
+                self.pin_read_point(&parsed.stmt).await?;
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let schema = output_schema(&parsed.stmt, &plan);
                 // Run to completion here, not while the server drains the stream: a
@@ -265,8 +265,23 @@ impl Session {
                     tag: "SELECT",
                 })
             }
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::CreateView(_)) =>
+            {
+                let Statement::CreateView(cv) = statement.as_ref() else {
+                    unreachable!("matched above")
+                };
+                self.explain_create_view(cv).await
+            }
+            Statement::CreateView(cv) => self.create_view(cv).await,
+            Statement::ShowViews { materialized, .. } => {
+                if !*materialized {
+                    return Err(unsupported!("SHOW VIEWS (plain views)"));
+                }
+                self.show_materialized_views()
+            }
             Statement::Explain { .. } => {
-                self.read.read_durable(&self.engine);
+                self.pin_read_point(&parsed.stmt).await?;
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 Ok(explain_output(&batches))
@@ -321,40 +336,11 @@ impl Session {
                 object_type,
                 if_exists,
                 names,
-                cascade: _,
+                cascade,
                 ..
             } => {
-                if *object_type != ast::ObjectType::Table {
-                    return Err(unsupported!("DROP {object_type}"));
-                }
-                if !self.ddl_allowed() {
-                    return Err(ddl_in_transaction("DROP TABLE"));
-                }
-                let mut skipped = Vec::new();
-                for name in names {
-                    let name = sql::table_name(name)?;
-                    if self.engine.catalog().table(&name).is_none() {
-                        if *if_exists {
-                            skipped.push(name);
-                            continue;
-                        }
-                        return Err(crate::err!(
-                            sqlstate::UNDEFINED_TABLE,
-                            "table \"{name}\" does not exist"
-                        ));
-                    }
-                    self.engine.drop_table(&name).await?;
-                }
-                if let Some(name) = skipped.first() {
-                    return Ok(Output::Warning {
-                        tag: "DROP TABLE",
-                        message: format!("table \"{name}\" does not exist, skipping"),
-                    });
-                }
-                Ok(Output::Command {
-                    tag: "DROP TABLE",
-                    rows: None,
-                })
+                self.drop_objects(*object_type, names, *if_exists, *cascade)
+                    .await
             }
             Statement::StartTransaction { .. } => {
                 match self.tx.as_mut() {
@@ -413,17 +399,29 @@ impl Session {
                 ))
             }
             Statement::ShowCreate { obj_type, obj_name } => {
-                if *obj_type != ast::ShowCreateObject::Table {
-                    return Err(unsupported!("SHOW CREATE {obj_type}"));
-                }
                 let name = sql::table_name(obj_name)?;
-                let def = self.table(&name)?;
+                let (name, text) = match obj_type {
+                    ast::ShowCreateObject::Table => {
+                        let def = self.table(&name)?;
+                        (def.name.clone(), def.create_sql())
+                    }
+                    ast::ShowCreateObject::View => {
+                        let def = self.engine.catalog().view(&name).cloned().ok_or_else(|| {
+                            crate::err!(
+                                sqlstate::UNDEFINED_TABLE,
+                                "view \"{name}\" does not exist"
+                            )
+                        })?;
+                        (def.name.clone(), def.create_sql())
+                    }
+                    other => return Err(unsupported!("SHOW CREATE {other}")),
+                };
                 let schema = show_create_schema();
                 Ok(rows_output(
                     schema,
                     vec![
-                        Arc::new(StringArray::from(vec![def.name.clone()])),
-                        Arc::new(StringArray::from(vec![def.create_sql()])),
+                        Arc::new(StringArray::from(vec![name])),
+                        Arc::new(StringArray::from(vec![text])),
                     ],
                     "SHOW",
                 ))
@@ -530,7 +528,31 @@ impl Session {
 
     /// Whether DDL may run: outside a transaction block, or in an implicit one (DDL itself is
     /// not transactional).
-    fn ddl_allowed(&self) -> bool {
+    /// Sets the read point of a query: at a committed epoch when it reads views (waiting, bounded,
+    /// for the epoch that covers this session's writes), else at the durable LSN.
+    async fn pin_read_point(&mut self, stmt: &Statement) -> Result<()> {
+        if self.reads_views(stmt) {
+            let pin = self.engine.pin_views(self.view_wait_timeout()).await?;
+            self.read.read_at(pin);
+        } else {
+            self.read.read_durable(&self.engine);
+        }
+        Ok(())
+    }
+
+    /// How long a read of views waits for the dataflows to catch up with the latest write:
+    /// `statement_timeout` when set, else 10 s.
+    fn view_wait_timeout(&self) -> std::time::Duration {
+        let ms = self
+            .settings
+            .get("statement_timeout")
+            .and_then(|v| parse_duration_ms(v))
+            .filter(|ms| *ms > 0)
+            .unwrap_or(10_000);
+        std::time::Duration::from_millis(ms)
+    }
+
+    pub(super) fn ddl_allowed(&self) -> bool {
         self.tx.as_ref().is_none_or(|t| t.implicit)
     }
 
@@ -837,11 +859,27 @@ fn show_name(variable: &[ast::Ident]) -> String {
         .join(" ")
 }
 
-fn ddl_in_transaction(what: &str) -> Error {
+/// Parses a PostgreSQL duration setting (`5000`, `5s`, `100ms`, `1min`) into milliseconds.
+fn parse_duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim().trim_matches('\'');
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    Some(n * factor)
+}
+
+pub(super) fn ddl_in_transaction(what: &str) -> Error {
     unsupported!("{what} inside a transaction block")
 }
 
-fn single_text_schema(name: &str) -> SchemaRef {
+pub(super) fn single_text_schema(name: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]))
 }
 
@@ -852,7 +890,7 @@ fn show_create_schema() -> SchemaRef {
     ]))
 }
 
-fn rows_output(schema: SchemaRef, columns: Vec<ArrayRef>, tag: &'static str) -> Output {
+pub(super) fn rows_output(schema: SchemaRef, columns: Vec<ArrayRef>, tag: &'static str) -> Output {
     let batch = RecordBatch::try_new(schema.clone(), columns);
     let stream = futures::stream::iter(vec![batch.map_err(Into::into)]);
     Output::Rows {
@@ -921,7 +959,7 @@ fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
 /// The result columns, named as PostgreSQL would name them: from the SELECT list when it has
 /// no wildcard (alias, column name, function name, else `?column?`), else from DataFusion's
 /// names.
-fn output_schema(stmt: &Statement, plan: &LogicalPlan) -> SchemaRef {
+pub(super) fn output_schema(stmt: &Statement, plan: &LogicalPlan) -> SchemaRef {
     if matches!(stmt, Statement::Explain { .. }) {
         return single_text_schema("QUERY PLAN");
     }

@@ -75,6 +75,7 @@ impl Server {
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await
             .map_err(|e| crate::internal!("start-up task failed: {e}"))??;
+        engine.start().await?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| Error::io(format!("listening on {listen}"), &e))?;

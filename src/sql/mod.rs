@@ -12,6 +12,7 @@
 
 pub mod ddl;
 pub mod errors;
+pub mod lower;
 
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;

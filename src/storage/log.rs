@@ -143,8 +143,12 @@ impl Durable {
 
 impl Log {
     /// Opens (or creates) the log in `dir`, calling `apply` for every record in order, and starts
-    /// the writer thread.
-    pub fn open(dir: &Path, mut apply: impl FnMut(LogRecord) -> Result<()>) -> Result<Log> {
+    /// the writer thread, which calls `on_durable(lsn)` each time the log is synced up to `lsn`.
+    pub fn open(
+        dir: &Path,
+        mut apply: impl FnMut(LogRecord) -> Result<()>,
+        on_durable: OnDurable,
+    ) -> Result<Log> {
         fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
         let mut segments = list_segments(dir)?;
@@ -175,6 +179,7 @@ impl Log {
             file_len,
             durable: durable.clone(),
             failure: failure.clone(),
+            on_durable,
         };
         let handle = std::thread::Builder::new()
             .name("eddy-log-writer".into())
@@ -237,12 +242,16 @@ impl Drop for Log {
     }
 }
 
+/// Called by the writer thread after each sync with the highest durable LSN.
+pub type OnDurable = Box<dyn Fn(Lsn) + Send>;
+
 struct SegmentWriter {
     dir: PathBuf,
     file: File,
     file_len: u64,
     durable: Arc<AtomicU64>,
     failure: Arc<Mutex<Option<Error>>>,
+    on_durable: OnDurable,
 }
 
 impl SegmentWriter {
@@ -291,6 +300,7 @@ impl SegmentWriter {
         self.file_len += buf.len() as u64;
         let last = group.last().map(|r| r.lsn.0).unwrap_or(0);
         self.durable.store(last, Ordering::Release);
+        (self.on_durable)(Lsn(last));
         if self.file_len >= SEGMENT_TARGET_BYTES {
             let path = segment_path(&self.dir, Lsn(last + 1));
             self.file = open_segment(&path)?;
@@ -439,16 +449,20 @@ mod tests {
 
     fn replay(dir: &Path) -> Result<Vec<LogRecord>> {
         let mut out = Vec::new();
-        let log = Log::open(dir, |r| {
-            out.push(r);
-            Ok(())
-        })?;
+        let log = Log::open(
+            dir,
+            |r| {
+                out.push(r);
+                Ok(())
+            },
+            Box::new(|_| {}),
+        )?;
         log.close();
         Ok(out)
     }
 
     fn write(dir: &Path, values: &[i64]) {
-        let log = Log::open(dir, |_| Ok(())).unwrap();
+        let log = Log::open(dir, |_| Ok(()), Box::new(|_| {})).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -1,4 +1,5 @@
-//! Durable storage: the internal log of committed changes and RocksDB-backed state.
+//! Storage: the internal log of committed changes, RocksDB-backed state, and the in-memory
+//! versioned collections ([`table::TableStore`]) that hold tables and view outputs.
 //!
 //! ```text
 //!  engine ──commit──► log (segments, group commit, fsync) ──replay on start──► engine
@@ -9,3 +10,4 @@
 
 pub mod log;
 pub mod state;
+pub mod table;

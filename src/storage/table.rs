@@ -1,4 +1,5 @@
-//! [`TableStore`]: the current contents of one table, in memory, as Arrow chunks.
+//! [`TableStore`]: the contents of one versioned collection — a table, or a materialized view's
+//! output — in memory, as Arrow chunks.
 //!
 //! Changes arrive as [`ZBatch`]es (from a commit or from log replay) and are applied by content:
 //! a +1 row is appended, a -1 row removes one live row with equal values (found through a hash
@@ -7,8 +8,9 @@
 //! anything, [`TableStore::commit`] then cannot fail — so a transaction touching several tables
 //! is all-or-nothing.
 //!
-//! Visibility by LSN. Each chunk remembers the LSN that inserted it and each row the LSN that
-//! deleted it. Writers see the latest state (including commits still waiting for their fsync);
+//! Visibility by version. Each chunk remembers the version that inserted it and each row the
+//! version that deleted it. Tables are versioned by LSN; view outputs by epoch (the epoch number
+//! is stored as an [`Lsn`]). Writers see the latest state (including commits still waiting for their fsync);
 //! readers ask for a snapshot at the durable LSN and so never see a row that a crash could take
 //! back.
 //!
@@ -27,7 +29,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
-use crate::catalog::TableDef;
 use crate::error::{Error, Result, sqlstate};
 use crate::types::{Lsn, ZBatch};
 
@@ -110,20 +111,22 @@ pub struct TableStore {
 }
 
 impl TableStore {
-    pub fn new(def: &TableDef) -> TableStore {
-        let unique = !def.primary_key.is_empty();
+    /// A new empty collection. With a non-empty `primary_key` (column indices) keys are unique;
+    /// without one it is a multiset.
+    pub fn new(name: &str, schema: SchemaRef, primary_key: &[usize]) -> TableStore {
+        let unique = !primary_key.is_empty();
         let key_columns: Vec<usize> = if unique {
-            def.primary_key.clone()
+            primary_key.to_vec()
         } else {
-            (0..def.columns.len()).collect()
+            (0..schema.fields().len()).collect()
         };
         TableStore {
-            name: def.name.clone(),
-            schema: def.schema(),
+            name: name.to_string(),
             key_names: key_columns
                 .iter()
-                .map(|i| def.columns[*i].name.clone())
+                .map(|i| schema.field(*i).name().clone())
                 .collect(),
+            schema,
             key_columns,
             unique,
             chunks: Vec::new(),
@@ -544,10 +547,14 @@ impl TableStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::ColumnDef;
+    use crate::catalog::{ColumnDef, TableDef};
     use crate::types::SqlType;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use std::sync::Arc;
+
+    fn store(def: &TableDef) -> TableStore {
+        TableStore::new(&def.name, def.schema(), &def.primary_key)
+    }
 
     fn def(pk: bool) -> TableDef {
         TableDef {
@@ -594,7 +601,7 @@ mod tests {
 
     #[test]
     fn primary_key_rejects_duplicates_and_allows_update_in_place() {
-        let mut s = TableStore::new(&def(true));
+        let mut s = store(&def(true));
         let sc = s.schema().clone();
         apply(&mut s, rows(&sc, &[1, 2], &["a", "b"], &[1, 1]), 1).unwrap();
         let err = apply(&mut s, rows(&sc, &[2], &["x"], &[1]), 2).unwrap_err();
@@ -610,7 +617,7 @@ mod tests {
 
     #[test]
     fn snapshots_hide_later_changes() {
-        let mut s = TableStore::new(&def(false));
+        let mut s = store(&def(false));
         let sc = s.schema().clone();
         apply(&mut s, rows(&sc, &[1, 1], &["a", "a"], &[1, 1]), 1).unwrap();
         let plan = s.plan(&rows(&sc, &[1], &["a"], &[-1])).unwrap();
@@ -625,7 +632,7 @@ mod tests {
 
     #[test]
     fn merging_never_changes_what_a_snapshot_at_the_horizon_sees() {
-        let mut s = TableStore::new(&def(false));
+        let mut s = store(&def(false));
         let sc = s.schema().clone();
         // A reader pinned a snapshot at LSN 10 while 100 more single-row commits arrive.
         for lsn in 1..=10u64 {
@@ -652,7 +659,7 @@ mod tests {
 
     #[test]
     fn small_chunks_merge_and_index_follows() {
-        let mut s = TableStore::new(&def(true));
+        let mut s = store(&def(true));
         let sc = s.schema().clone();
         for i in 0..200 {
             apply(&mut s, rows(&sc, &[i], &["v"], &[1]), i as u64 + 1).unwrap();

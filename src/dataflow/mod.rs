@@ -1,0 +1,54 @@
+//! The incremental dataflow engine: materialized views kept exact by push-based operators over
+//! [`ZBatch`]es (Arrow rows with ±weights), never recomputed from scratch.
+//!
+//! ```text
+//!  engine::commit ─(lsn, changes)─► Runtime queue ──(durable)──► one epoch = every durable record
+//!                                                                 not yet processed
+//!   per epoch, per dataflow (in creation order, so a view's dataflow runs after the views it reads):
+//!     Source ─► FilterProject ─► HashAggregate ─► … ─► Materialize ─► view store (versioned by epoch)
+//!        ▲                                                   │
+//!        └── table changes, or the delta of an earlier view ◄┘
+//!   then the epoch is committed: readers may read every view (and every table) at it.
+//! ```
+//!
+//! What this module owns: the operators ([`ops`]), the description of a dataflow that planning
+//! produces ([`spec`]), the runtime thread that feeds dataflows and commits epochs
+//! ([`runtime`]), and the read points readers pin ([`epochs`]). What it does not: SQL. The `sql`
+//! module lowers a query into a [`spec::DataflowSpec`] (with DataFusion *physical* expressions and
+//! aggregate functions in it); this module never sees a logical plan.
+//!
+//! Operator contract ([`Operator`]): within an epoch, [`Operator::on_batch`] receives every input
+//! batch of the epoch (port by port, in order); then [`Operator::on_barrier`] is called once, after
+//! which the operator has emitted its whole output delta for the epoch. Operators are called in
+//! topological order, so an operator's barrier comes after all its inputs' output for the epoch.
+//! The output of an epoch, summed over all emitted batches, is exactly
+//! `query(inputs after the epoch) − query(inputs before)`.
+
+pub mod epochs;
+pub mod ops;
+pub mod runtime;
+pub mod spec;
+pub mod state;
+
+use crate::error::Result;
+use crate::types::{Epoch, ZBatch};
+
+pub use epochs::{Committed, Epochs, ReadPin};
+pub use runtime::{Runtime, TableScanner, ViewState, ViewStatus};
+pub use spec::{DataflowSpec, Input};
+
+/// A dataflow operator. See the module documentation for the calling contract; each
+/// implementation documents what it does to inserts and deletes, the state it keeps and what it
+/// emits at a barrier.
+pub trait Operator: Send {
+    /// Consumes one input batch arriving on `port`; may emit output right away into `out`.
+    fn on_batch(&mut self, port: usize, batch: ZBatch, out: &mut Vec<ZBatch>) -> Result<()>;
+
+    /// The epoch's input is complete: emit whatever output was held back.
+    fn on_barrier(&mut self, epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()>;
+
+    /// Rows of state the operator keeps (for observability).
+    fn state_rows(&self) -> usize {
+        0
+    }
+}

@@ -1,0 +1,815 @@
+//! [`HashAggregate`]: `GROUP BY` with aggregate functions, and global aggregates.
+//!
+//! Contract:
+//! - insert (+w) of a row: its group (created if new) counts w more rows and each aggregate
+//!   adds the row's argument w times; delete (−w): the same with −w. Nothing is emitted yet;
+//!   the group is marked dirty;
+//! - barrier: for each dirty group, the new output row is computed and compared with the one
+//!   emitted last: unchanged → nothing; changed → −old, +new; a group whose row count reached 0
+//!   → −old, and its state is freed. A global aggregate (no `GROUP BY`) always has exactly one
+//!   row, emitted at the first barrier even over empty input (count 0, sum NULL, as PostgreSQL);
+//! - state per group: the key (Arrow row format), the row count, the last emitted output row,
+//!   and per aggregate: count → a count; sum/avg → sum and non-null count; min/max → a multiset
+//!   of values (ordered), so deleting the current minimum finds the next; count(DISTINCT) → a
+//!   multiset of values; bool_and/bool_or → counts of true and false; any other aggregate
+//!   (string_agg, array_agg, DISTINCT forms, statistics…) → the multiset of its argument rows,
+//!   from which the group's value is recomputed with DataFusion's accumulator when it changes.
+//!
+//! The choice between the invertible fast paths and the recompute fallback is made once, at
+//! construction. Hot path: one hash and one probe per input row, typed loops over Arrow arrays,
+//! no allocation except for new groups and new distinct values.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    UInt32Array, new_null_array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashTable;
+
+use crate::dataflow::Operator;
+use crate::dataflow::spec::AggregateCall;
+use crate::error::{Result, sqlstate};
+use crate::types::{Epoch, ZBatch};
+
+pub struct HashAggregate {
+    group_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// No GROUP BY: one group (id 0) that always exists.
+    global: bool,
+    groups: Groups,
+    row_count: Vec<i64>,
+    aggs: Vec<Agg>,
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+    /// The output row last emitted per group (Arrow row format of the output schema).
+    emitted: Vec<Option<Box<[u8]>>>,
+    out_converter: RowConverter,
+    schema: SchemaRef,
+}
+
+/// Group keys → dense group ids.
+struct Groups {
+    converter: Option<RowConverter>,
+    table: HashTable<u32>,
+    keys: Vec<Box<[u8]>>,
+    hashes: Vec<u64>,
+    free: Vec<u32>,
+    random_state: RandomState,
+    live: usize,
+}
+
+struct Agg {
+    args: Vec<Arc<dyn PhysicalExpr>>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    state: AggState,
+    out_type: DataType,
+}
+
+enum SumKind {
+    Int,
+    Float,
+    Decimal(i8),
+}
+
+enum AggState {
+    /// count(x), count(*): non-null rows.
+    Count(Vec<i64>),
+    /// sum(x) / avg(x) over integers, floats, or (sum only) decimals.
+    Sum {
+        kind: SumKind,
+        avg: bool,
+        ints: Vec<i128>,
+        floats: Vec<f64>,
+        counts: Vec<i64>,
+    },
+    /// min(x) / max(x): per group, value (row format, order-preserving) → multiplicity.
+    MinMax {
+        max: bool,
+        converter: RowConverter,
+        null_row: Box<[u8]>,
+        values: Vec<BTreeMap<Box<[u8]>, i64>>,
+    },
+    /// bool_and / bool_or: counts of true and false per group.
+    Bool {
+        and: bool,
+        trues: Vec<i64>,
+        falses: Vec<i64>,
+    },
+    /// count(DISTINCT x): per group, value → multiplicity.
+    CountDistinct {
+        converter: RowConverter,
+        values: Vec<HashMap<Box<[u8]>, i64>>,
+    },
+    /// Anything else: the multiset of argument rows, recomputed with DataFusion's accumulator.
+    Recompute {
+        call: AggregateCall,
+        converter: RowConverter,
+        rows: Vec<BTreeMap<Box<[u8]>, i64>>,
+    },
+}
+
+impl HashAggregate {
+    pub fn new(
+        group_by: Vec<Arc<dyn PhysicalExpr>>,
+        aggregates: Vec<AggregateCall>,
+        input_schema: &SchemaRef,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let global = group_by.is_empty();
+        let converter = if global {
+            None
+        } else {
+            let fields = group_by
+                .iter()
+                .map(|e| Ok(SortField::new(e.data_type(input_schema)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RowConverter::new(fields)?)
+        };
+        let aggs = aggregates
+            .into_iter()
+            .map(|call| Agg::new(call, input_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let out_converter = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let mut this = HashAggregate {
+            group_by,
+            global,
+            groups: Groups {
+                converter,
+                table: HashTable::new(),
+                keys: Vec::new(),
+                hashes: Vec::new(),
+                free: Vec::new(),
+                random_state: RandomState::with_seed(0),
+                live: 0,
+            },
+            row_count: Vec::new(),
+            aggs,
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            emitted: Vec::new(),
+            out_converter,
+            schema,
+        };
+        if this.global {
+            // The one group exists from the start, so the first barrier emits its row.
+            let g = this.alloc_group(Box::default(), 0);
+            this.mark_dirty(g);
+        }
+        Ok(this)
+    }
+
+    fn alloc_group(&mut self, key: Box<[u8]>, hash: u64) -> u32 {
+        self.groups.live += 1;
+        if let Some(g) = self.groups.free.pop() {
+            self.groups.keys[g as usize] = key;
+            self.groups.hashes[g as usize] = hash;
+            return g;
+        }
+        let g = self.groups.keys.len() as u32;
+        self.groups.keys.push(key);
+        self.groups.hashes.push(hash);
+        self.row_count.push(0);
+        self.is_dirty.push(false);
+        self.emitted.push(None);
+        for agg in &mut self.aggs {
+            agg.state.grow(g as usize + 1);
+        }
+        g
+    }
+
+    fn free_group(&mut self, g: u32) {
+        let hash = self.groups.hashes[g as usize];
+        if let Ok(entry) = self.groups.table.find_entry(hash, |x| *x == g) {
+            entry.remove();
+        }
+        self.groups.keys[g as usize] = Box::default();
+        self.row_count[g as usize] = 0;
+        self.emitted[g as usize] = None;
+        for agg in &mut self.aggs {
+            agg.state.reset(g as usize);
+        }
+        self.groups.free.push(g);
+        self.groups.live -= 1;
+    }
+
+    fn mark_dirty(&mut self, g: u32) {
+        if !self.is_dirty[g as usize] {
+            self.is_dirty[g as usize] = true;
+            self.dirty.push(g);
+        }
+    }
+
+    /// The group id of every row of `data`, creating groups as needed.
+    fn group_ids(&mut self, data: &RecordBatch) -> Result<Vec<u32>> {
+        let n = data.num_rows();
+        if self.global {
+            return Ok(vec![0; n]);
+        }
+        let columns = self
+            .group_by
+            .iter()
+            .map(|e| Ok(e.evaluate(data)?.into_array(n)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let converter = self
+            .groups
+            .converter
+            .as_ref()
+            .ok_or_else(|| crate::internal!("grouped aggregate without a key converter"))?;
+        let rows = converter.convert_columns(&columns)?;
+        let mut hashes = vec![0u64; n];
+        create_hashes(&columns, &self.groups.random_state, &mut hashes)?;
+        let mut ids = Vec::with_capacity(n);
+        for (i, hash) in hashes.iter().enumerate() {
+            let key = rows.row(i);
+            let key = key.as_ref();
+            let keys = &self.groups.keys;
+            let found = self
+                .groups
+                .table
+                .find(*hash, |g| keys[*g as usize].as_ref() == key)
+                .copied();
+            let g = match found {
+                Some(g) => g,
+                None => {
+                    let g = self.alloc_group(key.into(), *hash);
+                    let hashes = &self.groups.hashes;
+                    self.groups
+                        .table
+                        .insert_unique(*hash, g, |x| hashes[*x as usize]);
+                    g
+                }
+            };
+            ids.push(g);
+        }
+        Ok(ids)
+    }
+
+    /// Output rows (group keys, then aggregates) of `groups`.
+    fn output(&self, groups: &[u32]) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        if let Some(converter) = &self.groups.converter {
+            let parser = converter.parser();
+            columns.extend(
+                converter.convert_rows(
+                    groups
+                        .iter()
+                        .map(|g| parser.parse(&self.groups.keys[*g as usize])),
+                )?,
+            );
+        }
+        for agg in &self.aggs {
+            let array = agg.state.output(groups)?;
+            columns.push(if array.data_type() == &agg.out_type {
+                array
+            } else {
+                cast(&array, &agg.out_type)?
+            });
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(groups.len())),
+        )?)
+    }
+}
+
+impl Operator for HashAggregate {
+    fn on_batch(&mut self, _port: usize, batch: ZBatch, _out: &mut Vec<ZBatch>) -> Result<()> {
+        // Inserts and deletes alike: fold the weight into the group's state; emit at the barrier.
+        let ids = self.group_ids(&batch.data)?;
+        let weights = batch.weights.values();
+        for (g, w) in ids.iter().zip(weights.iter()) {
+            self.row_count[*g as usize] += *w;
+            if !self.is_dirty[*g as usize] {
+                self.is_dirty[*g as usize] = true;
+                self.dirty.push(*g);
+            }
+        }
+        for agg in &mut self.aggs {
+            agg.update(&batch.data, &ids, &batch.weights)?;
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut alive = Vec::with_capacity(dirty.len());
+        let mut dead = Vec::new();
+        for g in &dirty {
+            self.is_dirty[*g as usize] = false;
+            let n = self.row_count[*g as usize];
+            if n < 0 {
+                return Err(crate::internal!(
+                    "aggregate group has a negative row count ({n})"
+                ));
+            }
+            if self.global || n > 0 {
+                alive.push(*g);
+            } else {
+                dead.push(*g);
+            }
+        }
+        let new_batch = self.output(&alive)?;
+        let new_rows: Rows = self.out_converter.convert_columns(new_batch.columns())?;
+        let mut old: Vec<Box<[u8]>> = Vec::new();
+        let mut take_new: Vec<u32> = Vec::new();
+        for (j, g) in alive.iter().enumerate() {
+            let row = new_rows.row(j);
+            let bytes = row.as_ref();
+            let slot = &mut self.emitted[*g as usize];
+            match slot {
+                // Unchanged output: nothing to say.
+                Some(prev) if prev.as_ref() == bytes => {}
+                // Changed: retract the old row, assert the new one.
+                Some(_) => {
+                    if let Some(prev) = slot.replace(bytes.into()) {
+                        old.push(prev);
+                    }
+                    take_new.push(j as u32);
+                }
+                // New group.
+                None => {
+                    *slot = Some(bytes.into());
+                    take_new.push(j as u32);
+                }
+            }
+        }
+        for g in dead {
+            // Last row of the group deleted: retract its row, free its state.
+            if let Some(prev) = self.emitted[g as usize].take() {
+                old.push(prev);
+            }
+            self.free_group(g);
+        }
+        if !old.is_empty() {
+            let parser = self.out_converter.parser();
+            let columns = self
+                .out_converter
+                .convert_rows(old.iter().map(|b| parser.parse(b)))?;
+            let data = RecordBatch::try_new(self.schema.clone(), columns)?;
+            out.push(ZBatch::uniform(data, -1));
+        }
+        if !take_new.is_empty() {
+            let data = if take_new.len() == new_batch.num_rows() {
+                new_batch
+            } else {
+                datafusion::arrow::compute::take_record_batch(
+                    &new_batch,
+                    &UInt32Array::from(take_new),
+                )?
+            };
+            out.push(ZBatch::uniform(data, 1));
+        }
+        Ok(())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.groups.live
+    }
+}
+
+impl Agg {
+    fn new(call: AggregateCall, input_schema: &SchemaRef) -> Result<Agg> {
+        let func = &call.func;
+        let args = func.expressions();
+        let out_type = func.field().data_type().clone();
+        let arg_types = args
+            .iter()
+            .map(|e| Ok(e.data_type(input_schema)?))
+            .collect::<Result<Vec<_>>>()?;
+        let name = func.fun().name().to_ascii_lowercase();
+        let simple = args.len() == 1 && func.order_bys().is_empty() && !func.ignore_nulls();
+        let distinct = func.is_distinct();
+        let sum_kind = |t: &DataType| match t {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => Some(SumKind::Int),
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => Some(SumKind::Float),
+            DataType::Decimal128(_, s) => Some(SumKind::Decimal(*s)),
+            _ => None,
+        };
+        let state = match name.as_str() {
+            "count" if simple && !distinct => AggState::Count(Vec::new()),
+            "count" if simple && distinct => AggState::CountDistinct {
+                converter: RowConverter::new(vec![SortField::new(arg_types[0].clone())])?,
+                values: Vec::new(),
+            },
+            "sum" | "avg" if simple && !distinct => match sum_kind(&arg_types[0]) {
+                Some(SumKind::Decimal(_)) if name == "avg" => recompute(&call, &arg_types, input_schema)?,
+                Some(kind) => AggState::Sum {
+                    kind,
+                    avg: name == "avg",
+                    ints: Vec::new(),
+                    floats: Vec::new(),
+                    counts: Vec::new(),
+                },
+                None => recompute(&call, &arg_types, input_schema)?,
+            },
+            "min" | "max" if simple => {
+                let converter = RowConverter::new(vec![SortField::new(arg_types[0].clone())])?;
+                let null = new_null_array(&arg_types[0], 1);
+                let null_row: Box<[u8]> = converter.convert_columns(&[null])?.row(0).as_ref().into();
+                AggState::MinMax {
+                    max: name == "max",
+                    converter,
+                    null_row,
+                    values: Vec::new(),
+                }
+            }
+            "bool_and" | "bool_or" if simple && !distinct && arg_types[0] == DataType::Boolean => {
+                AggState::Bool {
+                    and: name == "bool_and",
+                    trues: Vec::new(),
+                    falses: Vec::new(),
+                }
+            }
+            _ => recompute(&call, &arg_types, input_schema)?,
+        };
+        let (args, filter) = match &state {
+            AggState::Recompute { .. } => {
+                let mut all = args;
+                all.extend(func.order_bys().iter().map(|s| s.expr.clone()));
+                (all, call.filter.clone())
+            }
+            _ => (args, call.filter.clone()),
+        };
+        Ok(Agg {
+            args,
+            filter,
+            state,
+            out_type,
+        })
+    }
+
+    fn update(&mut self, data: &RecordBatch, ids: &[u32], weights: &Int64Array) -> Result<()> {
+        let n = data.num_rows();
+        let filtered;
+        let weights = match &self.filter {
+            None => weights,
+            Some(f) => {
+                // FILTER (WHERE …): rows it rejects count with weight 0.
+                let mask = f.evaluate(data)?.into_array(n)?;
+                let mask = mask.as_boolean_opt().ok_or_else(|| {
+                    crate::err!(sqlstate::DATATYPE_MISMATCH, "FILTER condition is not boolean")
+                })?;
+                filtered = Int64Array::from_iter_values(
+                    weights
+                        .values()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| if mask.is_valid(i) && mask.value(i) { *w } else { 0 }),
+                );
+                &filtered
+            }
+        };
+        let args = self
+            .args
+            .iter()
+            .map(|e| Ok(e.evaluate(data)?.into_array(n)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        self.state.update(&args, ids, weights.values())
+    }
+}
+
+fn recompute(
+    call: &AggregateCall,
+    arg_types: &[DataType],
+    input_schema: &SchemaRef,
+) -> Result<AggState> {
+    let mut fields: Vec<SortField> = arg_types.iter().map(|t| SortField::new(t.clone())).collect();
+    for s in call.func.order_bys() {
+        fields.push(SortField::new(
+            s.expr.data_type(input_schema)?,
+        ));
+    }
+    Ok(AggState::Recompute {
+        call: call.clone(),
+        converter: RowConverter::new(fields)?,
+        rows: Vec::new(),
+    })
+}
+
+/// Adds `w` to the multiplicity of `key`, removing it at zero. Allocates only for a new key.
+fn bump<M: MultisetMap>(map: &mut M, key: &[u8], w: i64) {
+    if w == 0 {
+        return;
+    }
+    if let Some(n) = map.get_mut(key) {
+        *n += w;
+        if *n == 0 {
+            map.remove(key);
+        }
+    } else {
+        map.insert(key.into(), w);
+    }
+}
+
+trait MultisetMap {
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64>;
+    fn remove(&mut self, key: &[u8]);
+    fn insert(&mut self, key: Box<[u8]>, w: i64);
+}
+
+impl MultisetMap for BTreeMap<Box<[u8]>, i64> {
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
+        BTreeMap::get_mut(self, key)
+    }
+    fn remove(&mut self, key: &[u8]) {
+        BTreeMap::remove(self, key);
+    }
+    fn insert(&mut self, key: Box<[u8]>, w: i64) {
+        BTreeMap::insert(self, key, w);
+    }
+}
+
+impl MultisetMap for HashMap<Box<[u8]>, i64> {
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
+        HashMap::get_mut(self, key)
+    }
+    fn remove(&mut self, key: &[u8]) {
+        HashMap::remove(self, key);
+    }
+    fn insert(&mut self, key: Box<[u8]>, w: i64) {
+        HashMap::insert(self, key, w);
+    }
+}
+
+impl AggState {
+    fn grow(&mut self, n: usize) {
+        match self {
+            AggState::Count(c) => c.resize(n, 0),
+            AggState::Sum {
+                ints,
+                floats,
+                counts,
+                ..
+            } => {
+                ints.resize(n, 0);
+                floats.resize(n, 0.0);
+                counts.resize(n, 0);
+            }
+            AggState::MinMax { values, .. } => values.resize_with(n, BTreeMap::new),
+            AggState::Bool { trues, falses, .. } => {
+                trues.resize(n, 0);
+                falses.resize(n, 0);
+            }
+            AggState::CountDistinct { values, .. } => values.resize_with(n, HashMap::new),
+            AggState::Recompute { rows, .. } => rows.resize_with(n, BTreeMap::new),
+        }
+    }
+
+    fn reset(&mut self, g: usize) {
+        match self {
+            AggState::Count(c) => c[g] = 0,
+            AggState::Sum {
+                ints,
+                floats,
+                counts,
+                ..
+            } => {
+                ints[g] = 0;
+                floats[g] = 0.0;
+                counts[g] = 0;
+            }
+            AggState::MinMax { values, .. } => values[g] = BTreeMap::new(),
+            AggState::Bool { trues, falses, .. } => {
+                trues[g] = 0;
+                falses[g] = 0;
+            }
+            AggState::CountDistinct { values, .. } => values[g] = HashMap::new(),
+            AggState::Recompute { rows, .. } => rows[g] = BTreeMap::new(),
+        }
+    }
+
+    fn update(&mut self, args: &[ArrayRef], ids: &[u32], weights: &[i64]) -> Result<()> {
+        match self {
+            AggState::Count(counts) => {
+                let arg = &args[0];
+                if arg.null_count() == 0 {
+                    for (g, w) in ids.iter().zip(weights) {
+                        counts[*g as usize] += w;
+                    }
+                } else {
+                    for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                        if arg.is_valid(i) {
+                            counts[*g as usize] += w;
+                        }
+                    }
+                }
+            }
+            AggState::Sum {
+                kind,
+                ints,
+                floats,
+                counts,
+                ..
+            } => {
+                let arg = &args[0];
+                match kind {
+                    SumKind::Int => {
+                        let arg = cast(arg, &DataType::Int64)?;
+                        let values = arg.as_primitive::<Int64Type>();
+                        for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                            if values.is_valid(i) {
+                                ints[*g as usize] += values.value(i) as i128 * *w as i128;
+                                counts[*g as usize] += w;
+                            }
+                        }
+                    }
+                    SumKind::Float => {
+                        let arg = cast(arg, &DataType::Float64)?;
+                        let values = arg.as_primitive::<Float64Type>();
+                        for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                            if values.is_valid(i) {
+                                floats[*g as usize] += values.value(i) * *w as f64;
+                                counts[*g as usize] += w;
+                            }
+                        }
+                    }
+                    SumKind::Decimal(_) => {
+                        let values = arg.as_primitive::<Decimal128Type>();
+                        for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                            if values.is_valid(i) {
+                                ints[*g as usize] += values.value(i) * *w as i128;
+                                counts[*g as usize] += w;
+                            }
+                        }
+                    }
+                }
+            }
+            AggState::MinMax {
+                converter, values, ..
+            } => {
+                let rows = converter.convert_columns(&args[..1])?;
+                let arg = &args[0];
+                for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                    if arg.is_valid(i) {
+                        bump(&mut values[*g as usize], rows.row(i).as_ref(), *w);
+                    }
+                }
+            }
+            AggState::Bool { trues, falses, .. } => {
+                let arg = args[0].as_boolean_opt().ok_or_else(|| {
+                    crate::err!(sqlstate::DATATYPE_MISMATCH, "bool_and/bool_or need booleans")
+                })?;
+                for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                    if arg.is_valid(i) {
+                        if arg.value(i) {
+                            trues[*g as usize] += w;
+                        } else {
+                            falses[*g as usize] += w;
+                        }
+                    }
+                }
+            }
+            AggState::CountDistinct { converter, values } => {
+                let rows = converter.convert_columns(&args[..1])?;
+                let arg = &args[0];
+                for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                    if arg.is_valid(i) {
+                        bump(&mut values[*g as usize], rows.row(i).as_ref(), *w);
+                    }
+                }
+            }
+            AggState::Recompute {
+                converter, rows, ..
+            } => {
+                let encoded = converter.convert_columns(args)?;
+                for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                    bump(&mut rows[*g as usize], encoded.row(i).as_ref(), *w);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The aggregate's current value for each group of `groups`.
+    fn output(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(match self {
+            AggState::Count(counts) => Arc::new(Int64Array::from_iter_values(
+                groups.iter().map(|g| counts[*g as usize]),
+            )),
+            AggState::Sum {
+                kind,
+                avg,
+                ints,
+                floats,
+                counts,
+            } => {
+                let valid = |g: &u32| counts[*g as usize] > 0;
+                match (kind, avg) {
+                    (SumKind::Int, false) => {
+                        let mut out = Vec::with_capacity(groups.len());
+                        for g in groups {
+                            out.push(if valid(g) {
+                                Some(i64::try_from(ints[*g as usize]).map_err(|_| {
+                                    crate::err!(
+                                        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                                        "bigint out of range"
+                                    )
+                                })?)
+                            } else {
+                                None
+                            });
+                        }
+                        Arc::new(Int64Array::from(out))
+                    }
+                    (SumKind::Int, true) => Arc::new(Float64Array::from_iter(groups.iter().map(
+                        |g| {
+                            valid(g).then(|| {
+                                ints[*g as usize] as f64 / counts[*g as usize] as f64
+                            })
+                        },
+                    ))),
+                    (SumKind::Float, false) => Arc::new(Float64Array::from_iter(
+                        groups
+                            .iter()
+                            .map(|g| valid(g).then(|| floats[*g as usize])),
+                    )),
+                    (SumKind::Float, true) => Arc::new(Float64Array::from_iter(groups.iter().map(
+                        |g| valid(g).then(|| floats[*g as usize] / counts[*g as usize] as f64),
+                    ))),
+                    (SumKind::Decimal(s), _) => Arc::new(
+                        Decimal128Array::from_iter(
+                            groups.iter().map(|g| valid(g).then(|| ints[*g as usize])),
+                        )
+                        .with_precision_and_scale(38, *s)?,
+                    ),
+                }
+            }
+            AggState::MinMax {
+                max,
+                converter,
+                null_row,
+                values,
+            } => {
+                let parser = converter.parser();
+                let rows = groups.iter().map(|g| {
+                    let set = &values[*g as usize];
+                    let best = if *max {
+                        set.keys().next_back()
+                    } else {
+                        set.keys().next()
+                    };
+                    parser.parse(best.unwrap_or(null_row))
+                });
+                converter.convert_rows(rows)?.remove(0)
+            }
+            AggState::Bool { and, trues, falses } => {
+                Arc::new(BooleanArray::from_iter(groups.iter().map(|g| {
+                    let (t, f) = (trues[*g as usize], falses[*g as usize]);
+                    (t + f > 0).then_some(if *and { f == 0 } else { t > 0 })
+                })))
+            }
+            AggState::CountDistinct { values, .. } => Arc::new(Int64Array::from_iter_values(
+                groups.iter().map(|g| values[*g as usize].len() as i64),
+            )),
+            AggState::Recompute {
+                call,
+                converter,
+                rows,
+            } => {
+                let parser = converter.parser();
+                let mut results = Vec::with_capacity(groups.len());
+                for g in groups {
+                    let mut acc = call.func.create_accumulator()?;
+                    let set = &rows[*g as usize];
+                    if !set.is_empty() {
+                        let expanded = set.iter().flat_map(|(row, n)| {
+                            std::iter::repeat_n(row, (*n).max(0) as usize)
+                                .map(|r| parser.parse(r))
+                        });
+                        let columns = converter.convert_rows(expanded)?;
+                        acc.update_batch(&columns)?;
+                    }
+                    results.push(acc.evaluate()?);
+                }
+                if results.is_empty() {
+                    new_null_array(call.func.field().data_type(), 0)
+                } else {
+                    ScalarValue::iter_to_array(results)?
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,535 @@
+//! The [`Runtime`]: one thread that feeds committed changes through every dataflow, epoch by
+//! epoch, and commits epochs.
+//!
+//! ```text
+//!  commit (under the engine's commit lock) ── push(lsn, changes) ──► queue
+//!  log writer, after fsync ───────────────── set_durable(lsn) ────► queue
+//!  runtime thread: take every queued record with lsn ≤ durable = one epoch
+//!     for each dataflow in creation order: feed table changes and earlier views' deltas,
+//!     run the operators to the barrier, apply the view's delta to its store at the epoch
+//!  → Epochs::publish(epoch, lsn): SELECTs and waiting sessions see the epoch
+//! ```
+//!
+//! Epochs are as short as the load allows: an idle runtime wakes for each group commit; a busy
+//! one takes everything that became durable while it worked. Creating and dropping views are
+//! commands run between epochs, so a new view backfills from the tables at exactly the
+//! committed LSN and then receives every later change.
+//!
+//! A dataflow that fails (a runtime error such as division by zero, or a bug) stops; its view
+//! keeps the error, which `SELECT` reports. Other views keep running.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use super::epochs::{Committed, Epochs};
+use super::ops;
+use super::spec::{DataflowSpec, Input, NodeId};
+use super::Operator;
+use crate::error::{Error, Result, sqlstate};
+use crate::storage::table::{Snapshot, TableStore};
+use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
+
+/// Reads table contents for backfill (implemented by the engine).
+pub trait TableScanner: Send + Sync {
+    /// The rows of table `id` as of `lsn`.
+    fn scan_table(&self, id: ObjectId, lsn: Lsn) -> Result<Vec<RecordBatch>>;
+}
+
+/// Whether a view's dataflow is keeping it current.
+#[derive(Debug, Clone)]
+pub enum ViewStatus {
+    Running,
+    /// The dataflow stopped with this error at this epoch.
+    Failed(Epoch, Error),
+}
+
+/// A materialized view's contents and status, shared with readers.
+pub struct ViewState {
+    pub name: String,
+    store: Arc<RwLock<TableStore>>,
+    status: Mutex<ViewStatus>,
+}
+
+impl ViewState {
+    pub fn schema(&self) -> SchemaRef {
+        self.store.read().schema().clone()
+    }
+
+    pub fn status(&self) -> ViewStatus {
+        self.status.lock().clone()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.store.read().live_rows()
+    }
+
+    /// The view's rows at `epoch`, or the error that stopped its dataflow.
+    pub fn scan(&self, epoch: Epoch) -> Result<Vec<RecordBatch>> {
+        if let ViewStatus::Failed(at, e) = &*self.status.lock() {
+            return Err(Error {
+                message: format!(
+                    "materialized view \"{}\" stopped at epoch {}: {}",
+                    self.name, at.0, e.message
+                ),
+                ..e.clone()
+            });
+        }
+        self.store.read().scan(Snapshot::At(Lsn(epoch.0)))
+    }
+}
+
+struct Record {
+    lsn: Lsn,
+    changes: Arc<Vec<(ObjectId, ZBatch)>>,
+}
+
+enum Command {
+    Create {
+        id: ObjectId,
+        name: String,
+        spec: DataflowSpec,
+        schema: SchemaRef,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Drop {
+        id: ObjectId,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<Record>,
+    durable: Lsn,
+    commands: Vec<Command>,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    epochs: Arc<Epochs>,
+    views: RwLock<HashMap<ObjectId, Arc<ViewState>>>,
+}
+
+/// Handle to the dataflow runtime; cheap to share.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Runtime {
+    /// A runtime that is not running yet: records pushed before [`Runtime::start`] wait.
+    pub fn new() -> Runtime {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            epochs: Epochs::new(Committed::default()),
+            views: RwLock::new(HashMap::new()),
+        });
+        Runtime {
+            shared,
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the runtime thread. Its first committed epoch (0) covers the log up to `lsn`
+    /// (everything replayed at start-up).
+    pub fn start(&self, lsn: Lsn, scanner: Arc<dyn TableScanner>) -> Result<()> {
+        let shared = self.shared.clone();
+        {
+            let mut queue = shared.queue.lock();
+            queue.durable = queue.durable.max(lsn);
+        }
+        let committed = Committed {
+            epoch: Epoch(0),
+            lsn,
+        };
+        shared.epochs.publish(committed);
+        let handle = std::thread::Builder::new()
+            .name("eddy-dataflow".into())
+            .spawn(move || {
+                Worker {
+                    shared,
+                    scanner,
+                    dataflows: Vec::new(),
+                    committed,
+                }
+                .run()
+            })
+            .map_err(|e| Error::io("starting the dataflow runtime", &e))?;
+        *self.thread.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the runtime thread (after the epoch in progress).
+    pub fn stop(&self) {
+        self.shared.queue.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(handle) = self.thread.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn epochs(&self) -> &Arc<Epochs> {
+        &self.shared.epochs
+    }
+
+    /// Queues a committed (not yet durable) record. Called in LSN order.
+    pub fn push(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>) {
+        self.shared
+            .queue
+            .lock()
+            .records
+            .push_back(Record { lsn, changes });
+    }
+
+    /// The log is durable up to `lsn`: records up to it may be processed.
+    pub fn set_durable(&self, lsn: Lsn) {
+        let mut queue = self.shared.queue.lock();
+        if lsn > queue.durable {
+            queue.durable = lsn;
+            drop(queue);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    pub fn view(&self, id: ObjectId) -> Option<Arc<ViewState>> {
+        self.shared.views.read().get(&id).cloned()
+    }
+
+    /// Starts a dataflow for view `id`: backfills it from the inputs at the committed epoch, then
+    /// keeps it current. Returns once the backfill is committed (or failed: then nothing stays).
+    pub async fn create_view(
+        &self,
+        id: ObjectId,
+        name: &str,
+        spec: DataflowSpec,
+        schema: SchemaRef,
+    ) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Create {
+            id,
+            name: name.to_string(),
+            spec,
+            schema,
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| crate::err!(sqlstate::QUERY_CANCELED, "the dataflow runtime stopped"))?
+    }
+
+    /// Stops view `id`'s dataflow and frees its state. Views reading it must be dropped first.
+    pub async fn drop_view(&self, id: ObjectId) {
+        let (reply, rx) = oneshot::channel();
+        if self.command(Command::Drop { id, reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn command(&self, command: Command) -> Result<()> {
+        let mut queue = self.shared.queue.lock();
+        if queue.stop {
+            return Err(crate::err!(
+                sqlstate::QUERY_CANCELED,
+                "the server is shutting down"
+            ));
+        }
+        queue.commands.push(command);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime::new()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running dataflow: the spec's operators plus the view's [`ops::materialize::Materialize`]
+/// sink as the last node.
+struct Dataflow {
+    id: ObjectId,
+    nodes: Vec<NodeRt>,
+    sources: Vec<(Input, NodeId)>,
+    view: Arc<ViewState>,
+}
+
+struct NodeRt {
+    op: Box<dyn Operator>,
+    consumers: Vec<(NodeId, usize)>,
+    pending: Vec<(usize, ZBatch)>,
+}
+
+impl Dataflow {
+    fn build(
+        id: ObjectId,
+        spec: &DataflowSpec,
+        view: Arc<ViewState>,
+        epochs: Arc<Epochs>,
+    ) -> Result<Dataflow> {
+        if spec.nodes.is_empty() {
+            return Err(crate::internal!("empty dataflow"));
+        }
+        let mut nodes = Vec::with_capacity(spec.nodes.len() + 1);
+        let mut sources = Vec::new();
+        for (i, node) in spec.nodes.iter().enumerate() {
+            if let super::spec::NodeKind::Source(input) = node.kind {
+                sources.push((input, i));
+            }
+            nodes.push(NodeRt {
+                op: ops::build(spec, i)?,
+                consumers: Vec::new(),
+                pending: Vec::new(),
+            });
+        }
+        for (i, node) in spec.nodes.iter().enumerate() {
+            for (port, input) in node.inputs.iter().enumerate() {
+                if *input >= i {
+                    return Err(crate::internal!("dataflow nodes out of order"));
+                }
+                nodes[*input].consumers.push((i, port));
+            }
+        }
+        let sink = nodes.len();
+        nodes[spec.output()].consumers.push((sink, 0));
+        nodes.push(NodeRt {
+            op: Box::new(ops::materialize::Materialize::new(
+                view.store.clone(),
+                epochs,
+            )),
+            consumers: Vec::new(),
+            pending: Vec::new(),
+        });
+        Ok(Dataflow {
+            id,
+            nodes,
+            sources,
+            view,
+        })
+    }
+
+    fn reads(&self, input: Input) -> bool {
+        self.sources.iter().any(|(i, _)| *i == input)
+    }
+
+    /// Runs one epoch: feeds each source its input's changes, then every operator in order to
+    /// its barrier. Returns the view's (consolidated) delta.
+    fn step(&mut self, epoch: Epoch, feed: &dyn Fn(Input) -> Vec<ZBatch>) -> Result<Vec<ZBatch>> {
+        for (input, node) in &self.sources {
+            for batch in feed(*input) {
+                self.nodes[*node].pending.push((0, batch));
+            }
+        }
+        let last = self.nodes.len() - 1;
+        for i in 0..self.nodes.len() {
+            let pending = std::mem::take(&mut self.nodes[i].pending);
+            let mut out = Vec::new();
+            let node = &mut self.nodes[i];
+            for (port, batch) in pending {
+                node.op.on_batch(port, batch, &mut out)?;
+            }
+            node.op.on_barrier(epoch, &mut out)?;
+            if i == last {
+                return Ok(out);
+            }
+            let consumers = std::mem::take(&mut self.nodes[i].consumers);
+            for (c, port) in &consumers {
+                for batch in &out {
+                    self.nodes[*c].pending.push((*port, batch.clone()));
+                }
+            }
+            self.nodes[i].consumers = consumers;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Runs `f`, turning a panic into an internal error (a bug in one dataflow must not stop the
+/// others).
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(crate::internal!("dataflow operator panicked: {what}"))
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    scanner: Arc<dyn TableScanner>,
+    /// In creation order: a view's dataflow comes after those of the views it reads.
+    dataflows: Vec<Dataflow>,
+    committed: Committed,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let (records, commands) = {
+                let mut queue = self.shared.queue.lock();
+                loop {
+                    let ready = queue
+                        .records
+                        .front()
+                        .is_some_and(|r| r.lsn <= queue.durable);
+                    if ready || !queue.commands.is_empty() || queue.stop {
+                        break;
+                    }
+                    self.shared.wake.wait(&mut queue);
+                }
+                if queue.stop {
+                    // Answer pending commands so no session waits forever.
+                    for command in queue.commands.drain(..) {
+                        if let Command::Create { reply, .. } = command {
+                            let _ = reply.send(Err(crate::err!(
+                                sqlstate::QUERY_CANCELED,
+                                "the server is shutting down"
+                            )));
+                        }
+                    }
+                    return;
+                }
+                let durable = queue.durable;
+                let mut records = Vec::new();
+                while queue.records.front().is_some_and(|r| r.lsn <= durable) {
+                    records.extend(queue.records.pop_front());
+                }
+                (records, std::mem::take(&mut queue.commands))
+            };
+            if !records.is_empty() {
+                self.run_epoch(records);
+            }
+            for command in commands {
+                match command {
+                    Command::Create {
+                        id,
+                        name,
+                        spec,
+                        schema,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.create(id, name, &spec, schema));
+                    }
+                    Command::Drop { id, reply } => {
+                        self.dataflows.retain(|d| d.id != id);
+                        self.shared.views.write().remove(&id);
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_epoch(&mut self, records: Vec<Record>) {
+        let epoch = Epoch(self.committed.epoch.0 + 1);
+        let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
+        let mut deltas: HashMap<Input, Vec<ZBatch>> = HashMap::new();
+        for record in &records {
+            for (table, change) in record.changes.iter() {
+                deltas
+                    .entry(Input::Table(*table))
+                    .or_default()
+                    .push(change.clone());
+            }
+        }
+        let mut failed: Vec<ObjectId> = Vec::new();
+        for df in &mut self.dataflows {
+            let upstream_failed = failed.iter().any(|f| df.reads(Input::View(*f)));
+            let result = if upstream_failed {
+                Err(crate::err!(
+                    sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "a view it reads stopped"
+                ))
+            } else {
+                let active = df.sources.iter().any(|(i, _)| deltas.contains_key(i));
+                if !active {
+                    continue;
+                }
+                let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
+                guarded(|| df.step(epoch, &feed))
+            };
+            match result {
+                Ok(delta) => {
+                    if !delta.is_empty() {
+                        deltas.insert(Input::View(df.id), delta);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(view = %df.view.name, epoch = epoch.0, error = %e, "materialized view stopped");
+                    *df.view.status.lock() = ViewStatus::Failed(epoch, e);
+                    failed.push(df.id);
+                }
+            }
+        }
+        self.dataflows.retain(|d| !failed.contains(&d.id));
+        self.committed = Committed { epoch, lsn };
+        self.shared.epochs.publish(self.committed);
+    }
+
+    fn create(
+        &mut self,
+        id: ObjectId,
+        name: String,
+        spec: &DataflowSpec,
+        schema: SchemaRef,
+    ) -> Result<()> {
+        let store = TableStore::new(&name, schema, &[]);
+        let view = Arc::new(ViewState {
+            name,
+            store: Arc::new(RwLock::new(store)),
+            status: Mutex::new(ViewStatus::Running),
+        });
+        let mut df = Dataflow::build(id, spec, view.clone(), self.shared.epochs.clone())?;
+        // Backfill: the inputs' contents at the committed epoch, as inserts.
+        let Committed { epoch, lsn } = self.committed;
+        let mut initial: HashMap<Input, Vec<ZBatch>> = HashMap::new();
+        for (input, _) in &df.sources {
+            if initial.contains_key(input) {
+                continue;
+            }
+            let batches = match input {
+                Input::Table(t) => self.scanner.scan_table(*t, lsn)?,
+                Input::View(v) => {
+                    let upstream = self.shared.views.read().get(v).cloned().ok_or_else(|| {
+                        crate::err!(sqlstate::UNDEFINED_TABLE, "a view it reads was dropped")
+                    })?;
+                    upstream.scan(epoch)?
+                }
+            };
+            initial.insert(
+                *input,
+                batches
+                    .into_iter()
+                    .filter(|b| b.num_rows() > 0)
+                    .map(|b| ZBatch::uniform(b, 1))
+                    .collect(),
+            );
+        }
+        let feed = |input: Input| initial.get(&input).cloned().unwrap_or_default();
+        guarded(|| df.step(epoch, &feed))?;
+        self.shared.views.write().insert(id, view);
+        self.dataflows.push(df);
+        Ok(())
+    }
+}

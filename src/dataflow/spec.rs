@@ -1,0 +1,229 @@
+//! [`DataflowSpec`]: what planning hands to the runtime — a DAG of operator descriptions in
+//! topological order, with DataFusion physical expressions and aggregate functions in it.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+
+use crate::types::ObjectId;
+
+/// Index of a node in [`DataflowSpec::nodes`].
+pub type NodeId = usize;
+
+/// Where a source node's rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Input {
+    Table(ObjectId),
+    /// Another materialized view's output.
+    View(ObjectId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+    /// Left rows with at least one match (`EXISTS`, `IN`).
+    LeftSemi,
+    /// Left rows with no match (`NOT EXISTS`, `NOT IN` after decorrelation).
+    LeftAnti,
+}
+
+/// One aggregate call of a hash aggregate.
+#[derive(Debug, Clone)]
+pub struct AggregateCall {
+    pub func: Arc<AggregateFunctionExpr>,
+    /// `FILTER (WHERE …)`.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    pub kind: JoinKind,
+    /// Equi-join keys: (expression over the left input, expression over the right input).
+    pub on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    /// Whether NULL keys match each other (set operations) or never match (SQL joins).
+    pub nulls_equal: bool,
+    /// Residual condition over the concatenated left and right columns.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopKSpec {
+    /// Rows are ranked within each partition (empty: one partition).
+    pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    pub order_by: Vec<PhysicalSortExpr>,
+    pub offset: usize,
+    pub limit: Option<usize>,
+    /// Append the row's 1-based rank within its partition as a last column
+    /// (`ROW_NUMBER() … <= k`); `None` for `ORDER BY … LIMIT k`.
+    pub rank: Option<RankKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankKind {
+    RowNumber,
+    Rank,
+    DenseRank,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    Source(Input),
+    /// Rows that never change (`VALUES`, `SELECT 1`): emitted once, at the first barrier.
+    Constant(Vec<RecordBatch>),
+    /// Keeps rows where `filter` is true, then evaluates `exprs` (all columns when `None`).
+    FilterProject {
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        exprs: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    },
+    /// Concatenation of the inputs (`UNION ALL`).
+    Union,
+    /// `GROUP BY group_by` with `aggregates`; output columns: group keys, then aggregates.
+    /// With no grouping expressions it is a global aggregate: always exactly one row.
+    Aggregate {
+        group_by: Vec<Arc<dyn PhysicalExpr>>,
+        aggregates: Vec<AggregateCall>,
+    },
+    Join(JoinSpec),
+    TopK(TopKSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub inputs: Vec<NodeId>,
+    /// Output schema.
+    pub schema: SchemaRef,
+}
+
+/// A dataflow: nodes in topological order (inputs before consumers); the last node's output is
+/// the view's contents.
+#[derive(Debug, Clone, Default)]
+pub struct DataflowSpec {
+    pub nodes: Vec<Node>,
+}
+
+impl DataflowSpec {
+    pub fn add(&mut self, kind: NodeKind, inputs: Vec<NodeId>, schema: SchemaRef) -> NodeId {
+        self.nodes.push(Node {
+            kind,
+            inputs,
+            schema,
+        });
+        self.nodes.len() - 1
+    }
+
+    pub fn output(&self) -> NodeId {
+        self.nodes.len().saturating_sub(1)
+    }
+
+    /// The inputs (tables and views) the dataflow reads.
+    pub fn inputs(&self) -> Vec<Input> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            if let NodeKind::Source(i) = n.kind
+                && !out.contains(&i)
+            {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// A readable tree of the operators, output first (for `EXPLAIN CREATE MATERIALIZED VIEW`).
+    /// `name_of` names tables and views.
+    pub fn explain(&self, name_of: &dyn Fn(Input) -> String) -> Vec<String> {
+        let mut lines = Vec::new();
+        if !self.nodes.is_empty() {
+            self.explain_node(self.output(), 0, name_of, &mut lines);
+        }
+        lines
+    }
+
+    fn explain_node(
+        &self,
+        id: NodeId,
+        depth: usize,
+        name_of: &dyn Fn(Input) -> String,
+        lines: &mut Vec<String>,
+    ) {
+        let node = &self.nodes[id];
+        let mut line = "  ".repeat(depth);
+        let list = |exprs: &[Arc<dyn PhysicalExpr>]| {
+            exprs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &node.kind {
+            NodeKind::Source(input) => {
+                let _ = write!(line, "Source: {}", name_of(*input));
+            }
+            NodeKind::Constant(batches) => {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                let _ = write!(line, "Constant: {rows} rows");
+            }
+            NodeKind::FilterProject { filter, exprs } => {
+                line.push_str("FilterProject:");
+                if let Some(f) = filter {
+                    let _ = write!(line, " filter={f}");
+                }
+                if let Some(e) = exprs {
+                    let _ = write!(line, " exprs=[{}]", list(e));
+                }
+            }
+            NodeKind::Union => line.push_str("Union"),
+            NodeKind::Aggregate {
+                group_by,
+                aggregates,
+            } => {
+                let aggs: Vec<String> = aggregates.iter().map(|a| a.func.name().to_string()).collect();
+                if group_by.is_empty() {
+                    let _ = write!(line, "GlobalAggregate: [{}]", aggs.join(", "));
+                } else {
+                    let _ = write!(
+                        line,
+                        "HashAggregate: group_by=[{}] aggregates=[{}]",
+                        list(group_by),
+                        aggs.join(", ")
+                    );
+                }
+            }
+            NodeKind::Join(j) => {
+                let on: Vec<String> = j.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+                let _ = write!(line, "Join: {:?} on=[{}]", j.kind, on.join(", "));
+                if let Some(f) = &j.filter {
+                    let _ = write!(line, " filter={f}");
+                }
+            }
+            NodeKind::TopK(t) => {
+                let order: Vec<String> = t.order_by.iter().map(|s| s.to_string()).collect();
+                line.push_str("TopK:");
+                if !t.partition_by.is_empty() {
+                    let _ = write!(line, " partition_by=[{}]", list(&t.partition_by));
+                }
+                let _ = write!(line, " order_by=[{}]", order.join(", "));
+                if let Some(l) = t.limit {
+                    let _ = write!(line, " limit={l}");
+                }
+                if t.offset > 0 {
+                    let _ = write!(line, " offset={}", t.offset);
+                }
+                if let Some(r) = t.rank {
+                    let _ = write!(line, " rank={r:?}");
+                }
+            }
+        }
+        lines.push(line);
+        for input in &node.inputs {
+            self.explain_node(*input, depth + 1, name_of, lines);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Operator state containers (in memory; the durability issue backs them with RocksDB).

@@ -1,0 +1,333 @@
+//! Statements about views: `CREATE [MATERIALIZED] VIEW`, `DROP … VIEW`, `SHOW MATERIALIZED
+//! VIEWS`, `EXPLAIN CREATE MATERIALIZED VIEW`, and how a query that reads views gets its read
+//! point.
+//!
+//! A materialized view is compiled here: planned by DataFusion in the session's context, then
+//! optimized and lowered by [`crate::sql::lower`] into a dataflow that the runtime backfills and
+//! keeps current.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
+use datafusion::sql::sqlparser::ast::{self, Statement, Visit, Visitor};
+
+use super::Output;
+use super::session::{Session, output_schema, rows_output, single_text_schema};
+use crate::catalog::ViewDef;
+use crate::dataflow::{DataflowSpec, Input, ViewStatus};
+use crate::error::{Result, sqlstate};
+use crate::sql;
+use crate::unsupported;
+
+/// A compiled materialized view.
+pub(super) struct CompiledView {
+    pub spec: DataflowSpec,
+    /// The view's schema (its column names).
+    pub schema: SchemaRef,
+    pub columns: Vec<String>,
+    pub depends_on: Vec<crate::types::ObjectId>,
+}
+
+impl Session {
+    /// Plans `query` and lowers it into a dataflow; `names` overrides the column names.
+    pub(super) async fn compile_view(
+        &self,
+        query: &ast::Query,
+        names: &[String],
+    ) -> Result<CompiledView> {
+        let stmt = Statement::Query(Box::new(query.clone()));
+        let plan = self.plan(&stmt).await?;
+        if !plan.get_parameter_types()?.is_empty() {
+            return Err(crate::err!(
+                sqlstate::UNDEFINED_OBJECT,
+                "a materialized view cannot have parameters"
+            ));
+        }
+        let named = output_schema(&stmt, &plan);
+        let mut columns: Vec<String> = named.fields().iter().map(|f| f.name().clone()).collect();
+        if names.len() > columns.len() {
+            return Err(crate::err!(
+                sqlstate::SYNTAX_ERROR,
+                "CREATE MATERIALIZED VIEW specifies more column names than columns"
+            ));
+        }
+        for (i, n) in names.iter().enumerate() {
+            columns[i] = n.clone();
+        }
+        let mut seen = HashSet::new();
+        for c in &columns {
+            if !seen.insert(c.as_str()) {
+                return Err(crate::err!(
+                    sqlstate::DUPLICATE_COLUMN,
+                    "column \"{c}\" specified more than once"
+                ));
+            }
+        }
+        let state = self.ctx.state();
+        let optimized = sql::lower::optimize(plan, &state)?;
+        let catalog = self.engine.catalog();
+        let resolve = |t: &TableReference| -> Option<Input> {
+            if t.schema().is_some_and(|s| s != "public") {
+                return None;
+            }
+            let name = t.table();
+            if let Some(table) = catalog.table(name) {
+                return Some(Input::Table(table.id));
+            }
+            catalog
+                .view(name)
+                .filter(|v| v.materialized)
+                .map(|v| Input::View(v.id))
+        };
+        let spec = sql::lower::lower(&optimized, &resolve)?;
+        let out = &spec.nodes[spec.output()].schema;
+        if out.fields().len() != columns.len() {
+            return Err(crate::internal!(
+                "the dataflow has {} columns, the query {}",
+                out.fields().len(),
+                columns.len()
+            ));
+        }
+        let schema = Arc::new(Schema::new(
+            out.fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, name)| Field::new(name, f.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let depends_on = spec
+            .inputs()
+            .into_iter()
+            .map(|i| match i {
+                Input::Table(id) | Input::View(id) => id,
+            })
+            .collect();
+        Ok(CompiledView {
+            spec,
+            schema,
+            columns,
+            depends_on,
+        })
+    }
+
+    /// Re-plans a stored materialized view (at start-up).
+    pub async fn plan_view(&mut self, view: &ViewDef) -> Result<(DataflowSpec, SchemaRef)> {
+        let query = parse_query(&view.query)?;
+        let compiled = self.compile_view(&query, &view.columns).await?;
+        Ok((compiled.spec, compiled.schema))
+    }
+
+    pub(super) async fn create_view(&mut self, cv: &ast::CreateView) -> Result<Output> {
+        let tag = if cv.materialized {
+            "CREATE MATERIALIZED VIEW"
+        } else {
+            "CREATE VIEW"
+        };
+        if !self.ddl_allowed() {
+            return Err(super::session::ddl_in_transaction(tag));
+        }
+        if cv.or_replace || cv.or_alter {
+            return Err(unsupported!("CREATE OR REPLACE VIEW"));
+        }
+        if !cv.materialized {
+            return Err(unsupported!(
+                "CREATE VIEW (plain views): use CREATE MATERIALIZED VIEW"
+            ));
+        }
+        let name = sql::table_name(&cv.name)?;
+        let names: Vec<String> = cv.columns.iter().map(|c| sql::normalize_ident(&c.name)).collect();
+        let compiled = self.compile_view(&cv.query, &names).await?;
+        let def = ViewDef {
+            id: 0,
+            name: name.clone(),
+            materialized: true,
+            query: cv.query.to_string(),
+            columns: compiled.columns,
+            depends_on: compiled.depends_on,
+        };
+        let created = self
+            .engine
+            .create_view(def, Some((compiled.spec, compiled.schema)), cv.if_not_exists)
+            .await?;
+        if created {
+            Ok(Output::Command { tag, rows: None })
+        } else {
+            Ok(Output::Warning {
+                tag,
+                message: format!("relation \"{name}\" already exists, skipping"),
+            })
+        }
+    }
+
+    /// `DROP TABLE | VIEW | MATERIALIZED VIEW [IF EXISTS] names [CASCADE]`.
+    pub(super) async fn drop_objects(
+        &mut self,
+        object_type: ast::ObjectType,
+        names: &[ast::ObjectName],
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<Output> {
+        let (tag, kind) = match object_type {
+            ast::ObjectType::Table => ("DROP TABLE", "table"),
+            ast::ObjectType::MaterializedView => ("DROP MATERIALIZED VIEW", "materialized view"),
+            ast::ObjectType::View => ("DROP VIEW", "view"),
+            other => return Err(unsupported!("DROP {other}")),
+        };
+        if !self.ddl_allowed() {
+            return Err(super::session::ddl_in_transaction(tag));
+        }
+        let mut skipped = Vec::new();
+        for name in names {
+            let name = sql::table_name(name)?;
+            let catalog = self.engine.catalog();
+            let exists = match object_type {
+                ast::ObjectType::Table => catalog.table(&name).is_some(),
+                ast::ObjectType::MaterializedView => {
+                    catalog.view(&name).is_some_and(|v| v.materialized)
+                }
+                _ => catalog.view(&name).is_some_and(|v| !v.materialized),
+            };
+            if !exists {
+                if let Some(other) = catalog.view(&name).map(|v| v.kind()).or_else(|| {
+                    catalog.table(&name).map(|_| "table")
+                }) {
+                    return Err(crate::err!(
+                        sqlstate::WRONG_OBJECT_TYPE,
+                        "\"{name}\" is not a {kind}"
+                    )
+                    .with_hint(format!("Use DROP {} to remove a {other}.", other.to_uppercase())));
+                }
+                if if_exists {
+                    skipped.push(name);
+                    continue;
+                }
+                return Err(crate::err!(
+                    sqlstate::UNDEFINED_TABLE,
+                    "{kind} \"{name}\" does not exist"
+                ));
+            }
+            match object_type {
+                ast::ObjectType::Table => self.engine.drop_table(&name, cascade).await?,
+                ast::ObjectType::MaterializedView => {
+                    self.engine.drop_view(&name, true, cascade).await?
+                }
+                _ => self.engine.drop_view(&name, false, cascade).await?,
+            }
+        }
+        if let Some(name) = skipped.first() {
+            return Ok(Output::Warning {
+                tag,
+                message: format!("{kind} \"{name}\" does not exist, skipping"),
+            });
+        }
+        Ok(Output::Command { tag, rows: None })
+    }
+
+    /// `SHOW MATERIALIZED VIEWS`: name, rows, status.
+    pub(super) fn show_materialized_views(&self) -> Result<Output> {
+        let catalog = self.engine.catalog();
+        let mut names = Vec::new();
+        let mut rows = Vec::new();
+        let mut status = Vec::new();
+        for view in catalog.views().into_iter().filter(|v| v.materialized) {
+            names.push(view.name.clone());
+            match self.engine.view_state(view.id) {
+                Some(state) => {
+                    rows.push(Some(state.rows() as i64));
+                    status.push(match state.status() {
+                        ViewStatus::Running => "running".to_string(),
+                        ViewStatus::Failed(epoch, e) => {
+                            format!("failed at epoch {}: {}", epoch.0, e.message)
+                        }
+                    });
+                }
+                None => {
+                    rows.push(None);
+                    status.push("starting".to_string());
+                }
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("rows", DataType::Int64, true),
+            Field::new("status", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(StringArray::from(status)),
+        ];
+        Ok(rows_output(schema, columns, "SHOW"))
+    }
+
+    /// `EXPLAIN CREATE MATERIALIZED VIEW …`: the dataflow, one operator per line.
+    pub(super) async fn explain_create_view(&mut self, cv: &ast::CreateView) -> Result<Output> {
+        if !cv.materialized {
+            return Err(unsupported!("EXPLAIN CREATE VIEW (plain views)"));
+        }
+        let names: Vec<String> = cv.columns.iter().map(|c| sql::normalize_ident(&c.name)).collect();
+        let compiled = self.compile_view(&cv.query, &names).await?;
+        let catalog = self.engine.catalog();
+        let name_of = |input: Input| match input {
+            Input::Table(id) => catalog
+                .table_by_id(id)
+                .map_or(format!("table {id}"), |t| format!("table {}", t.name)),
+            Input::View(id) => catalog
+                .view_by_id(id)
+                .map_or(format!("view {id}"), |v| format!("materialized view {}", v.name)),
+        };
+        let mut lines = vec![format!("Materialize: {}", sql::table_name(&cv.name)?)];
+        lines.extend(compiled.spec.explain(&name_of).into_iter().map(|l| format!("  {l}")));
+        let schema = single_text_schema("QUERY PLAN");
+        Ok(rows_output(
+            schema,
+            vec![Arc::new(StringArray::from(lines))],
+            "EXPLAIN",
+        ))
+    }
+
+    /// Whether `stmt` reads a materialized view (so it must read at a committed epoch).
+    pub(super) fn reads_views(&self, stmt: &Statement) -> bool {
+        let catalog = self.engine.catalog();
+        if !catalog.views().iter().any(|v| v.materialized) {
+            return false;
+        }
+        struct Relations<'a> {
+            catalog: &'a crate::catalog::Catalog,
+            found: bool,
+        }
+        impl Visitor for Relations<'_> {
+            type Break = ();
+            fn pre_visit_relation(&mut self, name: &ast::ObjectName) -> std::ops::ControlFlow<()> {
+                if let Ok(name) = sql::table_name(name)
+                    && self.catalog.view(&name).is_some()
+                {
+                    self.found = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            }
+        }
+        let mut v = Relations {
+            catalog: &catalog,
+            found: false,
+        };
+        let _ = stmt.visit(&mut v);
+        v.found
+    }
+}
+
+/// Parses a stored view query.
+fn parse_query(text: &str) -> Result<ast::Query> {
+    let parsed = sql::parse_all(text)?;
+    match parsed.into_iter().next().map(|p| p.stmt) {
+        Some(Statement::Query(q)) => Ok(*q),
+        _ => Err(crate::err!(
+            sqlstate::DATA_CORRUPTED,
+            "stored view query is not a query: {text}"
+        )),
+    }
+}

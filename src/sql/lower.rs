@@ -1,0 +1,364 @@
+//! Lowering a view query into a [`DataflowSpec`].
+//!
+//! ```text
+//!  SQL ──SqlToRel──► LogicalPlan ──analyzer (types)──► curated optimizer rules ──► lower() ──► spec
+//!                                                      (decorrelation, pushdown,      │
+//!                                                       constant folding)             └─ 0A000 naming
+//!                                                                                       what is missing
+//! ```
+//!
+//! The optimizer rules are a curated subset of DataFusion's: those that rewrite the query into
+//! an equivalent one made of operators Eddy maintains incrementally (subqueries into joins,
+//! filters pushed towards sources, unused columns pruned, constants folded). Rules that only make
+//! sense for one-shot batch execution (limit pushdown into scans, …) are left out. Expressions
+//! become DataFusion physical expressions, so views get DataFusion's whole scalar library.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::concat;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, TableReference};
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
+use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+
+use crate::dataflow::spec::{AggregateCall, DataflowSpec, Input, NodeId, NodeKind};
+use crate::error::Result;
+use crate::unsupported;
+
+/// Resolves a table reference of the plan to a table or view.
+pub type Resolver<'a> = &'a dyn Fn(&TableReference) -> Option<Input>;
+
+/// Runs the analyzer's type coercion and the curated optimizer rules over a planned query.
+pub fn optimize(plan: LogicalPlan, state: &SessionState) -> Result<LogicalPlan> {
+    reject_time_varying(&plan)?;
+    let plan = state
+        .analyzer()
+        .execute_and_check(plan, state.config_options(), |_, _| {})?;
+    use datafusion::optimizer::*;
+    let rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = vec![
+        Arc::new(rewrite_set_comparison::RewriteSetComparison::new()),
+        Arc::new(optimize_unions::OptimizeUnions::new()),
+        Arc::new(simplify_expressions::SimplifyExpressions::new()),
+        Arc::new(replace_distinct_aggregate::ReplaceDistinctWithAggregate::new()),
+        Arc::new(decorrelate_predicate_subquery::DecorrelatePredicateSubquery::new()),
+        Arc::new(scalar_subquery_to_join::ScalarSubqueryToJoin::new()),
+        Arc::new(decorrelate_lateral_join::DecorrelateLateralJoin::new()),
+        Arc::new(extract_equijoin_predicate::ExtractEquijoinPredicate::new()),
+        Arc::new(eliminate_duplicated_expr::EliminateDuplicatedExpr::new()),
+        Arc::new(eliminate_filter::EliminateFilter::new()),
+        Arc::new(eliminate_cross_join::EliminateCrossJoin::new()),
+        Arc::new(filter_null_join_keys::FilterNullJoinKeys::default()),
+        Arc::new(eliminate_outer_join::EliminateOuterJoin::new()),
+        Arc::new(push_down_filter::PushDownFilter::new()),
+        Arc::new(optimize_projections::OptimizeProjections::new()),
+    ];
+    // No query start time: time-dependent functions must not be folded into constants.
+    let config = OptimizerContext::new_with_config_options(state.config_options().clone())
+        .without_query_execution_start_time()
+        .filter_null_keys(true);
+    Ok(Optimizer::with_rules(rules).optimize(plan, &config, |_, _| {})?)
+}
+
+/// `now()`, `random()` and other functions whose value is not fixed by their arguments cannot be
+/// maintained by replaying changes.
+fn reject_time_varying(plan: &LogicalPlan) -> Result<()> {
+    let mut found: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    found = Some(f.func.name().to_string());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match found {
+        Some(name) => Err(unsupported!(
+            "function {name}() in a materialized view: its result changes over time or between calls"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Lowers an optimized plan into a dataflow.
+pub fn lower(plan: &LogicalPlan, resolve: Resolver<'_>) -> Result<DataflowSpec> {
+    let props = ExecutionProps::new();
+    let mut lowering = Lowering {
+        spec: DataflowSpec::default(),
+        resolve,
+        props: &props,
+    };
+    lowering.lower(plan)?;
+    Ok(lowering.spec)
+}
+
+struct Lowering<'a> {
+    spec: DataflowSpec,
+    resolve: Resolver<'a>,
+    props: &'a ExecutionProps,
+}
+
+/// The Arrow schema of a plan node with every field nullable: operators never rely on
+/// non-nullability, and a NULL produced where the planner assumed none must not fail a batch.
+fn arrow_schema(schema: &DFSchema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+impl Lowering<'_> {
+    fn phys(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(create_physical_expr(
+            e,
+            schema,
+            self.props,
+            &PhysicalPlanningContext::default(),
+        )?)
+    }
+
+    fn lower(&mut self, plan: &LogicalPlan) -> Result<NodeId> {
+        let schema = arrow_schema(plan.schema());
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                if scan.fetch.is_some() {
+                    return Err(unsupported!("LIMIT pushed into a scan"));
+                }
+                let input = (self.resolve)(&scan.table_name).ok_or_else(|| {
+                    unsupported!(
+                        "reading \"{}\" in a materialized view (only tables and materialized views can be read)",
+                        scan.table_name
+                    )
+                })?;
+                let source_schema = Arc::new(Schema::new(
+                    scan.source
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                        .collect::<Vec<_>>(),
+                ));
+                let mut node = self.spec.add(NodeKind::Source(input), vec![], source_schema.clone());
+                let full = DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &scan.source.schema(),
+                )?;
+                if !scan.filters.is_empty() {
+                    let predicate = scan
+                        .filters
+                        .iter()
+                        .cloned()
+                        .reduce(Expr::and)
+                        .map(|p| self.phys(&p, &full))
+                        .transpose()?;
+                    node = self.spec.add(
+                        NodeKind::FilterProject {
+                            filter: predicate,
+                            exprs: None,
+                        },
+                        vec![node],
+                        source_schema,
+                    );
+                }
+                if let Some(projection) = &scan.projection {
+                    let exprs = projection
+                        .iter()
+                        .map(|i| {
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                full.field(*i).name(),
+                                *i,
+                            )) as Arc<dyn PhysicalExpr>
+                        })
+                        .collect();
+                    node = self.spec.add(
+                        NodeKind::FilterProject {
+                            filter: None,
+                            exprs: Some(exprs),
+                        },
+                        vec![node],
+                        schema,
+                    );
+                }
+                Ok(node)
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.lower(&p.input)?;
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| self.phys(e, p.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.spec.add(
+                    NodeKind::FilterProject {
+                        filter: None,
+                        exprs: Some(exprs),
+                    },
+                    vec![input],
+                    schema,
+                ))
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.lower(&f.input)?;
+                let predicate = self.phys(&f.predicate, f.input.schema())?;
+                Ok(self.spec.add(
+                    NodeKind::FilterProject {
+                        filter: Some(predicate),
+                        exprs: None,
+                    },
+                    vec![input],
+                    schema,
+                ))
+            }
+            LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
+            LogicalPlan::Aggregate(a) => {
+                if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                    return Err(unsupported!(
+                        "GROUPING SETS, CUBE and ROLLUP in a materialized view"
+                    ));
+                }
+                let input = self.lower(&a.input)?;
+                let input_schema = a.input.schema();
+                let group_by = a
+                    .group_expr
+                    .iter()
+                    .map(|e| self.phys(e, input_schema))
+                    .collect::<Result<Vec<_>>>()?;
+                let physical_input = input_schema.as_arrow();
+                let planning = PhysicalPlanningContext::default();
+                let aggregates = a
+                    .aggr_expr
+                    .iter()
+                    .map(|e| {
+                        let lowered = LoweredAggregateBuilder::new(
+                            e,
+                            input_schema,
+                            physical_input,
+                            self.props,
+                            &planning,
+                        )
+                        .build()?;
+                        Ok(AggregateCall {
+                            func: lowered.aggregate,
+                            filter: lowered.filter,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.spec.add(
+                    NodeKind::Aggregate {
+                        group_by,
+                        aggregates,
+                    },
+                    vec![input],
+                    schema,
+                ))
+            }
+            LogicalPlan::Distinct(Distinct::All(input_plan)) => {
+                let input = self.lower(input_plan)?;
+                let group_by = (0..input_plan.schema().fields().len())
+                    .map(|i| {
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            input_plan.schema().field(i).name(),
+                            i,
+                        )) as Arc<dyn PhysicalExpr>
+                    })
+                    .collect();
+                Ok(self.spec.add(
+                    NodeKind::Aggregate {
+                        group_by,
+                        aggregates: vec![],
+                    },
+                    vec![input],
+                    schema,
+                ))
+            }
+            LogicalPlan::Distinct(Distinct::On(_)) => {
+                Err(unsupported!("DISTINCT ON in a materialized view"))
+            }
+            LogicalPlan::Union(u) => {
+                let inputs = u
+                    .inputs
+                    .iter()
+                    .map(|i| self.lower(i))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.spec.add(NodeKind::Union, inputs, schema))
+            }
+            LogicalPlan::Sort(s) if s.fetch.is_none() => {
+                // A view is a set: ORDER BY without LIMIT does not change its contents.
+                self.lower(&s.input)
+            }
+            LogicalPlan::EmptyRelation(e) => {
+                let rows = if e.produce_one_row { 1 } else { 0 };
+                let batch = RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(rows)),
+                )?;
+                Ok(self.spec.add(NodeKind::Constant(vec![batch]), vec![], schema))
+            }
+            LogicalPlan::Values(v) => {
+                let one_row = RecordBatch::try_new_with_options(
+                    Arc::new(Schema::empty()),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(1)),
+                )?;
+                let empty = DFSchema::empty();
+                let mut columns: Vec<ArrayRef> = Vec::new();
+                for col in 0..schema.fields().len() {
+                    let parts = v
+                        .values
+                        .iter()
+                        .map(|row| {
+                            let e = self.phys(&row[col], &empty)?;
+                            let a = e.evaluate(&one_row)?.into_array(1)?;
+                            let target = schema.field(col).data_type();
+                            Ok(if a.data_type() == target {
+                                a
+                            } else {
+                                datafusion::arrow::compute::cast(&a, target)?
+                            })
+                        })
+                        .collect::<Result<Vec<ArrayRef>>>()?;
+                    let refs: Vec<&dyn datafusion::arrow::array::Array> =
+                        parts.iter().map(|a| a.as_ref()).collect();
+                    columns.push(concat(&refs)?);
+                }
+                let batch = RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(v.values.len())),
+                )?;
+                Ok(self.spec.add(NodeKind::Constant(vec![batch]), vec![], schema))
+            }
+            LogicalPlan::Join(_) => Err(unsupported!("joins in a materialized view")),
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+                Err(unsupported!("ORDER BY … LIMIT in a materialized view"))
+            }
+            LogicalPlan::Window(_) => Err(unsupported!("window functions in a materialized view")),
+            LogicalPlan::Subquery(_) => Err(unsupported!(
+                "this correlated subquery in a materialized view (it could not be decorrelated)"
+            )),
+            other => Err(unsupported!(
+                "{} in a materialized view",
+                other.display().to_string().split(':').next().unwrap_or("this plan")
+            )),
+        }
+    }
+}
