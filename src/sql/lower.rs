@@ -19,15 +19,17 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, TableReference};
+use datafusion::common::{DFSchema, NullEquality, TableReference};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
+use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan, Volatility};
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
-use crate::dataflow::spec::{AggregateCall, DataflowSpec, Input, NodeId, NodeKind};
+use crate::dataflow::spec::{
+    AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind,
+};
 use crate::error::Result;
 use crate::unsupported;
 
@@ -347,7 +349,54 @@ impl Lowering<'_> {
                 )?;
                 Ok(self.spec.add(NodeKind::Constant(vec![batch]), vec![], schema))
             }
-            LogicalPlan::Join(_) => Err(unsupported!("joins in a materialized view")),
+            LogicalPlan::Join(j) => {
+                if j.null_aware {
+                    return Err(unsupported!(
+                        "NOT IN (subquery) in a materialized view; NOT EXISTS works"
+                    ));
+                }
+                let (kind, swap) = match j.join_type {
+                    JoinType::Inner => (JoinKind::Inner, false),
+                    JoinType::Left => (JoinKind::Left, false),
+                    JoinType::Right => (JoinKind::Right, false),
+                    JoinType::Full => (JoinKind::Full, false),
+                    JoinType::LeftSemi => (JoinKind::LeftSemi, false),
+                    JoinType::LeftAnti => (JoinKind::LeftAnti, false),
+                    JoinType::RightSemi => (JoinKind::LeftSemi, true),
+                    JoinType::RightAnti => (JoinKind::LeftAnti, true),
+                    other => {
+                        return Err(unsupported!("{other} join in a materialized view"));
+                    }
+                };
+                let (lp, rp) = if swap {
+                    (&j.right, &j.left)
+                } else {
+                    (&j.left, &j.right)
+                };
+                let left = self.lower(lp)?;
+                let right = self.lower(rp)?;
+                let on = j
+                    .on
+                    .iter()
+                    .map(|(l, r)| {
+                        let (l, r) = if swap { (r, l) } else { (l, r) };
+                        Ok((self.phys(l, lp.schema())?, self.phys(r, rp.schema())?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let pair = lp.schema().join(rp.schema())?;
+                let filter = j
+                    .filter
+                    .as_ref()
+                    .map(|f| self.phys(f, &pair))
+                    .transpose()?;
+                let spec = JoinSpec {
+                    kind,
+                    on,
+                    nulls_equal: j.null_equality == NullEquality::NullEqualsNull,
+                    filter,
+                };
+                Ok(self.spec.add(NodeKind::Join(spec), vec![left, right], schema))
+            }
             LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
                 Err(unsupported!("ORDER BY … LIMIT in a materialized view"))
             }

@@ -7,14 +7,18 @@
 //! | [`union::Constant`] | `VALUES`, `SELECT` without `FROM` |
 //! | [`filter_project::FilterProject`] | `WHERE`, `HAVING`, the `SELECT` list |
 //! | [`hash_agg::HashAggregate`] | `GROUP BY`, aggregates, `DISTINCT`, `UNION` |
+//! | [`join::Join`] | joins, `IN`/`EXISTS` subqueries, `INTERSECT`, `EXCEPT` |
 //! | [`materialize::Materialize`] | the view's contents |
 
 pub mod filter_project;
 pub mod hash_agg;
+pub mod join;
 pub mod materialize;
 pub mod union;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 
 use super::Operator;
 use super::spec::{DataflowSpec, NodeId, NodeKind};
@@ -47,7 +51,17 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
             input_schema(0)?,
             node.schema.clone(),
         )?),
-        NodeKind::Join(_) => return Err(unsupported!("joins in materialized views")),
+        NodeKind::Join(spec) => {
+            let (left, right) = (input_schema(0)?.clone(), input_schema(1)?.clone());
+            let pair = Arc::new(Schema::new(
+                left.fields()
+                    .iter()
+                    .chain(right.fields().iter())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ));
+            Box::new(join::Join::new(spec, left, right, pair, node.schema.clone())?)
+        }
         NodeKind::TopK(_) => return Err(unsupported!("ORDER BY … LIMIT in materialized views")),
     })
 }

@@ -1,0 +1,352 @@
+//! [`Join`]: equi-joins (inner, left, right, full outer) with a residual condition, and the semi
+//! and anti joins that `IN` / `EXISTS` / `NOT EXISTS` / `INTERSECT` / `EXCEPT` become.
+//!
+//! Contract (L ⋈ R; a batch on one side is joined with the other side's current state, then
+//! added to its own side, so Δ(L ⋈ R) = ΔL ⋈ R + L' ⋈ ΔR for any interleaving of batches):
+//! - insert (+w) of a row on one side: joined with every stored row of the other side with an
+//!   equal key (NULL keys never match, unless the join compares NULLs as equal, as set
+//!   operations do) for which the residual condition is true; each pair is emitted with weight
+//!   w × (weight of the other row). Then the row is stored;
+//! - delete (−w): the same with −w (retracting exactly the pairs its insert produced), then w
+//!   copies are removed from the side's state;
+//! - outer joins: each row of a preserved side also carries its match count (the summed weight
+//!   of the rows it currently joins with). A row with no match is emitted padded with NULLs;
+//!   when its count moves from 0 to non-zero the padded row is retracted, and re-emitted when it
+//!   returns to 0. Semi joins emit a left row while its count is non-zero, anti joins while it
+//!   is zero, so `EXISTS`/`NOT EXISTS` flip as matching rows come and go;
+//! - state: both sides, as [`Arrangement`]s keyed by the join key (Arrow row format), with
+//!   per-row weights and match counts;
+//! - barrier: nothing held back; every change is emitted as its batch is processed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions,
+    UInt32Array, new_null_array,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::{cast, filter, filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::dataflow::Operator;
+use crate::dataflow::spec::{JoinKind, JoinSpec};
+use crate::dataflow::state::{Arrangement, RowId};
+use crate::error::{Result, sqlstate};
+use crate::types::{Epoch, ZBatch};
+
+const LEFT: usize = 0;
+const RIGHT: usize = 1;
+
+pub struct Join {
+    kind: JoinKind,
+    keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    key_types: Vec<DataType>,
+    key_converter: RowConverter,
+    nulls_equal: bool,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    sides: [Arrangement; 2],
+    schemas: [SchemaRef; 2],
+    /// Left columns then right columns (the residual condition's input).
+    pair_schema: SchemaRef,
+    schema: SchemaRef,
+    random_state: RandomState,
+}
+
+impl Join {
+    pub fn new(
+        spec: &JoinSpec,
+        left: SchemaRef,
+        right: SchemaRef,
+        pair_schema: SchemaRef,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let (lk, rk): (Vec<_>, Vec<_>) = spec.on.iter().cloned().unzip();
+        let key_types = lk
+            .iter()
+            .map(|e| Ok(e.data_type(&left)?))
+            .collect::<Result<Vec<_>>>()?;
+        let key_converter =
+            RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let side = |s: &SchemaRef| -> Result<Arrangement> {
+            Ok(Arrangement::new(RowConverter::new(
+                s.fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?))
+        };
+        Ok(Join {
+            kind: spec.kind,
+            keys: [lk, rk],
+            key_types,
+            key_converter,
+            nulls_equal: spec.nulls_equal,
+            filter: spec.filter.clone(),
+            sides: [side(&left)?, side(&right)?],
+            schemas: [left, right],
+            pair_schema,
+            schema,
+            random_state: RandomState::with_seed(0),
+        })
+    }
+
+    /// Whether rows of `side` carry match counts (and unmatched rows are emitted or tracked).
+    fn tracks(&self, side: usize) -> bool {
+        match self.kind {
+            JoinKind::Inner => false,
+            JoinKind::Left => side == LEFT,
+            JoinKind::Right => side == RIGHT,
+            JoinKind::Full => true,
+            JoinKind::LeftSemi | JoinKind::LeftAnti => side == LEFT,
+        }
+    }
+
+    fn emits_pairs(&self) -> bool {
+        matches!(
+            self.kind,
+            JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full
+        )
+    }
+
+    /// Output rows for rows of `side` given as columns, in the "unmatched" form: padded with
+    /// NULLs for outer joins, bare for semi/anti joins.
+    fn single_side_output(&self, side: usize, columns: Vec<ArrayRef>, weights: Vec<i64>) -> Result<ZBatch> {
+        let n = weights.len();
+        let data = match self.kind {
+            JoinKind::LeftSemi | JoinKind::LeftAnti => {
+                RecordBatch::try_new_with_options(
+                    self.schema.clone(),
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(n)),
+                )?
+            }
+            _ => {
+                let other = 1 - side;
+                let nulls: Vec<ArrayRef> = self.schemas[other]
+                    .fields()
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), n))
+                    .collect();
+                let (l, r) = if side == LEFT {
+                    (columns, nulls)
+                } else {
+                    (nulls, columns)
+                };
+                RecordBatch::try_new_with_options(
+                    self.schema.clone(),
+                    l.into_iter().chain(r).collect(),
+                    &RecordBatchOptions::new().with_row_count(Some(n)),
+                )?
+            }
+        };
+        Ok(ZBatch::new(data, Int64Array::from(weights)))
+    }
+
+    /// Whether a row of the tracked side with `matches` is currently emitted on its own.
+    fn single_visible(&self, matches: i64) -> bool {
+        match self.kind {
+            JoinKind::LeftSemi => matches != 0,
+            _ => matches == 0,
+        }
+    }
+}
+
+impl Operator for Join {
+    fn on_batch(&mut self, port: usize, batch: ZBatch, out: &mut Vec<ZBatch>) -> Result<()> {
+        let a = port;
+        let b = 1 - a;
+        let data = &batch.data;
+        let weights = batch.weights.values();
+        let n = data.num_rows();
+
+        // Keys of the incoming rows.
+        let mut key_columns = Vec::with_capacity(self.keys[a].len());
+        for (e, t) in self.keys[a].iter().zip(&self.key_types) {
+            let c = e.evaluate(data)?.into_array(n)?;
+            key_columns.push(if c.data_type() == t { c } else { cast(&c, t)? });
+        }
+        // A join without equality keys (a cross join) puts every row under one empty key.
+        let key_rows = if key_columns.is_empty() {
+            None
+        } else {
+            Some(self.key_converter.convert_columns(&key_columns)?)
+        };
+        let key = |i: usize| -> &[u8] { key_rows.as_ref().map_or(&[], |r| r.row(i).data()) };
+        let mut hashes = vec![0u64; n];
+        if !key_columns.is_empty() {
+            create_hashes(&key_columns, &self.random_state, &mut hashes)?;
+        }
+        let null_key: Option<NullBuffer> = if self.nulls_equal {
+            None
+        } else {
+            key_columns
+                .iter()
+                .fold(None, |acc, c| NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref()))
+        };
+        let is_null_key = |i: usize| null_key.as_ref().is_some_and(|nb| nb.is_null(i));
+
+        // Probe the other side.
+        let mut probe_rows: Vec<u32> = Vec::new();
+        let mut other_rows: Vec<RowId> = Vec::new();
+        for i in 0..n {
+            if is_null_key(i) {
+                continue;
+            }
+            for id in self.sides[b].lookup(hashes[i], key(i)) {
+                probe_rows.push(i as u32);
+                other_rows.push(*id);
+            }
+        }
+
+        // Candidate pairs, then the residual condition.
+        let mut kept: Option<BooleanArray> = None;
+        let mut pairs: Option<RecordBatch> = None;
+        if !probe_rows.is_empty() {
+            let idx = UInt32Array::from(probe_rows.clone());
+            let mine: Vec<ArrayRef> = data
+                .columns()
+                .iter()
+                .map(|c| Ok(take(c.as_ref(), &idx, None)?))
+                .collect::<Result<_>>()?;
+            let theirs = self.sides[b].decode(&other_rows)?;
+            let (l, r) = if a == LEFT { (mine, theirs) } else { (theirs, mine) };
+            let batch = RecordBatch::try_new_with_options(
+                self.pair_schema.clone(),
+                l.into_iter().chain(r).collect(),
+                &RecordBatchOptions::new().with_row_count(Some(probe_rows.len())),
+            )?;
+            if let Some(f) = &self.filter {
+                let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let mask = mask.as_boolean_opt().cloned().ok_or_else(|| {
+                    crate::err!(sqlstate::DATATYPE_MISMATCH, "join condition is not boolean")
+                })?;
+                // NULL counts as false.
+                let mask = match mask.nulls() {
+                    Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),
+                    None => mask,
+                };
+                kept = Some(mask);
+            }
+            pairs = Some(batch);
+        }
+        let is_kept = |j: usize| kept.as_ref().is_none_or(|m| m.value(j));
+
+        // Inner pairs.
+        if self.emits_pairs()
+            && let Some(pairs) = &pairs
+        {
+            let pair_weights: Vec<i64> = probe_rows
+                .iter()
+                .zip(&other_rows)
+                .map(|(i, id)| weights[*i as usize] * self.sides[b].weight(*id))
+                .collect();
+            let pair_weights = Int64Array::from(pair_weights);
+            let (rows, w) = match &kept {
+                Some(mask) => (
+                    filter_record_batch(pairs, mask)?,
+                    filter(&pair_weights, mask)?.as_primitive().clone(),
+                ),
+                None => (pairs.clone(), pair_weights),
+            };
+            if rows.num_rows() > 0 {
+                let data = if self.schema == self.pair_schema {
+                    rows
+                } else {
+                    RecordBatch::try_new(self.schema.clone(), rows.columns().to_vec())?
+                };
+                out.push(ZBatch::new(data, w));
+            }
+        }
+
+        // Match counts of the incoming rows (against the other side as it is now).
+        let track_a = self.tracks(a);
+        let mut matches = vec![0i64; if track_a { n } else { 0 }];
+        let mut other_delta: HashMap<RowId, i64> = HashMap::new();
+        let track_b = self.tracks(b);
+        for (j, (i, id)) in probe_rows.iter().zip(&other_rows).enumerate() {
+            if !is_kept(j) {
+                continue;
+            }
+            if track_a {
+                matches[*i as usize] += self.sides[b].weight(*id);
+            }
+            if track_b {
+                *other_delta.entry(*id).or_insert(0) += weights[*i as usize];
+            }
+        }
+
+        // Incoming rows of a tracked side shown on their own (unmatched / semi / anti).
+        if track_a {
+            let visible: Vec<u32> = (0..n)
+                .filter(|i| {
+                    let m = if is_null_key(*i) { 0 } else { matches[*i] };
+                    self.single_visible(m)
+                })
+                .map(|i| i as u32)
+                .collect();
+            if !visible.is_empty() {
+                let idx = UInt32Array::from(visible.clone());
+                let columns = data
+                    .columns()
+                    .iter()
+                    .map(|c| Ok(take(c.as_ref(), &idx, None)?))
+                    .collect::<Result<Vec<_>>>()?;
+                let w = visible.iter().map(|i| weights[*i as usize]).collect();
+                out.push(self.single_side_output(a, columns, w)?);
+            }
+        }
+
+        // Rows of the other (tracked) side whose match count crossed zero.
+        if track_b && !other_delta.is_empty() {
+            let mut flipped: Vec<RowId> = Vec::new();
+            let mut flip_weights: Vec<i64> = Vec::new();
+            let mut touched: Vec<(RowId, i64)> = other_delta.into_iter().collect();
+            touched.sort_unstable_by_key(|(id, _)| *id);
+            for (id, delta) in touched {
+                let before = self.sides[b].matches(id);
+                let after = before + delta;
+                self.sides[b].add_matches(id, delta);
+                let (was, is) = (self.single_visible(before), self.single_visible(after));
+                if was != is {
+                    let w = self.sides[b].weight(id);
+                    flipped.push(id);
+                    flip_weights.push(if is { w } else { -w });
+                }
+            }
+            if !flipped.is_empty() {
+                let columns = self.sides[b].decode(&flipped)?;
+                out.push(self.single_side_output(b, columns, flip_weights)?);
+            }
+        }
+
+        // Finally store the incoming rows. Rows with a NULL key never match: nothing to store.
+        let rows = self.sides[a].converter().convert_columns(data.columns())?;
+        for i in 0..n {
+            if is_null_key(i) || weights[i] == 0 {
+                continue;
+            }
+            let m = if track_a { matches[i] } else { 0 };
+            self.sides[a].update(
+                hashes[i],
+                key(i),
+                rows.row(i).as_ref(),
+                weights[i],
+                m,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, _epoch: Epoch, _out: &mut Vec<ZBatch>) -> Result<()> {
+        // Every change was emitted with the batch that caused it.
+        Ok(())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.sides[LEFT].live_rows() + self.sides[RIGHT].live_rows()
+    }
+}
