@@ -108,7 +108,7 @@ impl Arrangement {
                 Some(b) => b,
                 None => self.new_bucket(hash, key),
             };
-            let id = self.alloc_row(row, weight, matches, bucket);
+            let id = self.alloc_row(row, weight, matches);
             self.buckets[bucket as usize].rows.push(id);
             return Ok(());
         }
@@ -174,7 +174,7 @@ impl Arrangement {
         self.free_buckets.push(b);
     }
 
-    fn alloc_row(&mut self, row: &[u8], weight: i64, matches: i64, bucket: u32) -> RowId {
+    fn alloc_row(&mut self, row: &[u8], weight: i64, matches: i64) -> RowId {
         let start = self.arena.len();
         self.arena.extend_from_slice(row);
         self.live_rows += 1;
