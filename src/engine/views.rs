@@ -68,6 +68,7 @@ impl Session {
         }
         let state = self.ctx.state();
         let optimized = sql::lower::optimize(plan, &state)?;
+        tracing::debug!(plan = %optimized.display_indent(), "view plan");
         let catalog = self.engine.catalog();
         let resolve = |t: &TableReference| -> Option<Input> {
             if t.schema().is_some_and(|s| s != "public") {

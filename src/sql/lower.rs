@@ -19,16 +19,20 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, NullEquality, TableReference};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::common::{DFSchema, NullEquality, ScalarValue, TableReference};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan, Volatility};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    Distinct, Expr, FetchType, JoinType, LogicalPlan, Operator, SkipType, SortExpr, Volatility,
+};
 use datafusion::physical_expr::execution_props::ExecutionProps;
-use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, create_physical_expr};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
 use crate::dataflow::spec::{
-    AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind,
+    AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind, RankKind, TopKSpec,
 };
 use crate::error::Result;
 use crate::unsupported;
@@ -128,6 +132,201 @@ fn arrow_schema(schema: &DFSchema) -> SchemaRef {
 }
 
 impl Lowering<'_> {
+    fn sort_exprs(&self, sorts: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortExpr>> {
+        sorts
+            .iter()
+            .map(|s| {
+                Ok(PhysicalSortExpr {
+                    expr: self.phys(&s.expr, schema)?,
+                    options: SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_topk(
+        &mut self,
+        input: NodeId,
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        offset: usize,
+        limit: Option<usize>,
+        rank: Option<RankKind>,
+        schema: SchemaRef,
+    ) -> NodeId {
+        self.spec.add(
+            NodeKind::TopK(TopKSpec {
+                partition_by,
+                order_by,
+                offset,
+                limit,
+                rank,
+            }),
+            vec![input],
+            schema,
+        )
+    }
+
+    /// `LIMIT k OFFSET n` over `ORDER BY` (possibly under projections): a top-k below the
+    /// projections. Without ORDER BY any k rows would do; Eddy keeps the first k by all columns.
+    fn lower_limit(&mut self, l: &datafusion::logical_expr::Limit) -> Result<NodeId> {
+        let offset = match l.get_skip_type()? {
+            SkipType::Literal(n) => n,
+            SkipType::UnsupportedExpr => return Err(unsupported!("a non-constant OFFSET")),
+        };
+        let limit = match l.get_fetch_type()? {
+            FetchType::Literal(n) => n,
+            FetchType::UnsupportedExpr => return Err(unsupported!("a non-constant LIMIT")),
+        };
+        let mut projections = Vec::new();
+        let mut inner = l.input.as_ref();
+        loop {
+            match inner {
+                LogicalPlan::Projection(p) => {
+                    projections.push(p);
+                    inner = p.input.as_ref();
+                }
+                LogicalPlan::SubqueryAlias(a) => inner = a.input.as_ref(),
+                _ => break,
+            }
+        }
+        let mut node = match inner {
+            LogicalPlan::Sort(s) => {
+                let input = self.lower(&s.input)?;
+                let order_by = self.sort_exprs(&s.expr, s.input.schema())?;
+                let limit = match (limit, s.fetch) {
+                    (Some(a), Some(b)) => Some(a.min(b.saturating_sub(offset))),
+                    (a, None) => a,
+                    (None, Some(b)) => Some(b.saturating_sub(offset)),
+                };
+                self.add_topk(input, vec![], order_by, offset, limit, None, arrow_schema(s.input.schema()))
+            }
+            other => {
+                let input = self.lower(other)?;
+                self.add_topk(input, vec![], vec![], offset, limit, None, arrow_schema(other.schema()))
+            }
+        };
+        for p in projections.into_iter().rev() {
+            let exprs = p
+                .expr
+                .iter()
+                .map(|e| self.phys(e, p.input.schema()))
+                .collect::<Result<Vec<_>>>()?;
+            node = self.spec.add(
+                NodeKind::FilterProject {
+                    filter: None,
+                    exprs: Some(exprs),
+                },
+                vec![node],
+                arrow_schema(p.schema.as_ref()),
+            );
+        }
+        Ok(node)
+    }
+
+    /// `Filter(rank <= k) ← Window(ROW_NUMBER()|RANK()|DENSE_RANK() OVER (…))`: a top-k per
+    /// partition. `None` when the plan does not have that shape.
+    fn lower_ranked(
+        &mut self,
+        predicate: &Expr,
+        w: &datafusion::logical_expr::Window,
+    ) -> Result<Option<NodeId>> {
+        let [expr] = w.window_expr.as_slice() else {
+            return Ok(None);
+        };
+        let Expr::WindowFunction(func) = expr.clone().unalias() else {
+            return Ok(None);
+        };
+        let rank = match func.fun.name() {
+            "row_number" => RankKind::RowNumber,
+            "rank" => RankKind::Rank,
+            "dense_rank" => RankKind::DenseRank,
+            _ => return Ok(None),
+        };
+        if !func.params.args.is_empty() || func.params.filter.is_some() {
+            return Ok(None);
+        }
+        let rank_index = w.input.schema().fields().len();
+        let rank_column = w.schema.qualified_field(rank_index);
+        let is_rank = |e: &Expr| {
+            matches!(e, Expr::Column(c) if c.name == *rank_column.1.name()
+                && c.relation.as_ref() == rank_column.0)
+        };
+        let literal = |e: &Expr| -> Option<i64> {
+            match e {
+                Expr::Literal(v, _) => v
+                    .cast_to(&datafusion::arrow::datatypes::DataType::Int64)
+                    .ok()
+                    .and_then(|v| match v {
+                        ScalarValue::Int64(Some(n)) => Some(n),
+                        _ => None,
+                    }),
+                _ => None,
+            }
+        };
+        let mut bound: Option<i64> = None;
+        let mut rest = Vec::new();
+        for conjunct in split_conjunction(predicate) {
+            let found = match conjunct {
+                Expr::BinaryExpr(b) if is_rank(&b.left) => literal(&b.right).and_then(|k| match b.op {
+                    Operator::LtEq => Some(k),
+                    Operator::Lt => Some(k - 1),
+                    Operator::Eq if k == 1 => Some(1),
+                    _ => None,
+                }),
+                Expr::BinaryExpr(b) if is_rank(&b.right) => literal(&b.left).and_then(|k| match b.op {
+                    Operator::GtEq => Some(k),
+                    Operator::Gt => Some(k - 1),
+                    Operator::Eq if k == 1 => Some(1),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            match found {
+                Some(k) => bound = Some(bound.map_or(k, |b| b.min(k))),
+                None => rest.push(conjunct.clone()),
+            }
+        }
+        let Some(k) = bound else {
+            return Ok(None);
+        };
+        let input = self.lower(&w.input)?;
+        let input_schema = w.input.schema();
+        let partition_by = func
+            .params
+            .partition_by
+            .iter()
+            .map(|e| self.phys(e, input_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order_by = self.sort_exprs(&func.params.order_by, input_schema)?;
+        let schema = arrow_schema(&w.schema);
+        let mut node = self.add_topk(
+            input,
+            partition_by,
+            order_by,
+            0,
+            Some(k.max(0) as usize),
+            Some(rank),
+            schema.clone(),
+        );
+        if let Some(rest) = rest.into_iter().reduce(Expr::and) {
+            let filter = self.phys(&rest, &w.schema)?;
+            node = self.spec.add(
+                NodeKind::FilterProject {
+                    filter: Some(filter),
+                    exprs: None,
+                },
+                vec![node],
+                schema,
+            );
+        }
+        Ok(Some(node))
+    }
+
     fn phys(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         Ok(create_physical_expr(
             e,
@@ -218,6 +417,39 @@ impl Lowering<'_> {
                 ))
             }
             LogicalPlan::Filter(f) => {
+                // A rank filter over a window, possibly with a column-pruning projection between.
+                let (window, pruning) = match f.input.as_ref() {
+                    LogicalPlan::Window(w) => (Some(w), None),
+                    LogicalPlan::Projection(p)
+                        if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) =>
+                    {
+                        match p.input.as_ref() {
+                            LogicalPlan::Window(w) => (Some(w), Some(p)),
+                            _ => (None, None),
+                        }
+                    }
+                    _ => (None, None),
+                };
+                if let Some(w) = window
+                    && let Some(mut node) = self.lower_ranked(&f.predicate, w)?
+                {
+                    if let Some(p) = pruning {
+                        let exprs = p
+                            .expr
+                            .iter()
+                            .map(|e| self.phys(e, &w.schema))
+                            .collect::<Result<Vec<_>>>()?;
+                        node = self.spec.add(
+                            NodeKind::FilterProject {
+                                filter: None,
+                                exprs: Some(exprs),
+                            },
+                            vec![node],
+                            schema,
+                        );
+                    }
+                    return Ok(node);
+                }
                 let input = self.lower(&f.input)?;
                 let predicate = self.phys(&f.predicate, f.input.schema())?;
                 Ok(self.spec.add(
@@ -397,10 +629,16 @@ impl Lowering<'_> {
                 };
                 Ok(self.spec.add(NodeKind::Join(spec), vec![left, right], schema))
             }
-            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
-                Err(unsupported!("ORDER BY … LIMIT in a materialized view"))
+            LogicalPlan::Sort(s) => {
+                // ORDER BY … with a fetch pushed into the sort.
+                let input = self.lower(&s.input)?;
+                let order_by = self.sort_exprs(&s.expr, s.input.schema())?;
+                Ok(self.add_topk(input, vec![], order_by, 0, s.fetch, None, schema))
             }
-            LogicalPlan::Window(_) => Err(unsupported!("window functions in a materialized view")),
+            LogicalPlan::Limit(l) => self.lower_limit(l),
+            LogicalPlan::Window(_) => Err(unsupported!(
+                "window functions in a materialized view, except ROW_NUMBER(), RANK() and DENSE_RANK() filtered with <= k (top-k per partition)"
+            )),
             LogicalPlan::Subquery(_) => Err(unsupported!(
                 "this correlated subquery in a materialized view (it could not be decorrelated)"
             )),

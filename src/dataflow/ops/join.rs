@@ -192,11 +192,11 @@ impl Operator for Join {
         // Probe the other side.
         let mut probe_rows: Vec<u32> = Vec::new();
         let mut other_rows: Vec<RowId> = Vec::new();
-        for i in 0..n {
+        for (i, hash) in hashes.iter().enumerate() {
             if is_null_key(i) {
                 continue;
             }
-            for id in self.sides[b].lookup(hashes[i], key(i)) {
+            for id in self.sides[b].lookup(*hash, key(i)) {
                 probe_rows.push(i as u32);
                 other_rows.push(*id);
             }

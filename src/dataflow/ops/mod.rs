@@ -8,12 +8,14 @@
 //! | [`filter_project::FilterProject`] | `WHERE`, `HAVING`, the `SELECT` list |
 //! | [`hash_agg::HashAggregate`] | `GROUP BY`, aggregates, `DISTINCT`, `UNION` |
 //! | [`join::Join`] | joins, `IN`/`EXISTS` subqueries, `INTERSECT`, `EXCEPT` |
+//! | [`topk::TopK`] | `ORDER BY … LIMIT`, `ROW_NUMBER() … <= k` |
 //! | [`materialize::Materialize`] | the view's contents |
 
 pub mod filter_project;
 pub mod hash_agg;
 pub mod join;
 pub mod materialize;
+pub mod topk;
 pub mod union;
 
 use std::sync::Arc;
@@ -23,7 +25,6 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use super::Operator;
 use super::spec::{DataflowSpec, NodeId, NodeKind};
 use crate::error::Result;
-use crate::unsupported;
 
 /// Instantiates the operator of node `id` of `spec`.
 pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
@@ -62,6 +63,10 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
             ));
             Box::new(join::Join::new(spec, left, right, pair, node.schema.clone())?)
         }
-        NodeKind::TopK(_) => return Err(unsupported!("ORDER BY … LIMIT in materialized views")),
+        NodeKind::TopK(spec) => Box::new(topk::TopK::new(
+            spec,
+            input_schema(0)?,
+            node.schema.clone(),
+        )?),
     })
 }
