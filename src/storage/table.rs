@@ -527,14 +527,27 @@ impl TableStore {
             live: rows,
         });
         if let Some(index) = self.index.as_mut() {
-            for (row, (h, old)) in hashes.iter().zip(&moved).enumerate() {
-                if let Some(refs) = index.get_mut(h) {
+            // Rewrite each reference exactly once: the new slot may reuse a merged slot's number,
+            // so rewriting one old reference at a time could catch a reference already rewritten.
+            let remap: HashMap<RowRef, RowRef> = moved
+                .iter()
+                .enumerate()
+                .map(|(row, old)| {
+                    (
+                        *old,
+                        RowRef {
+                            chunk: new_slot,
+                            row: row as u32,
+                        },
+                    )
+                })
+                .collect();
+            let buckets: HashSet<u64> = hashes.iter().copied().collect();
+            for h in buckets {
+                if let Some(refs) = index.get_mut(&h) {
                     for r in refs.iter_mut() {
-                        if r == old {
-                            *r = RowRef {
-                                chunk: new_slot,
-                                row: row as u32,
-                            };
+                        if let Some(new) = remap.get(r) {
+                            *r = *new;
                         }
                     }
                 }
@@ -669,5 +682,22 @@ mod tests {
         assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
         apply(&mut s, rows(&sc, &[5], &["v"], &[-1]), 501).unwrap();
         assert_eq!(s.live_rows(), 199);
+    }
+
+    #[test]
+    fn duplicate_rows_survive_merges_into_a_reused_slot() {
+        // Found by the differential test: merging moved two equal rows into a slot number that
+        // one of them had used, and the index then pointed twice at one row.
+        let mut s = store(&def(false));
+        let sc = s.schema().clone();
+        apply(&mut s, rows(&sc, &[1], &["x"], &[1]), 1).unwrap();
+        let plan = s.plan(&rows(&sc, &[1], &["x"], &[-1])).unwrap(); // builds the index
+        s.commit(plan, Lsn(2), Lsn(2)).unwrap();
+        for lsn in 3..=200u64 {
+            apply(&mut s, rows(&sc, &[7], &["dup"], &[1]), lsn).unwrap();
+        }
+        assert_eq!(s.live_rows(), 198);
+        apply(&mut s, rows(&sc, &[7], &["dup"], &[-198]), 201).unwrap();
+        assert_eq!(s.live_rows(), 0);
     }
 }
