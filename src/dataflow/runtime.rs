@@ -181,13 +181,15 @@ impl Runtime {
         &self.shared.epochs
     }
 
-    /// Queues a committed (not yet durable) record. Called in LSN order.
+    /// Queues a committed record. Called in LSN order, usually before the record is durable —
+    /// but the log writer may have synced it already, so then the runtime is woken here.
     pub fn push(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>) {
-        self.shared
-            .queue
-            .lock()
-            .records
-            .push_back(Record { lsn, changes });
+        let mut queue = self.shared.queue.lock();
+        queue.records.push_back(Record { lsn, changes });
+        if lsn <= queue.durable {
+            drop(queue);
+            self.shared.wake.notify_one();
+        }
     }
 
     /// The log is durable up to `lsn`: records up to it may be processed.
