@@ -18,6 +18,9 @@ pub mod materialize;
 pub mod topk;
 pub mod union;
 
+#[cfg(test)]
+mod proptests;
+
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};

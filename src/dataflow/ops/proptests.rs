@@ -1,0 +1,269 @@
+//! Property tests of the stateful operators: random multi-round weighted input (inserts and
+//! deletes of existing rows, on every input port); after every round the operator's output so
+//! far, consolidated, must equal what a fresh operator emits for the current input in one step
+//! (recomputation from scratch).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::functions_aggregate::{
+    average::avg_udaf, bool_and_or::bool_and_udaf, bool_and_or::bool_or_udaf, count::count_udaf,
+    min_max::max_udaf, min_max::min_udaf, string_agg::string_agg_udaf, sum::sum_udaf,
+};
+use datafusion::logical_expr::{AggregateUDF, Operator as BinOp};
+use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::common::ScalarValue;
+use proptest::prelude::*;
+
+use super::hash_agg::HashAggregate;
+use super::join::Join;
+use super::topk::TopK;
+use crate::dataflow::Operator;
+use crate::dataflow::spec::{AggregateCall, JoinKind, JoinSpec, RankKind, TopKSpec};
+use crate::types::{Epoch, ZBatch};
+
+type Row = (Option<i64>, Option<i64>, Option<String>);
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+    ]))
+}
+
+fn batch(rows: &[(Row, i64)]) -> ZBatch {
+    let k: Int64Array = rows.iter().map(|((k, _, _), _)| *k).collect();
+    let v: Int64Array = rows.iter().map(|((_, v, _), _)| *v).collect();
+    let s: StringArray = rows.iter().map(|((_, _, s), _)| s.clone()).collect();
+    let data = RecordBatch::try_new(
+        schema(),
+        vec![Arc::new(k) as ArrayRef, Arc::new(v), Arc::new(s)],
+    )
+    .unwrap();
+    ZBatch::new(data, rows.iter().map(|(_, w)| *w).collect())
+}
+
+/// Consolidated text form: "row values" → weight, without zero weights.
+fn consolidate(batches: &[ZBatch]) -> Vec<(String, i64)> {
+    let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let row: Vec<String> = b
+                .data
+                .columns()
+                .iter()
+                .map(|c| {
+                    if c.is_null(i) {
+                        "NULL".into()
+                    } else {
+                        array_value_to_string(c, i).unwrap()
+                    }
+                })
+                .collect();
+            *sums.entry(row.join("|")).or_insert(0) += b.weights.value(i);
+        }
+    }
+    sums.into_iter().filter(|(_, w)| *w != 0).collect()
+}
+
+/// One change: (port, delete?, which existing row to delete, row to insert).
+type Op = (usize, bool, usize, Row);
+
+fn row_strategy() -> impl Strategy<Value = Row> {
+    (
+        prop::option::weighted(0.9, 0i64..4),
+        prop::option::weighted(0.85, 0i64..6),
+        prop::option::weighted(0.85, prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from)),
+    )
+}
+
+fn rounds_strategy(ports: usize) -> impl Strategy<Value = Vec<Vec<Op>>> {
+    prop::collection::vec(
+        prop::collection::vec(
+            (0..ports, prop::bool::weighted(0.35), 0usize..1000, row_strategy()),
+            0..8,
+        ),
+        1..12,
+    )
+}
+
+/// Feeds `rounds` into an operator made by `make` and checks every round against a fresh one.
+fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>>) {
+    let mut op = make();
+    let mut emitted: Vec<ZBatch> = Vec::new();
+    let mut live: Vec<Vec<Row>> = vec![Vec::new(); ports];
+    for (r, round) in rounds.into_iter().enumerate() {
+        let epoch = Epoch(r as u64 + 1);
+        // Group the round into one batch per port per run of same-port ops.
+        let mut per_port: Vec<Vec<(Row, i64)>> = vec![Vec::new(); ports];
+        for (port, delete, pick, row) in round {
+            if delete && !live[port].is_empty() {
+                let at = pick % live[port].len();
+                let row = live[port].swap_remove(at);
+                per_port[port].push((row, -1));
+            } else {
+                live[port].push(row.clone());
+                per_port[port].push((row, 1));
+            }
+        }
+        let mut out = Vec::new();
+        for (port, rows) in per_port.iter().enumerate() {
+            if !rows.is_empty() {
+                op.on_batch(port, batch(rows), &mut out).unwrap();
+            }
+        }
+        op.on_barrier(epoch, &mut out).unwrap();
+        emitted.extend(out);
+
+        let mut fresh = make();
+        let mut expected = Vec::new();
+        for (port, rows) in live.iter().enumerate() {
+            let rows: Vec<(Row, i64)> = rows.iter().map(|r| (r.clone(), 1)).collect();
+            if !rows.is_empty() {
+                fresh.on_batch(port, batch(&rows), &mut expected).unwrap();
+            }
+        }
+        fresh.on_barrier(Epoch(1), &mut expected).unwrap();
+        let got = consolidate(&emitted);
+        assert!(
+            got.iter().all(|(_, w)| *w > 0),
+            "round {r}: output has negative multiplicities: {got:?}"
+        );
+        assert_eq!(got, consolidate(&expected), "round {r}");
+    }
+}
+
+fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Column::new(name, i))
+}
+
+fn agg(f: Arc<AggregateUDF>, args: Vec<Arc<dyn PhysicalExpr>>, name: &str) -> AggregateExprBuilder {
+    AggregateExprBuilder::new(f, args).schema(schema()).alias(name)
+}
+
+fn aggregates() -> Vec<AggregateCall> {
+    let v_gt_2: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+        col("v", 1),
+        BinOp::Gt,
+        Arc::new(Literal::new(ScalarValue::Int64(Some(2)))),
+    ));
+    let one: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Int64(Some(1))));
+    let comma: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Utf8(Some(",".into()))));
+    let by_s = PhysicalSortExpr {
+        expr: col("s", 2),
+        options: SortOptions::default(),
+    };
+    let builders = vec![
+        agg(count_udaf(), vec![one], "n"),
+        agg(count_udaf(), vec![col("v", 1)], "nv"),
+        agg(sum_udaf(), vec![col("v", 1)], "sv"),
+        agg(avg_udaf(), vec![col("v", 1)], "av"),
+        agg(min_udaf(), vec![col("v", 1)], "mn"),
+        agg(max_udaf(), vec![col("s", 2)], "mx"),
+        agg(count_udaf(), vec![col("v", 1)], "dv").distinct(),
+        agg(bool_and_udaf(), vec![v_gt_2.clone()], "ba"),
+        agg(bool_or_udaf(), vec![v_gt_2], "bo"),
+        agg(sum_udaf(), vec![col("v", 1)], "sdv").distinct(),
+        agg(string_agg_udaf(), vec![col("s", 2), comma], "ss").order_by(vec![by_s]),
+    ];
+    builders
+        .into_iter()
+        .map(|b| AggregateCall {
+            func: Arc::new(b.build().unwrap()),
+            filter: None,
+        })
+        .collect()
+}
+
+fn agg_schema(grouped: bool) -> SchemaRef {
+    let mut fields = Vec::new();
+    if grouped {
+        fields.push(Field::new("k", DataType::Int64, true));
+    }
+    for a in aggregates() {
+        fields.push(Field::new(a.func.name(), a.func.field().data_type().clone(), true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn join(kind: JoinKind, residual: bool, nulls_equal: bool) -> Box<dyn Operator> {
+    let left = schema();
+    let right = schema();
+    let pair = Arc::new(Schema::new(
+        left.fields().iter().chain(right.fields().iter()).cloned().collect::<Vec<_>>(),
+    ));
+    let out = match kind {
+        JoinKind::LeftSemi | JoinKind::LeftAnti => left.clone(),
+        _ => pair.clone(),
+    };
+    // Residual: left.v < right.v (columns 1 and 4 of the pair).
+    let filter: Option<Arc<dyn PhysicalExpr>> = residual
+        .then(|| Arc::new(BinaryExpr::new(col("v", 1), BinOp::Lt, col("v", 4))) as _);
+    let spec = JoinSpec {
+        kind,
+        on: vec![(col("k", 0), col("k", 0))],
+        nulls_equal,
+        filter,
+    };
+    Box::new(Join::new(&spec, left, right, pair, out).unwrap())
+}
+
+fn topk(partitioned: bool, rank: Option<RankKind>, offset: usize, limit: usize) -> Box<dyn Operator> {
+    let spec = TopKSpec {
+        partition_by: if partitioned { vec![col("k", 0)] } else { vec![] },
+        order_by: vec![PhysicalSortExpr {
+            expr: col("v", 1),
+            options: SortOptions {
+                descending: true,
+                nulls_first: false,
+            },
+        }],
+        offset,
+        limit: Some(limit),
+        rank,
+    };
+    let mut fields: Vec<Field> = schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    if rank.is_some() {
+        fields.push(Field::new("r", DataType::UInt64, true));
+    }
+    Box::new(TopK::new(&spec, &schema(), Arc::new(Schema::new(fields))).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn grouped_aggregate(rounds in rounds_strategy(1)) {
+        let make = || -> Box<dyn Operator> {
+            Box::new(HashAggregate::new(vec![col("k", 0)], aggregates(), &schema(), agg_schema(true)).unwrap())
+        };
+        check(&make, 1, rounds);
+    }
+
+    #[test]
+    fn global_aggregate(rounds in rounds_strategy(1)) {
+        let make = || -> Box<dyn Operator> {
+            Box::new(HashAggregate::new(vec![], aggregates(), &schema(), agg_schema(false)).unwrap())
+        };
+        check(&make, 1, rounds);
+    }
+
+    #[test]
+    fn joins(rounds in rounds_strategy(2), kind in 0usize..6, residual: bool, nulls_equal: bool) {
+        let kind = [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full, JoinKind::LeftSemi, JoinKind::LeftAnti][kind];
+        check(&|| join(kind, residual, nulls_equal), 2, rounds);
+    }
+
+    #[test]
+    fn top_k(rounds in rounds_strategy(1), partitioned: bool, rank in 0usize..4, offset in 0usize..2, limit in 1usize..4) {
+        let rank = [None, Some(RankKind::RowNumber), Some(RankKind::Rank), Some(RankKind::DenseRank)][rank];
+        let offset = if rank.is_some() { 0 } else { offset };
+        check(&|| topk(partitioned, rank, offset, limit), 1, rounds);
+    }
+}
