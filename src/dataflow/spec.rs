@@ -89,6 +89,8 @@ pub enum NodeKind {
     Aggregate {
         group_by: Vec<Arc<dyn PhysicalExpr>>,
         aggregates: Vec<AggregateCall>,
+        /// The input never deletes (lets min/max keep only the extreme).
+        append_only: bool,
     },
     Join(JoinSpec),
     TopK(TopKSpec),
@@ -121,6 +123,23 @@ impl DataflowSpec {
 
     pub fn output(&self) -> NodeId {
         self.nodes.len().saturating_sub(1)
+    }
+
+    /// Whether node `id` only ever emits inserts, given which inputs are append-only.
+    pub fn is_append_only(&self, id: NodeId, input_append_only: &dyn Fn(Input) -> bool) -> bool {
+        let node = &self.nodes[id];
+        let inputs_ok = || {
+            node.inputs
+                .iter()
+                .all(|i| self.is_append_only(*i, input_append_only))
+        };
+        match &node.kind {
+            NodeKind::Source(input) => input_append_only(*input),
+            NodeKind::Constant(_) => true,
+            NodeKind::FilterProject { .. } | NodeKind::Union => inputs_ok(),
+            NodeKind::Join(j) => j.kind == JoinKind::Inner && inputs_ok(),
+            NodeKind::Aggregate { .. } | NodeKind::TopK(_) => false,
+        }
     }
 
     /// The inputs (tables and views) the dataflow reads.
@@ -183,6 +202,7 @@ impl DataflowSpec {
             NodeKind::Aggregate {
                 group_by,
                 aggregates,
+                ..
             } => {
                 let aggs: Vec<String> = aggregates.iter().map(|a| a.func.name().to_string()).collect();
                 if group_by.is_empty() {

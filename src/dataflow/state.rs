@@ -5,11 +5,74 @@
 //! kept in Arrow's row format in one byte arena (no allocation per row); a hash table maps a key
 //! to its bucket of rows.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::row::{Row, RowConverter};
 use hashbrown::HashTable;
 
 use crate::error::Result;
+
+/// A value in Arrow's row format, stored inline when short (numbers, dates, short strings), so
+/// multisets of values need no allocation per value. Orders and hashes as its bytes.
+#[derive(Clone)]
+pub enum ValueKey {
+    Inline { len: u8, bytes: [u8; 22] },
+    Heap(Box<[u8]>),
+}
+
+impl ValueKey {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            ValueKey::Inline { len, bytes } => &bytes[..*len as usize],
+            ValueKey::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for ValueKey {
+    fn from(b: &[u8]) -> Self {
+        if b.len() <= 22 {
+            let mut bytes = [0u8; 22];
+            bytes[..b.len()].copy_from_slice(b);
+            ValueKey::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        } else {
+            ValueKey::Heap(b.into())
+        }
+    }
+}
+
+impl Borrow<[u8]> for ValueKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for ValueKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for ValueKey {}
+impl PartialOrd for ValueKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ValueKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+impl std::hash::Hash for ValueKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
 
 /// Id of a row in an [`Arrangement`]; stable while the row is live.
 pub type RowId = u32;

@@ -70,18 +70,18 @@ impl Session {
         let optimized = sql::lower::optimize(plan, &state)?;
         tracing::debug!(plan = %optimized.display_indent(), "view plan");
         let catalog = self.engine.catalog();
-        let resolve = |t: &TableReference| -> Option<Input> {
+        let resolve = |t: &TableReference| -> Option<(Input, bool)> {
             if t.schema().is_some_and(|s| s != "public") {
                 return None;
             }
             let name = t.table();
             if let Some(table) = catalog.table(name) {
-                return Some(Input::Table(table.id));
+                return Some((Input::Table(table.id), table.append_only));
             }
             catalog
                 .view(name)
                 .filter(|v| v.materialized)
-                .map(|v| Input::View(v.id))
+                .map(|v| (Input::View(v.id), false))
         };
         let spec = sql::lower::lower(&optimized, &resolve)?;
         let out = &spec.nodes[spec.output()].schema;
@@ -251,11 +251,7 @@ impl Session {
                 }
             }
         }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("name", DataType::Utf8, false),
-            Field::new("rows", DataType::Int64, true),
-            Field::new("status", DataType::Utf8, false),
-        ]));
+        let schema = show_views_schema();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(names)),
             Arc::new(Int64Array::from(rows)),
@@ -319,6 +315,15 @@ impl Session {
         let _ = stmt.visit(&mut v);
         v.found
     }
+}
+
+/// Columns of `SHOW MATERIALIZED VIEWS`.
+pub(super) fn show_views_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("status", DataType::Utf8, false),
+    ]))
 }
 
 /// Parses a stored view query.

@@ -37,8 +37,8 @@ use crate::dataflow::spec::{
 use crate::error::Result;
 use crate::unsupported;
 
-/// Resolves a table reference of the plan to a table or view.
-pub type Resolver<'a> = &'a dyn Fn(&TableReference) -> Option<Input>;
+/// Resolves a table reference of the plan to a table or view, and whether it is append-only.
+pub type Resolver<'a> = &'a dyn Fn(&TableReference) -> Option<(Input, bool)>;
 
 /// Runs the analyzer's type coercion and the curated optimizer rules over a planned query.
 pub fn optimize(plan: LogicalPlan, state: &SessionState) -> Result<LogicalPlan> {
@@ -64,11 +64,129 @@ pub fn optimize(plan: LogicalPlan, state: &SessionState) -> Result<LogicalPlan> 
         Arc::new(push_down_filter::PushDownFilter::new()),
         Arc::new(optimize_projections::OptimizeProjections::new()),
     ];
-    // No query start time: time-dependent functions must not be folded into constants.
-    let config = OptimizerContext::new_with_config_options(state.config_options().clone())
-        .without_query_execution_start_time()
-        .filter_null_keys(true);
-    Ok(Optimizer::with_rules(rules).optimize(plan, &config, |_, _| {})?)
+    let config = ViewOptimizerConfig {
+        state,
+        options: {
+            let mut options = (**state.config_options()).clone();
+            options.optimizer.filter_null_join_keys = true;
+            Arc::new(options)
+        },
+    };
+    // A panic inside DataFusion's optimizer must not end the session.
+    let plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Optimizer::with_rules(rules).optimize(plan, &config, |_, _| {})
+    }))
+    .map_err(|_| crate::internal!("DataFusion's optimizer panicked on this view query"))??;
+    join_uncorrelated_subqueries(plan)
+}
+
+/// An uncorrelated scalar subquery (`(SELECT max(x) FROM t)`) in a SELECT list or WHERE clause
+/// becomes a left join with the subquery's single row, so the dataflow maintains it like any
+/// other input: when the subquery's value changes, every row that uses it is updated.
+fn join_uncorrelated_subqueries(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::{LogicalPlanBuilder, Projection, col};
+
+    fn extract(
+        exprs: Vec<Expr>,
+        mut input: LogicalPlan,
+        counter: &mut usize,
+    ) -> datafusion::error::Result<(Vec<Expr>, LogicalPlan, bool)> {
+        let mut changed = false;
+        let mut out = Vec::with_capacity(exprs.len());
+        for e in exprs {
+            let t = e.transform_up(|e| match e {
+                Expr::ScalarSubquery(sq) if sq.outer_ref_columns.is_empty() => {
+                    *counter += 1;
+                    let alias = format!("__eddy_subquery_{counter}");
+                    let sub = LogicalPlanBuilder::from(sq.subquery.as_ref().clone())
+                        .alias(alias.as_str())?
+                        .build()?;
+                    let (qualifier, field) = sub.schema().qualified_field(0);
+                    let column = Expr::Column(datafusion::common::Column::new(
+                        qualifier.cloned(),
+                        field.name(),
+                    ));
+                    let joined = LogicalPlanBuilder::from(std::mem::replace(
+                        &mut input,
+                        LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                            produce_one_row: false,
+                            schema: Arc::new(DFSchema::empty()),
+                        }),
+                    ))
+                    .join_on(sub, JoinType::Left, [datafusion::logical_expr::lit(true)])?
+                    .build()?;
+                    input = joined;
+                    Ok(Transformed::yes(column))
+                }
+                other => Ok(Transformed::no(other)),
+            })?;
+            changed |= t.transformed;
+            out.push(t.data);
+        }
+        Ok((out, input, changed))
+    }
+
+    let mut counter = 0usize;
+    let plan = plan.transform_up(|node| match node {
+        LogicalPlan::Projection(p) => {
+            let original = LogicalPlan::Projection(p.clone());
+            let (exprs, input, changed) =
+                extract(p.expr.clone(), p.input.as_ref().clone(), &mut counter)?;
+            if !changed {
+                return Ok(Transformed::no(original));
+            }
+            let projected = Projection::try_new(exprs, Arc::new(input))?;
+            Ok(Transformed::yes(LogicalPlan::Projection(projected)))
+        }
+        LogicalPlan::Filter(f) => {
+            let original = LogicalPlan::Filter(f.clone());
+            let columns: Vec<Expr> = f
+                .input
+                .schema()
+                .columns()
+                .into_iter()
+                .map(col)
+                .collect();
+            let (mut exprs, input, changed) =
+                extract(vec![f.predicate.clone()], f.input.as_ref().clone(), &mut counter)?;
+            if !changed {
+                return Ok(Transformed::no(original));
+            }
+            let filtered = LogicalPlanBuilder::from(input)
+                .filter(exprs.remove(0))?
+                .project(columns)?
+                .build()?;
+            Ok(Transformed::yes(filtered))
+        }
+        other => Ok(Transformed::no(other)),
+    })?;
+    Ok(plan.data)
+}
+
+/// The session's function registry and options, but no query start time: time-dependent
+/// functions must never be folded into constants in a view.
+struct ViewOptimizerConfig<'a> {
+    state: &'a SessionState,
+    options: Arc<datafusion::config::ConfigOptions>,
+}
+
+impl datafusion::optimizer::OptimizerConfig for ViewOptimizerConfig<'_> {
+    fn query_execution_start_time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+
+    fn alias_generator(&self) -> &Arc<datafusion::common::alias::AliasGenerator> {
+        &self.state.execution_props().alias_generator
+    }
+
+    fn options(&self) -> Arc<datafusion::config::ConfigOptions> {
+        self.options.clone()
+    }
+
+    fn function_registry(&self) -> Option<&dyn datafusion::execution::FunctionRegistry> {
+        Some(self.state)
+    }
 }
 
 /// `now()`, `random()` and other functions whose value is not fixed by their arguments cannot be
@@ -108,6 +226,7 @@ pub fn lower(plan: &LogicalPlan, resolve: Resolver<'_>) -> Result<DataflowSpec> 
         spec: DataflowSpec::default(),
         resolve,
         props: &props,
+        append_only: Vec::new(),
     };
     lowering.lower(plan)?;
     Ok(lowering.spec)
@@ -117,6 +236,8 @@ struct Lowering<'a> {
     spec: DataflowSpec,
     resolve: Resolver<'a>,
     props: &'a ExecutionProps,
+    /// Inputs that are APPEND ONLY tables.
+    append_only: Vec<Input>,
 }
 
 /// The Arrow schema of a plan node with every field nullable: operators never rely on
@@ -328,6 +449,17 @@ impl Lowering<'_> {
     }
 
     fn phys(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        let has_subquery = e.exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+            ))
+        })?;
+        if has_subquery {
+            return Err(unsupported!(
+                "a subquery here in a materialized view (subqueries in the SELECT list and WHERE are supported): {e}"
+            ));
+        }
         Ok(create_physical_expr(
             e,
             schema,
@@ -343,7 +475,7 @@ impl Lowering<'_> {
                 if scan.fetch.is_some() {
                     return Err(unsupported!("LIMIT pushed into a scan"));
                 }
-                let input = (self.resolve)(&scan.table_name).ok_or_else(|| {
+                let (input, append_only) = (self.resolve)(&scan.table_name).ok_or_else(|| {
                     unsupported!(
                         "reading \"{}\" in a materialized view (only tables and materialized views can be read)",
                         scan.table_name
@@ -357,6 +489,9 @@ impl Lowering<'_> {
                         .map(|f| Field::new(f.name(), f.data_type().clone(), true))
                         .collect::<Vec<_>>(),
                 ));
+                if append_only && !self.append_only.contains(&input) {
+                    self.append_only.push(input);
+                }
                 let mut node = self.spec.add(NodeKind::Source(input), vec![], source_schema.clone());
                 let full = DFSchema::try_from_qualified_schema(
                     scan.table_name.clone(),
@@ -495,10 +630,14 @@ impl Lowering<'_> {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let append_only = self
+                    .spec
+                    .is_append_only(input, &|i| self.append_only.contains(&i));
                 Ok(self.spec.add(
                     NodeKind::Aggregate {
                         group_by,
                         aggregates,
+                        append_only,
                     },
                     vec![input],
                     schema,
@@ -518,6 +657,7 @@ impl Lowering<'_> {
                     NodeKind::Aggregate {
                         group_by,
                         aggregates: vec![],
+                        append_only: false,
                     },
                     vec![input],
                     schema,

@@ -36,6 +36,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::Operator;
 use crate::dataflow::spec::AggregateCall;
+use crate::dataflow::state::ValueKey;
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 
@@ -72,6 +73,30 @@ struct Agg {
     out_type: DataType,
 }
 
+/// A float sum with Neumaier compensation: deleting what was added gives back the exact earlier
+/// sum far more often than plain addition (1e20 + 1 − 1e20 is 1, not 0).
+#[derive(Clone, Copy, Default)]
+struct CompensatedSum {
+    sum: f64,
+    compensation: f64,
+}
+
+impl CompensatedSum {
+    fn add(&mut self, x: f64) {
+        let t = self.sum + x;
+        if self.sum.abs() >= x.abs() {
+            self.compensation += (self.sum - t) + x;
+        } else {
+            self.compensation += (x - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    fn value(&self) -> f64 {
+        self.sum + self.compensation
+    }
+}
+
 enum SumKind {
     Int,
     Float,
@@ -86,7 +111,7 @@ enum AggState {
         kind: SumKind,
         avg: bool,
         ints: Vec<i128>,
-        floats: Vec<f64>,
+        floats: Vec<CompensatedSum>,
         counts: Vec<i64>,
     },
     /// min(x) / max(x): per group, value (row format, order-preserving) → multiplicity.
@@ -94,7 +119,14 @@ enum AggState {
         max: bool,
         converter: RowConverter,
         null_row: Box<[u8]>,
-        values: Vec<BTreeMap<Box<[u8]>, i64>>,
+        values: Vec<BTreeMap<ValueKey, i64>>,
+    },
+    /// min(x) / max(x) over an append-only input: only the extreme so far (rows never leave).
+    Extreme {
+        max: bool,
+        converter: RowConverter,
+        null_row: Box<[u8]>,
+        best: Vec<Option<ValueKey>>,
     },
     /// bool_and / bool_or: counts of true and false per group.
     Bool {
@@ -105,7 +137,7 @@ enum AggState {
     /// count(DISTINCT x): per group, value → multiplicity.
     CountDistinct {
         converter: RowConverter,
-        values: Vec<HashMap<Box<[u8]>, i64>>,
+        values: Vec<HashMap<ValueKey, i64>>,
     },
     /// Anything else: the multiset of argument rows, recomputed with DataFusion's accumulator.
     Recompute {
@@ -116,11 +148,14 @@ enum AggState {
 }
 
 impl HashAggregate {
+    /// `append_only`: the input never deletes (an APPEND ONLY table through filters, projections
+    /// and inner joins), so min/max need only the extreme so far.
     pub fn new(
         group_by: Vec<Arc<dyn PhysicalExpr>>,
         aggregates: Vec<AggregateCall>,
         input_schema: &SchemaRef,
         schema: SchemaRef,
+        append_only: bool,
     ) -> Result<Self> {
         let global = group_by.is_empty();
         let converter = if global {
@@ -134,7 +169,7 @@ impl HashAggregate {
         };
         let aggs = aggregates
             .into_iter()
-            .map(|call| Agg::new(call, input_schema))
+            .map(|call| Agg::new(call, input_schema, append_only))
             .collect::<Result<Vec<_>>>()?;
         let out_converter = RowConverter::new(
             schema
@@ -385,7 +420,7 @@ impl Operator for HashAggregate {
 }
 
 impl Agg {
-    fn new(call: AggregateCall, input_schema: &SchemaRef) -> Result<Agg> {
+    fn new(call: AggregateCall, input_schema: &SchemaRef, append_only: bool) -> Result<Agg> {
         let func = &call.func;
         let args = func.expressions();
         let out_type = func.field().data_type().clone();
@@ -429,11 +464,20 @@ impl Agg {
                 let converter = RowConverter::new(vec![SortField::new(arg_types[0].clone())])?;
                 let null = new_null_array(&arg_types[0], 1);
                 let null_row: Box<[u8]> = converter.convert_columns(&[null])?.row(0).as_ref().into();
-                AggState::MinMax {
-                    max: name == "max",
-                    converter,
-                    null_row,
-                    values: Vec::new(),
+                if append_only {
+                    AggState::Extreme {
+                        max: name == "max",
+                        converter,
+                        null_row,
+                        best: Vec::new(),
+                    }
+                } else {
+                    AggState::MinMax {
+                        max: name == "max",
+                        converter,
+                        null_row,
+                        values: Vec::new(),
+                    }
                 }
             }
             "bool_and" | "bool_or" if simple && !distinct && arg_types[0] == DataType::Boolean => {
@@ -520,14 +564,14 @@ fn bump<M: MultisetMap>(map: &mut M, key: &[u8], w: i64) {
             map.remove(key);
         }
     } else {
-        map.insert(key.into(), w);
+        map.insert(key, w);
     }
 }
 
 trait MultisetMap {
     fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64>;
     fn remove(&mut self, key: &[u8]);
-    fn insert(&mut self, key: Box<[u8]>, w: i64);
+    fn insert(&mut self, key: &[u8], w: i64);
 }
 
 impl MultisetMap for BTreeMap<Box<[u8]>, i64> {
@@ -537,20 +581,32 @@ impl MultisetMap for BTreeMap<Box<[u8]>, i64> {
     fn remove(&mut self, key: &[u8]) {
         BTreeMap::remove(self, key);
     }
-    fn insert(&mut self, key: Box<[u8]>, w: i64) {
-        BTreeMap::insert(self, key, w);
+    fn insert(&mut self, key: &[u8], w: i64) {
+        BTreeMap::insert(self, key.into(), w);
     }
 }
 
-impl MultisetMap for HashMap<Box<[u8]>, i64> {
+impl MultisetMap for BTreeMap<ValueKey, i64> {
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
+        BTreeMap::get_mut(self, key)
+    }
+    fn remove(&mut self, key: &[u8]) {
+        BTreeMap::remove(self, key);
+    }
+    fn insert(&mut self, key: &[u8], w: i64) {
+        BTreeMap::insert(self, key.into(), w);
+    }
+}
+
+impl MultisetMap for HashMap<ValueKey, i64> {
     fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
         HashMap::get_mut(self, key)
     }
     fn remove(&mut self, key: &[u8]) {
         HashMap::remove(self, key);
     }
-    fn insert(&mut self, key: Box<[u8]>, w: i64) {
-        HashMap::insert(self, key, w);
+    fn insert(&mut self, key: &[u8], w: i64) {
+        HashMap::insert(self, key.into(), w);
     }
 }
 
@@ -565,10 +621,11 @@ impl AggState {
                 ..
             } => {
                 ints.resize(n, 0);
-                floats.resize(n, 0.0);
+                floats.resize(n, CompensatedSum::default());
                 counts.resize(n, 0);
             }
             AggState::MinMax { values, .. } => values.resize_with(n, BTreeMap::new),
+            AggState::Extreme { best, .. } => best.resize(n, None),
             AggState::Bool { trues, falses, .. } => {
                 trues.resize(n, 0);
                 falses.resize(n, 0);
@@ -588,10 +645,11 @@ impl AggState {
                 ..
             } => {
                 ints[g] = 0;
-                floats[g] = 0.0;
+                floats[g] = CompensatedSum::default();
                 counts[g] = 0;
             }
             AggState::MinMax { values, .. } => values[g] = BTreeMap::new(),
+            AggState::Extreme { best, .. } => best[g] = None,
             AggState::Bool { trues, falses, .. } => {
                 trues[g] = 0;
                 falses[g] = 0;
@@ -641,7 +699,7 @@ impl AggState {
                         let values = arg.as_primitive::<Float64Type>();
                         for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
                             if values.is_valid(i) {
-                                floats[*g as usize] += values.value(i) * *w as f64;
+                                floats[*g as usize].add(values.value(i) * *w as f64);
                                 counts[*g as usize] += w;
                             }
                         }
@@ -665,6 +723,36 @@ impl AggState {
                 for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
                         bump(&mut values[*g as usize], rows.row(i).as_ref(), *w);
+                    }
+                }
+            }
+            AggState::Extreme {
+                max,
+                converter,
+                best,
+                ..
+            } => {
+                let rows = converter.convert_columns(&args[..1])?;
+                let arg = &args[0];
+                for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
+                    if *w < 0 {
+                        return Err(crate::internal!(
+                            "a delete reached min/max over an append-only input"
+                        ));
+                    }
+                    if *w == 0 || !arg.is_valid(i) {
+                        continue;
+                    }
+                    let value = rows.row(i);
+                    let value = value.as_ref();
+                    let slot = &mut best[*g as usize];
+                    let better = match slot {
+                        None => true,
+                        Some(b) if *max => value > b.as_bytes(),
+                        Some(b) => value < b.as_bytes(),
+                    };
+                    if better {
+                        *slot = Some(value.into());
                     }
                 }
             }
@@ -744,10 +832,12 @@ impl AggState {
                     (SumKind::Float, false) => Arc::new(Float64Array::from_iter(
                         groups
                             .iter()
-                            .map(|g| valid(g).then(|| floats[*g as usize])),
+                            .map(|g| valid(g).then(|| floats[*g as usize].value())),
                     )),
                     (SumKind::Float, true) => Arc::new(Float64Array::from_iter(groups.iter().map(
-                        |g| valid(g).then(|| floats[*g as usize] / counts[*g as usize] as f64),
+                        |g| {
+                            valid(g).then(|| floats[*g as usize].value() / counts[*g as usize] as f64)
+                        },
                     ))),
                     (SumKind::Decimal(s), _) => Arc::new(
                         Decimal128Array::from_iter(
@@ -771,7 +861,23 @@ impl AggState {
                     } else {
                         set.keys().next()
                     };
-                    parser.parse(best.unwrap_or(null_row))
+                    parser.parse(best.map_or(null_row.as_ref(), |b| b.as_bytes()))
+                });
+                converter.convert_rows(rows)?.remove(0)
+            }
+            AggState::Extreme {
+                converter,
+                null_row,
+                best,
+                ..
+            } => {
+                let parser = converter.parser();
+                let rows = groups.iter().map(|g| {
+                    parser.parse(
+                        best[*g as usize]
+                            .as_ref()
+                            .map_or(null_row.as_ref(), |b| b.as_bytes()),
+                    )
                 });
                 converter.convert_rows(rows)?.remove(0)
             }

@@ -49,11 +49,13 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
         NodeKind::Aggregate {
             group_by,
             aggregates,
+            append_only,
         } => Box::new(hash_agg::HashAggregate::new(
             group_by.clone(),
             aggregates.clone(),
             input_schema(0)?,
             node.schema.clone(),
+            *append_only,
         )?),
         NodeKind::Join(spec) => {
             let (left, right) = (input_schema(0)?.clone(), input_schema(1)?.clone());

@@ -241,7 +241,7 @@ proptest! {
     #[test]
     fn grouped_aggregate(rounds in rounds_strategy(1)) {
         let make = || -> Box<dyn Operator> {
-            Box::new(HashAggregate::new(vec![col("k", 0)], aggregates(), &schema(), agg_schema(true)).unwrap())
+            Box::new(HashAggregate::new(vec![col("k", 0)], aggregates(), &schema(), agg_schema(true), false).unwrap())
         };
         check(&make, 1, rounds);
     }
@@ -249,7 +249,20 @@ proptest! {
     #[test]
     fn global_aggregate(rounds in rounds_strategy(1)) {
         let make = || -> Box<dyn Operator> {
-            Box::new(HashAggregate::new(vec![], aggregates(), &schema(), agg_schema(false)).unwrap())
+            Box::new(HashAggregate::new(vec![], aggregates(), &schema(), agg_schema(false), false).unwrap())
+        };
+        check(&make, 1, rounds);
+    }
+
+    #[test]
+    fn append_only_aggregate(rounds in rounds_strategy(1)) {
+        // Inserts only: the extreme-only min/max path must agree with recomputation.
+        let rounds: Vec<Vec<Op>> = rounds
+            .into_iter()
+            .map(|r| r.into_iter().map(|(p, _, i, row)| (p, false, i, row)).collect())
+            .collect();
+        let make = || -> Box<dyn Operator> {
+            Box::new(HashAggregate::new(vec![col("k", 0)], aggregates(), &schema(), agg_schema(true), true).unwrap())
         };
         check(&make, 1, rounds);
     }
