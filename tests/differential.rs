@@ -33,6 +33,8 @@ const VIEWS: &[(&str, &str, &str)] = &[
     ("v_not_exists", "SELECT id FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t3 WHERE t3.k = t1.k)", ""),
     ("v_in", "SELECT id FROM t1 WHERE k IN (SELECT k FROM t2 WHERE w > 3)", ""),
     ("v_scalar", "SELECT id, (SELECT max(w) FROM t2 WHERE t2.k = t1.k) AS mw FROM t1", ""),
+    ("v_scalar_uncorrelated", "SELECT id, v, (SELECT max(w) FROM t2) AS mw FROM t1 WHERE v > (SELECT avg(v) FROM t1)", ""),
+    ("v_distinct_on", "SELECT DISTINCT ON (k) k, id, v FROM t1 ORDER BY k, v DESC NULLS LAST, id", ""),
     ("v_agg_join", "SELECT t1.k, count(*) AS n, sum(t2.w) AS sw FROM t1 JOIN t2 ON t1.k = t2.k GROUP BY t1.k", ""),
     ("v_topk", "SELECT id, v FROM t1 ORDER BY v DESC NULLS LAST, id LIMIT 3", ""),
     ("v_topk_offset", "SELECT id, v FROM t1 ORDER BY v, id LIMIT 4 OFFSET 2", ""),
@@ -232,7 +234,7 @@ async fn run(seed: u64, rounds: usize) {
             "CREATE TABLE t1 (id int PRIMARY KEY, k int, v bigint, f double precision, s text, b boolean);
              CREATE TABLE t2 (id int PRIMARY KEY, k int, w bigint, s text);
              CREATE TABLE t3 (k int, label text);
-             INSERT INTO t3 VALUES (1, 'x'), (2, 'y');",
+             INSERT INTO t3 VALUES (0, 'w'), (1, 'x'), (2, 'y'), (3, 'z'), (4, 'x'), (5, 'y');",
         )
         .await
         .unwrap();

@@ -184,6 +184,12 @@ impl Session {
     /// Parses and describes one statement for the extended protocol.
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
         let (param_types, schema) = match &parsed.stmt {
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::CreateView(_)) =>
+            {
+                (vec![], Some(single_text_schema("QUERY PLAN")))
+            }
+            Statement::ShowViews { .. } => (vec![], Some(super::views::show_views_schema())),
             Statement::Query(_) | Statement::Explain { .. } => {
                 // Logical planning reads no rows: no snapshot needed.
                 let plan = self.plan(&parsed.stmt).await?;
@@ -608,6 +614,7 @@ impl Session {
     }
 
     pub(super) async fn plan(&self, stmt: &Statement) -> Result<LogicalPlan> {
+        sql::check_supported(stmt)?;
         let state = self.ctx.state();
         let stmt = sql::dedupe_output_names(stmt);
         let plan = state

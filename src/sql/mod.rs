@@ -194,11 +194,21 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
     let is_create_table = significant.len() >= 2
         && word_is(&tokens[significant[0]].token, Keyword::CREATE)
         && word_is(&tokens[significant[1]].token, Keyword::TABLE);
-    let (tokens, append_only, watermark) = if is_create_table {
+    let (mut tokens, append_only, watermark) = if is_create_table {
         strip_table_extensions(tokens)?
     } else {
         (tokens, false, None)
     };
+    // SHOW CREATE MATERIALIZED VIEW v: sqlparser knows only SHOW CREATE VIEW (which shows
+    // materialized views too).
+    if significant.len() >= 4
+        && word_is(&tokens[significant[0]].token, Keyword::SHOW)
+        && word_is(&tokens[significant[1]].token, Keyword::CREATE)
+        && word_is(&tokens[significant[2]].token, Keyword::MATERIALIZED)
+        && word_is(&tokens[significant[3]].token, Keyword::VIEW)
+    {
+        tokens.remove(significant[2]);
+    }
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let stmt = parser
@@ -220,6 +230,47 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         watermark,
         text,
     })
+}
+
+/// Refuses query constructs that DataFusion would answer wrongly: `INTERSECT ALL` and
+/// `EXCEPT ALL` (it does not compute the bag multiplicities PostgreSQL does).
+pub fn check_supported(stmt: &Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{
+        SetExpr, SetOperator, SetQuantifier, Visit, Visitor,
+    };
+    use std::ops::ControlFlow;
+    struct Check;
+    fn walk(body: &SetExpr) -> ControlFlow<String> {
+        match body {
+            SetExpr::SetOperation {
+                op,
+                set_quantifier,
+                left,
+                right,
+            } => {
+                if matches!(op, SetOperator::Intersect | SetOperator::Except)
+                    && matches!(set_quantifier, SetQuantifier::All)
+                {
+                    return ControlFlow::Break(format!("{op} ALL"));
+                }
+                walk(left)?;
+                walk(right)
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+    impl Visitor for Check {
+        type Break = String;
+        fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<String> {
+            walk(&query.body)
+        }
+    }
+    match stmt.visit(&mut Check) {
+        ControlFlow::Break(what) => Err(crate::unsupported!(
+            "{what} (only the set forms INTERSECT and EXCEPT are supported)"
+        )),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
 /// PostgreSQL allows several output columns with the same name (`SELECT 1, 1`); DataFusion
