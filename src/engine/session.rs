@@ -616,7 +616,8 @@ impl Session {
     pub(super) async fn plan(&self, stmt: &Statement) -> Result<LogicalPlan> {
         sql::check_supported(stmt)?;
         let state = self.ctx.state();
-        let stmt = sql::dedupe_output_names(stmt);
+        let stmt = super::views::inline_views(stmt, &self.engine.catalog())?;
+        let stmt = sql::dedupe_output_names(&stmt);
         let plan = state
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
                 stmt,

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::TableReference;
-use datafusion::sql::sqlparser::ast::{self, Statement, Visit, Visitor};
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{self, Statement, Visit, VisitMut, Visitor, VisitorMut};
 
 use super::Output;
 use super::session::{Session, output_schema, rows_output, single_text_schema};
-use crate::catalog::ViewDef;
+use crate::catalog::{Catalog, ViewDef};
 use crate::dataflow::{DataflowSpec, Input, ViewStatus};
 use crate::error::{Result, sqlstate};
+use crate::types::ObjectId;
 use crate::sql;
 use crate::unsupported;
 
@@ -28,7 +31,7 @@ pub(super) struct CompiledView {
     /// The view's schema (its column names).
     pub schema: SchemaRef,
     pub columns: Vec<String>,
-    pub depends_on: Vec<crate::types::ObjectId>,
+    pub depends_on: Vec<ObjectId>,
 }
 
 impl Session {
@@ -46,26 +49,11 @@ impl Session {
                 "a materialized view cannot have parameters"
             ));
         }
-        let named = output_schema(&stmt, &plan);
-        let mut columns: Vec<String> = named.fields().iter().map(|f| f.name().clone()).collect();
-        if names.len() > columns.len() {
-            return Err(crate::err!(
-                sqlstate::SYNTAX_ERROR,
-                "CREATE MATERIALIZED VIEW specifies more column names than columns"
-            ));
-        }
-        for (i, n) in names.iter().enumerate() {
-            columns[i] = n.clone();
-        }
-        let mut seen = HashSet::new();
-        for c in &columns {
-            if !seen.insert(c.as_str()) {
-                return Err(crate::err!(
-                    sqlstate::DUPLICATE_COLUMN,
-                    "column \"{c}\" specified more than once"
-                ));
-            }
-        }
+        let columns = view_columns(
+            &output_schema(&stmt, &plan),
+            names,
+            "CREATE MATERIALIZED VIEW",
+        )?;
         let state = self.ctx.state();
         let optimized = sql::lower::optimize(plan, &state)?;
         tracing::debug!(plan = %optimized.display_indent(), "view plan");
@@ -133,26 +121,44 @@ impl Session {
         if cv.or_replace || cv.or_alter {
             return Err(unsupported!("CREATE OR REPLACE VIEW"));
         }
-        if !cv.materialized {
-            return Err(unsupported!(
-                "CREATE VIEW (plain views): use CREATE MATERIALIZED VIEW"
-            ));
-        }
         let name = sql::table_name(&cv.name)?;
         let names: Vec<String> = cv.columns.iter().map(|c| sql::normalize_ident(&c.name)).collect();
-        let compiled = self.compile_view(&cv.query, &names).await?;
-        let def = ViewDef {
-            id: 0,
-            name: name.clone(),
-            materialized: true,
-            query: cv.query.to_string(),
-            columns: compiled.columns,
-            depends_on: compiled.depends_on,
+        let referenced = referenced_objects(&cv.query, &self.engine.catalog());
+        let created = if cv.materialized {
+            let compiled = self.compile_view(&cv.query, &names).await?;
+            let mut depends_on = compiled.depends_on;
+            for id in referenced {
+                if !depends_on.contains(&id) {
+                    depends_on.push(id);
+                }
+            }
+            let def = ViewDef {
+                id: 0,
+                name: name.clone(),
+                materialized: true,
+                query: cv.query.to_string(),
+                columns: compiled.columns,
+                depends_on,
+            };
+            self.engine
+                .create_view(def, Some((compiled.spec, compiled.schema)), cv.if_not_exists)
+                .await?
+        } else {
+            // A plain view is stored as text and inlined into the queries that read it; planning
+            // it now checks that it is valid and gives its column names.
+            let stmt = Statement::Query(cv.query.clone());
+            let plan = self.plan(&stmt).await?;
+            let columns = view_columns(&output_schema(&stmt, &plan), &names, "CREATE VIEW")?;
+            let def = ViewDef {
+                id: 0,
+                name: name.clone(),
+                materialized: false,
+                query: cv.query.to_string(),
+                columns,
+                depends_on: referenced,
+            };
+            self.engine.create_view(def, None, cv.if_not_exists).await?
         };
-        let created = self
-            .engine
-            .create_view(def, Some((compiled.spec, compiled.schema)), cv.if_not_exists)
-            .await?;
         if created {
             Ok(Output::Command { tag, rows: None })
         } else {
@@ -315,6 +321,142 @@ impl Session {
         let _ = stmt.visit(&mut v);
         v.found
     }
+}
+
+/// A view's column names: the query's, renamed by the CREATE statement's column list.
+fn view_columns(named: &SchemaRef, names: &[String], what: &str) -> Result<Vec<String>> {
+    let mut columns: Vec<String> = named.fields().iter().map(|f| f.name().clone()).collect();
+    if names.len() > columns.len() {
+        return Err(crate::err!(
+            sqlstate::SYNTAX_ERROR,
+            "{what} specifies more column names than columns"
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        columns[i] = n.clone();
+    }
+    let mut seen = HashSet::new();
+    for c in &columns {
+        if !seen.insert(c.as_str()) {
+            return Err(crate::err!(
+                sqlstate::DUPLICATE_COLUMN,
+                "column \"{c}\" specified more than once"
+            ));
+        }
+    }
+    Ok(columns)
+}
+
+/// Tables and views a query names (before plain views are inlined).
+fn referenced_objects(query: &ast::Query, catalog: &Catalog) -> Vec<ObjectId> {
+    struct Names<'a> {
+        catalog: &'a Catalog,
+        ids: Vec<ObjectId>,
+    }
+    impl Visitor for Names<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &ast::ObjectName) -> ControlFlow<()> {
+            if let Ok(name) = sql::table_name(name) {
+                let id = self
+                    .catalog
+                    .table(&name)
+                    .map(|t| t.id)
+                    .or_else(|| self.catalog.view(&name).map(|v| v.id));
+                if let Some(id) = id
+                    && !self.ids.contains(&id)
+                {
+                    self.ids.push(id);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names {
+        catalog,
+        ids: Vec::new(),
+    };
+    let _ = query.visit(&mut names);
+    names.ids
+}
+
+/// Replaces every plain view named in `stmt` by its query, as a derived table under the
+/// view's name (or the alias the query gave it), repeatedly for views on views.
+pub(super) fn inline_views(stmt: &Statement, catalog: &Catalog) -> Result<Statement> {
+    if !catalog.views().iter().any(|v| !v.materialized) {
+        return Ok(stmt.clone());
+    }
+    struct Inliner<'a> {
+        catalog: &'a Catalog,
+        changed: bool,
+        error: Option<crate::error::Error>,
+    }
+    impl VisitorMut for Inliner<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+            let ast::TableFactor::Table {
+                name, alias, args: None, ..
+            } = factor
+            else {
+                return ControlFlow::Continue(());
+            };
+            let Ok(table) = sql::table_name(name) else {
+                return ControlFlow::Continue(());
+            };
+            let Some(view) = self.catalog.view(&table).filter(|v| !v.materialized) else {
+                return ControlFlow::Continue(());
+            };
+            let query = match parse_query(&view.query) {
+                Ok(q) => q,
+                Err(e) => {
+                    self.error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            let mut alias = alias.clone().unwrap_or(ast::TableAlias {
+                explicit: true,
+                name: ast::Ident::with_quote('"', view.name.clone()),
+                columns: vec![],
+                at: None,
+            });
+            if alias.columns.is_empty() {
+                alias.columns = view
+                    .columns
+                    .iter()
+                    .map(|c| ast::TableAliasColumnDef {
+                        name: ast::Ident::with_quote('"', c.clone()),
+                        data_type: None,
+                    })
+                    .collect();
+            }
+            *factor = ast::TableFactor::Derived {
+                lateral: false,
+                subquery: Box::new(query),
+                alias: Some(alias),
+                sample: None,
+            };
+            self.changed = true;
+            ControlFlow::Continue(())
+        }
+    }
+    let mut stmt = stmt.clone();
+    for _ in 0..64 {
+        let mut inliner = Inliner {
+            catalog,
+            changed: false,
+            error: None,
+        };
+        let _ = VisitMut::visit(&mut stmt, &mut inliner);
+        if let Some(e) = inliner.error {
+            return Err(e);
+        }
+        if !inliner.changed {
+            return Ok(stmt);
+        }
+    }
+    Err(crate::err!(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        "views are nested more than 64 levels deep"
+    ))
 }
 
 /// Columns of `SHOW MATERIALIZED VIEWS`.
