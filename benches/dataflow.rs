@@ -207,6 +207,7 @@ fn operators(rows: usize) {
         on: vec![(col("k", 0), col("k", 0))],
         nulls_equal: false,
         filter: None,
+        null_aware: false,
     };
     let mut join = Join::new(&spec, schema(), schema(), pair.clone(), pair).unwrap();
     let half = rows / 2;

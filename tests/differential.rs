@@ -31,6 +31,7 @@ const VIEWS: &[(&str, &str, &str)] = &[
     ("v_dup_join", "SELECT a.label, b.label AS l2 FROM t3 a JOIN t3 b ON a.k = b.k", ""),
     ("v_exists", "SELECT id FROM t1 WHERE EXISTS (SELECT 1 FROM t2 WHERE t2.k = t1.k AND t2.w > t1.v)", ""),
     ("v_not_exists", "SELECT id FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t3 WHERE t3.k = t1.k)", ""),
+    ("v_not_in", "SELECT id, k FROM t1 WHERE k NOT IN (SELECT k FROM t2 WHERE w > 10)", ""),
     ("v_in", "SELECT id FROM t1 WHERE k IN (SELECT k FROM t2 WHERE w > 3)", ""),
     ("v_scalar", "SELECT id, (SELECT max(w) FROM t2 WHERE t2.k = t1.k) AS mw FROM t1", ""),
     ("v_scalar_uncorrelated", "SELECT id, v, (SELECT max(w) FROM t2) AS mw FROM t1 WHERE v > (SELECT avg(v) FROM t1)", ""),

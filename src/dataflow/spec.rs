@@ -51,6 +51,9 @@ pub struct JoinSpec {
     pub nulls_equal: bool,
     /// Residual condition over the concatenated left and right columns.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// `NOT IN (subquery)` (LeftAnti only): no output while the right side has a NULL key,
+    /// and left rows with a NULL key only while the right side is empty.
+    pub null_aware: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -722,9 +722,9 @@ impl Lowering<'_> {
                 Ok(self.spec.add(NodeKind::Constant(vec![batch]), vec![], schema))
             }
             LogicalPlan::Join(j) => {
-                if j.null_aware {
+                if j.null_aware && (j.filter.is_some() || j.on.len() != 1) {
                     return Err(unsupported!(
-                        "NOT IN (subquery) in a materialized view; NOT EXISTS works"
+                        "this NOT IN (subquery) in a materialized view (correlated or multi-column); NOT EXISTS works"
                     ));
                 }
                 let (kind, swap) = match j.join_type {
@@ -766,6 +766,7 @@ impl Lowering<'_> {
                     on,
                     nulls_equal: j.null_equality == NullEquality::NullEqualsNull,
                     filter,
+                    null_aware: j.null_aware,
                 };
                 Ok(self.spec.add(NodeKind::Join(spec), vec![left, right], schema))
             }

@@ -54,6 +54,24 @@ pub struct Join {
     pair_schema: SchemaRef,
     schema: SchemaRef,
     random_state: RandomState,
+    /// `NOT IN (subquery)`: SQL's null-aware anti join.
+    null_aware: Option<NullAware>,
+}
+
+/// State of a null-aware anti join (`x NOT IN (SELECT y …)`): a left row is emitted when the
+/// right side is empty, or when its key is not NULL, no right key is NULL and nothing matches.
+struct NullAware {
+    right: Regime,
+    /// Left rows with a NULL key (visible only while the right side is empty).
+    left_nulls: Arrangement,
+}
+
+/// The right side's row count and NULL-key row count: all that decides visibility besides the
+/// row's own match count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Regime {
+    rows: i64,
+    null_rows: i64,
 }
 
 impl Join {
@@ -79,7 +97,19 @@ impl Join {
                     .collect(),
             )?))
         };
+        let null_aware = if spec.null_aware {
+            Some(NullAware {
+                right: Regime {
+                    rows: 0,
+                    null_rows: 0,
+                },
+                left_nulls: side(&left)?,
+            })
+        } else {
+            None
+        };
         Ok(Join {
+            null_aware,
             kind: spec.kind,
             keys: [lk, rk],
             key_types,
@@ -151,6 +181,15 @@ impl Join {
         match self.kind {
             JoinKind::LeftSemi => matches != 0,
             _ => matches == 0,
+        }
+    }
+
+    /// [`Join::single_visible`] for a row that may have a NULL key, under the right side's
+    /// `regime` when the join is null-aware.
+    fn visible(&self, regime: Option<Regime>, null_key: bool, matches: i64) -> bool {
+        match regime {
+            None => self.single_visible(if null_key { 0 } else { matches }),
+            Some(r) => r.rows == 0 || (!null_key && r.null_rows == 0 && matches == 0),
         }
     }
 }
@@ -280,12 +319,10 @@ impl Operator for Join {
         }
 
         // Incoming rows of a tracked side shown on their own (unmatched / semi / anti).
+        let regime = self.null_aware.as_ref().map(|na| na.right);
         if track_a {
             let visible: Vec<u32> = (0..n)
-                .filter(|i| {
-                    let m = if is_null_key(*i) { 0 } else { matches[*i] };
-                    self.single_visible(m)
-                })
+                .filter(|i| self.visible(regime, is_null_key(*i), matches[*i]))
                 .map(|i| i as u32)
                 .collect();
             if !visible.is_empty() {
@@ -300,8 +337,65 @@ impl Operator for Join {
             }
         }
 
-        // Rows of the other (tracked) side whose match count crossed zero.
-        if track_b && !other_delta.is_empty() {
+        // Null-aware anti join: the right side's row and NULL-key counts after this batch.
+        let new_regime = match (&self.null_aware, a) {
+            (Some(na), RIGHT) => {
+                let mut r = na.right;
+                for (i, w) in weights.iter().enumerate() {
+                    r.rows += w;
+                    if is_null_key(i) {
+                        r.null_rows += w;
+                    }
+                }
+                Some(r)
+            }
+            _ => regime,
+        };
+
+        if new_regime != regime {
+            // The right side became empty or non-empty, or gained or lost its last NULL key:
+            // any left row may change, so compare every one of them.
+            let mut flipped: Vec<RowId> = Vec::new();
+            let mut flip_weights: Vec<i64> = Vec::new();
+            let ids: Vec<RowId> = self.sides[b].all_rows().collect();
+            for id in ids {
+                let before = self.sides[b].matches(id);
+                let after = before + other_delta.get(&id).copied().unwrap_or(0);
+                self.sides[b].add_matches(id, after - before);
+                let (was, is) = (
+                    self.visible(regime, false, before),
+                    self.visible(new_regime, false, after),
+                );
+                if was != is {
+                    let w = self.sides[b].weight(id);
+                    flipped.push(id);
+                    flip_weights.push(if is { w } else { -w });
+                }
+            }
+            if !flipped.is_empty() {
+                let columns = self.sides[b].decode(&flipped)?;
+                out.push(self.single_side_output(b, columns, flip_weights)?);
+            }
+            let (was, is) = (
+                self.visible(regime, true, 0),
+                self.visible(new_regime, true, 0),
+            );
+            if was != is
+                && let Some(na) = &self.null_aware
+            {
+                let ids: Vec<RowId> = na.left_nulls.all_rows().collect();
+                if !ids.is_empty() {
+                    let w = ids.iter().map(|id| na.left_nulls.weight(*id)).collect::<Vec<_>>();
+                    let w = w.into_iter().map(|w| if is { w } else { -w }).collect();
+                    let columns = na.left_nulls.decode(&ids)?;
+                    out.push(self.single_side_output(b, columns, w)?);
+                }
+            }
+            if let (Some(na), Some(r)) = (self.null_aware.as_mut(), new_regime) {
+                na.right = r;
+            }
+        } else if track_b && !other_delta.is_empty() {
+            // Rows of the other (tracked) side whose match count crossed zero.
             let mut flipped: Vec<RowId> = Vec::new();
             let mut flip_weights: Vec<i64> = Vec::new();
             let mut touched: Vec<(RowId, i64)> = other_delta.into_iter().collect();
@@ -310,7 +404,10 @@ impl Operator for Join {
                 let before = self.sides[b].matches(id);
                 let after = before + delta;
                 self.sides[b].add_matches(id, delta);
-                let (was, is) = (self.single_visible(before), self.single_visible(after));
+                let (was, is) = (
+                    self.visible(regime, false, before),
+                    self.visible(regime, false, after),
+                );
                 if was != is {
                     let w = self.sides[b].weight(id);
                     flipped.push(id);
@@ -326,7 +423,16 @@ impl Operator for Join {
         // Finally store the incoming rows. Rows with a NULL key never match: nothing to store.
         let rows = self.sides[a].converter().convert_columns(data.columns())?;
         for i in 0..n {
-            if is_null_key(i) || weights[i] == 0 {
+            if weights[i] == 0 {
+                continue;
+            }
+            if is_null_key(i) {
+                // Never matches; a null-aware anti join still needs its left ones.
+                if a == LEFT
+                    && let Some(na) = self.null_aware.as_mut()
+                {
+                    na.left_nulls.update(0, &[], rows.row(i).as_ref(), weights[i], 0)?;
+                }
                 continue;
             }
             let m = if track_a { matches[i] } else { 0 };
@@ -347,6 +453,8 @@ impl Operator for Join {
     }
 
     fn state_rows(&self) -> usize {
-        self.sides[LEFT].live_rows() + self.sides[RIGHT].live_rows()
+        self.sides[LEFT].live_rows()
+            + self.sides[RIGHT].live_rows()
+            + self.null_aware.as_ref().map_or(0, |na| na.left_nulls.live_rows())
     }
 }

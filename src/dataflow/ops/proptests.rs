@@ -192,7 +192,7 @@ fn agg_schema(grouped: bool) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn join(kind: JoinKind, residual: bool, nulls_equal: bool) -> Box<dyn Operator> {
+fn join(kind: JoinKind, residual: bool, nulls_equal: bool, null_aware: bool) -> Box<dyn Operator> {
     let left = schema();
     let right = schema();
     let pair = Arc::new(Schema::new(
@@ -210,6 +210,7 @@ fn join(kind: JoinKind, residual: bool, nulls_equal: bool) -> Box<dyn Operator> 
         on: vec![(col("k", 0), col("k", 0))],
         nulls_equal,
         filter,
+        null_aware,
     };
     Box::new(Join::new(&spec, left, right, pair, out).unwrap())
 }
@@ -270,7 +271,12 @@ proptest! {
     #[test]
     fn joins(rounds in rounds_strategy(2), kind in 0usize..6, residual: bool, nulls_equal: bool) {
         let kind = [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full, JoinKind::LeftSemi, JoinKind::LeftAnti][kind];
-        check(&|| join(kind, residual, nulls_equal), 2, rounds);
+        check(&|| join(kind, residual, nulls_equal, false), 2, rounds);
+    }
+
+    #[test]
+    fn not_in(rounds in rounds_strategy(2)) {
+        check(&|| join(JoinKind::LeftAnti, false, false, true), 2, rounds);
     }
 
     #[test]
