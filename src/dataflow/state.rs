@@ -65,12 +65,95 @@ impl PartialOrd for ValueKey {
 }
 impl Ord for ValueKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        match (self, other) {
+            // Zero-padded inline bytes compare as two big-endian integers, then by length
+            // (a proper prefix sorts first): the same order as the byte strings, without a
+            // memcmp call.
+            (
+                ValueKey::Inline { len: la, bytes: a },
+                ValueKey::Inline { len: lb, bytes: b },
+            ) => inline_words(a).cmp(&inline_words(b)).then(la.cmp(lb)),
+            _ => self.as_bytes().cmp(other.as_bytes()),
+        }
     }
+}
+
+fn inline_words(b: &[u8; 22]) -> (u128, u64) {
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&b[..16]);
+    let mut tail = [0u8; 8];
+    tail[..6].copy_from_slice(&b[16..]);
+    (u128::from_be_bytes(head), u64::from_be_bytes(tail))
 }
 impl std::hash::Hash for ValueKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state)
+    }
+}
+
+/// An ordered multiset of values (min/max state of one group): a sorted vector while small —
+/// one allocation, contiguous, binary-searched — and a B-tree once it grows.
+#[derive(Clone)]
+pub enum ValueSet {
+    Small(Vec<(ValueKey, i64)>),
+    Large(std::collections::BTreeMap<ValueKey, i64>),
+}
+
+impl Default for ValueSet {
+    fn default() -> Self {
+        ValueSet::Small(Vec::new())
+    }
+}
+
+impl ValueSet {
+    const SMALL: usize = 256;
+
+    /// Adds `w` to the multiplicity of `value`, removing it at zero.
+    pub fn add(&mut self, value: &[u8], w: i64) {
+        if w == 0 {
+            return;
+        }
+        let probe = ValueKey::from(value);
+        match self {
+            ValueSet::Small(v) => match v.binary_search_by(|(k, _)| k.cmp(&probe)) {
+                Ok(i) => {
+                    v[i].1 += w;
+                    if v[i].1 == 0 {
+                        v.remove(i);
+                    }
+                }
+                Err(i) => {
+                    v.insert(i, (probe, w));
+                    if v.len() > Self::SMALL {
+                        *self = ValueSet::Large(std::mem::take(v).into_iter().collect());
+                    }
+                }
+            },
+            ValueSet::Large(m) => {
+                if let Some(n) = m.get_mut(&probe) {
+                    *n += w;
+                    if *n == 0 {
+                        m.remove(&probe);
+                    }
+                } else {
+                    m.insert(probe, w);
+                }
+            }
+        }
+    }
+
+    pub fn first(&self) -> Option<&[u8]> {
+        match self {
+            ValueSet::Small(v) => v.first().map(|(k, _)| k.as_bytes()),
+            ValueSet::Large(m) => m.keys().next().map(|k| k.as_bytes()),
+        }
+    }
+
+    pub fn last(&self) -> Option<&[u8]> {
+        match self {
+            ValueSet::Small(v) => v.last().map(|(k, _)| k.as_bytes()),
+            ValueSet::Large(m) => m.keys().next_back().map(|k| k.as_bytes()),
+        }
     }
 }
 
@@ -317,5 +400,49 @@ mod tests {
         a.update(7, b"k", r2.as_ref(), -1, 0).unwrap();
         assert!(a.lookup(7, b"k").is_empty());
         assert!(a.update(7, b"k", r2.as_ref(), -1, 0).is_err());
+    }
+
+    #[test]
+    fn value_keys_order_as_their_bytes() {
+        let keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![1],
+            vec![1, 255],
+            vec![255; 22],
+            vec![255; 23],
+            vec![7; 16],
+            [vec![7; 16], vec![0]].concat(),
+            [vec![7; 16], vec![1]].concat(),
+        ];
+        for a in &keys {
+            for b in &keys {
+                let (ka, kb) = (ValueKey::from(&a[..]), ValueKey::from(&b[..]));
+                assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn value_set_keeps_order_across_its_two_forms() {
+        let mut set = ValueSet::default();
+        for v in (0u16..600).rev() {
+            set.add(&v.to_be_bytes(), 1);
+        }
+        assert!(matches!(set, ValueSet::Large(_)));
+        assert_eq!(set.first(), Some(&0u16.to_be_bytes()[..]));
+        assert_eq!(set.last(), Some(&599u16.to_be_bytes()[..]));
+        set.add(&599u16.to_be_bytes(), -1);
+        set.add(&0u16.to_be_bytes(), -1);
+        assert_eq!(set.first(), Some(&1u16.to_be_bytes()[..]));
+        assert_eq!(set.last(), Some(&598u16.to_be_bytes()[..]));
+        let mut small = ValueSet::default();
+        small.add(b"b", 2);
+        small.add(b"a", 1);
+        small.add(b"a", -1);
+        assert_eq!(small.first(), Some(&b"b"[..]));
+        small.add(b"b", -2);
+        assert_eq!(small.first(), None);
     }
 }

@@ -36,7 +36,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::Operator;
 use crate::dataflow::spec::AggregateCall;
-use crate::dataflow::state::ValueKey;
+use crate::dataflow::state::{ValueKey, ValueSet};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 
@@ -119,7 +119,7 @@ enum AggState {
         max: bool,
         converter: RowConverter,
         null_row: Box<[u8]>,
-        values: Vec<BTreeMap<ValueKey, i64>>,
+        values: Vec<ValueSet>,
     },
     /// min(x) / max(x) over an append-only input: only the extreme so far (rows never leave).
     Extreme {
@@ -586,18 +586,6 @@ impl MultisetMap for BTreeMap<Box<[u8]>, i64> {
     }
 }
 
-impl MultisetMap for BTreeMap<ValueKey, i64> {
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
-        BTreeMap::get_mut(self, key)
-    }
-    fn remove(&mut self, key: &[u8]) {
-        BTreeMap::remove(self, key);
-    }
-    fn insert(&mut self, key: &[u8], w: i64) {
-        BTreeMap::insert(self, key.into(), w);
-    }
-}
-
 impl MultisetMap for HashMap<ValueKey, i64> {
     fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
         HashMap::get_mut(self, key)
@@ -624,7 +612,7 @@ impl AggState {
                 floats.resize(n, CompensatedSum::default());
                 counts.resize(n, 0);
             }
-            AggState::MinMax { values, .. } => values.resize_with(n, BTreeMap::new),
+            AggState::MinMax { values, .. } => values.resize_with(n, ValueSet::default),
             AggState::Extreme { best, .. } => best.resize(n, None),
             AggState::Bool { trues, falses, .. } => {
                 trues.resize(n, 0);
@@ -648,7 +636,7 @@ impl AggState {
                 floats[g] = CompensatedSum::default();
                 counts[g] = 0;
             }
-            AggState::MinMax { values, .. } => values[g] = BTreeMap::new(),
+            AggState::MinMax { values, .. } => values[g] = ValueSet::default(),
             AggState::Extreme { best, .. } => best[g] = None,
             AggState::Bool { trues, falses, .. } => {
                 trues[g] = 0;
@@ -722,7 +710,7 @@ impl AggState {
                 let arg = &args[0];
                 for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
-                        bump(&mut values[*g as usize], rows.row(i).as_ref(), *w);
+                        values[*g as usize].add(rows.row(i).as_ref(), *w);
                     }
                 }
             }
@@ -856,12 +844,8 @@ impl AggState {
                 let parser = converter.parser();
                 let rows = groups.iter().map(|g| {
                     let set = &values[*g as usize];
-                    let best = if *max {
-                        set.keys().next_back()
-                    } else {
-                        set.keys().next()
-                    };
-                    parser.parse(best.map_or(null_row.as_ref(), |b| b.as_bytes()))
+                    let best = if *max { set.last() } else { set.first() };
+                    parser.parse(best.unwrap_or(null_row))
                 });
                 converter.convert_rows(rows)?.remove(0)
             }

@@ -4,13 +4,14 @@
 //! | operator | SQL |
 //! |---|---|
 //! | [`union::Union`] | a source's entry, `UNION ALL` |
-//! | [`union::Constant`] | `VALUES`, `SELECT` without `FROM` |
+//! | [`constant::Constant`] | `VALUES`, `SELECT` without `FROM` |
 //! | [`filter_project::FilterProject`] | `WHERE`, `HAVING`, the `SELECT` list |
 //! | [`hash_agg::HashAggregate`] | `GROUP BY`, aggregates, `DISTINCT`, `UNION` |
 //! | [`join::Join`] | joins, `IN`/`EXISTS` subqueries, `INTERSECT`, `EXCEPT` |
 //! | [`topk::TopK`] | `ORDER BY … LIMIT`, `ROW_NUMBER() … <= k` |
 //! | [`materialize::Materialize`] | the view's contents |
 
+pub mod constant;
 pub mod filter_project;
 pub mod hash_agg;
 pub mod join;
@@ -40,7 +41,7 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
     };
     Ok(match &node.kind {
         NodeKind::Source(_) | NodeKind::Union => Box::new(union::Union::new(node.schema.clone())),
-        NodeKind::Constant(rows) => Box::new(union::Constant::new(rows.clone())),
+        NodeKind::Constant(rows) => Box::new(constant::Constant::new(rows.clone())),
         NodeKind::FilterProject { filter, exprs } => Box::new(filter_project::FilterProject::new(
             filter.clone(),
             exprs.clone(),
