@@ -18,10 +18,10 @@ use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use eddy::dataflow::Operator;
 use eddy::dataflow::ops::{filter_project::FilterProject, hash_agg::HashAggregate, join::Join};
 use eddy::dataflow::spec::{AggregateCall, JoinKind, JoinSpec};
-use eddy::engine::EngineConfig;
-use eddy::server::Server;
 use eddy::types::{Epoch, ZBatch};
-use tokio_postgres::NoTls;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -227,22 +227,8 @@ fn operators(rows: usize) {
 }
 
 async fn end_to_end(n: usize) {
-    let dir = tempfile::tempdir_in(".").unwrap();
-    let server = Server::start_with(
-        EngineConfig {
-            data_dir: dir.path().to_path_buf(),
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=eddy dbname=eddy", server.local_addr().port()),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (server, _dir) = common::start_in(Some(std::path::Path::new("."))).await;
+    let client = common::connect(&server).await;
     client
         .batch_execute(
             "CREATE TABLE t (k bigint, v bigint);

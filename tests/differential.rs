@@ -5,9 +5,9 @@
 //!
 //! `EDDY_DIFF_ROUNDS` (default 25) and `EDDY_DIFF_SEEDS` (default "1,2") make longer runs.
 
-use eddy::engine::EngineConfig;
-use eddy::server::Server;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+mod common;
 
 /// (name, view query, oracle query). The oracle is the same query, with views it reads inlined.
 const VIEWS: &[(&str, &str, &str)] = &[
@@ -211,25 +211,8 @@ fn same(a: &[Vec<String>], b: &[Vec<String>]) -> bool {
 }
 
 async fn run(seed: u64, rounds: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        EngineConfig {
-            data_dir: dir.path().to_path_buf(),
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr().port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (server, _dir) = common::start().await;
+    let client = common::connect(&server).await;
     client
         .batch_execute(
             "CREATE TABLE t1 (id int PRIMARY KEY, k int, v bigint, f double precision, s text, b boolean);

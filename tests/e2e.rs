@@ -5,37 +5,13 @@
 use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use eddy::engine::EngineConfig;
-use eddy::server::Server;
 use futures::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-async fn start() -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        EngineConfig {
-            data_dir: dir.path().to_path_buf(),
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    (server, dir)
-}
-
-async fn connect(server: &Server) -> Client {
-    let addr = server.local_addr();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=eddy dbname=eddy", addr.port()),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    client
-}
+mod common;
+use common::{connect, start};
 
 /// Sends a CancelRequest for `client`'s running statement after `delay`.
 fn cancel_after(client: &Client, delay: Duration) -> tokio::task::JoinHandle<()> {

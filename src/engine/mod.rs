@@ -265,15 +265,8 @@ impl Engine {
         let _w = self.write_lock.lock().await;
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
-        if catalog.relation_exists(&def.name) {
-            if if_not_exists {
-                return Ok(false);
-            }
-            return Err(crate::err!(
-                sqlstate::DUPLICATE_TABLE,
-                "relation \"{}\" already exists",
-                def.name
-            ));
+        if !name_is_free(&catalog, &def.name, if_not_exists)? {
+            return Ok(false);
         }
         let def = catalog.create_table(&self.state, def)?;
         self.tables
@@ -346,15 +339,8 @@ impl Engine {
     ) -> Result<bool> {
         let _w = self.write_lock.lock().await;
         let mut catalog = (**self.catalog.read()).clone();
-        if catalog.relation_exists(&def.name) {
-            if if_not_exists {
-                return Ok(false);
-            }
-            return Err(crate::err!(
-                sqlstate::DUPLICATE_TABLE,
-                "relation \"{}\" already exists",
-                def.name
-            ));
+        if !name_is_free(&catalog, &def.name, if_not_exists)? {
+            return Ok(false);
         }
         def.id = catalog.reserve_id(&self.state)?;
         *self.catalog.write() = Arc::new(catalog.clone());
@@ -384,6 +370,21 @@ impl Engine {
 
 fn new_table_store(def: &TableDef) -> TableStore {
     TableStore::new(&def.name, def.schema(), &def.primary_key)
+}
+
+/// Whether `name` is free for a new table or view: `Ok(false)` if taken and `if_not_exists`,
+/// else 42P07 if taken.
+fn name_is_free(catalog: &Catalog, name: &str, if_not_exists: bool) -> Result<bool> {
+    if !catalog.relation_exists(name) {
+        return Ok(true);
+    }
+    if if_not_exists {
+        return Ok(false);
+    }
+    Err(crate::err!(
+        sqlstate::DUPLICATE_TABLE,
+        "relation \"{name}\" already exists"
+    ))
 }
 
 /// Backfill reads tables through this (weak, so the runtime thread does not keep the engine

@@ -238,17 +238,8 @@ impl TableProvider for EddyTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let batches = visible_rows(&self.engine, &self.read, &self.def)
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        // Spread chunks over two partitions so both cores work on big scans.
-        let mut partitions = vec![Vec::new(), Vec::new()];
-        for (i, b) in batches.into_iter().enumerate() {
-            partitions[i % 2].push(b);
-        }
-        Ok(MemorySourceConfig::try_new_exec(
-            &partitions,
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        memory_scan(batches, &self.schema, projection)
     }
 }
 
@@ -289,14 +280,23 @@ impl TableProvider for EddyView {
             .state
             .scan(epoch)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let mut partitions = vec![Vec::new(), Vec::new()];
-        for (i, b) in batches.into_iter().enumerate() {
-            partitions[i % 2].push(b);
-        }
-        Ok(MemorySourceConfig::try_new_exec(
-            &partitions,
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
+        memory_scan(batches, &self.schema, projection)
     }
+}
+
+/// A scan of in-memory batches, spread over two partitions so both cores work on big scans.
+fn memory_scan(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let mut partitions = vec![Vec::new(), Vec::new()];
+    for (i, b) in batches.into_iter().enumerate() {
+        partitions[i % 2].push(b);
+    }
+    Ok(MemorySourceConfig::try_new_exec(
+        &partitions,
+        schema.clone(),
+        projection.cloned(),
+    )?)
 }

@@ -253,6 +253,47 @@ fn arrow_schema(schema: &DFSchema) -> SchemaRef {
 }
 
 impl Lowering<'_> {
+    /// A projection node: `exprs` (over `input_schema`) evaluated on the rows of `input`.
+    fn add_projection(
+        &mut self,
+        input: NodeId,
+        exprs: &[Expr],
+        input_schema: &DFSchema,
+        schema: SchemaRef,
+    ) -> Result<NodeId> {
+        let exprs = exprs
+            .iter()
+            .map(|e| self.phys(e, input_schema))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.spec.add(
+            NodeKind::FilterProject {
+                filter: None,
+                exprs: Some(exprs),
+            },
+            vec![input],
+            schema,
+        ))
+    }
+
+    /// A filter node: the rows of `input` for which `predicate` is true.
+    fn add_filter(
+        &mut self,
+        input: NodeId,
+        predicate: &Expr,
+        input_schema: &DFSchema,
+        schema: SchemaRef,
+    ) -> Result<NodeId> {
+        let filter = self.phys(predicate, input_schema)?;
+        Ok(self.spec.add(
+            NodeKind::FilterProject {
+                filter: Some(filter),
+                exprs: None,
+            },
+            vec![input],
+            schema,
+        ))
+    }
+
     fn sort_exprs(&self, sorts: &[SortExpr], schema: &DFSchema) -> Result<Vec<PhysicalSortExpr>> {
         sorts
             .iter()
@@ -332,19 +373,7 @@ impl Lowering<'_> {
             }
         };
         for p in projections.into_iter().rev() {
-            let exprs = p
-                .expr
-                .iter()
-                .map(|e| self.phys(e, p.input.schema()))
-                .collect::<Result<Vec<_>>>()?;
-            node = self.spec.add(
-                NodeKind::FilterProject {
-                    filter: None,
-                    exprs: Some(exprs),
-                },
-                vec![node],
-                arrow_schema(p.schema.as_ref()),
-            );
+            node = self.add_projection(node, &p.expr, p.input.schema(), arrow_schema(&p.schema))?;
         }
         Ok(node)
     }
@@ -435,15 +464,7 @@ impl Lowering<'_> {
             schema.clone(),
         );
         if let Some(rest) = rest.into_iter().reduce(Expr::and) {
-            let filter = self.phys(&rest, &w.schema)?;
-            node = self.spec.add(
-                NodeKind::FilterProject {
-                    filter: Some(filter),
-                    exprs: None,
-                },
-                vec![node],
-                schema,
-            );
+            node = self.add_filter(node, &rest, &w.schema, schema)?;
         }
         Ok(Some(node))
     }
@@ -537,19 +558,7 @@ impl Lowering<'_> {
             }
             LogicalPlan::Projection(p) => {
                 let input = self.lower(&p.input)?;
-                let exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| self.phys(e, p.input.schema()))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(self.spec.add(
-                    NodeKind::FilterProject {
-                        filter: None,
-                        exprs: Some(exprs),
-                    },
-                    vec![input],
-                    schema,
-                ))
+                self.add_projection(input, &p.expr, p.input.schema(), schema)
             }
             LogicalPlan::Filter(f) => {
                 // A rank filter over a window, possibly with a column-pruning projection between.
@@ -569,32 +578,12 @@ impl Lowering<'_> {
                     && let Some(mut node) = self.lower_ranked(&f.predicate, w)?
                 {
                     if let Some(p) = pruning {
-                        let exprs = p
-                            .expr
-                            .iter()
-                            .map(|e| self.phys(e, &w.schema))
-                            .collect::<Result<Vec<_>>>()?;
-                        node = self.spec.add(
-                            NodeKind::FilterProject {
-                                filter: None,
-                                exprs: Some(exprs),
-                            },
-                            vec![node],
-                            schema,
-                        );
+                        node = self.add_projection(node, &p.expr, &w.schema, schema)?;
                     }
                     return Ok(node);
                 }
                 let input = self.lower(&f.input)?;
-                let predicate = self.phys(&f.predicate, f.input.schema())?;
-                Ok(self.spec.add(
-                    NodeKind::FilterProject {
-                        filter: Some(predicate),
-                        exprs: None,
-                    },
-                    vec![input],
-                    schema,
-                ))
+                self.add_filter(input, &f.predicate, f.input.schema(), schema)
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Aggregate(a) => {

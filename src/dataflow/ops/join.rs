@@ -352,72 +352,55 @@ impl Operator for Join {
             _ => regime,
         };
 
-        if new_regime != regime {
-            // The right side became empty or non-empty, or gained or lost its last NULL key:
-            // any left row may change, so compare every one of them.
-            let mut flipped: Vec<RowId> = Vec::new();
-            let mut flip_weights: Vec<i64> = Vec::new();
-            let ids: Vec<RowId> = self.sides[b].all_rows().collect();
-            for id in ids {
-                let before = self.sides[b].matches(id);
-                let after = before + other_delta.get(&id).copied().unwrap_or(0);
-                self.sides[b].add_matches(id, after - before);
-                let (was, is) = (
-                    self.visible(regime, false, before),
-                    self.visible(new_regime, false, after),
-                );
-                if was != is {
-                    let w = self.sides[b].weight(id);
-                    flipped.push(id);
-                    flip_weights.push(if is { w } else { -w });
-                }
+        // Rows of the other (tracked) side whose visibility changed: those whose match count
+        // crossed zero — or, when the right side of a null-aware join became empty or
+        // non-empty or gained or lost its last NULL key, possibly any row, so all are compared.
+        let regime_changed = new_regime != regime;
+        let ids: Vec<RowId> = if regime_changed {
+            self.sides[b].all_rows().collect()
+        } else if track_b {
+            let mut touched: Vec<RowId> = other_delta.keys().copied().collect();
+            touched.sort_unstable();
+            touched
+        } else {
+            Vec::new()
+        };
+        let mut flipped: Vec<RowId> = Vec::new();
+        let mut flip_weights: Vec<i64> = Vec::new();
+        for id in ids {
+            let before = self.sides[b].matches(id);
+            let delta = other_delta.get(&id).copied().unwrap_or(0);
+            self.sides[b].add_matches(id, delta);
+            let was = self.visible(regime, false, before);
+            let is = self.visible(new_regime, false, before + delta);
+            if was != is {
+                let w = self.sides[b].weight(id);
+                flipped.push(id);
+                flip_weights.push(if is { w } else { -w });
             }
-            if !flipped.is_empty() {
-                let columns = self.sides[b].decode(&flipped)?;
-                out.push(self.single_side_output(b, columns, flip_weights)?);
-            }
+        }
+        if !flipped.is_empty() {
+            let columns = self.sides[b].decode(&flipped)?;
+            out.push(self.single_side_output(b, columns, flip_weights)?);
+        }
+        if regime_changed && let Some(na) = &self.null_aware {
+            // Left rows with a NULL key are shown exactly while the right side is empty.
             let (was, is) = (
                 self.visible(regime, true, 0),
                 self.visible(new_regime, true, 0),
             );
-            if was != is
-                && let Some(na) = &self.null_aware
-            {
-                let ids: Vec<RowId> = na.left_nulls.all_rows().collect();
-                if !ids.is_empty() {
-                    let w = ids.iter().map(|id| na.left_nulls.weight(*id)).collect::<Vec<_>>();
-                    let w = w.into_iter().map(|w| if is { w } else { -w }).collect();
-                    let columns = na.left_nulls.decode(&ids)?;
-                    out.push(self.single_side_output(b, columns, w)?);
-                }
+            let ids: Vec<RowId> = na.left_nulls.all_rows().collect();
+            if was != is && !ids.is_empty() {
+                let w = ids
+                    .iter()
+                    .map(|id| na.left_nulls.weight(*id) * if is { 1 } else { -1 })
+                    .collect();
+                let columns = na.left_nulls.decode(&ids)?;
+                out.push(self.single_side_output(b, columns, w)?);
             }
-            if let (Some(na), Some(r)) = (self.null_aware.as_mut(), new_regime) {
-                na.right = r;
-            }
-        } else if track_b && !other_delta.is_empty() {
-            // Rows of the other (tracked) side whose match count crossed zero.
-            let mut flipped: Vec<RowId> = Vec::new();
-            let mut flip_weights: Vec<i64> = Vec::new();
-            let mut touched: Vec<(RowId, i64)> = other_delta.into_iter().collect();
-            touched.sort_unstable_by_key(|(id, _)| *id);
-            for (id, delta) in touched {
-                let before = self.sides[b].matches(id);
-                let after = before + delta;
-                self.sides[b].add_matches(id, delta);
-                let (was, is) = (
-                    self.visible(regime, false, before),
-                    self.visible(regime, false, after),
-                );
-                if was != is {
-                    let w = self.sides[b].weight(id);
-                    flipped.push(id);
-                    flip_weights.push(if is { w } else { -w });
-                }
-            }
-            if !flipped.is_empty() {
-                let columns = self.sides[b].decode(&flipped)?;
-                out.push(self.single_side_output(b, columns, flip_weights)?);
-            }
+        }
+        if let (Some(na), Some(r)) = (self.null_aware.as_mut(), new_regime) {
+            na.right = r;
         }
 
         // Finally store the incoming rows. Rows with a NULL key never match: nothing to store.

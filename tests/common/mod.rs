@@ -1,0 +1,46 @@
+//! Shared by the test crates (and the benchmarks): an in-process server on a free port over a
+//! temporary data directory, and a tokio-postgres connection to it.
+
+#![allow(dead_code)]
+
+use eddy::engine::EngineConfig;
+use eddy::server::Server;
+use tokio_postgres::{Client, NoTls};
+
+/// A server on 127.0.0.1 with a fresh data directory in `parent` (the system's temporary
+/// directory when `None`); keep the directory alive as long as the server.
+pub async fn start_in(parent: Option<&std::path::Path>) -> (Server, tempfile::TempDir) {
+    let dir = match parent {
+        Some(p) => tempfile::tempdir_in(p),
+        None => tempfile::tempdir(),
+    }
+    .unwrap();
+    let server = Server::start_with(
+        EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    (server, dir)
+}
+
+pub async fn start() -> (Server, tempfile::TempDir) {
+    start_in(None).await
+}
+
+/// A connection (user and database `eddy`) whose driver task runs in the background.
+pub async fn connect(server: &Server) -> Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=eddy dbname=eddy",
+            server.local_addr().port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+}
