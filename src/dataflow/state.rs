@@ -160,26 +160,53 @@ impl ValueSet {
 /// Id of a row in an [`Arrangement`]; stable while the row is live.
 pub type RowId = u32;
 
+/// End of a bucket's row list.
+const NONE: RowId = RowId::MAX;
+
 struct Bucket {
     hash: u64,
-    key: Box<[u8]>,
-    rows: Vec<RowId>,
+    /// The key (inline when short, so a probe touches one cache line).
+    key: ValueKey,
+    /// First row of the bucket's list (rows link through `Arrangement::next`).
+    head: RowId,
 }
 
 /// Rows grouped by key, each with a weight and a match count (used by outer, semi and anti
 /// joins: how many rows of the other side it currently joins with).
+///
+/// Layout: buckets (one per distinct key, the key inline when short) sit directly in the hash
+/// table and hold the head of an intrusive list of their rows; rows live in a byte arena
+/// (Arrow row format). Inserting a row allocates nothing of its own; the arena is compacted
+/// when most of it is garbage.
 pub struct Arrangement {
     converter: RowConverter,
-    table: HashTable<u32>,
-    buckets: Vec<Bucket>,
-    free_buckets: Vec<u32>,
+    table: HashTable<Bucket>,
     arena: Vec<u8>,
     offsets: Vec<(usize, u32)>,
+    next: Vec<RowId>,
     weights: Vec<i64>,
     matches: Vec<i64>,
     free_rows: Vec<RowId>,
     live_rows: usize,
     live_bytes: usize,
+}
+
+/// The rows of one bucket.
+pub struct BucketRows<'a> {
+    next: &'a [RowId],
+    at: RowId,
+}
+
+impl Iterator for BucketRows<'_> {
+    type Item = RowId;
+    fn next(&mut self) -> Option<RowId> {
+        if self.at == NONE {
+            return None;
+        }
+        let id = self.at;
+        self.at = self.next[id as usize];
+        Some(id)
+    }
 }
 
 impl Arrangement {
@@ -188,10 +215,9 @@ impl Arrangement {
         Arrangement {
             converter,
             table: HashTable::new(),
-            buckets: Vec::new(),
-            free_buckets: Vec::new(),
             arena: Vec::new(),
             offsets: Vec::new(),
+            next: Vec::new(),
             weights: Vec::new(),
             matches: Vec::new(),
             free_rows: Vec::new(),
@@ -208,18 +234,15 @@ impl Arrangement {
         self.live_rows
     }
 
-    fn find_bucket(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        let buckets = &self.buckets;
-        self.table
-            .find(hash, |b| buckets[*b as usize].key.as_ref() == key)
-            .copied()
-    }
-
     /// Rows with this key.
-    pub fn lookup(&self, hash: u64, key: &[u8]) -> &[RowId] {
-        match self.find_bucket(hash, key) {
-            Some(b) => &self.buckets[b as usize].rows,
-            None => &[],
+    pub fn lookup(&self, hash: u64, key: &[u8]) -> BucketRows<'_> {
+        let at = self
+            .table
+            .find(hash, |b| b.key.as_bytes() == key)
+            .map_or(NONE, |b| b.head);
+        BucketRows {
+            next: &self.next,
+            at,
         }
     }
 
@@ -242,82 +265,79 @@ impl Arrangement {
 
     /// Every live row (for rare whole-side recomputations).
     pub fn all_rows(&self) -> impl Iterator<Item = RowId> + '_ {
-        self.buckets.iter().flat_map(|b| b.rows.iter().copied())
+        self.table.iter().flat_map(|b| BucketRows {
+            next: &self.next,
+            at: b.head,
+        })
     }
 
-    /// Adds `weight` copies of `row` under `key`. A positive weight appends a new entry (with
+    /// Adds `weight` copies of `row` under `key`. A positive weight adds a new entry (with
     /// `matches`); a negative one is taken from live entries with equal bytes. Fails if there
     /// are not enough (the input was not a valid collection: a bug upstream).
     pub fn update(&mut self, hash: u64, key: &[u8], row: &[u8], weight: i64, matches: i64) -> Result<()> {
+        let missing = || crate::internal!("join state: deleting a row that is not there");
         if weight > 0 {
-            let bucket = match self.find_bucket(hash, key) {
-                Some(b) => b,
-                None => self.new_bucket(hash, key),
-            };
             let id = self.alloc_row(row, weight, matches);
-            self.buckets[bucket as usize].rows.push(id);
+            match self.table.find_mut(hash, |b| b.key.as_bytes() == key) {
+                Some(bucket) => {
+                    self.next[id as usize] = bucket.head;
+                    bucket.head = id;
+                }
+                None => {
+                    self.table.insert_unique(
+                        hash,
+                        Bucket {
+                            hash,
+                            key: key.into(),
+                            head: id,
+                        },
+                        |b| b.hash,
+                    );
+                }
+            }
             return Ok(());
         }
         let mut remaining = -weight;
-        let bucket = self
-            .find_bucket(hash, key)
-            .ok_or_else(|| crate::internal!("join state: deleting a row that is not there"))?;
-        let mut i = 0;
+        let mut head = self
+            .table
+            .find(hash, |b| b.key.as_bytes() == key)
+            .ok_or_else(missing)?
+            .head;
+        let mut prev = NONE;
+        let mut at = head;
         while remaining > 0 {
-            let rows = &self.buckets[bucket as usize].rows;
-            let Some(&id) = rows.get(i) else {
-                return Err(crate::internal!("join state: deleting a row that is not there"));
-            };
-            if self.row(id) != row {
-                i += 1;
-                continue;
+            if at == NONE {
+                return Err(missing());
             }
-            let take = remaining.min(self.weights[id as usize]);
-            self.weights[id as usize] -= take;
-            remaining -= take;
-            if self.weights[id as usize] == 0 {
-                self.buckets[bucket as usize].rows.swap_remove(i);
-                self.free_row(id);
+            let next = self.next[at as usize];
+            if self.row(at) == row {
+                let take = remaining.min(self.weights[at as usize]);
+                self.weights[at as usize] -= take;
+                remaining -= take;
+                if self.weights[at as usize] == 0 {
+                    // Unlink and free; `prev` stays.
+                    if prev == NONE {
+                        head = next;
+                    } else {
+                        self.next[prev as usize] = next;
+                    }
+                    self.free_row(at);
+                    at = next;
+                    continue;
+                }
+            }
+            prev = at;
+            at = next;
+        }
+        if let Ok(entry) = self.table.find_entry(hash, |b| b.key.as_bytes() == key) {
+            if head == NONE {
+                entry.remove();
             } else {
-                i += 1;
+                entry.into_mut().head = head;
             }
         }
-        if self.buckets[bucket as usize].rows.is_empty() {
-            self.free_bucket(bucket);
-        }
+        self.maybe_compact();
         Ok(())
-    }
-
-    fn new_bucket(&mut self, hash: u64, key: &[u8]) -> u32 {
-        let bucket = Bucket {
-            hash,
-            key: key.into(),
-            rows: Vec::new(),
-        };
-        let b = match self.free_buckets.pop() {
-            Some(b) => {
-                self.buckets[b as usize] = bucket;
-                b
-            }
-            None => {
-                self.buckets.push(bucket);
-                (self.buckets.len() - 1) as u32
-            }
-        };
-        let buckets = &self.buckets;
-        self.table
-            .insert_unique(hash, b, |x| buckets[*x as usize].hash);
-        b
-    }
-
-    fn free_bucket(&mut self, b: u32) {
-        let hash = self.buckets[b as usize].hash;
-        if let Ok(entry) = self.table.find_entry(hash, |x| *x == b) {
-            entry.remove();
-        }
-        self.buckets[b as usize].key = Box::default();
-        self.buckets[b as usize].rows = Vec::new();
-        self.free_buckets.push(b);
     }
 
     fn alloc_row(&mut self, row: &[u8], weight: i64, matches: i64) -> RowId {
@@ -331,12 +351,14 @@ impl Arrangement {
                 self.offsets[id as usize] = entry;
                 self.weights[id as usize] = weight;
                 self.matches[id as usize] = matches;
+                self.next[id as usize] = NONE;
                 id
             }
             None => {
                 self.offsets.push(entry);
                 self.weights.push(weight);
                 self.matches.push(matches);
+                self.next.push(NONE);
                 (self.offsets.len() - 1) as RowId
             }
         }
@@ -347,24 +369,23 @@ impl Arrangement {
         self.live_bytes -= self.offsets[id as usize].1 as usize;
         self.offsets[id as usize] = (0, 0);
         self.matches[id as usize] = 0;
+        self.next[id as usize] = NONE;
         self.free_rows.push(id);
-        // Reclaim the arena once most of it is garbage.
-        if self.arena.len() > 1 << 20 && self.live_bytes * 2 < self.arena.len() {
-            self.compact();
-        }
     }
 
-    fn compact(&mut self) {
-        let mut arena = Vec::with_capacity(self.live_bytes * 3 / 2);
-        for b in &self.buckets {
-            for id in &b.rows {
-                let (start, len) = self.offsets[*id as usize];
+    /// Rewrites the arena once most of it is garbage.
+    fn maybe_compact(&mut self) {
+        if self.arena.len() > 1 << 20 && self.live_bytes * 2 < self.arena.len() {
+            let mut arena = Vec::with_capacity(self.live_bytes * 3 / 2);
+            let ids: Vec<RowId> = self.all_rows().collect();
+            for id in ids {
+                let (start, len) = self.offsets[id as usize];
                 let new_start = arena.len();
                 arena.extend_from_slice(&self.arena[start..start + len as usize]);
-                self.offsets[*id as usize] = (new_start, len);
+                self.offsets[id as usize] = (new_start, len);
             }
+            self.arena = arena;
         }
-        self.arena = arena;
     }
 
     /// The rows `ids` as Arrow columns.
@@ -393,13 +414,37 @@ mod tests {
         let (r1, r2) = (rows.row(0), rows.row(1));
         a.update(7, b"k", r1.as_ref(), 2, 0).unwrap();
         a.update(7, b"k", r2.as_ref(), 1, 0).unwrap();
-        assert_eq!(a.lookup(7, b"k").len(), 2);
+        assert_eq!(a.lookup(7, b"k").count(), 2);
         a.update(7, b"k", r1.as_ref(), -1, 0).unwrap();
         assert_eq!(a.live_rows(), 2);
         a.update(7, b"k", r1.as_ref(), -1, 0).unwrap();
         a.update(7, b"k", r2.as_ref(), -1, 0).unwrap();
-        assert!(a.lookup(7, b"k").is_empty());
+        assert_eq!(a.lookup(7, b"k").count(), 0);
         assert!(a.update(7, b"k", r2.as_ref(), -1, 0).is_err());
+    }
+
+    #[test]
+    fn compaction_keeps_live_rows_readable() {
+        let conv = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let values: Vec<i64> = (0..100_000).collect();
+        let rows = conv
+            .convert_columns(&[Arc::new(Int64Array::from(values)) as ArrayRef])
+            .unwrap();
+        let mut a = Arrangement::new(conv);
+        let key = |i: usize| ((i % 1000) as u64, (i % 1000).to_be_bytes());
+        for i in 0..100_000 {
+            let (h, k) = key(i);
+            a.update(h, &k, rows.row(i).as_ref(), 1, 0).unwrap();
+        }
+        for i in (0..100_000).filter(|i| i % 10 != 0) {
+            let (h, k) = key(i);
+            a.update(h, &k, rows.row(i).as_ref(), -1, 0).unwrap();
+        }
+        assert_eq!(a.live_rows(), 10_000);
+        let (h, k) = key(20);
+        let found: Vec<Vec<u8>> = a.lookup(h, &k).map(|id| a.row(id).to_vec()).collect();
+        assert_eq!(found.len(), 100, "rows 20, 1020, …, 99020 are under key 20");
+        assert!(found.iter().any(|r| r.as_slice() == rows.row(99_020).as_ref()));
     }
 
     #[test]

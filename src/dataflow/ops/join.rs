@@ -237,7 +237,7 @@ impl Operator for Join {
             }
             for id in self.sides[b].lookup(*hash, key(i)) {
                 probe_rows.push(i as u32);
-                other_rows.push(*id);
+                other_rows.push(id);
             }
         }
 
