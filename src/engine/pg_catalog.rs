@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use super::Engine;
-use crate::catalog::TableDef;
+use crate::catalog::{ColumnDef, TableDef};
 use crate::types::SqlType;
 
 pub const PG_CATALOG_NS: i64 = 11;
@@ -232,6 +232,36 @@ impl PgCatalog {
     fn build(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let catalog = self.engine.catalog();
         let tables: Vec<&Arc<TableDef>> = catalog.tables().collect();
+        // Tables (relkind 'r') and materialized views ('m', with their columns as running).
+        let view_defs: Vec<Arc<TableDef>> = catalog
+            .views()
+            .iter()
+            .filter(|v| v.materialized)
+            .filter_map(|v| {
+                let schema = self.engine.view_state(v.id)?.schema();
+                Some(Arc::new(TableDef {
+                    id: v.id,
+                    name: v.name.clone(),
+                    columns: schema
+                        .fields()
+                        .iter()
+                        .map(|f| ColumnDef {
+                            name: f.name().clone(),
+                            sql_type: SqlType::from_arrow(f.data_type()).unwrap_or(SqlType::Text),
+                            not_null: false,
+                        })
+                        .collect(),
+                    primary_key: vec![],
+                    append_only: false,
+                    watermark: None,
+                }))
+            })
+            .collect();
+        let relations: Vec<(&Arc<TableDef>, &str)> = tables
+            .iter()
+            .map(|t| (*t, "r"))
+            .chain(view_defs.iter().map(|v| (v, "m")))
+            .collect();
         let t = match name {
             "pg_namespace" => {
                 let mut t = Builder::new(&[
@@ -285,8 +315,11 @@ impl PgCatalog {
                     ("relisshared", BOOL),
                     ("relhassubclass", BOOL),
                 ]);
-                for def in &tables {
-                    let rows = self.engine.row_count(def.id) as f64;
+                for (def, relkind) in &relations {
+                    let rows = match *relkind {
+                        "m" => self.engine.view_state(def.id).map_or(0, |v| v.rows()),
+                        _ => self.engine.row_count(def.id),
+                    } as f64;
                     t.row(vec![
                         i(table_oid(def)),
                         s(&def.name),
@@ -294,7 +327,7 @@ impl PgCatalog {
                         i(0),
                         i(OWNER),
                         i(2),
-                        s("r"),
+                        s(relkind),
                         i(def.columns.len() as i64),
                         i(0),
                         b(!def.primary_key.is_empty()),
@@ -380,7 +413,7 @@ impl PgCatalog {
                     ("attmissingval", TEXT),
                     ("attcompression", TEXT),
                 ]);
-                for def in &tables {
+                for (def, _) in &relations {
                     for (n, c) in def.columns.iter().enumerate() {
                         let (oid, typmod) = type_oid(c.sql_type);
                         let len = TYPES.iter().find(|t| t.0 == oid).map(|t| t.2).unwrap_or(-1);
