@@ -540,6 +540,12 @@ fn recompute(
     arg_types: &[DataType],
     input_schema: &SchemaRef,
 ) -> Result<AggState> {
+    if arg_types.is_empty() {
+        return Err(crate::unsupported!(
+            "aggregate {}() without arguments in a materialized view",
+            call.func.fun().name()
+        ));
+    }
     let mut fields: Vec<SortField> = arg_types.iter().map(|t| SortField::new(t.clone())).collect();
     for s in call.func.order_bys() {
         fields.push(SortField::new(
