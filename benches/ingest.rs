@@ -17,18 +17,14 @@ use eddy::server::Server;
 use futures::SinkExt;
 use tokio_postgres::NoTls;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 /// The same allocator as the `eddy` binary, so the numbers are the server's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::arg;
 
 async fn connect(port: u16) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use eddy::engine::EngineConfig;
-use eddy::server::Server;
+mod common;
+
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_scripts_match_their_expected_output() {
@@ -19,15 +19,7 @@ async fn psql_scripts_match_their_expected_output() {
     scripts.sort();
     assert!(!scripts.is_empty());
     for script in scripts {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start_with(
-            EngineConfig {
-                data_dir: dir.path().to_path_buf(),
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let (server, _dir) = common::start().await;
         let port = server.local_addr().port().to_string();
         let script_arg = script.strip_prefix(root).unwrap_or(&script).to_path_buf();
         let output = tokio::task::spawn_blocking(move || {

@@ -44,3 +44,13 @@ pub async fn connect(server: &Server) -> Client {
     tokio::spawn(conn);
     client
 }
+
+/// The value after `name` on a benchmark's command line (`-- --rows 1000`), or `default`.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
