@@ -30,6 +30,8 @@ pub mod runtime;
 pub mod spec;
 pub mod state;
 
+use datafusion::arrow::array::RecordBatch;
+
 use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
 
@@ -50,5 +52,21 @@ pub trait Operator: Send {
     /// Rows of state the operator keeps (for observability).
     fn state_rows(&self) -> usize {
         0
+    }
+
+    /// The operator's whole state as Arrow batches, taken at an epoch barrier (a checkpoint).
+    /// Stateless operators have none.
+    fn save_state(&self) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    /// Rebuilds the state of a freshly built operator from what [`Operator::save_state`]
+    /// returned, so that it continues exactly as the saved one would have.
+    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::internal!("state given to an operator that keeps none"))
+        }
     }
 }

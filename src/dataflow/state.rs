@@ -1,5 +1,11 @@
-//! Operator state containers. They live in memory in this issue; the durability issue backs
-//! them with RocksDB checkpoints behind the same interface, without touching operator logic.
+//! Operator state: the containers operators keep it in, and the encoding of state for
+//! checkpoints.
+//!
+//! State lives in memory. Every stateful operator can hand its state over as Arrow batches
+//! ([`crate::dataflow::Operator::save_state`]) and rebuild it from them in a fresh instance
+//! (`load_state`), at an epoch barrier; the durability issue stores those batches in RocksDB
+//! with the log position they cover. Values inside the batches are Arrow's row format and the
+//! little-endian encoding of [`StateWriter`], read back with the operator's own converters.
 //!
 //! [`Arrangement`]: rows indexed by a key, with weights — one side of a join. Rows and keys are
 //! kept in Arrow's row format in one byte arena (no allocation per row); a hash table maps a key
@@ -142,6 +148,14 @@ impl ValueSet {
         }
     }
 
+    /// Every value with its multiplicity, in order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], i64)> + '_> {
+        match self {
+            ValueSet::Small(v) => Box::new(v.iter().map(|(k, n)| (k.as_bytes(), *n))),
+            ValueSet::Large(m) => Box::new(m.iter().map(|(k, n)| (k.as_bytes(), *n))),
+        }
+    }
+
     pub fn first(&self) -> Option<&[u8]> {
         match self {
             ValueSet::Small(v) => v.first().map(|(k, _)| k.as_bytes()),
@@ -154,6 +168,68 @@ impl ValueSet {
             ValueSet::Small(v) => v.last().map(|(k, _)| k.as_bytes()),
             ValueSet::Large(m) => m.keys().next_back().map(|k| k.as_bytes()),
         }
+    }
+}
+
+/// Encodes scalar pieces of operator state (little-endian) into one byte string.
+#[derive(Default)]
+pub struct StateWriter(Vec<u8>);
+
+impl StateWriter {
+    pub fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn i128(&mut self, v: i128) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn f64(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A length-prefixed byte string.
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+    pub fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Reads what a [`StateWriter`] wrote; a short or malformed buffer is corruption.
+pub struct StateReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> StateReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        StateReader { buf }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(crate::err!(
+                crate::error::sqlstate::DATA_CORRUPTED,
+                "operator state is truncated"
+            ));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    pub fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    }
+    pub fn i128(&mut self) -> Result<i128> {
+        Ok(i128::from_le_bytes(self.take(16)?.try_into().unwrap_or_default()))
+    }
+    pub fn f64(&mut self) -> Result<f64> {
+        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8]> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default());
+        self.take(len as usize)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 }
 
@@ -261,6 +337,17 @@ impl Arrangement {
 
     pub fn add_matches(&mut self, id: RowId, delta: i64) {
         self.matches[id as usize] += delta;
+    }
+
+    /// Every live row with its bucket's hash and key (for checkpoints).
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &[u8], RowId)> + '_ {
+        self.table.iter().flat_map(|b| {
+            BucketRows {
+                next: &self.next,
+                at: b.head,
+            }
+            .map(move |id| (b.hash, b.key.as_bytes(), id))
+        })
     }
 
     /// Every live row (for rare whole-side recomputations).

@@ -23,11 +23,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
-    UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Decimal128Array, Float64Array,
+    Int64Array, Int64Builder, RecordBatch, UInt32Array, UInt64Builder, new_null_array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{
+    DataType, Decimal128Type, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type,
+};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
@@ -36,7 +38,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::Operator;
 use crate::dataflow::spec::AggregateCall;
-use crate::dataflow::state::{ValueKey, ValueSet};
+use crate::dataflow::state::{StateReader, StateWriter, ValueKey, ValueSet};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 
@@ -417,6 +419,93 @@ impl Operator for HashAggregate {
     fn state_rows(&self) -> usize {
         self.groups.live
     }
+
+    /// One batch: per live group its key, hash, row count, last emitted row and, per
+    /// aggregate, its state encoded with [`StateWriter`].
+    fn save_state(&self) -> Result<Vec<RecordBatch>> {
+        let live: Vec<u32> = if self.global {
+            vec![0]
+        } else {
+            self.groups.table.iter().copied().collect()
+        };
+        let mut keys = BinaryBuilder::new();
+        let mut hashes = UInt64Builder::new();
+        let mut counts = Int64Builder::new();
+        let mut emitted = BinaryBuilder::new();
+        let mut aggs: Vec<BinaryBuilder> = self.aggs.iter().map(|_| BinaryBuilder::new()).collect();
+        for g in live {
+            let gi = g as usize;
+            keys.append_value(&self.groups.keys[gi]);
+            hashes.append_value(self.groups.hashes[gi]);
+            counts.append_value(self.row_count[gi]);
+            emitted.append_option(self.emitted[gi].as_deref());
+            for (agg, out) in self.aggs.iter().zip(aggs.iter_mut()) {
+                let mut w = StateWriter::default();
+                agg.state.save(gi, &mut w);
+                out.append_value(w.finish());
+            }
+        }
+        let mut fields = vec![
+            Field::new("key", DataType::Binary, false),
+            Field::new("hash", DataType::UInt64, false),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("emitted", DataType::Binary, true),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(keys.finish()),
+            Arc::new(hashes.finish()),
+            Arc::new(counts.finish()),
+            Arc::new(emitted.finish()),
+        ];
+        for (i, mut b) in aggs.into_iter().enumerate() {
+            fields.push(Field::new(format!("agg{i}"), DataType::Binary, false));
+            columns.push(Arc::new(b.finish()));
+        }
+        Ok(vec![RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?])
+    }
+
+    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "aggregate state is unreadable");
+        self.dirty.clear();
+        self.is_dirty.iter_mut().for_each(|d| *d = false);
+        for batch in state {
+            if batch.num_columns() != 4 + self.aggs.len() {
+                return Err(corrupt());
+            }
+            let col = |i: usize| batch.column(i).as_binary_opt::<i32>().ok_or_else(corrupt);
+            let (keys, emitted) = (col(0)?, col(3)?);
+            let hashes = batch.column(1).as_primitive_opt::<UInt64Type>().ok_or_else(corrupt)?;
+            let counts = batch.column(2).as_primitive_opt::<Int64Type>().ok_or_else(corrupt)?;
+            for r in 0..batch.num_rows() {
+                let hash = hashes.value(r);
+                let g = if self.global {
+                    0
+                } else {
+                    let g = self.alloc_group(keys.value(r).into(), hash);
+                    let hashes = &self.groups.hashes;
+                    self.groups
+                        .table
+                        .insert_unique(hash, g, |x| hashes[*x as usize]);
+                    g
+                };
+                let gi = g as usize;
+                self.row_count[gi] = counts.value(r);
+                self.emitted[gi] = emitted.is_valid(r).then(|| emitted.value(r).into());
+                for (a, agg) in self.aggs.iter_mut().enumerate() {
+                    let mut reader = StateReader::new(col(4 + a)?.value(r));
+                    agg.state.load(gi, &mut reader)?;
+                }
+            }
+        }
+        // A global aggregate saved before its first barrier has yet to emit its row.
+        if self.global && self.emitted[0].is_none() {
+            self.mark_dirty(0);
+        }
+        Ok(())
+    }
 }
 
 impl Agg {
@@ -605,6 +694,106 @@ impl MultisetMap for HashMap<ValueKey, i64> {
 }
 
 impl AggState {
+    /// Appends group `g`'s state to `w` (see [`HashAggregate::save_state`]).
+    fn save(&self, g: usize, w: &mut StateWriter) {
+        let multiset = |w: &mut StateWriter, entries: &mut dyn Iterator<Item = (&[u8], i64)>| {
+            let entries: Vec<(&[u8], i64)> = entries.collect();
+            w.i64(entries.len() as i64);
+            for (v, n) in entries {
+                w.bytes(v);
+                w.i64(n);
+            }
+        };
+        match self {
+            AggState::Count(c) => w.i64(c[g]),
+            AggState::Sum {
+                ints,
+                floats,
+                counts,
+                ..
+            } => {
+                w.i128(ints[g]);
+                w.f64(floats[g].sum);
+                w.f64(floats[g].compensation);
+                w.i64(counts[g]);
+            }
+            AggState::MinMax { values, .. } => multiset(w, &mut values[g].iter()),
+            AggState::Extreme { best, .. } => match &best[g] {
+                Some(b) => {
+                    w.i64(1);
+                    w.bytes(b.as_bytes());
+                }
+                None => w.i64(0),
+            },
+            AggState::Bool { trues, falses, .. } => {
+                w.i64(trues[g]);
+                w.i64(falses[g]);
+            }
+            AggState::CountDistinct { values, .. } => {
+                multiset(w, &mut values[g].iter().map(|(k, n)| (k.as_bytes(), *n)))
+            }
+            AggState::Recompute { rows, .. } => {
+                multiset(w, &mut rows[g].iter().map(|(k, n)| (k.as_ref(), *n)))
+            }
+        }
+    }
+
+    /// Restores group `g`'s state from what [`AggState::save`] wrote.
+    fn load(&mut self, g: usize, r: &mut StateReader<'_>) -> Result<()> {
+        match self {
+            AggState::Count(c) => c[g] = r.i64()?,
+            AggState::Sum {
+                ints,
+                floats,
+                counts,
+                ..
+            } => {
+                ints[g] = r.i128()?;
+                floats[g] = CompensatedSum {
+                    sum: r.f64()?,
+                    compensation: r.f64()?,
+                };
+                counts[g] = r.i64()?;
+            }
+            AggState::MinMax { values, .. } => {
+                for _ in 0..r.i64()? {
+                    let v = r.bytes()?;
+                    values[g].add(v, r.i64()?);
+                }
+            }
+            AggState::Extreme { best, .. } => {
+                best[g] = if r.i64()? == 1 {
+                    Some(r.bytes()?.into())
+                } else {
+                    None
+                };
+            }
+            AggState::Bool { trues, falses, .. } => {
+                trues[g] = r.i64()?;
+                falses[g] = r.i64()?;
+            }
+            AggState::CountDistinct { values, .. } => {
+                for _ in 0..r.i64()? {
+                    let v = r.bytes()?;
+                    bump(&mut values[g], v, r.i64()?);
+                }
+            }
+            AggState::Recompute { rows, .. } => {
+                for _ in 0..r.i64()? {
+                    let v = r.bytes()?;
+                    bump(&mut rows[g], v, r.i64()?);
+                }
+            }
+        }
+        if !r.is_empty() {
+            return Err(crate::err!(
+                sqlstate::DATA_CORRUPTED,
+                "aggregate state has trailing bytes"
+            ));
+        }
+        Ok(())
+    }
+
     fn grow(&mut self, n: usize) {
         match self {
             AggState::Count(c) => c.resize(n, 0),

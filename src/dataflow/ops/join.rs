@@ -22,12 +22,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions,
-    UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int64Array, Int64Builder, RecordBatch,
+    RecordBatchOptions, UInt32Array, UInt64Builder, new_null_array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{cast, filter, filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
@@ -435,9 +435,129 @@ impl Operator for Join {
         Ok(())
     }
 
+    /// Batches: the left side, the right side (key hash, key, row, weight, match count per
+    /// stored row), and for a null-aware join its left NULL-key rows and the right side's
+    /// row counts.
+    fn save_state(&self) -> Result<Vec<RecordBatch>> {
+        let mut out = vec![
+            save_arrangement(&self.sides[LEFT])?,
+            save_arrangement(&self.sides[RIGHT])?,
+        ];
+        if let Some(na) = &self.null_aware {
+            out.push(save_arrangement(&na.left_nulls)?);
+            out.push(RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("rows", DataType::Int64, false),
+                    Field::new("null_rows", DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(Int64Array::from(vec![na.right.rows])),
+                    Arc::new(Int64Array::from(vec![na.right.null_rows])),
+                ],
+            )?);
+        }
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "join state is unreadable");
+        let expected = if self.null_aware.is_some() { 4 } else { 2 };
+        if state.len() != expected {
+            return Err(corrupt());
+        }
+        let mut state = state.into_iter();
+        for side in [LEFT, RIGHT] {
+            load_arrangement(&mut self.sides[side], &state.next().ok_or_else(corrupt)?)?;
+        }
+        if let Some(na) = self.null_aware.as_mut() {
+            load_arrangement(&mut na.left_nulls, &state.next().ok_or_else(corrupt)?)?;
+            let regime = state.next().ok_or_else(corrupt)?;
+            let value = |i: usize| -> Result<i64> {
+                let col = regime
+                    .column(i)
+                    .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+                    .ok_or_else(corrupt)?;
+                if col.is_empty() {
+                    return Err(corrupt());
+                }
+                Ok(col.value(0))
+            };
+            na.right = Regime {
+                rows: value(0)?,
+                null_rows: value(1)?,
+            };
+        }
+        Ok(())
+    }
+
     fn state_rows(&self) -> usize {
         self.sides[LEFT].live_rows()
             + self.sides[RIGHT].live_rows()
             + self.null_aware.as_ref().map_or(0, |na| na.left_nulls.live_rows())
     }
+}
+
+fn arrangement_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("hash", DataType::UInt64, false),
+        Field::new("key", DataType::Binary, false),
+        Field::new("row", DataType::Binary, false),
+        Field::new("weight", DataType::Int64, false),
+        Field::new("matches", DataType::Int64, false),
+    ]))
+}
+
+fn save_arrangement(a: &Arrangement) -> Result<RecordBatch> {
+    let mut hashes = UInt64Builder::new();
+    let mut keys = BinaryBuilder::new();
+    let mut rows = BinaryBuilder::new();
+    let mut weights = Int64Builder::new();
+    let mut matches = Int64Builder::new();
+    for (hash, key, id) in a.entries() {
+        hashes.append_value(hash);
+        keys.append_value(key);
+        rows.append_value(a.row(id));
+        weights.append_value(a.weight(id));
+        matches.append_value(a.matches(id));
+    }
+    Ok(RecordBatch::try_new(
+        arrangement_schema(),
+        vec![
+            Arc::new(hashes.finish()),
+            Arc::new(keys.finish()),
+            Arc::new(rows.finish()),
+            Arc::new(weights.finish()),
+            Arc::new(matches.finish()),
+        ],
+    )?)
+}
+
+fn load_arrangement(a: &mut Arrangement, batch: &RecordBatch) -> Result<()> {
+    let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "join state is unreadable");
+    if batch.schema() != arrangement_schema() {
+        return Err(corrupt());
+    }
+    let hashes = batch
+        .column(0)
+        .as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>()
+        .ok_or_else(corrupt)?;
+    let keys = batch.column(1).as_binary_opt::<i32>().ok_or_else(corrupt)?;
+    let rows = batch.column(2).as_binary_opt::<i32>().ok_or_else(corrupt)?;
+    let int = |i: usize| {
+        batch
+            .column(i)
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
+            .ok_or_else(corrupt)
+    };
+    let (weights, matches) = (int(3)?, int(4)?);
+    for r in 0..batch.num_rows() {
+        a.update(
+            hashes.value(r),
+            keys.value(r),
+            rows.value(r),
+            weights.value(r),
+            matches.value(r),
+        )?;
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! Property tests of the stateful operators: random multi-round weighted input (inserts and
 //! deletes of existing rows, on every input port); after every round the operator's output so
 //! far, consolidated, must equal what a fresh operator emits for the current input in one step
-//! (recomputation from scratch).
+//! (recomputation from scratch). Halfway through, the operator is replaced by a fresh one
+//! loaded from its saved state (a checkpoint and restore), which must carry on identically.
 
 use std::sync::Arc;
 
@@ -98,7 +99,13 @@ fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>
     let mut op = make();
     let mut emitted: Vec<ZBatch> = Vec::new();
     let mut live: Vec<Vec<Row>> = vec![Vec::new(); ports];
+    let restore_at = rounds.len() / 2;
     for (r, round) in rounds.into_iter().enumerate() {
+        if r == restore_at {
+            let saved = op.save_state().unwrap();
+            op = make();
+            op.load_state(saved).unwrap();
+        }
         let epoch = Epoch(r as u64 + 1);
         // Group the round into one batch per port per run of same-port ops.
         let mut per_port: Vec<Vec<(Row, i64)>> = vec![Vec::new(); ports];

@@ -15,15 +15,18 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BinaryBuilder, Int64Builder, RecordBatch, RecordBatchOptions, UInt64Array,
+    UInt64Builder,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::dataflow::Operator;
 use crate::dataflow::spec::{RankKind, TopKSpec};
-use crate::error::Result;
+use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 
 /// A row's sort key and the row itself, both in Arrow's row format.
@@ -279,5 +282,90 @@ impl Operator for TopK {
 
     fn state_rows(&self) -> usize {
         self.rows
+    }
+
+    /// Batches: every stored row (partition key, sort key, row, multiplicity), and the rows
+    /// emitted last (partition key, row, rank).
+    fn save_state(&self) -> Result<Vec<RecordBatch>> {
+        let (mut p1, mut keys, mut rows, mut counts) = (
+            BinaryBuilder::new(),
+            BinaryBuilder::new(),
+            BinaryBuilder::new(),
+            Int64Builder::new(),
+        );
+        let (mut p2, mut emitted, mut ranks) =
+            (BinaryBuilder::new(), BinaryBuilder::new(), UInt64Builder::new());
+        for (pkey, partition) in &self.partitions {
+            for ((key, row), n) in &partition.rows {
+                p1.append_value(pkey);
+                keys.append_value(key);
+                rows.append_value(row);
+                counts.append_value(*n);
+            }
+            for (row, rank) in &partition.emitted {
+                p2.append_value(pkey);
+                emitted.append_value(row);
+                ranks.append_value(*rank);
+            }
+        }
+        let binary = |name: &str| Field::new(name, DataType::Binary, false);
+        Ok(vec![
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    binary("partition"),
+                    binary("key"),
+                    binary("row"),
+                    Field::new("count", DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(p1.finish()),
+                    Arc::new(keys.finish()),
+                    Arc::new(rows.finish()),
+                    Arc::new(counts.finish()),
+                ],
+            )?,
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    binary("partition"),
+                    binary("row"),
+                    Field::new("rank", DataType::UInt64, false),
+                ])),
+                vec![
+                    Arc::new(p2.finish()),
+                    Arc::new(emitted.finish()),
+                    Arc::new(ranks.finish()),
+                ],
+            )?,
+        ])
+    }
+
+    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "top-k state is unreadable");
+        let [stored, emitted] = <[RecordBatch; 2]>::try_from(state).map_err(|_| corrupt())?;
+        let bin = |b: &RecordBatch, i: usize| {
+            b.column(i).as_binary_opt::<i32>().cloned().ok_or_else(corrupt)
+        };
+        let (p, keys, rows) = (bin(&stored, 0)?, bin(&stored, 1)?, bin(&stored, 2)?);
+        let counts = stored
+            .column(3)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(corrupt)?;
+        for r in 0..stored.num_rows() {
+            let partition = self.partitions.entry(p.value(r).into()).or_default();
+            partition
+                .rows
+                .insert((keys.value(r).into(), rows.value(r).into()), counts.value(r));
+            self.rows += counts.value(r).max(0) as usize;
+        }
+        let (p, rows) = (bin(&emitted, 0)?, bin(&emitted, 1)?);
+        let ranks = emitted
+            .column(2)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(corrupt)?;
+        for r in 0..emitted.num_rows() {
+            let partition = self.partitions.entry(p.value(r).into()).or_default();
+            partition.emitted.push((rows.value(r).into(), ranks.value(r)));
+        }
+        Ok(())
     }
 }
