@@ -227,6 +227,17 @@ impl Runtime {
             .map_err(|_| crate::err!(sqlstate::QUERY_CANCELED, "the dataflow runtime stopped"))?
     }
 
+    /// Registers view `id` as failed with `error` (it has no dataflow; SELECTs report the error).
+    pub fn add_failed_view(&self, id: ObjectId, name: &str, schema: SchemaRef, error: Error) {
+        let epoch = self.shared.epochs.committed().epoch;
+        let view = ViewState {
+            name: name.to_string(),
+            store: Arc::new(RwLock::new(TableStore::new(name, schema, &[]))),
+            status: Mutex::new(ViewStatus::Failed(epoch, error)),
+        };
+        self.shared.views.write().insert(id, Arc::new(view));
+    }
+
     /// Stops view `id`'s dataflow and frees its state. Views reading it must be dropped first.
     pub async fn drop_view(&self, id: ObjectId) {
         let (reply, rx) = oneshot::channel();

@@ -126,18 +126,26 @@ impl Engine {
         let mut session = Session::new(self.clone(), &HashMap::new(), 0)?;
         for view in views.into_iter().filter(|v| v.materialized) {
             let started = std::time::Instant::now();
-            let (spec, schema) = session.plan_view(&view).await.map_err(|e| {
-                crate::err!(
-                    sqlstate::DATA_CORRUPTED,
-                    "materialized view \"{}\" cannot be planned at start-up: {}",
-                    view.name,
-                    e.message
-                )
-            })?;
-            self.runtime
-                .create_view(view.id, &view.name, spec, schema)
-                .await?;
-            tracing::info!(view = %view.name, elapsed_ms = started.elapsed().as_millis() as u64, "materialized view backfilled");
+            // A view that cannot be rebuilt (its query fails over the current data, or no
+            // longer plans) does not stop the server: it is kept as failed, its SELECTs report
+            // why, and it can be dropped.
+            let outcome = match session.plan_view(&view).await {
+                Ok((spec, schema)) => self
+                    .runtime
+                    .create_view(view.id, &view.name, spec, schema.clone())
+                    .await
+                    .map_err(|e| (e, schema)),
+                Err(e) => Err((e, Arc::new(datafusion::arrow::datatypes::Schema::empty()))),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(view = %view.name, elapsed_ms = started.elapsed().as_millis() as u64, "materialized view backfilled")
+                }
+                Err((e, schema)) => {
+                    tracing::error!(view = %view.name, error = %e, "materialized view could not be rebuilt; it is kept as failed");
+                    self.runtime.add_failed_view(view.id, &view.name, schema, e);
+                }
+            }
         }
         Ok(())
     }
