@@ -66,8 +66,8 @@ fn input(rows: usize, keys: u64, seed: u64) -> Vec<ZBatch> {
             let n = BATCH.min(rows - b * BATCH);
             let k: Int64Array = (0..n).map(|_| rng.below(keys)).collect();
             let v: Int64Array = (0..n).map(|_| rng.below(1000)).collect();
-            let data = RecordBatch::try_new(schema(), vec![Arc::new(k) as ArrayRef, Arc::new(v)])
-                .unwrap();
+            let data =
+                RecordBatch::try_new(schema(), vec![Arc::new(k) as ArrayRef, Arc::new(v)]).unwrap();
             ZBatch::uniform(data, 1)
         })
         .collect()
@@ -120,7 +120,14 @@ fn agg_op(aggs: Vec<AggregateCall>, append_only: bool) -> HashAggregate {
         aggs.iter()
             .map(|a| Field::new(a.func.name(), a.func.field().data_type().clone(), true)),
     );
-    HashAggregate::new(vec![col("k", 0)], aggs, &schema(), Arc::new(Schema::new(fields)), append_only).unwrap()
+    HashAggregate::new(
+        vec![col("k", 0)],
+        aggs,
+        &schema(),
+        Arc::new(Schema::new(fields)),
+        append_only,
+    )
+    .unwrap()
 }
 
 fn row(name: &str, detail: &str, (cpu, wall, out): (f64, f64, usize), goal: &str) {
@@ -147,7 +154,10 @@ fn operators(rows: usize) {
         ]),
         schema(),
     );
-    let batches = input(rows * 2, 1_000_000, 1).into_iter().map(|b| (0, b)).collect();
+    let batches = input(rows * 2, 1_000_000, 1)
+        .into_iter()
+        .map(|b| (0, b))
+        .collect();
     row(
         "filter/project",
         &format!("{} rows, `WHERE v < 500`, `SELECT k, v * 2 + 1`", rows * 2),
@@ -155,11 +165,17 @@ fn operators(rows: usize) {
         "≥ 20 M",
     );
 
-    let mut agg = agg_op(vec![
-        aggregate(count_udaf(), vec![lit(1)], "n"),
-        aggregate(sum_udaf(), vec![col("v", 1)], "s"),
-    ], false);
-    let batches = input(rows, 100_000, 2).into_iter().map(|b| (0, b)).collect();
+    let mut agg = agg_op(
+        vec![
+            aggregate(count_udaf(), vec![lit(1)], "n"),
+            aggregate(sum_udaf(), vec![col("v", 1)], "s"),
+        ],
+        false,
+    );
+    let batches = input(rows, 100_000, 2)
+        .into_iter()
+        .map(|b| (0, b))
+        .collect();
     row(
         "hash aggregate",
         &format!("{rows} rows, 100 k groups, `count(*), sum(v)`"),
@@ -168,7 +184,10 @@ fn operators(rows: usize) {
     );
 
     for (append_only, what) in [
-        (false, "any input (a multiset of values per group, correct under deletes)"),
+        (
+            false,
+            "any input (a multiset of values per group, correct under deletes)",
+        ),
         (true, "APPEND ONLY input (the extreme only)"),
     ] {
         let mut agg = agg_op(
@@ -178,7 +197,10 @@ fn operators(rows: usize) {
             ],
             append_only,
         );
-        let batches = input(rows, 100_000, 3).into_iter().map(|b| (0, b)).collect();
+        let batches = input(rows, 100_000, 3)
+            .into_iter()
+            .map(|b| (0, b))
+            .collect();
         row(
             "hash aggregate",
             &format!("{rows} rows, 100 k groups, `count(*), max(v)`, {what}"),
@@ -229,8 +251,14 @@ async fn end_to_end(n: usize) {
         )
         .await
         .unwrap();
-    let insert = client.prepare("INSERT INTO t VALUES ($1, $2)").await.unwrap();
-    let read = client.prepare("SELECT n FROM agg WHERE k = $1").await.unwrap();
+    let insert = client
+        .prepare("INSERT INTO t VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let read = client
+        .prepare("SELECT n FROM agg WHERE k = $1")
+        .await
+        .unwrap();
     let mut total = Vec::with_capacity(n);
     let mut visible = Vec::with_capacity(n);
     for i in 0..n as i64 {
@@ -248,15 +276,28 @@ async fn end_to_end(n: usize) {
         v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
     };
     println!();
-    println!("| end to end ({n} single-row INSERTs into a table with a grouped-aggregate view) | p50 | p99 | max |");
+    println!(
+        "| end to end ({n} single-row INSERTs into a table with a grouped-aggregate view) | p50 | p99 | max |"
+    );
     println!("|---|---|---|---|");
     for (name, v) in [
-        ("INSERT acknowledged → SELECT of the view returns it (read-your-writes wait + query)", &mut visible),
-        ("INSERT sent → view read back (whole round trip incl. fsync)", &mut total),
+        (
+            "INSERT acknowledged → SELECT of the view returns it (read-your-writes wait + query)",
+            &mut visible,
+        ),
+        (
+            "INSERT sent → view read back (whole round trip incl. fsync)",
+            &mut total,
+        ),
     ] {
         let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
         let max = *v.last().unwrap();
-        println!("| {name} | {:.2} ms | {:.2} ms | {:.2} ms |", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3);
+        println!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
     }
     server.shutdown().await;
 }

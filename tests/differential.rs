@@ -11,40 +11,159 @@ mod common;
 
 /// (name, view query, oracle query). The oracle is the same query, with views it reads inlined.
 const VIEWS: &[(&str, &str, &str)] = &[
-    ("v_proj", "SELECT id, k, v * 2 + 1 AS v2, upper(s) AS us, CASE WHEN b THEN 'y' ELSE 'n' END AS yb, coalesce(f, 0) + 1 AS f1 FROM t1 WHERE v > 3 OR s = 'a'", ""),
-    ("v_agg", "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS sv, avg(v) AS av, min(v) AS mn, max(v) AS mx, min(s) AS ms, max(s) AS xs, count(DISTINCT s) AS ds, bool_and(b) AS ba, bool_or(b) AS bo, sum(f) AS sf FROM t1 GROUP BY k", ""),
-    ("v_stragg", "SELECT k, string_agg(s, ',' ORDER BY s) AS ss, count(DISTINCT v) AS dv FROM t1 GROUP BY k", ""),
-    ("v_having", "SELECT s, sum(v) AS sv FROM t1 GROUP BY s HAVING count(*) > 1", ""),
-    ("v_global", "SELECT count(*) AS n, sum(v) AS sv, min(f) AS mf, max(s) AS ms, avg(f) AS af FROM t1", ""),
-    ("v_global_filtered", "SELECT count(*) AS n, sum(w) AS sw FROM t2 WHERE w > 20", ""),
+    (
+        "v_proj",
+        "SELECT id, k, v * 2 + 1 AS v2, upper(s) AS us, CASE WHEN b THEN 'y' ELSE 'n' END AS yb, coalesce(f, 0) + 1 AS f1 FROM t1 WHERE v > 3 OR s = 'a'",
+        "",
+    ),
+    (
+        "v_agg",
+        "SELECT k, count(*) AS n, count(v) AS nv, sum(v) AS sv, avg(v) AS av, min(v) AS mn, max(v) AS mx, min(s) AS ms, max(s) AS xs, count(DISTINCT s) AS ds, bool_and(b) AS ba, bool_or(b) AS bo, sum(f) AS sf FROM t1 GROUP BY k",
+        "",
+    ),
+    (
+        "v_stragg",
+        "SELECT k, string_agg(s, ',' ORDER BY s) AS ss, count(DISTINCT v) AS dv FROM t1 GROUP BY k",
+        "",
+    ),
+    (
+        "v_having",
+        "SELECT s, sum(v) AS sv FROM t1 GROUP BY s HAVING count(*) > 1",
+        "",
+    ),
+    (
+        "v_global",
+        "SELECT count(*) AS n, sum(v) AS sv, min(f) AS mf, max(s) AS ms, avg(f) AS af FROM t1",
+        "",
+    ),
+    (
+        "v_global_filtered",
+        "SELECT count(*) AS n, sum(w) AS sw FROM t2 WHERE w > 20",
+        "",
+    ),
     ("v_distinct", "SELECT DISTINCT k, s FROM t1", ""),
-    ("v_union_all", "SELECT k, s FROM t1 UNION ALL SELECT k, s FROM t2", ""),
+    (
+        "v_union_all",
+        "SELECT k, s FROM t1 UNION ALL SELECT k, s FROM t2",
+        "",
+    ),
     ("v_union", "SELECT k FROM t1 UNION SELECT k FROM t3", ""),
     ("v_except", "SELECT k FROM t1 EXCEPT SELECT k FROM t2", ""),
-    ("v_intersect", "SELECT k, s FROM t1 INTERSECT SELECT k, s FROM t2", ""),
-    ("v_join", "SELECT t1.id, t2.id AS id2, t1.v, t2.w FROM t1 JOIN t2 ON t1.k = t2.k", ""),
-    ("v_join_residual", "SELECT t1.id, t2.id AS id2 FROM t1 JOIN t2 ON t1.k = t2.k AND t1.v < t2.w", ""),
-    ("v_left", "SELECT t1.id, t2.id AS id2 FROM t1 LEFT JOIN t2 ON t1.k = t2.k AND t2.w > 5", ""),
-    ("v_right", "SELECT t1.id, t2.id AS id2 FROM t1 RIGHT JOIN t2 ON t1.k = t2.k", ""),
-    ("v_full", "SELECT t1.id, t2.id AS id2 FROM t1 FULL JOIN t2 ON t1.k = t2.k AND t1.s = t2.s", ""),
-    ("v_three_way", "SELECT t1.id, t2.id AS id2, t3.label FROM t1 JOIN t2 ON t1.k = t2.k JOIN t3 ON t2.k = t3.k", ""),
-    ("v_dup_join", "SELECT a.label, b.label AS l2 FROM t3 a JOIN t3 b ON a.k = b.k", ""),
-    ("v_exists", "SELECT id FROM t1 WHERE EXISTS (SELECT 1 FROM t2 WHERE t2.k = t1.k AND t2.w > t1.v)", ""),
-    ("v_not_exists", "SELECT id FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t3 WHERE t3.k = t1.k)", ""),
-    ("v_not_in", "SELECT id, k FROM t1 WHERE k NOT IN (SELECT k FROM t2 WHERE w > 10)", ""),
-    ("v_in", "SELECT id FROM t1 WHERE k IN (SELECT k FROM t2 WHERE w > 3)", ""),
-    ("v_scalar", "SELECT id, (SELECT max(w) FROM t2 WHERE t2.k = t1.k) AS mw FROM t1", ""),
-    ("v_scalar_uncorrelated", "SELECT id, v, (SELECT max(w) FROM t2) AS mw FROM t1 WHERE v > (SELECT avg(v) FROM t1)", ""),
-    ("v_distinct_on", "SELECT DISTINCT ON (k) k, id, v FROM t1 ORDER BY k, v DESC NULLS LAST, id", ""),
-    ("v_agg_join", "SELECT t1.k, count(*) AS n, sum(t2.w) AS sw FROM t1 JOIN t2 ON t1.k = t2.k GROUP BY t1.k", ""),
-    ("v_topk", "SELECT id, v FROM t1 ORDER BY v DESC NULLS LAST, id LIMIT 3", ""),
-    ("v_topk_offset", "SELECT id, v FROM t1 ORDER BY v, id LIMIT 4 OFFSET 2", ""),
-    ("v_row_number", "SELECT * FROM (SELECT k, id, v, row_number() OVER (PARTITION BY k ORDER BY v DESC, id) AS r FROM t1) x WHERE r <= 2", ""),
-    ("v_rank", "SELECT * FROM (SELECT k, id, rank() OVER (PARTITION BY k ORDER BY v) AS r FROM t1) x WHERE r <= 2", ""),
-    ("v_dense_rank", "SELECT k, id, r FROM (SELECT k, id, v, dense_rank() OVER (PARTITION BY k ORDER BY v) AS r FROM t1) x WHERE r < 3 AND id > 2", ""),
-    ("v_on_view", "SELECT k, n * 10 AS n10, sv FROM v_agg WHERE n > 1",
-        "SELECT k, n * 10 AS n10, sv FROM (SELECT k, count(*) AS n, sum(v) AS sv FROM t1 GROUP BY k) v WHERE n > 1"),
-    ("v_values", "SELECT * FROM (VALUES (1, 'one'), (2, 'two')) AS c(n, name) WHERE n IN (SELECT k FROM t3)", ""),
+    (
+        "v_intersect",
+        "SELECT k, s FROM t1 INTERSECT SELECT k, s FROM t2",
+        "",
+    ),
+    (
+        "v_join",
+        "SELECT t1.id, t2.id AS id2, t1.v, t2.w FROM t1 JOIN t2 ON t1.k = t2.k",
+        "",
+    ),
+    (
+        "v_join_residual",
+        "SELECT t1.id, t2.id AS id2 FROM t1 JOIN t2 ON t1.k = t2.k AND t1.v < t2.w",
+        "",
+    ),
+    (
+        "v_left",
+        "SELECT t1.id, t2.id AS id2 FROM t1 LEFT JOIN t2 ON t1.k = t2.k AND t2.w > 5",
+        "",
+    ),
+    (
+        "v_right",
+        "SELECT t1.id, t2.id AS id2 FROM t1 RIGHT JOIN t2 ON t1.k = t2.k",
+        "",
+    ),
+    (
+        "v_full",
+        "SELECT t1.id, t2.id AS id2 FROM t1 FULL JOIN t2 ON t1.k = t2.k AND t1.s = t2.s",
+        "",
+    ),
+    (
+        "v_three_way",
+        "SELECT t1.id, t2.id AS id2, t3.label FROM t1 JOIN t2 ON t1.k = t2.k JOIN t3 ON t2.k = t3.k",
+        "",
+    ),
+    (
+        "v_dup_join",
+        "SELECT a.label, b.label AS l2 FROM t3 a JOIN t3 b ON a.k = b.k",
+        "",
+    ),
+    (
+        "v_exists",
+        "SELECT id FROM t1 WHERE EXISTS (SELECT 1 FROM t2 WHERE t2.k = t1.k AND t2.w > t1.v)",
+        "",
+    ),
+    (
+        "v_not_exists",
+        "SELECT id FROM t1 WHERE NOT EXISTS (SELECT 1 FROM t3 WHERE t3.k = t1.k)",
+        "",
+    ),
+    (
+        "v_not_in",
+        "SELECT id, k FROM t1 WHERE k NOT IN (SELECT k FROM t2 WHERE w > 10)",
+        "",
+    ),
+    (
+        "v_in",
+        "SELECT id FROM t1 WHERE k IN (SELECT k FROM t2 WHERE w > 3)",
+        "",
+    ),
+    (
+        "v_scalar",
+        "SELECT id, (SELECT max(w) FROM t2 WHERE t2.k = t1.k) AS mw FROM t1",
+        "",
+    ),
+    (
+        "v_scalar_uncorrelated",
+        "SELECT id, v, (SELECT max(w) FROM t2) AS mw FROM t1 WHERE v > (SELECT avg(v) FROM t1)",
+        "",
+    ),
+    (
+        "v_distinct_on",
+        "SELECT DISTINCT ON (k) k, id, v FROM t1 ORDER BY k, v DESC NULLS LAST, id",
+        "",
+    ),
+    (
+        "v_agg_join",
+        "SELECT t1.k, count(*) AS n, sum(t2.w) AS sw FROM t1 JOIN t2 ON t1.k = t2.k GROUP BY t1.k",
+        "",
+    ),
+    (
+        "v_topk",
+        "SELECT id, v FROM t1 ORDER BY v DESC NULLS LAST, id LIMIT 3",
+        "",
+    ),
+    (
+        "v_topk_offset",
+        "SELECT id, v FROM t1 ORDER BY v, id LIMIT 4 OFFSET 2",
+        "",
+    ),
+    (
+        "v_row_number",
+        "SELECT * FROM (SELECT k, id, v, row_number() OVER (PARTITION BY k ORDER BY v DESC, id) AS r FROM t1) x WHERE r <= 2",
+        "",
+    ),
+    (
+        "v_rank",
+        "SELECT * FROM (SELECT k, id, rank() OVER (PARTITION BY k ORDER BY v) AS r FROM t1) x WHERE r <= 2",
+        "",
+    ),
+    (
+        "v_dense_rank",
+        "SELECT k, id, r FROM (SELECT k, id, v, dense_rank() OVER (PARTITION BY k ORDER BY v) AS r FROM t1) x WHERE r < 3 AND id > 2",
+        "",
+    ),
+    (
+        "v_on_view",
+        "SELECT k, n * 10 AS n10, sv FROM v_agg WHERE n > 1",
+        "SELECT k, n * 10 AS n10, sv FROM (SELECT k, count(*) AS n, sum(v) AS sv FROM t1 GROUP BY k) v WHERE n > 1",
+    ),
+    (
+        "v_values",
+        "SELECT * FROM (VALUES (1, 'one'), (2, 'two')) AS c(n, name) WHERE n IN (SELECT k FROM t3)",
+        "",
+    ),
 ];
 
 struct Rng(u64);
@@ -80,7 +199,12 @@ fn text(rng: &mut Rng) -> String {
 }
 
 /// One round of random writes as a list of statements.
-fn round(rng: &mut Rng, next_id: &mut i64, live1: &mut Vec<i64>, live2: &mut Vec<i64>) -> Vec<String> {
+fn round(
+    rng: &mut Rng,
+    next_id: &mut i64,
+    live1: &mut Vec<i64>,
+    live2: &mut Vec<i64>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let ops = 1 + rng.below(6);
     for _ in 0..ops {
@@ -116,7 +240,13 @@ fn round(rng: &mut Rng, next_id: &mut i64, live1: &mut Vec<i64>, live2: &mut Vec
                         live2.push(*next_id);
                         let k = rng.below(6);
                         let w = rng.below(30);
-                        format!("({}, {}, {}, {})", next_id, opt(rng, k), opt(rng, w), text(rng))
+                        format!(
+                            "({}, {}, {}, {})",
+                            next_id,
+                            opt(rng, k),
+                            opt(rng, w),
+                            text(rng)
+                        )
                     })
                     .collect();
                 out.push(format!("INSERT INTO t2 VALUES {}", rows.join(", ")));
@@ -124,7 +254,11 @@ fn round(rng: &mut Rng, next_id: &mut i64, live1: &mut Vec<i64>, live2: &mut Vec
             6 => {
                 let k = rng.below(6);
                 let label = text(rng);
-                out.push(format!("INSERT INTO t3 VALUES ({}, {label}), ({}, {label})", opt(rng, k), k));
+                out.push(format!(
+                    "INSERT INTO t3 VALUES ({}, {label}), ({}, {label})",
+                    opt(rng, k),
+                    k
+                ));
             }
             7 if !live1.is_empty() => {
                 let id = live1[rng.below(live1.len() as u64) as usize];
@@ -251,7 +385,12 @@ async fn run(seed: u64, rounds: usize) {
         }
         for (name, query, oracle) in VIEWS {
             let oracle = if oracle.is_empty() { query } else { oracle };
-            let context = || format!("seed {seed}, round {r}, last writes:\n{}", stmts.join(";\n"));
+            let context = || {
+                format!(
+                    "seed {seed}, round {r}, last writes:\n{}",
+                    stmts.join(";\n")
+                )
+            };
             let got = rows(&client, &format!("SELECT * FROM {name}"))
                 .await
                 .unwrap_or_else(|e| panic!("{e}\n{}", context()));
@@ -270,7 +409,10 @@ async fn run(seed: u64, rounds: usize) {
     }
     // A view that never had a row tested nothing.
     for (name, _, _) in VIEWS {
-        assert!(seen_rows.contains(name), "seed {seed}: view {name} was always empty");
+        assert!(
+            seen_rows.contains(name),
+            "seed {seed}: view {name} was always empty"
+        );
     }
     server.shutdown().await;
 }

@@ -7,7 +7,6 @@ use std::process::Command;
 
 mod common;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_scripts_match_their_expected_output() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -146,7 +146,11 @@ impl ViewDef {
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         format!(
             "CREATE {}VIEW {} ({}) AS {}",
-            if self.materialized { "MATERIALIZED " } else { "" },
+            if self.materialized {
+                "MATERIALIZED "
+            } else {
+                ""
+            },
             quote_ident(&self.name),
             cols.join(", "),
             self.query

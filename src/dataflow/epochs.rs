@@ -93,7 +93,10 @@ impl Epochs {
     pub fn lsn_horizon(&self) -> Lsn {
         let pins = self.pins.lock();
         let committed = pins.committed.lsn;
-        pins.lsns.keys().next().map_or(committed, |l| (*l).min(committed))
+        pins.lsns
+            .keys()
+            .next()
+            .map_or(committed, |l| (*l).min(committed))
     }
 
     /// View stores may forget history at or below this epoch.

@@ -66,7 +66,9 @@ pub trait Operator: Send {
         if state.is_empty() {
             Ok(())
         } else {
-            Err(crate::internal!("state given to an operator that keeps none"))
+            Err(crate::internal!(
+                "state given to an operator that keeps none"
+            ))
         }
     }
 }

@@ -27,10 +27,10 @@ use datafusion::arrow::datatypes::SchemaRef;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
+use super::Operator;
 use super::epochs::{Committed, Epochs};
 use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
-use super::Operator;
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::table::{Snapshot, TableStore};
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};

@@ -207,7 +207,10 @@ impl DataflowSpec {
                 aggregates,
                 ..
             } => {
-                let aggs: Vec<String> = aggregates.iter().map(|a| a.func.name().to_string()).collect();
+                let aggs: Vec<String> = aggregates
+                    .iter()
+                    .map(|a| a.func.name().to_string())
+                    .collect();
                 if group_by.is_empty() {
                     let _ = write!(line, "GlobalAggregate: [{}]", aggs.join(", "));
                 } else {

@@ -75,10 +75,9 @@ impl Ord for ValueKey {
             // Zero-padded inline bytes compare as two big-endian integers, then by length
             // (a proper prefix sorts first): the same order as the byte strings, without a
             // memcmp call.
-            (
-                ValueKey::Inline { len: la, bytes: a },
-                ValueKey::Inline { len: lb, bytes: b },
-            ) => inline_words(a).cmp(&inline_words(b)).then(la.cmp(lb)),
+            (ValueKey::Inline { len: la, bytes: a }, ValueKey::Inline { len: lb, bytes: b }) => {
+                inline_words(a).cmp(&inline_words(b)).then(la.cmp(lb))
+            }
             _ => self.as_bytes().cmp(other.as_bytes()),
         }
     }
@@ -216,13 +215,19 @@ impl<'a> StateReader<'a> {
         Ok(head)
     }
     pub fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     pub fn i128(&mut self) -> Result<i128> {
-        Ok(i128::from_le_bytes(self.take(16)?.try_into().unwrap_or_default()))
+        Ok(i128::from_le_bytes(
+            self.take(16)?.try_into().unwrap_or_default(),
+        ))
     }
     pub fn f64(&mut self) -> Result<f64> {
-        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(f64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default());
@@ -361,7 +366,14 @@ impl Arrangement {
     /// Adds `weight` copies of `row` under `key`. A positive weight adds a new entry (with
     /// `matches`); a negative one is taken from live entries with equal bytes. Fails if there
     /// are not enough (the input was not a valid collection: a bug upstream).
-    pub fn update(&mut self, hash: u64, key: &[u8], row: &[u8], weight: i64, matches: i64) -> Result<()> {
+    pub fn update(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        row: &[u8],
+        weight: i64,
+        matches: i64,
+    ) -> Result<()> {
         let missing = || crate::internal!("join state: deleting a row that is not there");
         if weight > 0 {
             let id = self.alloc_row(row, weight, matches);
@@ -531,7 +543,11 @@ mod tests {
         let (h, k) = key(20);
         let found: Vec<Vec<u8>> = a.lookup(h, &k).map(|id| a.row(id).to_vec()).collect();
         assert_eq!(found.len(), 100, "rows 20, 1020, …, 99020 are under key 20");
-        assert!(found.iter().any(|r| r.as_slice() == rows.row(99_020).as_ref()));
+        assert!(
+            found
+                .iter()
+                .any(|r| r.as_slice() == rows.row(99_020).as_ref())
+        );
     }
 
     #[test]

@@ -38,9 +38,9 @@ use crate::storage::log::{Log, LogRecord, encode_body};
 use crate::storage::state::StateStore;
 use crate::types::{Lsn, ObjectId, ZBatch};
 
-pub use session::{CopyFormat, CopyIn, Output, Prepared, Session};
 pub use crate::storage::table::Snapshot;
 use crate::storage::table::{self, TableStore};
+pub use session::{CopyFormat, CopyIn, Output, Prepared, Session};
 
 /// Engine settings (from the command line).
 #[derive(Debug, Clone)]
@@ -277,20 +277,16 @@ impl Engine {
             return Ok(false);
         }
         let def = catalog.create_table(&self.state, def)?;
-        self.tables
-            .write()
-            .insert(def.id, new_table_store(&def));
+        self.tables.write().insert(def.id, new_table_store(&def));
         *self.catalog.write() = Arc::new(catalog);
         Ok(true)
     }
 
     async fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        let id = self
-            .catalog()
-            .table(name)
-            .map(|t| t.id)
-            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist"))?;
+        let id = self.catalog().table(name).map(|t| t.id).ok_or_else(|| {
+            crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist")
+        })?;
         self.drop_dependents(id, "table", name, cascade).await?;
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
@@ -302,7 +298,13 @@ impl Engine {
 
     /// Fails with 2BP01 if views read object `id`, unless `cascade`: then drops them (latest
     /// first). The caller holds the write lock.
-    async fn drop_dependents(&self, id: ObjectId, kind: &str, name: &str, cascade: bool) -> Result<()> {
+    async fn drop_dependents(
+        &self,
+        id: ObjectId,
+        kind: &str,
+        name: &str,
+        cascade: bool,
+    ) -> Result<()> {
         let catalog = self.catalog();
         let dependents = catalog.dependents_transitive(id);
         if dependents.is_empty() {
@@ -364,13 +366,22 @@ impl Engine {
 
     async fn drop_view(&self, name: &str, materialized: bool, cascade: bool) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        let kind = if materialized { "materialized view" } else { "view" };
+        let kind = if materialized {
+            "materialized view"
+        } else {
+            "view"
+        };
         let view = self
             .catalog()
             .view(name)
             .filter(|v| v.materialized == materialized)
             .cloned()
-            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "{kind} \"{name}\" does not exist"))?;
+            .ok_or_else(|| {
+                crate::err!(
+                    sqlstate::UNDEFINED_TABLE,
+                    "{kind} \"{name}\" does not exist"
+                )
+            })?;
         self.drop_dependents(view.id, kind, name, cascade).await?;
         self.remove_view(&view).await
     }
@@ -400,7 +411,11 @@ fn name_is_free(catalog: &Catalog, name: &str, if_not_exists: bool) -> Result<bo
 struct Scanner(std::sync::Weak<Engine>);
 
 impl TableScanner for Scanner {
-    fn scan_table(&self, id: ObjectId, lsn: Lsn) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    fn scan_table(
+        &self,
+        id: ObjectId,
+        lsn: Lsn,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
         let engine = self
             .0
             .upgrade()

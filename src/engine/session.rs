@@ -413,10 +413,7 @@ impl Session {
                     }
                     ast::ShowCreateObject::View => {
                         let def = self.engine.catalog().view(&name).cloned().ok_or_else(|| {
-                            crate::err!(
-                                sqlstate::UNDEFINED_TABLE,
-                                "view \"{name}\" does not exist"
-                            )
+                            crate::err!(sqlstate::UNDEFINED_TABLE, "view \"{name}\" does not exist")
                         })?;
                         (def.name.clone(), def.create_sql())
                     }

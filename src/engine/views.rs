@@ -21,8 +21,8 @@ use super::session::{Session, output_schema, rows_output, single_text_schema};
 use crate::catalog::{Catalog, ViewDef};
 use crate::dataflow::{DataflowSpec, Input, ViewStatus};
 use crate::error::{Result, sqlstate};
-use crate::types::ObjectId;
 use crate::sql;
+use crate::types::ObjectId;
 use crate::unsupported;
 
 /// A compiled materialized view.
@@ -122,7 +122,11 @@ impl Session {
             return Err(unsupported!("CREATE OR REPLACE VIEW"));
         }
         let name = sql::table_name(&cv.name)?;
-        let names: Vec<String> = cv.columns.iter().map(|c| sql::normalize_ident(&c.name)).collect();
+        let names: Vec<String> = cv
+            .columns
+            .iter()
+            .map(|c| sql::normalize_ident(&c.name))
+            .collect();
         let referenced = referenced_objects(&cv.query, &self.engine.catalog());
         let created = if cv.materialized {
             let compiled = self.compile_view(&cv.query, &names).await?;
@@ -141,7 +145,11 @@ impl Session {
                 depends_on,
             };
             self.engine
-                .create_view(def, Some((compiled.spec, compiled.schema)), cv.if_not_exists)
+                .create_view(
+                    def,
+                    Some((compiled.spec, compiled.schema)),
+                    cv.if_not_exists,
+                )
                 .await?
         } else {
             // A plain view is stored as text and inlined into the queries that read it; planning
@@ -198,14 +206,19 @@ impl Session {
                 _ => catalog.view(&name).is_some_and(|v| !v.materialized),
             };
             if !exists {
-                if let Some(other) = catalog.view(&name).map(|v| v.kind()).or_else(|| {
-                    catalog.table(&name).map(|_| "table")
-                }) {
+                if let Some(other) = catalog
+                    .view(&name)
+                    .map(|v| v.kind())
+                    .or_else(|| catalog.table(&name).map(|_| "table"))
+                {
                     return Err(crate::err!(
                         sqlstate::WRONG_OBJECT_TYPE,
                         "\"{name}\" is not a {kind}"
                     )
-                    .with_hint(format!("Use DROP {} to remove a {other}.", other.to_uppercase())));
+                    .with_hint(format!(
+                        "Use DROP {} to remove a {other}.",
+                        other.to_uppercase()
+                    )));
                 }
                 if if_exists {
                     skipped.push(name);
@@ -271,19 +284,29 @@ impl Session {
         if !cv.materialized {
             return Err(unsupported!("EXPLAIN CREATE VIEW (plain views)"));
         }
-        let names: Vec<String> = cv.columns.iter().map(|c| sql::normalize_ident(&c.name)).collect();
+        let names: Vec<String> = cv
+            .columns
+            .iter()
+            .map(|c| sql::normalize_ident(&c.name))
+            .collect();
         let compiled = self.compile_view(&cv.query, &names).await?;
         let catalog = self.engine.catalog();
         let name_of = |input: Input| match input {
             Input::Table(id) => catalog
                 .table_by_id(id)
                 .map_or(format!("table {id}"), |t| format!("table {}", t.name)),
-            Input::View(id) => catalog
-                .view_by_id(id)
-                .map_or(format!("view {id}"), |v| format!("materialized view {}", v.name)),
+            Input::View(id) => catalog.view_by_id(id).map_or(format!("view {id}"), |v| {
+                format!("materialized view {}", v.name)
+            }),
         };
         let mut lines = vec![format!("Materialize: {}", sql::table_name(&cv.name)?)];
-        lines.extend(compiled.spec.explain(&name_of).into_iter().map(|l| format!("  {l}")));
+        lines.extend(
+            compiled
+                .spec
+                .explain(&name_of)
+                .into_iter()
+                .map(|l| format!("  {l}")),
+        );
         let schema = single_text_schema("QUERY PLAN");
         Ok(rows_output(
             schema,
@@ -394,7 +417,10 @@ pub(super) fn inline_views(stmt: &Statement, catalog: &Catalog) -> Result<Statem
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
             let ast::TableFactor::Table {
-                name, alias, args: None, ..
+                name,
+                alias,
+                args: None,
+                ..
             } = factor
             else {
                 return ControlFlow::Continue(());

@@ -16,20 +16,20 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::arrow::compute::SortOptions;
 use datafusion::common::{DFSchema, NullEquality, ScalarValue, TableReference};
 use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     Distinct, Expr, FetchType, JoinType, LogicalPlan, Operator, SkipType, SortExpr, Volatility,
 };
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, create_physical_expr};
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
 use crate::dataflow::spec::{
     AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind, RankKind, TopKSpec,
@@ -141,15 +141,12 @@ fn join_uncorrelated_subqueries(plan: LogicalPlan) -> Result<LogicalPlan> {
         }
         LogicalPlan::Filter(f) => {
             let original = LogicalPlan::Filter(f.clone());
-            let columns: Vec<Expr> = f
-                .input
-                .schema()
-                .columns()
-                .into_iter()
-                .map(col)
-                .collect();
-            let (mut exprs, input, changed) =
-                extract(vec![f.predicate.clone()], f.input.as_ref().clone(), &mut counter)?;
+            let columns: Vec<Expr> = f.input.schema().columns().into_iter().map(col).collect();
+            let (mut exprs, input, changed) = extract(
+                vec![f.predicate.clone()],
+                f.input.as_ref().clone(),
+                &mut counter,
+            )?;
             if !changed {
                 return Ok(Transformed::no(original));
             }
@@ -365,11 +362,27 @@ impl Lowering<'_> {
                     (a, None) => a,
                     (None, Some(b)) => Some(b.saturating_sub(offset)),
                 };
-                self.add_topk(input, vec![], order_by, offset, limit, None, arrow_schema(s.input.schema()))
+                self.add_topk(
+                    input,
+                    vec![],
+                    order_by,
+                    offset,
+                    limit,
+                    None,
+                    arrow_schema(s.input.schema()),
+                )
             }
             other => {
                 let input = self.lower(other)?;
-                self.add_topk(input, vec![], vec![], offset, limit, None, arrow_schema(other.schema()))
+                self.add_topk(
+                    input,
+                    vec![],
+                    vec![],
+                    offset,
+                    limit,
+                    None,
+                    arrow_schema(other.schema()),
+                )
             }
         };
         for p in projections.into_iter().rev() {
@@ -422,18 +435,22 @@ impl Lowering<'_> {
         let mut rest = Vec::new();
         for conjunct in split_conjunction(predicate) {
             let found = match conjunct {
-                Expr::BinaryExpr(b) if is_rank(&b.left) => literal(&b.right).and_then(|k| match b.op {
-                    Operator::LtEq => Some(k),
-                    Operator::Lt => Some(k - 1),
-                    Operator::Eq if k == 1 => Some(1),
-                    _ => None,
-                }),
-                Expr::BinaryExpr(b) if is_rank(&b.right) => literal(&b.left).and_then(|k| match b.op {
-                    Operator::GtEq => Some(k),
-                    Operator::Gt => Some(k - 1),
-                    Operator::Eq if k == 1 => Some(1),
-                    _ => None,
-                }),
+                Expr::BinaryExpr(b) if is_rank(&b.left) => {
+                    literal(&b.right).and_then(|k| match b.op {
+                        Operator::LtEq => Some(k),
+                        Operator::Lt => Some(k - 1),
+                        Operator::Eq if k == 1 => Some(1),
+                        _ => None,
+                    })
+                }
+                Expr::BinaryExpr(b) if is_rank(&b.right) => {
+                    literal(&b.left).and_then(|k| match b.op {
+                        Operator::GtEq => Some(k),
+                        Operator::Gt => Some(k - 1),
+                        Operator::Eq if k == 1 => Some(1),
+                        _ => None,
+                    })
+                }
                 _ => None,
             };
             match found {
@@ -513,7 +530,9 @@ impl Lowering<'_> {
                 if append_only && !self.append_only.contains(&input) {
                     self.append_only.push(input);
                 }
-                let mut node = self.spec.add(NodeKind::Source(input), vec![], source_schema.clone());
+                let mut node =
+                    self.spec
+                        .add(NodeKind::Source(input), vec![], source_schema.clone());
                 let full = DFSchema::try_from_qualified_schema(
                     scan.table_name.clone(),
                     &scan.source.schema(),
@@ -587,7 +606,10 @@ impl Lowering<'_> {
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Aggregate(a) => {
-                if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                if a.group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
+                {
                     return Err(unsupported!(
                         "GROUPING SETS, CUBE and ROLLUP in a materialized view"
                     ));
@@ -674,7 +696,9 @@ impl Lowering<'_> {
                     vec![],
                     &RecordBatchOptions::new().with_row_count(Some(rows)),
                 )?;
-                Ok(self.spec.add(NodeKind::Constant(vec![batch]), vec![], schema))
+                Ok(self
+                    .spec
+                    .add(NodeKind::Constant(vec![batch]), vec![], schema))
             }
             LogicalPlan::Values(v) => {
                 let one_row = RecordBatch::try_new_with_options(
@@ -708,7 +732,9 @@ impl Lowering<'_> {
                     columns,
                     &RecordBatchOptions::new().with_row_count(Some(v.values.len())),
                 )?;
-                Ok(self.spec.add(NodeKind::Constant(vec![batch]), vec![], schema))
+                Ok(self
+                    .spec
+                    .add(NodeKind::Constant(vec![batch]), vec![], schema))
             }
             LogicalPlan::Join(j) => {
                 if j.null_aware && (j.filter.is_some() || j.on.len() != 1) {
@@ -736,20 +762,15 @@ impl Lowering<'_> {
                 };
                 let left = self.lower(lp)?;
                 let right = self.lower(rp)?;
-                let on = j
-                    .on
-                    .iter()
-                    .map(|(l, r)| {
-                        let (l, r) = if swap { (r, l) } else { (l, r) };
-                        Ok((self.phys(l, lp.schema())?, self.phys(r, rp.schema())?))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let on =
+                    j.on.iter()
+                        .map(|(l, r)| {
+                            let (l, r) = if swap { (r, l) } else { (l, r) };
+                            Ok((self.phys(l, lp.schema())?, self.phys(r, rp.schema())?))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
                 let pair = lp.schema().join(rp.schema())?;
-                let filter = j
-                    .filter
-                    .as_ref()
-                    .map(|f| self.phys(f, &pair))
-                    .transpose()?;
+                let filter = j.filter.as_ref().map(|f| self.phys(f, &pair)).transpose()?;
                 let spec = JoinSpec {
                     kind,
                     on,
@@ -757,7 +778,9 @@ impl Lowering<'_> {
                     filter,
                     null_aware: j.null_aware,
                 };
-                Ok(self.spec.add(NodeKind::Join(spec), vec![left, right], schema))
+                Ok(self
+                    .spec
+                    .add(NodeKind::Join(spec), vec![left, right], schema))
             }
             LogicalPlan::Sort(s) => {
                 // ORDER BY … with a fetch pushed into the sort.
@@ -774,7 +797,12 @@ impl Lowering<'_> {
             )),
             other => Err(unsupported!(
                 "{} in a materialized view",
-                other.display().to_string().split(':').next().unwrap_or("this plan")
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this plan")
             )),
         }
     }

@@ -235,9 +235,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
 /// Refuses query constructs that DataFusion would answer wrongly: `INTERSECT ALL` and
 /// `EXCEPT ALL` (it does not compute the bag multiplicities PostgreSQL does).
 pub fn check_supported(stmt: &Statement) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{
-        SetExpr, SetOperator, SetQuantifier, Visit, Visitor,
-    };
+    use datafusion::sql::sqlparser::ast::{SetExpr, SetOperator, SetQuantifier, Visit, Visitor};
     use std::ops::ControlFlow;
     struct Check;
     fn walk(body: &SetExpr) -> ControlFlow<String> {

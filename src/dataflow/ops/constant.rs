@@ -27,7 +27,11 @@ impl Operator for Constant {
     /// Whether the rows are still to be emitted (the rows themselves come from the plan).
     fn save_state(&self) -> Result<Vec<RecordBatch>> {
         Ok(vec![RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new("pending", DataType::Boolean, false)])),
+            Arc::new(Schema::new(vec![Field::new(
+                "pending",
+                DataType::Boolean,
+                false,
+            )])),
             vec![Arc::new(BooleanArray::from(vec![self.rows.is_some()]))],
         )?])
     }
@@ -35,7 +39,11 @@ impl Operator for Constant {
     fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let pending = state
             .first()
-            .and_then(|b| b.column(0).as_boolean_opt().map(|a| !a.is_empty() && a.value(0)))
+            .and_then(|b| {
+                b.column(0)
+                    .as_boolean_opt()
+                    .map(|a| !a.is_empty() && a.value(0))
+            })
             .ok_or_else(|| crate::err!(sqlstate::DATA_CORRUPTED, "constant state is unreadable"))?;
         if !pending {
             self.rows = None;

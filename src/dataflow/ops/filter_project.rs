@@ -43,11 +43,17 @@ impl FilterProject {
 
     /// Applies the filter and projection to one batch.
     pub fn apply(&self, batch: ZBatch) -> Result<Option<ZBatch>> {
-        let ZBatch { mut data, mut weights } = batch;
+        let ZBatch {
+            mut data,
+            mut weights,
+        } = batch;
         if let Some(predicate) = &self.filter {
             let mask = predicate.evaluate(&data)?.into_array(data.num_rows())?;
             let mask = mask.as_boolean_opt().ok_or_else(|| {
-                crate::err!(sqlstate::DATATYPE_MISMATCH, "WHERE condition is not boolean")
+                crate::err!(
+                    sqlstate::DATATYPE_MISMATCH,
+                    "WHERE condition is not boolean"
+                )
             })?;
             if mask.true_count() == 0 {
                 return Ok(None);

@@ -477,8 +477,14 @@ impl Operator for HashAggregate {
             }
             let col = |i: usize| batch.column(i).as_binary_opt::<i32>().ok_or_else(corrupt);
             let (keys, emitted) = (col(0)?, col(3)?);
-            let hashes = batch.column(1).as_primitive_opt::<UInt64Type>().ok_or_else(corrupt)?;
-            let counts = batch.column(2).as_primitive_opt::<Int64Type>().ok_or_else(corrupt)?;
+            let hashes = batch
+                .column(1)
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(corrupt)?;
+            let counts = batch
+                .column(2)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(corrupt)?;
             for r in 0..batch.num_rows() {
                 let hash = hashes.value(r);
                 let g = if self.global {
@@ -539,7 +545,9 @@ impl Agg {
                 values: Vec::new(),
             },
             "sum" | "avg" if simple && !distinct => match sum_kind(&arg_types[0]) {
-                Some(SumKind::Decimal(_)) if name == "avg" => recompute(&call, &arg_types, input_schema)?,
+                Some(SumKind::Decimal(_)) if name == "avg" => {
+                    recompute(&call, &arg_types, input_schema)?
+                }
                 Some(kind) => AggState::Sum {
                     kind,
                     avg: name == "avg",
@@ -552,7 +560,8 @@ impl Agg {
             "min" | "max" if simple => {
                 let converter = RowConverter::new(vec![SortField::new(arg_types[0].clone())])?;
                 let null = new_null_array(&arg_types[0], 1);
-                let null_row: Box<[u8]> = converter.convert_columns(&[null])?.row(0).as_ref().into();
+                let null_row: Box<[u8]> =
+                    converter.convert_columns(&[null])?.row(0).as_ref().into();
                 if append_only {
                     AggState::Extreme {
                         max: name == "max",
@@ -603,15 +612,20 @@ impl Agg {
                 // FILTER (WHERE …): rows it rejects count with weight 0.
                 let mask = f.evaluate(data)?.into_array(n)?;
                 let mask = mask.as_boolean_opt().ok_or_else(|| {
-                    crate::err!(sqlstate::DATATYPE_MISMATCH, "FILTER condition is not boolean")
+                    crate::err!(
+                        sqlstate::DATATYPE_MISMATCH,
+                        "FILTER condition is not boolean"
+                    )
                 })?;
-                filtered = Int64Array::from_iter_values(
-                    weights
-                        .values()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, w)| if mask.is_valid(i) && mask.value(i) { *w } else { 0 }),
-                );
+                filtered = Int64Array::from_iter_values(weights.values().iter().enumerate().map(
+                    |(i, w)| {
+                        if mask.is_valid(i) && mask.value(i) {
+                            *w
+                        } else {
+                            0
+                        }
+                    },
+                ));
                 &filtered
             }
         };
@@ -635,11 +649,12 @@ fn recompute(
             call.func.fun().name()
         ));
     }
-    let mut fields: Vec<SortField> = arg_types.iter().map(|t| SortField::new(t.clone())).collect();
+    let mut fields: Vec<SortField> = arg_types
+        .iter()
+        .map(|t| SortField::new(t.clone()))
+        .collect();
     for s in call.func.order_bys() {
-        fields.push(SortField::new(
-            s.expr.data_type(input_schema)?,
-        ));
+        fields.push(SortField::new(s.expr.data_type(input_schema)?));
     }
     Ok(AggState::Recompute {
         call: call.clone(),
@@ -941,7 +956,10 @@ impl AggState {
             }
             AggState::Bool { trues, falses, .. } => {
                 let arg = args[0].as_boolean_opt().ok_or_else(|| {
-                    crate::err!(sqlstate::DATATYPE_MISMATCH, "bool_and/bool_or need booleans")
+                    crate::err!(
+                        sqlstate::DATATYPE_MISMATCH,
+                        "bool_and/bool_or need booleans"
+                    )
                 })?;
                 for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
@@ -1005,23 +1023,22 @@ impl AggState {
                         }
                         Arc::new(Int64Array::from(out))
                     }
-                    (SumKind::Int, true) => Arc::new(Float64Array::from_iter(groups.iter().map(
-                        |g| {
-                            valid(g).then(|| {
-                                ints[*g as usize] as f64 / counts[*g as usize] as f64
-                            })
-                        },
-                    ))),
+                    (SumKind::Int, true) => {
+                        Arc::new(Float64Array::from_iter(groups.iter().map(|g| {
+                            valid(g).then(|| ints[*g as usize] as f64 / counts[*g as usize] as f64)
+                        })))
+                    }
                     (SumKind::Float, false) => Arc::new(Float64Array::from_iter(
                         groups
                             .iter()
                             .map(|g| valid(g).then(|| floats[*g as usize].value())),
                     )),
-                    (SumKind::Float, true) => Arc::new(Float64Array::from_iter(groups.iter().map(
-                        |g| {
-                            valid(g).then(|| floats[*g as usize].value() / counts[*g as usize] as f64)
-                        },
-                    ))),
+                    (SumKind::Float, true) => {
+                        Arc::new(Float64Array::from_iter(groups.iter().map(|g| {
+                            valid(g)
+                                .then(|| floats[*g as usize].value() / counts[*g as usize] as f64)
+                        })))
+                    }
                     (SumKind::Decimal(s), _) => Arc::new(
                         Decimal128Array::from_iter(
                             groups.iter().map(|g| valid(g).then(|| ints[*g as usize])),
@@ -1081,8 +1098,7 @@ impl AggState {
                     let set = &rows[*g as usize];
                     if !set.is_empty() {
                         let expanded = set.iter().flat_map(|(row, n)| {
-                            std::iter::repeat_n(row, (*n).max(0) as usize)
-                                .map(|r| parser.parse(r))
+                            std::iter::repeat_n(row, (*n).max(0) as usize).map(|r| parser.parse(r))
                         });
                         let columns = converter.convert_rows(expanded)?;
                         acc.update_batch(&columns)?;

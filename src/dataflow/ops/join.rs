@@ -87,8 +87,12 @@ impl Join {
             .iter()
             .map(|e| Ok(e.data_type(&left)?))
             .collect::<Result<Vec<_>>>()?;
-        let key_converter =
-            RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let key_converter = RowConverter::new(
+            key_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+        )?;
         let side = |s: &SchemaRef| -> Result<Arrangement> {
             Ok(Arrangement::new(RowConverter::new(
                 s.fields()
@@ -144,16 +148,19 @@ impl Join {
 
     /// Output rows for rows of `side` given as columns, in the "unmatched" form: padded with
     /// NULLs for outer joins, bare for semi/anti joins.
-    fn single_side_output(&self, side: usize, columns: Vec<ArrayRef>, weights: Vec<i64>) -> Result<ZBatch> {
+    fn single_side_output(
+        &self,
+        side: usize,
+        columns: Vec<ArrayRef>,
+        weights: Vec<i64>,
+    ) -> Result<ZBatch> {
         let n = weights.len();
         let data = match self.kind {
-            JoinKind::LeftSemi | JoinKind::LeftAnti => {
-                RecordBatch::try_new_with_options(
-                    self.schema.clone(),
-                    columns,
-                    &RecordBatchOptions::new().with_row_count(Some(n)),
-                )?
-            }
+            JoinKind::LeftSemi | JoinKind::LeftAnti => RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(n)),
+            )?,
             _ => {
                 let other = 1 - side;
                 let nulls: Vec<ArrayRef> = self.schemas[other]
@@ -222,9 +229,9 @@ impl Operator for Join {
         let null_key: Option<NullBuffer> = if self.nulls_equal {
             None
         } else {
-            key_columns
-                .iter()
-                .fold(None, |acc, c| NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref()))
+            key_columns.iter().fold(None, |acc, c| {
+                NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref())
+            })
         };
         let is_null_key = |i: usize| null_key.as_ref().is_some_and(|nb| nb.is_null(i));
 
@@ -252,7 +259,11 @@ impl Operator for Join {
                 .map(|c| Ok(take(c.as_ref(), &idx, None)?))
                 .collect::<Result<_>>()?;
             let theirs = self.sides[b].decode(&other_rows)?;
-            let (l, r) = if a == LEFT { (mine, theirs) } else { (theirs, mine) };
+            let (l, r) = if a == LEFT {
+                (mine, theirs)
+            } else {
+                (theirs, mine)
+            };
             let batch = RecordBatch::try_new_with_options(
                 self.pair_schema.clone(),
                 l.into_iter().chain(r).collect(),
@@ -414,18 +425,13 @@ impl Operator for Join {
                 if a == LEFT
                     && let Some(na) = self.null_aware.as_mut()
                 {
-                    na.left_nulls.update(0, &[], rows.row(i).as_ref(), weights[i], 0)?;
+                    na.left_nulls
+                        .update(0, &[], rows.row(i).as_ref(), weights[i], 0)?;
                 }
                 continue;
             }
             let m = if track_a { matches[i] } else { 0 };
-            self.sides[a].update(
-                hashes[i],
-                key(i),
-                rows.row(i).as_ref(),
-                weights[i],
-                m,
-            )?;
+            self.sides[a].update(hashes[i], key(i), rows.row(i).as_ref(), weights[i], m)?;
         }
         Ok(())
     }
@@ -493,7 +499,10 @@ impl Operator for Join {
     fn state_rows(&self) -> usize {
         self.sides[LEFT].live_rows()
             + self.sides[RIGHT].live_rows()
-            + self.null_aware.as_ref().map_or(0, |na| na.left_nulls.live_rows())
+            + self
+                .null_aware
+                .as_ref()
+                .map_or(0, |na| na.left_nulls.live_rows())
     }
 }
 

@@ -57,7 +57,11 @@ impl Operator for Materialize {
         {
             let mut store = self.store.write();
             let plan = store.plan(&delta).map_err(|e| {
-                crate::internal!("view contents went negative at epoch {}: {}", epoch.0, e.message)
+                crate::internal!(
+                    "view contents went negative at epoch {}: {}",
+                    epoch.0,
+                    e.message
+                )
             })?;
             let horizon = Lsn(self.epochs.epoch_horizon().0);
             store.commit(plan, Lsn(epoch.0), horizon)?;
@@ -99,8 +103,8 @@ mod tests {
 
     fn rows(values: &[i64], weight: i64) -> ZBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
-        let data =
-            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap();
+        let data = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values.to_vec()))])
+            .unwrap();
         ZBatch::uniform(data, weight)
     }
 

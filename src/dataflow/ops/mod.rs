@@ -67,7 +67,13 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
                     .cloned()
                     .collect::<Vec<_>>(),
             ));
-            Box::new(join::Join::new(spec, left, right, pair, node.schema.clone())?)
+            Box::new(join::Join::new(
+                spec,
+                left,
+                right,
+                pair,
+                node.schema.clone(),
+            )?)
         }
         NodeKind::TopK(spec) => Box::new(topk::TopK::new(
             spec,

@@ -10,6 +10,7 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::{
     average::avg_udaf, bool_and_or::bool_and_udaf, bool_and_or::bool_or_udaf, count::count_udaf,
     min_max::max_udaf, min_max::min_udaf, string_agg::string_agg_udaf, sum::sum_udaf,
@@ -18,7 +19,6 @@ use datafusion::logical_expr::{AggregateUDF, Operator as BinOp};
 use datafusion::physical_expr::aggregate::AggregateExprBuilder;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
-use datafusion::common::ScalarValue;
 use proptest::prelude::*;
 
 use super::hash_agg::HashAggregate;
@@ -80,14 +80,22 @@ fn row_strategy() -> impl Strategy<Value = Row> {
     (
         prop::option::weighted(0.9, 0i64..4),
         prop::option::weighted(0.85, 0i64..6),
-        prop::option::weighted(0.85, prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from)),
+        prop::option::weighted(
+            0.85,
+            prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from),
+        ),
     )
 }
 
 fn rounds_strategy(ports: usize) -> impl Strategy<Value = Vec<Vec<Op>>> {
     prop::collection::vec(
         prop::collection::vec(
-            (0..ports, prop::bool::weighted(0.35), 0usize..1000, row_strategy()),
+            (
+                0..ports,
+                prop::bool::weighted(0.35),
+                0usize..1000,
+                row_strategy(),
+            ),
             0..8,
         ),
         1..12,
@@ -151,7 +159,9 @@ fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
 }
 
 fn agg(f: Arc<AggregateUDF>, args: Vec<Arc<dyn PhysicalExpr>>, name: &str) -> AggregateExprBuilder {
-    AggregateExprBuilder::new(f, args).schema(schema()).alias(name)
+    AggregateExprBuilder::new(f, args)
+        .schema(schema())
+        .alias(name)
 }
 
 fn aggregates() -> Vec<AggregateCall> {
@@ -194,7 +204,11 @@ fn agg_schema(grouped: bool) -> SchemaRef {
         fields.push(Field::new("k", DataType::Int64, true));
     }
     for a in aggregates() {
-        fields.push(Field::new(a.func.name(), a.func.field().data_type().clone(), true));
+        fields.push(Field::new(
+            a.func.name(),
+            a.func.field().data_type().clone(),
+            true,
+        ));
     }
     Arc::new(Schema::new(fields))
 }
@@ -203,15 +217,19 @@ fn join(kind: JoinKind, residual: bool, nulls_equal: bool, null_aware: bool) -> 
     let left = schema();
     let right = schema();
     let pair = Arc::new(Schema::new(
-        left.fields().iter().chain(right.fields().iter()).cloned().collect::<Vec<_>>(),
+        left.fields()
+            .iter()
+            .chain(right.fields().iter())
+            .cloned()
+            .collect::<Vec<_>>(),
     ));
     let out = match kind {
         JoinKind::LeftSemi | JoinKind::LeftAnti => left.clone(),
         _ => pair.clone(),
     };
     // Residual: left.v < right.v (columns 1 and 4 of the pair).
-    let filter: Option<Arc<dyn PhysicalExpr>> = residual
-        .then(|| Arc::new(BinaryExpr::new(col("v", 1), BinOp::Lt, col("v", 4))) as _);
+    let filter: Option<Arc<dyn PhysicalExpr>> =
+        residual.then(|| Arc::new(BinaryExpr::new(col("v", 1), BinOp::Lt, col("v", 4))) as _);
     let spec = JoinSpec {
         kind,
         on: vec![(col("k", 0), col("k", 0))],
@@ -222,9 +240,18 @@ fn join(kind: JoinKind, residual: bool, nulls_equal: bool, null_aware: bool) -> 
     Box::new(Join::new(&spec, left, right, pair, out).unwrap())
 }
 
-fn topk(partitioned: bool, rank: Option<RankKind>, offset: usize, limit: usize) -> Box<dyn Operator> {
+fn topk(
+    partitioned: bool,
+    rank: Option<RankKind>,
+    offset: usize,
+    limit: usize,
+) -> Box<dyn Operator> {
     let spec = TopKSpec {
-        partition_by: if partitioned { vec![col("k", 0)] } else { vec![] },
+        partition_by: if partitioned {
+            vec![col("k", 0)]
+        } else {
+            vec![]
+        },
         order_by: vec![PhysicalSortExpr {
             expr: col("v", 1),
             options: SortOptions {
@@ -236,7 +263,11 @@ fn topk(partitioned: bool, rank: Option<RankKind>, offset: usize, limit: usize) 
         limit: Some(limit),
         rank,
     };
-    let mut fields: Vec<Field> = schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     if rank.is_some() {
         fields.push(Field::new("r", DataType::UInt64, true));
     }

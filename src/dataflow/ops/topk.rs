@@ -75,8 +75,10 @@ impl TopK {
                 .enumerate()
                 .map(|(i, f)| {
                     (
-                        Arc::new(datafusion::physical_expr::expressions::Column::new(f.name(), i))
-                            as Arc<dyn PhysicalExpr>,
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(
+                            f.name(),
+                            i,
+                        )) as Arc<dyn PhysicalExpr>,
                         SortField::new(f.data_type().clone()),
                     )
                 })
@@ -177,7 +179,8 @@ impl TopK {
             .row_converter
             .convert_rows(rows.iter().map(|(r, _)| parser.parse(r)))?;
         if self.rank.is_some() {
-            let ranks: ArrayRef = Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, r)| *r)));
+            let ranks: ArrayRef =
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|(_, r)| *r)));
             let target = self.schema.field(columns.len()).data_type();
             columns.push(if ranks.data_type() == target {
                 ranks
@@ -209,7 +212,9 @@ impl Operator for TopK {
             Some(c) => Some(c.convert_columns(&eval(&self.partition_by)?)?),
             None => None,
         };
-        let keys = self.sort_converter.convert_columns(&eval(&self.order_by)?)?;
+        let keys = self
+            .sort_converter
+            .convert_columns(&eval(&self.order_by)?)?;
         let rows = self.row_converter.convert_columns(data.columns())?;
         for (i, w) in batch.weights.values().iter().enumerate() {
             if *w == 0 {
@@ -223,7 +228,10 @@ impl Operator for TopK {
                 Some(p) => p,
                 None => self.partitions.entry(pkey.into()).or_default(),
             };
-            let key = (Box::<[u8]>::from(keys.row(i).data()), Box::<[u8]>::from(rows.row(i).data()));
+            let key = (
+                Box::<[u8]>::from(keys.row(i).data()),
+                Box::<[u8]>::from(rows.row(i).data()),
+            );
             match partition.rows.entry(key) {
                 Entry::Occupied(mut o) => {
                     *o.get_mut() += w;
@@ -293,8 +301,11 @@ impl Operator for TopK {
             BinaryBuilder::new(),
             Int64Builder::new(),
         );
-        let (mut p2, mut emitted, mut ranks) =
-            (BinaryBuilder::new(), BinaryBuilder::new(), UInt64Builder::new());
+        let (mut p2, mut emitted, mut ranks) = (
+            BinaryBuilder::new(),
+            BinaryBuilder::new(),
+            UInt64Builder::new(),
+        );
         for (pkey, partition) in &self.partitions {
             for ((key, row), n) in &partition.rows {
                 p1.append_value(pkey);
@@ -343,7 +354,10 @@ impl Operator for TopK {
         let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "top-k state is unreadable");
         let [stored, emitted] = <[RecordBatch; 2]>::try_from(state).map_err(|_| corrupt())?;
         let bin = |b: &RecordBatch, i: usize| {
-            b.column(i).as_binary_opt::<i32>().cloned().ok_or_else(corrupt)
+            b.column(i)
+                .as_binary_opt::<i32>()
+                .cloned()
+                .ok_or_else(corrupt)
         };
         let (p, keys, rows) = (bin(&stored, 0)?, bin(&stored, 1)?, bin(&stored, 2)?);
         let counts = stored
@@ -352,9 +366,10 @@ impl Operator for TopK {
             .ok_or_else(corrupt)?;
         for r in 0..stored.num_rows() {
             let partition = self.partitions.entry(p.value(r).into()).or_default();
-            partition
-                .rows
-                .insert((keys.value(r).into(), rows.value(r).into()), counts.value(r));
+            partition.rows.insert(
+                (keys.value(r).into(), rows.value(r).into()),
+                counts.value(r),
+            );
             self.rows += counts.value(r).max(0) as usize;
         }
         let (p, rows) = (bin(&emitted, 0)?, bin(&emitted, 1)?);
@@ -364,7 +379,9 @@ impl Operator for TopK {
             .ok_or_else(corrupt)?;
         for r in 0..emitted.num_rows() {
             let partition = self.partitions.entry(p.value(r).into()).or_default();
-            partition.emitted.push((rows.value(r).into(), ranks.value(r)));
+            partition
+                .emitted
+                .push((rows.value(r).into(), ranks.value(r)));
         }
         Ok(())
     }
