@@ -271,14 +271,6 @@ impl Session {
                     tag: "SELECT",
                 })
             }
-            Statement::Explain { statement, .. }
-                if matches!(statement.as_ref(), Statement::CreateView(_)) =>
-            {
-                let Statement::CreateView(cv) = statement.as_ref() else {
-                    unreachable!("matched above")
-                };
-                self.explain_create_view(cv).await
-            }
             Statement::CreateView(cv) => self.create_view(cv).await,
             Statement::ShowViews { materialized, .. } => {
                 if !*materialized {
@@ -286,7 +278,10 @@ impl Session {
                 }
                 self.show_materialized_views()
             }
-            Statement::Explain { .. } => {
+            Statement::Explain { statement, .. } => {
+                if let Statement::CreateView(cv) = statement.as_ref() {
+                    return self.explain_create_view(cv).await;
+                }
                 self.pin_read_point(&parsed.stmt).await?;
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;
                 let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
