@@ -457,6 +457,12 @@ impl Worker {
     fn run_epoch(&mut self, records: Vec<Record>) {
         let epoch = Epoch(self.committed.epoch.0 + 1);
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
+        if self.dataflows.is_empty() {
+            // No views: the epoch only moves the read point.
+            self.committed = Committed { epoch, lsn };
+            self.shared.epochs.publish(self.committed);
+            return;
+        }
         let mut deltas: HashMap<Input, Vec<ZBatch>> = HashMap::new();
         for record in &records {
             for (table, change) in record.changes.iter() {

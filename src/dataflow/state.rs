@@ -96,8 +96,9 @@ impl std::hash::Hash for ValueKey {
     }
 }
 
-/// An ordered multiset of values (min/max state of one group): a sorted vector while small —
-/// one allocation, contiguous, binary-searched — and a B-tree once it grows.
+/// An ordered multiset of values (one group's min/max, DISTINCT or argument rows): a sorted
+/// vector while small — one allocation, contiguous, binary-searched — and a B-tree once it
+/// grows.
 #[derive(Clone)]
 pub enum ValueSet {
     Small(Vec<(ValueKey, i64)>),
@@ -145,6 +146,18 @@ impl ValueSet {
                 }
             }
         }
+    }
+
+    /// Number of distinct values.
+    pub fn len(&self) -> usize {
+        match self {
+            ValueSet::Small(v) => v.len(),
+            ValueSet::Large(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Every value with its multiplicity, in order.

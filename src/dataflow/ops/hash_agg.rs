@@ -19,7 +19,6 @@
 //! construction. Hot path: one hash and one probe per input row, typed loops over Arrow arrays,
 //! no allocation except for new groups and new distinct values.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -139,13 +138,13 @@ enum AggState {
     /// count(DISTINCT x): per group, value → multiplicity.
     CountDistinct {
         converter: RowConverter,
-        values: Vec<HashMap<ValueKey, i64>>,
+        values: Vec<ValueSet>,
     },
     /// Anything else: the multiset of argument rows, recomputed with DataFusion's accumulator.
     Recompute {
         call: AggregateCall,
         converter: RowConverter,
-        rows: Vec<BTreeMap<Box<[u8]>, i64>>,
+        rows: Vec<ValueSet>,
     },
 }
 
@@ -330,10 +329,7 @@ impl Operator for HashAggregate {
         let weights = batch.weights.values();
         for (g, w) in ids.iter().zip(weights.iter()) {
             self.row_count[*g as usize] += *w;
-            if !self.is_dirty[*g as usize] {
-                self.is_dirty[*g as usize] = true;
-                self.dirty.push(*g);
-            }
+            self.mark_dirty(*g);
         }
         for agg in &mut self.aggs {
             agg.update(&batch.data, &ids, &batch.weights)?;
@@ -663,51 +659,6 @@ fn recompute(
     })
 }
 
-/// Adds `w` to the multiplicity of `key`, removing it at zero. Allocates only for a new key.
-fn bump<M: MultisetMap>(map: &mut M, key: &[u8], w: i64) {
-    if w == 0 {
-        return;
-    }
-    if let Some(n) = map.get_mut(key) {
-        *n += w;
-        if *n == 0 {
-            map.remove(key);
-        }
-    } else {
-        map.insert(key, w);
-    }
-}
-
-trait MultisetMap {
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64>;
-    fn remove(&mut self, key: &[u8]);
-    fn insert(&mut self, key: &[u8], w: i64);
-}
-
-impl MultisetMap for BTreeMap<Box<[u8]>, i64> {
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
-        BTreeMap::get_mut(self, key)
-    }
-    fn remove(&mut self, key: &[u8]) {
-        BTreeMap::remove(self, key);
-    }
-    fn insert(&mut self, key: &[u8], w: i64) {
-        BTreeMap::insert(self, key.into(), w);
-    }
-}
-
-impl MultisetMap for HashMap<ValueKey, i64> {
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut i64> {
-        HashMap::get_mut(self, key)
-    }
-    fn remove(&mut self, key: &[u8]) {
-        HashMap::remove(self, key);
-    }
-    fn insert(&mut self, key: &[u8], w: i64) {
-        HashMap::insert(self, key.into(), w);
-    }
-}
-
 impl AggState {
     /// Appends group `g`'s state to `w` (see [`HashAggregate::save_state`]).
     fn save(&self, g: usize, w: &mut StateWriter) {
@@ -732,7 +683,9 @@ impl AggState {
                 w.f64(floats[g].compensation);
                 w.i64(counts[g]);
             }
-            AggState::MinMax { values, .. } => multiset(w, &mut values[g].iter()),
+            AggState::MinMax { values, .. }
+            | AggState::CountDistinct { values, .. }
+            | AggState::Recompute { rows: values, .. } => multiset(w, &mut values[g].iter()),
             AggState::Extreme { best, .. } => match &best[g] {
                 Some(b) => {
                     w.i64(1);
@@ -743,12 +696,6 @@ impl AggState {
             AggState::Bool { trues, falses, .. } => {
                 w.i64(trues[g]);
                 w.i64(falses[g]);
-            }
-            AggState::CountDistinct { values, .. } => {
-                multiset(w, &mut values[g].iter().map(|(k, n)| (k.as_bytes(), *n)))
-            }
-            AggState::Recompute { rows, .. } => {
-                multiset(w, &mut rows[g].iter().map(|(k, n)| (k.as_ref(), *n)))
             }
         }
     }
@@ -770,7 +717,9 @@ impl AggState {
                 };
                 counts[g] = r.i64()?;
             }
-            AggState::MinMax { values, .. } => {
+            AggState::MinMax { values, .. }
+            | AggState::CountDistinct { values, .. }
+            | AggState::Recompute { rows: values, .. } => {
                 for _ in 0..r.i64()? {
                     let v = r.bytes()?;
                     values[g].add(v, r.i64()?);
@@ -786,18 +735,6 @@ impl AggState {
             AggState::Bool { trues, falses, .. } => {
                 trues[g] = r.i64()?;
                 falses[g] = r.i64()?;
-            }
-            AggState::CountDistinct { values, .. } => {
-                for _ in 0..r.i64()? {
-                    let v = r.bytes()?;
-                    bump(&mut values[g], v, r.i64()?);
-                }
-            }
-            AggState::Recompute { rows, .. } => {
-                for _ in 0..r.i64()? {
-                    let v = r.bytes()?;
-                    bump(&mut rows[g], v, r.i64()?);
-                }
             }
         }
         if !r.is_empty() {
@@ -822,14 +759,14 @@ impl AggState {
                 floats.resize(n, CompensatedSum::default());
                 counts.resize(n, 0);
             }
-            AggState::MinMax { values, .. } => values.resize_with(n, ValueSet::default),
+            AggState::MinMax { values, .. }
+            | AggState::CountDistinct { values, .. }
+            | AggState::Recompute { rows: values, .. } => values.resize_with(n, ValueSet::default),
             AggState::Extreme { best, .. } => best.resize(n, None),
             AggState::Bool { trues, falses, .. } => {
                 trues.resize(n, 0);
                 falses.resize(n, 0);
             }
-            AggState::CountDistinct { values, .. } => values.resize_with(n, HashMap::new),
-            AggState::Recompute { rows, .. } => rows.resize_with(n, BTreeMap::new),
         }
     }
 
@@ -846,14 +783,14 @@ impl AggState {
                 floats[g] = CompensatedSum::default();
                 counts[g] = 0;
             }
-            AggState::MinMax { values, .. } => values[g] = ValueSet::default(),
+            AggState::MinMax { values, .. }
+            | AggState::CountDistinct { values, .. }
+            | AggState::Recompute { rows: values, .. } => values[g] = ValueSet::default(),
             AggState::Extreme { best, .. } => best[g] = None,
             AggState::Bool { trues, falses, .. } => {
                 trues[g] = 0;
                 falses[g] = 0;
             }
-            AggState::CountDistinct { values, .. } => values[g] = HashMap::new(),
-            AggState::Recompute { rows, .. } => rows[g] = BTreeMap::new(),
         }
     }
 
@@ -976,7 +913,7 @@ impl AggState {
                 let arg = &args[0];
                 for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
                     if arg.is_valid(i) {
-                        bump(&mut values[*g as usize], rows.row(i).as_ref(), *w);
+                        values[*g as usize].add(rows.row(i).as_ref(), *w);
                     }
                 }
             }
@@ -985,7 +922,7 @@ impl AggState {
             } => {
                 let encoded = converter.convert_columns(args)?;
                 for (i, (g, w)) in ids.iter().zip(weights).enumerate() {
-                    bump(&mut rows[*g as usize], encoded.row(i).as_ref(), *w);
+                    rows[*g as usize].add(encoded.row(i).as_ref(), *w);
                 }
             }
         }
@@ -1098,7 +1035,7 @@ impl AggState {
                     let set = &rows[*g as usize];
                     if !set.is_empty() {
                         let expanded = set.iter().flat_map(|(row, n)| {
-                            std::iter::repeat_n(row, (*n).max(0) as usize).map(|r| parser.parse(r))
+                            std::iter::repeat_n(row, n.max(0) as usize).map(|r| parser.parse(r))
                         });
                         let columns = converter.convert_rows(expanded)?;
                         acc.update_batch(&columns)?;
