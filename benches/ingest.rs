@@ -47,7 +47,7 @@ fn main() {
     runtime.block_on(async move {
         let dir = tempfile::tempdir_in(".").unwrap();
         let server = Server::start_with(
-            EngineConfig { data_dir: dir.path().to_path_buf() },
+            EngineConfig::new(dir.path().to_path_buf()),
             "127.0.0.1:0".parse().unwrap(),
         )
         .await

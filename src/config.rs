@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -20,4 +21,21 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `eddy=debug`.
     #[arg(long, default_value = "info", env = "EDDY_LOG")]
     pub log_level: String,
+
+    /// How long each materialized view keeps its changes for `SUBSCRIBE … AS OF`
+    /// (e.g. `1h`, `15min`, `30s`).
+    #[arg(long, default_value = "1h", value_parser = crate::types::parse_duration, env = "EDDY_SUBSCRIBE_RETENTION")]
+    pub subscribe_retention: Duration,
+
+    /// At most this many MiB of retained changes per view (oldest dropped first).
+    #[arg(long, default_value_t = 256, env = "EDDY_SUBSCRIBE_HISTORY_MB")]
+    pub subscribe_history_mb: usize,
+
+    /// A subscription whose oldest unsent change is older than this is ended with 53400.
+    #[arg(long, default_value = "5min", value_parser = crate::types::parse_duration, env = "EDDY_SUBSCRIBE_MAX_LAG")]
+    pub subscribe_max_lag: Duration,
+
+    /// How often an idle `SUBSCRIBE … WITH (PROGRESS)` sends a progress row.
+    #[arg(long, default_value = "1s", value_parser = crate::types::parse_duration, env = "EDDY_SUBSCRIBE_PROGRESS_INTERVAL")]
+    pub subscribe_progress_interval: Duration,
 }

@@ -41,6 +41,9 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const INSUFFICIENT_RESOURCES: &str = "53000";
     pub const DISK_FULL: &str = "53100";
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+    pub const INVALID_CURSOR_NAME: &str = "34000";
+    pub const DUPLICATE_CURSOR: &str = "42P03";
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const QUERY_CANCELED: &str = "57014";
     pub const IO_ERROR: &str = "58030";

@@ -5,6 +5,8 @@
 //! ```text
 //!  server   pgwire handlers, Postgres encodings, COPY, cancel
 //!  engine   sessions, statements, commits, DataFusion integration
+//!  subscribe  SUBSCRIBE: snapshot, per-epoch changes, progress; each view's change history
+//!  dataflow the incremental operators, the runtime, epochs
 //!  sql      parsing (sqlparser + Eddy's clauses), DDL lowering, error mapping
 //!  catalog  tables and their definitions, persisted
 //!  storage  the internal log (group commit, replay) and RocksDB state
@@ -19,6 +21,7 @@ pub mod error;
 pub mod server;
 pub mod sql;
 pub mod storage;
+pub mod subscribe;
 pub mod types;
 
 /// The PostgreSQL version Eddy reports to clients (`server_version`).

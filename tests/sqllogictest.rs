@@ -38,9 +38,7 @@ struct Harness {
 impl Harness {
     async fn start(data_dir: &Path) -> Harness {
         let server = Server::start_with(
-            EngineConfig {
-                data_dir: data_dir.to_path_buf(),
-            },
+            EngineConfig::new(data_dir.to_path_buf()),
             "127.0.0.1:0".parse().unwrap(),
         )
         .await
@@ -56,14 +54,9 @@ impl Harness {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = Server::start_with(
-            EngineConfig {
-                data_dir: self.data_dir.clone(),
-            },
-            self.addr,
-        )
-        .await
-        .expect("server restarts");
+        let server = Server::start_with(EngineConfig::new(self.data_dir.clone()), self.addr)
+            .await
+            .expect("server restarts");
         self.server = Some(server);
     }
 }

@@ -63,6 +63,11 @@ impl Epochs {
         self.watch.send_replace(c);
     }
 
+    /// Follows the committed epoch (subscribers wait on it).
+    pub fn watch(&self) -> watch::Receiver<Committed> {
+        self.watch.subscribe()
+    }
+
     /// Pins the latest committed epoch (and its LSN) for a statement that reads views.
     pub fn pin_committed(self: &Arc<Self>) -> ReadPin {
         let mut pins = self.pins.lock();

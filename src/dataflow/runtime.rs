@@ -33,6 +33,7 @@ use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::table::{Snapshot, TableStore};
+use crate::subscribe::{ChangeHistory, Retention};
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
 
 /// Reads table contents for backfill (implemented by the engine).
@@ -54,6 +55,9 @@ pub struct ViewState {
     pub name: String,
     store: Arc<RwLock<TableStore>>,
     status: Mutex<ViewStatus>,
+    /// The view's changes per epoch since it was created (within the retention window), for
+    /// subscribers.
+    pub history: Arc<ChangeHistory>,
 }
 
 impl ViewState {
@@ -116,6 +120,7 @@ struct Shared {
     wake: Condvar,
     epochs: Arc<Epochs>,
     views: RwLock<HashMap<ObjectId, Arc<ViewState>>>,
+    retention: Retention,
 }
 
 /// Handle to the dataflow runtime; cheap to share.
@@ -125,13 +130,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime that is not running yet: records pushed before [`Runtime::start`] wait.
-    pub fn new() -> Runtime {
+    /// A runtime that is not running yet: records pushed before [`Runtime::start`] wait. Each
+    /// view keeps its changes for subscribers as `retention` says.
+    pub fn new(retention: Retention) -> Runtime {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             epochs: Epochs::new(Committed::default()),
             views: RwLock::new(HashMap::new()),
+            retention,
         });
         Runtime {
             shared,
@@ -139,7 +146,7 @@ impl Runtime {
         }
     }
 
-    /// Starts the runtime thread. Its first committed epoch (0) covers the log up to `lsn`
+    /// Starts the runtime thread. Its first committed epoch covers the log up to `lsn`
     /// (everything replayed at start-up).
     pub fn start(&self, lsn: Lsn, scanner: Arc<dyn TableScanner>) -> Result<()> {
         let shared = self.shared.clone();
@@ -148,7 +155,7 @@ impl Runtime {
             queue.durable = queue.durable.max(lsn);
         }
         let committed = Committed {
-            epoch: Epoch(0),
+            epoch: Epoch(lsn.0),
             lsn,
         };
         shared.epochs.publish(committed);
@@ -230,10 +237,13 @@ impl Runtime {
     /// Registers view `id` as failed with `error` (it has no dataflow; SELECTs report the error).
     pub fn add_failed_view(&self, id: ObjectId, name: &str, schema: SchemaRef, error: Error) {
         let epoch = self.shared.epochs.committed().epoch;
+        let history = ChangeHistory::new(epoch, self.shared.retention);
+        history.close(error.clone());
         let view = ViewState {
             name: name.to_string(),
             store: Arc::new(RwLock::new(TableStore::new(name, schema, &[]))),
             status: Mutex::new(ViewStatus::Failed(epoch, error)),
+            history,
         };
         self.shared.views.write().insert(id, Arc::new(view));
     }
@@ -244,6 +254,18 @@ impl Runtime {
         if self.command(Command::Drop { id, reply }).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Stops view `id`'s dataflow without waiting (a subscription's temporary dataflow, from
+    /// a destructor).
+    pub fn drop_view_detached(&self, id: ObjectId) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.command(Command::Drop { id, reply });
+    }
+
+    /// How many views (materialized views and subscriptions' temporary dataflows) exist.
+    pub fn view_count(&self) -> usize {
+        self.shared.views.read().len()
     }
 
     fn command(&self, command: Command) -> Result<()> {
@@ -263,7 +285,7 @@ impl Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime::new()
+        Runtime::new(Retention::default())
     }
 }
 
@@ -372,6 +394,18 @@ impl Dataflow {
     }
 }
 
+/// A view's delta for an epoch as one batch (None when it did not change).
+fn one_batch(delta: &[ZBatch], view: &ViewState) -> Result<Option<ZBatch>> {
+    match delta {
+        [] => Ok(None),
+        [one] => Ok((one.num_rows() > 0).then(|| one.clone())),
+        many => {
+            let whole = ZBatch::consolidate(many, &view.schema())?;
+            Ok((whole.num_rows() > 0).then_some(whole))
+        }
+    }
+}
+
 /// Runs `f`, turning a panic into an internal error (a bug in one dataflow must not stop the
 /// others).
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -446,7 +480,13 @@ impl Worker {
                     }
                     Command::Drop { id, reply } => {
                         self.dataflows.retain(|d| d.id != id);
-                        self.shared.views.write().remove(&id);
+                        if let Some(view) = self.shared.views.write().remove(&id) {
+                            view.history.close(crate::err!(
+                                sqlstate::UNDEFINED_TABLE,
+                                "materialized view \"{}\" was dropped",
+                                view.name
+                            ));
+                        }
                         let _ = reply.send(());
                     }
                 }
@@ -455,8 +495,8 @@ impl Worker {
     }
 
     fn run_epoch(&mut self, records: Vec<Record>) {
-        let epoch = Epoch(self.committed.epoch.0 + 1);
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
+        let epoch = Epoch(lsn.0);
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.
             self.committed = Committed { epoch, lsn };
@@ -473,6 +513,7 @@ impl Worker {
             }
         }
         let mut failed: Vec<ObjectId> = Vec::new();
+        let mut changed: Vec<Arc<ChangeHistory>> = Vec::new();
         for df in &mut self.dataflows {
             let upstream_failed = failed.iter().any(|f| df.reads(Input::View(*f)));
             let result = if upstream_failed {
@@ -488,14 +529,23 @@ impl Worker {
                 let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
                 guarded(|| df.step(epoch, &feed))
             };
-            match result {
-                Ok(delta) => {
-                    if !delta.is_empty() {
+            match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
+                Ok((whole, delta)) => {
+                    if let Some(whole) = whole {
+                        df.view.history.append(epoch, whole);
+                        changed.push(df.view.history.clone());
                         deltas.insert(Input::View(df.id), delta);
                     }
                 }
                 Err(e) => {
                     tracing::error!(view = %df.view.name, epoch = epoch.0, error = %e, "materialized view stopped");
+                    df.view.history.close(crate::err!(
+                        e.sqlstate,
+                        "materialized view \"{}\" stopped at epoch {}: {}",
+                        df.view.name,
+                        epoch.0,
+                        e.message
+                    ));
                     *df.view.status.lock() = ViewStatus::Failed(epoch, e);
                     failed.push(df.id);
                 }
@@ -504,6 +554,9 @@ impl Worker {
         self.dataflows.retain(|d| !failed.contains(&d.id));
         self.committed = Committed { epoch, lsn };
         self.shared.epochs.publish(self.committed);
+        for history in changed {
+            history.notify(epoch);
+        }
     }
 
     fn create(
@@ -518,6 +571,7 @@ impl Worker {
             name,
             store: Arc::new(RwLock::new(store)),
             status: Mutex::new(ViewStatus::Running),
+            history: ChangeHistory::new(self.committed.epoch, self.shared.retention),
         });
         let mut df = Dataflow::build(id, spec, view.clone(), self.shared.epochs.clone())?;
         // Backfill: the inputs' contents at the committed epoch, as inserts.

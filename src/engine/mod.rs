@@ -23,6 +23,8 @@ mod dml;
 mod pg_catalog;
 mod provider;
 mod session;
+mod subscribe;
+mod system;
 mod views;
 
 use std::collections::HashMap;
@@ -36,16 +38,35 @@ use crate::dataflow::{DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Log, LogRecord, encode_body};
 use crate::storage::state::StateStore;
+use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, ZBatch};
 
 pub use crate::storage::table::Snapshot;
 use crate::storage::table::{self, TableStore};
-pub use session::{CopyFormat, CopyIn, Output, Prepared, Session};
+pub use session::{CLIENT_ADDRESS, CopyFormat, CopyIn, Output, Prepared, Session};
+
+/// Temporary dataflows (subscriptions to queries) get ids from here up.
+const TEMP_IDS: ObjectId = 1 << 62;
 
 /// Engine settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
+    /// How much of each view's change history is kept for `SUBSCRIBE … AS OF`.
+    pub retention: Retention,
+    /// Progress interval and the slow-subscriber bound.
+    pub subscribe: Limits,
+}
+
+impl EngineConfig {
+    /// Default settings over `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            retention: Retention::default(),
+            subscribe: Limits::default(),
+        }
+    }
 }
 
 /// Shared state of the running server. Cheap to share behind an `Arc`.
@@ -64,6 +85,10 @@ pub struct Engine {
     /// Serialises read-modify-write statements (UPDATE/DELETE outside a transaction, DDL) so
     /// they do not fail each other with 40001.
     write_lock: tokio::sync::Mutex<()>,
+    /// Active subscriptions.
+    subscriptions: Arc<Registry>,
+    /// Ids for subscriptions' temporary dataflows, above every catalog id.
+    next_temp_id: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -80,7 +105,7 @@ impl Engine {
             .collect();
         let started = std::time::Instant::now();
         let mut records = 0u64;
-        let runtime = Arc::new(Runtime::new());
+        let runtime = Arc::new(Runtime::new(config.retention));
         let notify = runtime.clone();
         let log = Log::open(
             &dir.join("log"),
@@ -109,6 +134,8 @@ impl Engine {
             commit_lock: Mutex::new(()),
             runtime,
             write_lock: tokio::sync::Mutex::new(()),
+            subscriptions: Arc::new(Registry::default()),
+            next_temp_id: std::sync::atomic::AtomicU64::new(TEMP_IDS),
         }))
     }
 
@@ -156,8 +183,18 @@ impl Engine {
         self.log.close();
     }
 
-    pub fn runtime(&self) -> &Runtime {
+    pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    pub fn subscriptions(&self) -> &Arc<Registry> {
+        &self.subscriptions
+    }
+
+    /// An id for a temporary dataflow (never a catalog id).
+    fn temp_id(&self) -> ObjectId {
+        self.next_temp_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A consistent snapshot of the catalog.
@@ -471,10 +508,7 @@ mod tests {
     #[tokio::test]
     async fn a_running_statements_snapshot_survives_later_commits_and_merges() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(EngineConfig {
-            data_dir: dir.path().to_path_buf(),
-        })
-        .unwrap();
+        let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
         engine.start().await.unwrap();
         let def = TableDef {
             id: 0,

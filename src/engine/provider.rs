@@ -135,6 +135,7 @@ pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<Sess
         }),
     )?;
     catalog.register_schema("pg_catalog", super::pg_catalog::schema(engine.clone()))?;
+    catalog.register_schema(super::system::SCHEMA, super::system::schema(engine.clone()))?;
     ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
     super::pg_catalog::register_functions(&ctx, engine);
     Ok(ctx)

@@ -42,6 +42,12 @@ pub enum Output {
     CopyIn(CopyIn),
     /// A warning (PostgreSQL sends these as NOTICE/WARNING) plus a command tag.
     Warning { tag: &'static str, message: String },
+    /// SUBSCRIBE: the server streams the subscription until it ends — as DataRows, or as COPY
+    /// data in `copy`'s format for `COPY (SUBSCRIBE …) TO STDOUT`.
+    Subscribe {
+        subscription: Box<crate::subscribe::Subscription>,
+        copy: Option<CopyFormat>,
+    },
 }
 
 /// `COPY t FROM STDIN` in progress.
@@ -133,12 +139,21 @@ const READ_ONLY_SETTINGS: &[&str] = &[
     "is_superuser",
 ];
 
+/// The startup parameter under which the server passes the client's address to
+/// [`Session::new`] (not a PostgreSQL parameter; clients cannot set it).
+pub const CLIENT_ADDRESS: &str = "eddy.client_address";
+
 pub struct Session {
     pub(super) engine: Arc<Engine>,
     pub(super) ctx: SessionContext,
     read: Arc<ReadState>,
     settings: BTreeMap<String, String>,
     tx: Option<Transaction>,
+    /// Who is connected (`user@address`) and the backend pid, for system views.
+    pub(super) client: String,
+    pub(super) pid: i32,
+    /// Open cursors (DECLARE), closed at the end of the transaction.
+    pub(super) cursors: HashMap<String, super::subscribe::Cursor>,
 }
 
 impl Session {
@@ -160,12 +175,19 @@ impl Session {
         if let Some(app) = startup.get("application_name") {
             settings.insert("application_name".into(), app.clone());
         }
+        let client = match startup.get(CLIENT_ADDRESS) {
+            Some(addr) => format!("{user}@{addr}"),
+            None => user.clone(),
+        };
         Ok(Session {
             engine,
             ctx,
             read,
             settings,
             tx: None,
+            client,
+            pid: backend_pid,
+            cursors: HashMap::new(),
         })
     }
 
@@ -184,6 +206,14 @@ impl Session {
     /// Parses and describes one statement for the extended protocol.
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
         let (param_types, schema) = match &parsed.stmt {
+            Statement::Query(query) if parsed.subscribe.is_some() => {
+                let options = parsed.subscribe.as_ref().expect("checked");
+                (vec![], Some(self.subscribe_schema(query, options).await?))
+            }
+            Statement::Fetch { .. } => (vec![], Some(self.fetch_schema(&parsed.stmt)?)),
+            Statement::Copy { .. } | Statement::Declare { .. } if parsed.subscribe.is_some() => {
+                (vec![], None)
+            }
             Statement::Explain { statement, .. }
                 if matches!(statement.as_ref(), Statement::CreateView(_)) =>
             {
@@ -247,30 +277,14 @@ impl Session {
     }
 
     async fn execute_inner(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
+        if let Some(options) = &parsed.subscribe {
+            return self.execute_subscribe(parsed, options).await;
+        }
         match &parsed.stmt {
-            Statement::Query(query) => {
-                if query_has_locking(query) {
-                    return Err(unsupported!(
-                        "SELECT … FOR UPDATE/SHARE: Eddy has no row locks (reads see a consistent snapshot)"
-                    ));
-                }
-                self.pin_read_point(&parsed.stmt).await?;
-                let plan = self.plan_with_params(&parsed.stmt, params).await?;
-                let schema = output_schema(&parsed.stmt, &plan);
-                // Run to completion here, not while the server drains the stream: a
-                // CancelRequest interrupts only the statement's execution call.
-                let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
-                let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-                    schema.clone(),
-                    futures::stream::iter(batches.into_iter().map(Ok)),
-                ));
-                let stream = rename_stream(stream, schema.clone());
-                Ok(Output::Rows {
-                    schema,
-                    stream,
-                    tag: "SELECT",
-                })
-            }
+            Statement::Query(_) => self.run_query_with(parsed, params).await,
+            Statement::Declare { .. } => self.declare(parsed).await,
+            Statement::Fetch { .. } => self.fetch(parsed).await,
+            Statement::Close { cursor } => self.close_cursor(cursor),
             Statement::CreateView(cv) => self.create_view(cv).await,
             Statement::ShowViews { materialized, .. } => {
                 if !*materialized {
@@ -374,6 +388,7 @@ impl Session {
                 Ok(Output::TransactionEnd { tag })
             }
             Statement::Rollback { .. } => {
+                self.cursors.clear();
                 if self.tx.take().is_none() {
                     return Ok(Output::Warning {
                         tag: "ROLLBACK",
@@ -476,6 +491,85 @@ impl Session {
         }
     }
 
+    /// Runs a SELECT to completion.
+    pub(super) async fn run_query(&mut self, parsed: &Parsed) -> Result<Output> {
+        self.run_query_with(parsed, &[]).await
+    }
+
+    async fn run_query_with(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
+        let Statement::Query(query) = &parsed.stmt else {
+            return Err(crate::internal!("not a query"));
+        };
+        if query_has_locking(query) {
+            return Err(unsupported!(
+                "SELECT … FOR UPDATE/SHARE: Eddy has no row locks (reads see a consistent snapshot)"
+            ));
+        }
+        self.pin_read_point(&parsed.stmt).await?;
+        let plan = self.plan_with_params(&parsed.stmt, params).await?;
+        let schema = output_schema(&parsed.stmt, &plan);
+        // Run to completion here, not while the server drains the stream: a
+        // CancelRequest interrupts only the statement's execution call.
+        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            schema.clone(),
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ));
+        let stream = rename_stream(stream, schema.clone());
+        Ok(Output::Rows {
+            schema,
+            stream,
+            tag: "SELECT",
+        })
+    }
+
+    /// A statement with a SUBSCRIBE clause: `SUBSCRIBE …`, `COPY (SUBSCRIBE …) TO STDOUT`,
+    /// `DECLARE c CURSOR FOR SUBSCRIBE …`.
+    async fn execute_subscribe(
+        &mut self,
+        parsed: &Parsed,
+        options: &sql::Subscribe,
+    ) -> Result<Output> {
+        match &parsed.stmt {
+            Statement::Declare { .. } => self.declare(parsed).await,
+            Statement::Copy {
+                to,
+                target,
+                options: copy_options,
+                legacy_options,
+                ..
+            } => {
+                if !*to {
+                    return Err(crate::err!(
+                        sqlstate::SYNTAX_ERROR,
+                        "COPY (SUBSCRIBE …) works only TO STDOUT"
+                    ));
+                }
+                if !matches!(target, ast::CopyTarget::Stdout) {
+                    return Err(Error::new(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        "COPY TO a file or program is not allowed; use COPY … TO STDOUT",
+                    ));
+                }
+                let format = copy_format(copy_options, legacy_options)?;
+                let query = super::subscribe::subscribe_query(&parsed.stmt)?;
+                let subscription = Box::new(self.subscribe(query, options).await?);
+                Ok(Output::Subscribe {
+                    subscription,
+                    copy: Some(format),
+                })
+            }
+            Statement::Query(query) => {
+                let subscription = Box::new(self.subscribe(query, options).await?);
+                Ok(Output::Subscribe {
+                    subscription,
+                    copy: None,
+                })
+            }
+            _ => Err(crate::internal!("SUBSCRIBE inside an unexpected statement")),
+        }
+    }
+
     /// Starts the implicit transaction of a multi-statement simple query (PostgreSQL runs such
     /// a query as one transaction unless it contains BEGIN/COMMIT).
     pub fn begin_implicit(&mut self) {
@@ -499,6 +593,7 @@ impl Session {
     /// Ends the open transaction: commits its writes, or discards them if it failed. Returns
     /// the tag of what happened.
     async fn commit_transaction(&mut self) -> Result<&'static str> {
+        self.cursors.clear();
         let Some(tx) = self.tx.take() else {
             return Ok("COMMIT");
         };
@@ -540,7 +635,7 @@ impl Session {
 
     /// How long a read of views waits for the dataflows to catch up with the latest write:
     /// `statement_timeout` when set, else 10 s.
-    fn view_wait_timeout(&self) -> std::time::Duration {
+    pub(super) fn view_wait_timeout(&self) -> std::time::Duration {
         let ms = self
             .settings
             .get("statement_timeout")

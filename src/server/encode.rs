@@ -91,7 +91,8 @@ impl std::fmt::Write for Buf<'_> {
     }
 }
 
-fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
+/// Appends a non-NULL value's PostgreSQL text form (no length prefix).
+pub fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
     let mut w = Buf(out);
     let _ = match array.data_type() {
         DataType::Boolean => {

@@ -10,7 +10,9 @@
 //! ```
 
 mod copy;
+mod copy_out;
 mod encode;
+mod subscribe;
 
 pub use encode::format_float;
 mod params;
@@ -67,6 +69,14 @@ impl Server {
     pub async fn start(config: &Config) -> Result<Server> {
         let engine_config = EngineConfig {
             data_dir: config.data_dir.clone(),
+            retention: crate::subscribe::Retention {
+                window: config.subscribe_retention,
+                max_bytes: config.subscribe_history_mb << 20,
+            },
+            subscribe: crate::subscribe::Limits {
+                progress_interval: config.subscribe_progress_interval,
+                max_lag: config.subscribe_max_lag,
+            },
         };
         Self::start_with(engine_config, config.listen).await
     }
@@ -86,6 +96,7 @@ impl Server {
             engine: engine.clone(),
             manager: Arc::new(ConnectionManager::new()),
             pids: RandomPidSecretKeyGenerator::default(),
+            socket: None,
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
@@ -96,7 +107,9 @@ impl Server {
                     accepted = listener.accept() => match accepted {
                         Ok((socket, peer)) => {
                             let _ = socket.set_nodelay(true);
-                            let handlers = handlers.clone();
+                            let handlers = Arc::new(handlers.for_connection(Some(
+                                subscribe::SocketRef(std::os::fd::AsRawFd::as_raw_fd(&socket)),
+                            )));
                             connections.spawn(async move {
                                 if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -137,6 +150,9 @@ struct Handlers {
     engine: Arc<Engine>,
     manager: Arc<ConnectionManager>,
     pids: RandomPidSecretKeyGenerator,
+    /// The connection's socket (per-connection handlers only), for SUBSCRIBE to notice the
+    /// client hanging up.
+    socket: Option<subscribe::SocketRef>,
 }
 
 type SessionCell = AsyncMutex<Session>;
@@ -233,12 +249,14 @@ fn row_stream(
 }
 
 impl Handlers {
-    /// Turns an engine output into a pgwire response (sending notices first).
+    /// Turns an engine output into a pgwire response (sending notices first). `describe`: the
+    /// simple protocol, where a streamed result (SUBSCRIBE) sends its own RowDescription.
     async fn respond<C>(
         &self,
         client: &mut C,
         output: Output,
         format: &Format,
+        describe: bool,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -257,6 +275,18 @@ impl Handlers {
                 Response::Query(response)
             }
             Output::Command { tag, rows } => Response::Execution(command_tag(tag, rows)),
+            Output::Subscribe { subscription, copy } => {
+                let format = if copy.is_some() {
+                    &Format::UnifiedText
+                } else {
+                    format
+                };
+                let fields = Arc::new(fields_of(subscription.schema(), format)?);
+                let tag =
+                    subscribe::stream(client, subscription, fields, copy, describe, self.socket)
+                        .await?;
+                Response::Execution(tag)
+            }
             Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
             Output::TransactionEnd { tag } => Response::TransactionEnd(Tag::new(tag)),
             Output::Warning { tag, message } => {
@@ -350,7 +380,11 @@ impl StartupHandler for Handlers {
                 .session_extensions()
                 .insert::<Arc<ConnectionHandle>>(handle);
             client.session_extensions().insert::<ConnectionGuard>(guard);
-            let startup_params: HashMap<String, String> = client.metadata().clone();
+            let mut startup_params: HashMap<String, String> = client.metadata().clone();
+            startup_params.insert(
+                crate::engine::CLIENT_ADDRESS.to_string(),
+                client.socket_addr().to_string(),
+            );
             let session =
                 Session::new(self.engine.clone(), &startup_params, pid).map_err(user_error)?;
             client
@@ -405,7 +439,10 @@ impl SimpleQueryHandler for Handlers {
                             return Ok(responses);
                         }
                     }
-                    responses.push(self.respond(client, output, &Format::UnifiedText).await?);
+                    responses.push(
+                        self.respond(client, output, &Format::UnifiedText, true)
+                            .await?,
+                    );
                     if is_copy {
                         return Ok(responses);
                     }
@@ -518,7 +555,7 @@ impl ExtendedQueryHandler for Handlers {
             .execute(&prepared.parsed, &params)
             .await
             .map_err(user_error)?;
-        self.respond(client, output, &portal.result_column_format)
+        self.respond(client, output, &portal.result_column_format, false)
             .await
     }
 }
@@ -703,10 +740,16 @@ impl PgWireServerHandlers for Handlers {
 
 impl Handlers {
     fn clone_handle(&self) -> Handlers {
+        self.for_connection(self.socket)
+    }
+
+    /// The handlers of one connection.
+    fn for_connection(&self, socket: Option<subscribe::SocketRef>) -> Handlers {
         Handlers {
             engine: self.engine.clone(),
             manager: self.manager.clone(),
             pids: RandomPidSecretKeyGenerator::default(),
+            socket,
         }
     }
 }

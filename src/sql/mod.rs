@@ -13,6 +13,9 @@
 pub mod ddl;
 pub mod errors;
 pub mod lower;
+mod subscribe;
+
+pub use subscribe::Subscribe;
 
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
@@ -35,6 +38,12 @@ pub struct Parsed {
     pub watermark: Option<(ast::Ident, ast::Expr)>,
     /// The statement's text (without the trailing semicolon).
     pub text: String,
+    /// The statement's query is a SUBSCRIBE (the whole statement, `COPY (SUBSCRIBE …) TO`, or
+    /// `DECLARE c CURSOR FOR SUBSCRIBE …`): its target and options. The query in `stmt` is
+    /// what it reads (`SELECT * FROM v` for `SUBSCRIBE v`).
+    pub subscribe: Option<Subscribe>,
+    /// `FETCH … WITH (timeout = …)`.
+    pub fetch_timeout: Option<std::time::Duration>,
 }
 
 fn is_trivia(t: &Token) -> bool {
@@ -188,6 +197,15 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
 pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
     let tokens = rewrite_catalog_idioms(tokens);
     let text = text_of(&tokens);
+    let first = tokens.iter().find(|t| !is_trivia(&t.token));
+    let (tokens, subscribe, fetch_timeout) =
+        if first.is_some_and(|t| word_is(&t.token, Keyword::FETCH)) {
+            let (tokens, timeout) = subscribe::normalize_fetch(tokens)?;
+            (tokens, None, timeout)
+        } else {
+            let (tokens, subscribe) = subscribe::extract(tokens)?;
+            (tokens, subscribe, None)
+        };
     let significant: Vec<usize> = (0..tokens.len())
         .filter(|i| !is_trivia(&tokens[*i].token))
         .collect();
@@ -229,6 +247,8 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         append_only,
         watermark,
         text,
+        subscribe,
+        fetch_timeout,
     })
 }
 

@@ -11,6 +11,8 @@ mod zbatch;
 pub use sql_type::{SqlType, parse_sql_type};
 pub use zbatch::{WEIGHT_COLUMN, ZBatch};
 
+use std::time::Duration;
+
 /// Log sequence number: the position of one committed transaction in the internal log.
 /// LSNs start at 1 and grow by one per committed transaction; 0 means "nothing yet".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -32,9 +34,55 @@ impl std::fmt::Display for Lsn {
     }
 }
 
-/// An epoch groups committed writes; barriers flow through dataflows per epoch (a later issue).
+/// An epoch groups committed writes; barriers flow through dataflows per epoch. An epoch is
+/// named by the LSN of the last log record it covers, so epoch numbers grow with the log, are
+/// the same after a restart, and "the view as of epoch e" means "the view over the log up to
+/// LSN e" however records were grouped (which is what makes `SUBSCRIBE … AS OF e` resumable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Epoch(pub u64);
 
 /// Identity of a catalog object; never reused, so log records of a dropped table are ignorable.
 pub type ObjectId = u64;
+
+/// A duration with a unit, as PostgreSQL writes them: `250ms`, `10s`, `5min`, `1h`, `2d`
+/// (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration \"{text}\": expected a number and a unit such as 30s")
+    })?;
+    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+        "us" | "microsecond" | "microseconds" => value / 1e6,
+        "ms" | "millisecond" | "milliseconds" => value / 1e3,
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => value,
+        "min" | "mins" | "minute" | "minutes" => value * 60.0,
+        "h" | "hour" | "hours" => value * 3600.0,
+        "d" | "day" | "days" => value * 86400.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit \"{other}\" in \"{text}\" (use us, ms, s, min, h or d)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration \"{text}\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_postgres_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5 s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+    }
+}

@@ -16,9 +16,7 @@ pub async fn start_in(parent: Option<&std::path::Path>) -> (Server, tempfile::Te
     }
     .unwrap();
     let server = Server::start_with(
-        EngineConfig {
-            data_dir: dir.path().to_path_buf(),
-        },
+        EngineConfig::new(dir.path().to_path_buf()),
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
