@@ -138,6 +138,11 @@ impl Server {
         self.addr
     }
 
+    /// The engine behind the server (for tests and benchmarks that look inside).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     /// Stops accepting, closes every connection, and syncs and closes the log.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

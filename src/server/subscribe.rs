@@ -51,8 +51,9 @@ impl SocketRef {
         Ok(std::net::TcpStream::from(fd))
     }
 
-    /// Resolves when the client has hung up (end of file, an error, or a Terminate message).
-    /// Any other message from the client means it is alive: then this never resolves.
+    /// Resolves when the client has hung up (its end of the socket is closed, or it sent a
+    /// Terminate message). Messages it pipelined (the Sync after an Execute) stay unread for
+    /// pgwire; a hang-up behind them still shows, as the peer's read side closing.
     pub async fn closed(&self) {
         let Ok(stream) = self.dup() else {
             return std::future::pending().await;
@@ -67,11 +68,14 @@ impl SocketRef {
             let Ok(mut guard) = fd.readable().await else {
                 return;
             };
-            let mut byte = [0u8; 1];
-            match guard.get_inner().peek(&mut byte) {
+            if guard.ready().is_read_closed() {
+                return;
+            }
+            let mut pending = [0u8; 512];
+            match guard.get_inner().peek(&mut pending) {
                 Ok(0) => return,
-                Ok(_) if byte[0] == b'X' => return,
-                Ok(_) => return std::future::pending().await,
+                Ok(n) if has_terminate(&pending[..n]) => return,
+                Ok(_) => guard.clear_ready(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(_) => return,
             }
@@ -89,6 +93,19 @@ impl SocketRef {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         });
     }
+}
+
+/// Whether the frontend messages at the start of `bytes` include a Terminate.
+fn has_terminate(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        if bytes[at] == b'X' {
+            return true;
+        }
+        let len = u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]]);
+        at += 1 + len as usize;
+    }
+    false
 }
 
 fn fatal(e: Error) -> PgWireError {

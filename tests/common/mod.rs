@@ -28,6 +28,22 @@ pub async fn start() -> (Server, tempfile::TempDir) {
     start_in(None).await
 }
 
+/// A server whose settings `configure` adjusts (over a fresh data directory).
+pub async fn start_with(configure: impl FnOnce(&mut EngineConfig)) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = restart(dir.path(), configure).await;
+    (server, dir)
+}
+
+/// A server over an existing data directory (to restart one).
+pub async fn restart(dir: &std::path::Path, configure: impl FnOnce(&mut EngineConfig)) -> Server {
+    let mut config = EngineConfig::new(dir.to_path_buf());
+    configure(&mut config);
+    Server::start_with(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
 /// A connection (user and database `eddy`) whose driver task runs in the background.
 pub async fn connect(server: &Server) -> Client {
     let (client, conn) = tokio_postgres::connect(
