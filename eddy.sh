@@ -14,9 +14,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy-target}"
 
 setup() {
     # libclang-dev: bindgen for the rocksdb crate. postgresql-client: psql, used by the tests
-    # and by you. Installed only when missing; sudo when not root.
+    # and by you. python3-venv: the client tests' Python (psycopg). Installed only when
+    # missing; sudo when not root.
     local missing=()
-    for pkg in libclang-dev postgresql-client; do
+    for pkg in libclang-dev postgresql-client python3 python3-venv; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -29,6 +30,17 @@ setup() {
     command -v cargo >/dev/null || { echo "eddy.sh: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 }
 
+# The Python the client tests run (tests/clients/*.py): a venv with psycopg 3.
+VENV="${EDDY_VENV:-$HOME/.cache/eddy-venv}"
+setup_python() {
+    if ! "$VENV/bin/python" -c "import psycopg" >/dev/null 2>&1; then
+        echo "eddy.sh: preparing $VENV (psycopg)" >&2
+        /usr/bin/python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q "psycopg[binary]>=3.2,<4"
+    fi
+    export EDDY_PYTHON="$VENV/bin/python"
+}
+
 case "${1:-}" in
     run)
         shift
@@ -39,6 +51,7 @@ case "${1:-}" in
     test)
         shift
         setup
+        setup_python
         exec cargo test "$@"
         ;;
     *)

@@ -406,6 +406,73 @@ async fn as_of_resumes_with_no_gap_and_no_duplicate() {
 }
 
 #[tokio::test]
+async fn as_of_resumes_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::restart(dir.path(), |_| {}).await;
+    let writer = connect(&server).await;
+    setup(&writer).await;
+    let reader = Reader::connect(&server).await;
+    let mut lines = Lines::open(&reader.client, "SUBSCRIBE hot WITH (PROGRESS)").await;
+    lines.until_progress().await;
+    writer
+        .execute("INSERT INTO bids VALUES (1, 120)", &[])
+        .await
+        .unwrap();
+    let (resume_at, _) = split_epoch(lines.until_progress().await.last().unwrap());
+    // Changes the subscriber never saw, some before and some after the restart.
+    writer
+        .execute("INSERT INTO bids VALUES (2, 70)", &[])
+        .await
+        .unwrap();
+    drop(lines);
+    drop(reader);
+    server.shutdown().await;
+
+    let server = common::restart(dir.path(), |_| {}).await;
+    let writer = connect(&server).await;
+    writer
+        .execute("DELETE FROM bids WHERE auction = 1", &[])
+        .await
+        .unwrap();
+    let reader = Reader::connect(&server).await;
+    let mut lines = Lines::open(
+        &reader.client,
+        &format!("SUBSCRIBE hot WITH (SNAPSHOT = false, PROGRESS) AS OF {resume_at}"),
+    )
+    .await;
+    let mut missed = Vec::new();
+    while missed.len() < 3 {
+        let chunk = lines.until_progress().await;
+        missed.extend(
+            chunk
+                .iter()
+                .map(|l| split_epoch(l).1)
+                .filter(|l| l.starts_with('f')),
+        );
+    }
+    assert_eq!(
+        missed,
+        ["f\t-1\t2\t1\t50", "f\t1\t2\t2\t70", "f\t-1\t1\t2\t120"]
+    );
+    // A snapshot AS OF an epoch before the restart is the contents then.
+    let other = Reader::connect(&server).await;
+    let mut lines = Lines::open(&other.client, &format!("SUBSCRIBE hot AS OF {resume_at}")).await;
+    let mut snapshot = vec![
+        split_epoch(&lines.next().await),
+        split_epoch(&lines.next().await),
+    ];
+    snapshot.sort();
+    assert_eq!(
+        snapshot,
+        [
+            (resume_at, "1\t1\t2\t120".to_string()),
+            (resume_at, "1\t2\t1\t50".to_string())
+        ]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_epoch_outside_the_retained_history_is_55000_naming_the_oldest() {
     let (server, _dir) = start_with(|c| c.retention.max_bytes = 1).await;
     let client = connect(&server).await;
@@ -699,5 +766,40 @@ async fn a_thousand_subscribers_share_one_view() {
     assert_eq!(subscriptions(&writer).await, 1000);
     drop(subscribers);
     until_no_subscriptions(&writer).await;
+    server.shutdown().await;
+}
+
+/// Every connection has its own backend pid (CancelRequests are routed by it), so closing one
+/// connection never cancels what another is running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_connection_does_not_cancel_another() {
+    let (server, _dir) = start().await;
+    let admin = connect(&server).await;
+    setup(&admin).await;
+    let pid = async |c: &Client| -> i32 {
+        c.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let a = Reader::connect(&server).await;
+    let b = Reader::connect(&server).await;
+    assert_ne!(pid(&a.client).await, pid(&b.client).await);
+    b.client.batch_execute("BEGIN").await.unwrap();
+    b.client
+        .batch_execute("DECLARE c CURSOR FOR SUBSCRIBE hot WITH (SNAPSHOT = false)")
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let r = b
+            .client
+            .simple_query("FETCH ALL c WITH (timeout = '1s')")
+            .await;
+        (b, r)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(a);
+    let (_b, fetched) = waiting.await.unwrap();
+    fetched.expect("the FETCH ran to its timeout");
     server.shutdown().await;
 }

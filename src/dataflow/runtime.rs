@@ -21,6 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -91,6 +92,11 @@ impl ViewState {
 struct Record {
     lsn: Lsn,
     changes: Arc<Vec<(ObjectId, ZBatch)>>,
+    /// When it was committed.
+    time: SystemTime,
+    /// Replayed at start-up: an epoch of its own (so every LSN a subscriber may have seen as an
+    /// epoch before the restart is an epoch again).
+    solo: bool,
 }
 
 enum Command {
@@ -146,13 +152,14 @@ impl Runtime {
         }
     }
 
-    /// Starts the runtime thread. Its first committed epoch covers the log up to `lsn`
-    /// (everything replayed at start-up).
-    pub fn start(&self, lsn: Lsn, scanner: Arc<dyn TableScanner>) -> Result<()> {
+    /// Starts the runtime thread. Its first committed epoch covers the log up to `lsn`; the
+    /// log is durable up to `durable` (the records between are replayed with
+    /// [`Runtime::replay`]).
+    pub fn start(&self, lsn: Lsn, durable: Lsn, scanner: Arc<dyn TableScanner>) -> Result<()> {
         let shared = self.shared.clone();
         {
             let mut queue = shared.queue.lock();
-            queue.durable = queue.durable.max(lsn);
+            queue.durable = queue.durable.max(durable);
         }
         let committed = Committed {
             epoch: Epoch(lsn.0),
@@ -190,9 +197,30 @@ impl Runtime {
 
     /// Queues a committed record. Called in LSN order, usually before the record is durable —
     /// but the log writer may have synced it already, so then the runtime is woken here.
-    pub fn push(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>) {
+    pub fn push(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>, time: SystemTime) {
+        self.enqueue(Record {
+            lsn,
+            changes,
+            time,
+            solo: false,
+        });
+    }
+
+    /// Queues a record replayed from the log at start-up (after [`Runtime::start`] at an
+    /// earlier LSN): it is processed as an epoch of its own.
+    pub fn replay(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>, time: SystemTime) {
+        self.enqueue(Record {
+            lsn,
+            changes,
+            time,
+            solo: true,
+        });
+    }
+
+    fn enqueue(&self, record: Record) {
+        let lsn = record.lsn;
         let mut queue = self.shared.queue.lock();
-        queue.records.push_back(Record { lsn, changes });
+        queue.records.push_back(record);
         if lsn <= queue.durable {
             drop(queue);
             self.shared.wake.notify_one();
@@ -459,8 +487,16 @@ impl Worker {
                 }
                 let durable = queue.durable;
                 let mut records = Vec::new();
-                while queue.records.front().is_some_and(|r| r.lsn <= durable) {
+                // Every durable record, up to (or just) a replayed one, which is an epoch alone.
+                while let Some(r) = queue.records.front()
+                    && r.lsn <= durable
+                    && !(r.solo && !records.is_empty())
+                {
+                    let solo = r.solo;
                     records.extend(queue.records.pop_front());
+                    if solo {
+                        break;
+                    }
                 }
                 (records, std::mem::take(&mut queue.commands))
             };
@@ -497,6 +533,7 @@ impl Worker {
     fn run_epoch(&mut self, records: Vec<Record>) {
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
         let epoch = Epoch(lsn.0);
+        let time = records.last().map_or_else(SystemTime::now, |r| r.time);
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.
             self.committed = Committed { epoch, lsn };
@@ -532,7 +569,7 @@ impl Worker {
             match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
                 Ok((whole, delta)) => {
                     if let Some(whole) = whole {
-                        df.view.history.append(epoch, whole);
+                        df.view.history.append(epoch, whole, time);
                         changed.push(df.view.history.clone());
                         deltas.insert(Input::View(df.id), delta);
                     }

@@ -30,6 +30,7 @@ mod views;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -89,6 +90,16 @@ pub struct Engine {
     subscriptions: Arc<Registry>,
     /// Ids for subscriptions' temporary dataflows, above every catalog id.
     next_temp_id: std::sync::atomic::AtomicU64,
+    /// From `open` to `start`: the LSN the views start at, and the log records after it (those
+    /// within the retention window), replayed through the views one epoch each.
+    tail: Mutex<Option<(Lsn, Vec<TailRecord>)>>,
+}
+
+/// A log record within the retention window, kept from recovery until the views replay it.
+struct TailRecord {
+    lsn: Lsn,
+    time: SystemTime,
+    changes: Arc<Vec<(ObjectId, ZBatch)>>,
 }
 
 impl Engine {
@@ -105,16 +116,42 @@ impl Engine {
             .collect();
         let started = std::time::Instant::now();
         let mut records = 0u64;
+        // Records committed within the retention window are replayed through the views again
+        // at start (see `start`), so that each view's change history covers the window: the
+        // tables keep those records' versions apart (horizon below them).
+        let cutoff = SystemTime::now().checked_sub(config.retention.window);
+        let mut tail: Vec<TailRecord> = Vec::new();
+        let mut tail_from = Lsn::ZERO;
         let runtime = Arc::new(Runtime::new(config.retention));
         let notify = runtime.clone();
         let log = Log::open(
             &dir.join("log"),
             |record: LogRecord| {
                 records += 1;
-                replay(&mut tables, record)
+                let recent = match (record.time, cutoff) {
+                    (Some(t), Some(c)) => t >= c,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if tail.is_empty() && !recent {
+                    return replay(&mut tables, &record, record.lsn);
+                }
+                if tail.is_empty() {
+                    tail_from = Lsn(record.lsn.0 - 1);
+                }
+                replay(&mut tables, &record, tail_from)?;
+                tail.push(TailRecord {
+                    lsn: record.lsn,
+                    time: record.time.unwrap_or_else(SystemTime::now),
+                    changes: Arc::new(record.changes),
+                });
+                Ok(())
             },
             Box::new(move |lsn| notify.set_durable(lsn)),
         )?;
+        if tail.is_empty() {
+            tail_from = log.durable_lsn();
+        }
         let rows: usize = tables.values().map(|t| t.live_rows()).sum();
         tracing::info!(
             data_dir = %dir.display(),
@@ -136,6 +173,7 @@ impl Engine {
             write_lock: tokio::sync::Mutex::new(()),
             subscriptions: Arc::new(Registry::default()),
             next_temp_id: std::sync::atomic::AtomicU64::new(TEMP_IDS),
+            tail: Mutex::new(Some((tail_from, tail))),
         }))
     }
 
@@ -148,7 +186,9 @@ impl Engine {
     /// inputs are running before it).
     pub async fn start(self: &Arc<Self>) -> Result<()> {
         let scanner = Arc::new(Scanner(Arc::downgrade(self)));
-        self.runtime.start(self.log.durable_lsn(), scanner)?;
+        let durable = self.log.durable_lsn();
+        let (from, tail) = self.tail.lock().take().unwrap_or((durable, Vec::new()));
+        self.runtime.start(from, durable, scanner)?;
         let views = self.catalog().views();
         let mut session = Session::new(self.clone(), &HashMap::new(), 0)?;
         for view in views.into_iter().filter(|v| v.materialized) {
@@ -173,6 +213,25 @@ impl Engine {
                     self.runtime.add_failed_view(view.id, &view.name, schema, e);
                 }
             }
+        }
+        // The views started at `from`; the records since go through them one epoch each, so
+        // their change histories hold every epoch a subscriber may resume from.
+        let replayed = tail.len();
+        let started = std::time::Instant::now();
+        for record in tail {
+            self.runtime.replay(record.lsn, record.changes, record.time);
+        }
+        if replayed > 0 {
+            self.runtime
+                .epochs()
+                .wait_for(durable, Duration::from_secs(365 * 86400))
+                .await?;
+            tracing::info!(
+                records = replayed,
+                from_lsn = from.0,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "replayed the retention window through the views"
+            );
         }
         Ok(())
     }
@@ -279,7 +338,8 @@ impl Engine {
         if changes.is_empty() {
             return Ok(self.log.durable_lsn());
         }
-        let body = encode_body(&changes)?;
+        let time = SystemTime::now();
+        let body = encode_body(&changes, time)?;
         let durable = {
             let _commit = self.commit_lock.lock();
             let mut tables = self.tables.write();
@@ -300,7 +360,7 @@ impl Engine {
                     table.commit(plan, durable.lsn, horizon)?;
                 }
             }
-            self.runtime.push(durable.lsn, Arc::new(changes));
+            self.runtime.push(durable.lsn, Arc::new(changes), time);
             durable
         };
         durable.wait().await
@@ -468,8 +528,13 @@ impl Drop for Engine {
     }
 }
 
-/// Applies one log record during start-up. Records of dropped tables are skipped.
-fn replay(tables: &mut HashMap<ObjectId, table::TableStore>, record: LogRecord) -> Result<()> {
+/// Applies one log record during start-up (tables may merge history up to `horizon`). Records
+/// of dropped tables are skipped.
+fn replay(
+    tables: &mut HashMap<ObjectId, table::TableStore>,
+    record: &LogRecord,
+    horizon: Lsn,
+) -> Result<()> {
     let mut plans = Vec::new();
     for (id, change) in &record.changes {
         if let Some(table) = tables.get_mut(id) {
@@ -486,7 +551,7 @@ fn replay(tables: &mut HashMap<ObjectId, table::TableStore>, record: LogRecord) 
     }
     for (id, plan) in plans {
         if let Some(table) = tables.get_mut(&id) {
-            table.commit(plan, record.lsn, record.lsn)?;
+            table.commit(plan, record.lsn, horizon)?;
         }
     }
     Ok(())

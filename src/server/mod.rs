@@ -95,7 +95,7 @@ impl Server {
         let handlers = Arc::new(Handlers {
             engine: engine.clone(),
             manager: Arc::new(ConnectionManager::new()),
-            pids: RandomPidSecretKeyGenerator::default(),
+            pids: Arc::new(RandomPidSecretKeyGenerator::default()),
             socket: None,
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -154,7 +154,9 @@ impl Server {
 struct Handlers {
     engine: Arc<Engine>,
     manager: Arc<ConnectionManager>,
-    pids: RandomPidSecretKeyGenerator,
+    /// One generator for the whole server: backend pids must be unique, since the connection
+    /// manager (cancel) is keyed by them.
+    pids: Arc<RandomPidSecretKeyGenerator>,
     /// The connection's socket (per-connection handlers only), for SUBSCRIBE to notice the
     /// client hanging up.
     socket: Option<subscribe::SocketRef>,
@@ -753,7 +755,7 @@ impl Handlers {
         Handlers {
             engine: self.engine.clone(),
             manager: self.manager.clone(),
-            pids: RandomPidSecretKeyGenerator::default(),
+            pids: self.pids.clone(),
             socket,
         }
     }

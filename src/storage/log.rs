@@ -11,7 +11,8 @@
 //!
 //! ```text
 //!  u32 body length │ u32 CRC-32 of (lsn ‖ body) │ u64 lsn │ body
-//!  body = u32 entry count, then per entry: u64 table id │ u32 length │ Arrow IPC stream
+//!  body = u32 entry count (top bit set: a u64 commit time in µs since 1970 follows),
+//!         then per entry: u64 table id │ u32 length │ Arrow IPC stream
 //!         (the table's columns plus the `_weight` column)
 //! ```
 //!
@@ -36,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -55,14 +57,24 @@ pub const MAX_RECORD_BYTES: usize = 1 << 30;
 #[derive(Debug)]
 pub struct LogRecord {
     pub lsn: Lsn,
+    /// When it was committed (None in records written before commit times were logged).
+    pub time: Option<SystemTime>,
     pub changes: Vec<(ObjectId, ZBatch)>,
 }
 
+/// The count word's top bit: a commit time follows it.
+const HAS_TIME: u32 = 1 << 31;
+
 /// Encodes the changes of one transaction into a record body (done by the committer, outside
 /// the commit lock).
-pub fn encode_body(changes: &[(ObjectId, ZBatch)]) -> Result<Vec<u8>> {
+pub fn encode_body(changes: &[(ObjectId, ZBatch)], time: SystemTime) -> Result<Vec<u8>> {
     let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(&(changes.len() as u32).to_le_bytes());
+    body.extend_from_slice(&(changes.len() as u32 | HAS_TIME).to_le_bytes());
+    let micros = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    body.extend_from_slice(&micros.to_le_bytes());
     for (table, zbatch) in changes {
         let batch = zbatch.to_record_batch()?;
         let mut ipc = Vec::new();
@@ -93,7 +105,13 @@ fn decode_body(lsn: Lsn, body: &[u8]) -> std::result::Result<LogRecord, String> 
         pos += n;
         Ok(s)
     };
-    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad count")?);
+    let mut count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad count")?);
+    let mut time = None;
+    if count & HAS_TIME != 0 {
+        count &= !HAS_TIME;
+        let micros = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "bad time")?);
+        time = Some(UNIX_EPOCH + std::time::Duration::from_micros(micros));
+    }
     let mut changes = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let table = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "bad table id")?);
@@ -106,7 +124,7 @@ fn decode_body(lsn: Lsn, body: &[u8]) -> std::result::Result<LogRecord, String> 
             changes.push((table, zbatch));
         }
     }
-    Ok(LogRecord { lsn, changes })
+    Ok(LogRecord { lsn, time, changes })
 }
 
 struct AppendRequest {
@@ -467,7 +485,9 @@ mod tests {
             .build()
             .unwrap();
         for v in values {
-            let d = log.append(encode_body(&[change(*v, 1)]).unwrap()).unwrap();
+            let d = log
+                .append(encode_body(&[change(*v, 1)], SystemTime::now()).unwrap())
+                .unwrap();
             rt.block_on(d.wait()).unwrap();
         }
         log.close();
@@ -484,6 +504,20 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         assert_eq!(records[3].changes[0].1.weights.value(0), 1);
+        assert!(records.iter().all(|r| r.time.is_some()));
+    }
+
+    #[test]
+    fn bodies_without_a_commit_time_still_decode() {
+        let with_time = encode_body(&[change(7, 1)], SystemTime::now()).unwrap();
+        // The same body as written before commit times: the count without its top bit, no time.
+        let mut old = (1u32).to_le_bytes().to_vec();
+        old.extend_from_slice(&with_time[12..]);
+        let record = decode_body(Lsn(5), &old).unwrap();
+        assert_eq!(record.time, None);
+        assert_eq!(record.changes.len(), 1);
+        let record = decode_body(Lsn(5), &with_time).unwrap();
+        assert!(record.time.is_some());
     }
 
     #[test]

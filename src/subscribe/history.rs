@@ -96,15 +96,16 @@ impl ChangeHistory {
         })
     }
 
-    /// Records the view's changes in `epoch` (called by the runtime before it commits `epoch`).
-    pub fn append(&self, epoch: Epoch, delta: ZBatch) {
+    /// Records the view's changes in `epoch`, committed at `at` (called by the runtime before it
+    /// commits `epoch`).
+    pub fn append(&self, epoch: Epoch, delta: ZBatch, at: SystemTime) {
         let now = SystemTime::now();
         let mut inner = self.inner.lock();
         debug_assert!(inner.entries.back().is_none_or(|e| e.epoch < epoch));
         inner.bytes += delta_bytes(&delta);
         inner.entries.push_back(Entry {
             epoch,
-            at: now,
+            at,
             delta: Arc::new(delta),
         });
         self.trim(&mut inner, now);
@@ -222,9 +223,9 @@ mod tests {
     #[test]
     fn reads_between_epochs_and_reports_trimmed_history() {
         let h = ChangeHistory::new(Epoch(10), Retention::default());
-        h.append(Epoch(12), delta(&[1]));
-        h.append(Epoch(15), delta(&[2, 3]));
-        h.append(Epoch(20), delta(&[4]));
+        h.append(Epoch(12), delta(&[1]), SystemTime::now());
+        h.append(Epoch(15), delta(&[2, 3]), SystemTime::now());
+        h.append(Epoch(20), delta(&[4]), SystemTime::now());
         assert_eq!(
             epochs(&h.read(Epoch(10), Epoch(20), 100).unwrap()),
             [12, 15, 20]
@@ -254,7 +255,7 @@ mod tests {
             },
         );
         for e in 1..=5 {
-            h.append(Epoch(e), delta(&[e as i64]));
+            h.append(Epoch(e), delta(&[e as i64]), SystemTime::now());
         }
         assert_eq!(h.oldest(), Epoch(3));
         assert_eq!(epochs(&h.read(Epoch(3), Epoch(5), 100).unwrap()), [4, 5]);
@@ -264,7 +265,7 @@ mod tests {
     #[test]
     fn a_closed_history_ends_readers_after_what_it_holds() {
         let h = ChangeHistory::new(Epoch(0), Retention::default());
-        h.append(Epoch(1), delta(&[1]));
+        h.append(Epoch(1), delta(&[1]), SystemTime::now());
         h.close(crate::err!("42P01", "gone"));
         assert_eq!(epochs(&h.read(Epoch(0), Epoch(1), 100).unwrap()), [1]);
         assert!(matches!(

@@ -283,15 +283,15 @@ impl Subscription {
             }
             Err(Gap::Closed(e)) => return Err(e),
         };
-        if let Some(first) = entries.first() {
-            let lag = SystemTime::now()
-                .duration_since(first.at)
-                .unwrap_or_default();
+        // Behind since the first unsent change was committed, or since the subscription began
+        // (catching up on history is not falling behind).
+        let committed_at = entries.first().map(|e| e.at.max(self.info.started));
+        if let Some(at) = committed_at {
+            let lag = SystemTime::now().duration_since(at).unwrap_or_default();
             if lag > self.limits.max_lag {
                 return Err(self.lag_error(lag));
             }
         }
-        let committed_at = entries.first().map(|e| e.at);
         let mut batches = Vec::with_capacity(entries.len() + 1);
         for entry in &entries {
             batches.push(self.epoch_rows(entry.epoch, &entry.delta)?);
@@ -403,7 +403,7 @@ impl Info {
         let cursor = Epoch(self.cursor.load(Ordering::Relaxed));
         self.history
             .first_after(cursor)
-            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .and_then(|at| SystemTime::now().duration_since(at.max(self.started)).ok())
             .unwrap_or_default()
     }
 }
@@ -538,7 +538,7 @@ mod tests {
     }
 
     fn commit(s: &Setup, epoch: u64, delta: ZBatch) {
-        s.history.append(Epoch(epoch), delta);
+        s.history.append(Epoch(epoch), delta, SystemTime::now());
         s.committed.send_replace(Committed {
             epoch: Epoch(epoch),
             lsn: crate::types::Lsn(epoch),
