@@ -71,18 +71,7 @@ struct Reader {
 
 impl Reader {
     async fn connect(server: &eddy::server::Server) -> Reader {
-        let (client, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=eddy dbname=eddy",
-                server.local_addr().port()
-            ),
-            NoTls,
-        )
-        .await
-        .unwrap();
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (client, task) = common::connect_with_task(server).await;
         Reader { client, task }
     }
 }
@@ -801,5 +790,23 @@ async fn closing_a_connection_does_not_cancel_another() {
     drop(a);
     let (_b, fetched) = waiting.await.unwrap();
     fetched.expect("the FETCH ran to its timeout");
+    server.shutdown().await;
+}
+
+/// A driver fetching a plain SUBSCRIBE a few rows per Execute (portal suspension) would need
+/// rows the server cannot promise; it is told to use a cursor instead.
+#[tokio::test]
+async fn subscribe_with_a_row_limit_per_execute_is_refused() {
+    let (server, _dir) = start().await;
+    let mut client = connect(&server).await;
+    setup(&client).await;
+    let tx = client.transaction().await.unwrap();
+    let statement = tx.prepare("SUBSCRIBE hot").await.unwrap();
+    let portal = tx.bind(&statement, &[]).await.unwrap();
+    let e = tx.query_portal(&portal, 10).await.unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    drop(tx);
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(subscriptions(&client).await, 0);
     server.shutdown().await;
 }

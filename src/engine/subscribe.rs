@@ -324,7 +324,7 @@ impl Session {
                     sub.fetch(count, parsed.fetch_timeout).await?
                 }
             }
-            Cursor::Rows { batches, .. } => take_rows(batches, count),
+            Cursor::Rows { batches, .. } => subscribe::take_rows(batches, count),
         };
         let stream = futures::stream::iter(batches.into_iter().map(Ok));
         Ok(Output::Rows {
@@ -393,26 +393,6 @@ fn fetch_count(direction: &ast::FetchDirection) -> Result<Option<usize>> {
         )
         .with_hint("Eddy's cursors support FETCH [n | ALL | NEXT | FORWARD n]")),
     }
-}
-
-/// Takes up to `count` rows (all when `None`) off the front.
-fn take_rows(batches: &mut VecDeque<RecordBatch>, count: Option<usize>) -> Vec<RecordBatch> {
-    let mut left = count.unwrap_or(usize::MAX);
-    let mut out = Vec::new();
-    while left > 0 {
-        let Some(batch) = batches.pop_front() else {
-            break;
-        };
-        if batch.num_rows() <= left {
-            left -= batch.num_rows();
-            out.push(batch);
-        } else {
-            out.push(batch.slice(0, left));
-            batches.push_front(batch.slice(left, batch.num_rows() - left));
-            left = 0;
-        }
-    }
-    out
 }
 
 fn negated(delta: &ZBatch) -> ZBatch {

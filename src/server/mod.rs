@@ -539,7 +539,7 @@ impl ExtendedQueryHandler for Handlers {
         &self,
         client: &mut C,
         portal: &Portal<Prepared>,
-        _max_rows: usize,
+        max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -549,6 +549,19 @@ impl ExtendedQueryHandler for Handlers {
     {
         let cell = session_of(client)?;
         let prepared = &portal.statement.statement;
+        if max_rows > 0
+            && prepared.parsed.subscribe.is_some()
+            && matches!(
+                prepared.parsed.stmt,
+                datafusion::sql::sqlparser::ast::Statement::Query(_)
+            )
+        {
+            cell.lock().await.fail_transaction();
+            return Err(user_error(crate::unsupported!(
+                "SUBSCRIBE with a row limit per Execute (portal suspension, e.g. JDBC fetchSize): \
+                 use DECLARE c CURSOR FOR SUBSCRIBE … and FETCH, or COPY (SUBSCRIBE …) TO STDOUT"
+            )));
+        }
         let params = match bind_params(portal) {
             Ok(p) => p,
             Err(e) => {

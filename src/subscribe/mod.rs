@@ -249,23 +249,7 @@ impl Subscription {
         if let Some(more) = self.take(committed)? {
             self.ready.extend(more.batches);
         }
-        let mut out = Vec::new();
-        let mut left = max.unwrap_or(usize::MAX);
-        while left > 0 {
-            let Some(batch) = self.ready.pop_front() else {
-                break;
-            };
-            if batch.num_rows() <= left {
-                left -= batch.num_rows();
-                out.push(batch);
-            } else {
-                out.push(batch.slice(0, left));
-                self.ready
-                    .push_front(batch.slice(left, batch.num_rows() - left));
-                left = 0;
-            }
-        }
-        Ok(out)
+        Ok(take_rows(&mut self.ready, max))
     }
 
     /// The committed changes after the cursor, up to `committed`, as a delivery.
@@ -381,6 +365,27 @@ impl Subscription {
         RecordBatch::try_new(self.schema.clone(), columns)
             .unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()))
     }
+}
+
+/// Takes up to `count` rows (all when `None`) off the front of `batches`, splitting a batch
+/// when needed.
+pub fn take_rows(batches: &mut VecDeque<RecordBatch>, count: Option<usize>) -> Vec<RecordBatch> {
+    let mut left = count.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    while left > 0 {
+        let Some(batch) = batches.pop_front() else {
+            break;
+        };
+        if batch.num_rows() <= left {
+            left -= batch.num_rows();
+            out.push(batch);
+        } else {
+            out.push(batch.slice(0, left));
+            batches.push_front(batch.slice(left, batch.num_rows() - left));
+            left = 0;
+        }
+    }
+    out
 }
 
 /// What the system view shows about one subscription.

@@ -46,6 +46,11 @@ pub async fn restart(dir: &std::path::Path, configure: impl FnOnce(&mut EngineCo
 
 /// A connection (user and database `eddy`) whose driver task runs in the background.
 pub async fn connect(server: &Server) -> Client {
+    connect_with_task(server).await.0
+}
+
+/// A connection and its driver task (abort the task to drop the connection at once).
+pub async fn connect_with_task(server: &Server) -> (Client, tokio::task::JoinHandle<()>) {
     let (client, conn) = tokio_postgres::connect(
         &format!(
             "host=127.0.0.1 port={} user=eddy dbname=eddy",
@@ -55,8 +60,10 @@ pub async fn connect(server: &Server) -> Client {
     )
     .await
     .unwrap();
-    tokio::spawn(conn);
-    client
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client, task)
 }
 
 /// The value after `name` on a benchmark's command line (`-- --rows 1000`), or `default`.
