@@ -557,6 +557,16 @@ async fn subscribing_to_a_query_or_a_table_runs_a_dataflow_of_its_own() {
     server.shutdown().await;
 }
 
+/// Resident set size of this process.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -567,9 +577,13 @@ async fn a_thousand_cancels_and_hang_ups_leave_nothing_behind() {
     let admin = connect(&server).await;
     setup(&admin).await;
     let views = server.engine().runtime().view_count();
-    // Warm up (lazily created runtime resources), then count descriptors.
+    // Warm up (lazily created runtime resources), then count descriptors and tasks.
     let client = connect(&server).await;
     let fds = open_fds();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut rss_after_warm_up = 0;
     for i in 0..1000 {
         let query = if i % 2 == 0 {
             "COPY (SUBSCRIBE hot WITH (PROGRESS)) TO STDOUT"
@@ -583,7 +597,20 @@ async fn a_thousand_cancels_and_hang_ups_leave_nothing_behind() {
             .await
             .unwrap();
         assert_eq!(code(&end.unwrap_err()), "57014");
+        if i == 199 {
+            rss_after_warm_up = rss_kib();
+        }
     }
+    // Memory: 800 more cycles after the warm-up leave the process about where it was.
+    let grown = rss_kib().saturating_sub(rss_after_warm_up);
+    eprintln!(
+        "after 1000 cancels: RSS {} KiB (+{grown} KiB since cycle 200), {} tasks (before: {tasks})",
+        rss_kib(),
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    );
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB over 800 cycles");
     // Hang-ups: the client's connection goes away while the subscription is idle.
     for _ in 0..100 {
         let reader = Reader::connect(&server).await;
@@ -598,12 +625,22 @@ async fn a_thousand_cancels_and_hang_ups_leave_nothing_behind() {
     }
     until_no_subscriptions(&admin).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while server.engine().runtime().view_count() != views || open_fds() > fds + 4 {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    while server.engine().runtime().view_count() != views
+        || open_fds() > fds + 4
+        || alive() > tasks + 4
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "left behind: {} views (expected {views}), {} descriptors (expected {fds})",
+            "left behind: {} views (expected {views}), {} descriptors (expected {fds}), \
+             {} tasks (expected {tasks})",
             server.engine().runtime().view_count(),
-            open_fds()
+            open_fds(),
+            alive()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
