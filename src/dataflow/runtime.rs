@@ -490,7 +490,7 @@ impl Worker {
                 // Every durable record, up to (or just) a replayed one, which is an epoch alone.
                 while let Some(r) = queue.records.front()
                     && r.lsn <= durable
-                    && !(r.solo && !records.is_empty())
+                    && (!r.solo || records.is_empty())
                 {
                     let solo = r.solo;
                     records.extend(queue.records.pop_front());
