@@ -95,11 +95,11 @@ pub struct Engine {
     tail: Mutex<Option<(Lsn, Vec<TailRecord>)>>,
 }
 
-/// A log record within the retention window, kept from recovery until the views replay it.
+/// A log record within the retention window, kept from recovery until `start` applies it to
+/// the tables and replays it through the views.
 struct TailRecord {
-    lsn: Lsn,
     time: SystemTime,
-    changes: Arc<Vec<(ObjectId, ZBatch)>>,
+    record: LogRecord,
 }
 
 impl Engine {
@@ -116,9 +116,9 @@ impl Engine {
             .collect();
         let started = std::time::Instant::now();
         let mut records = 0u64;
-        // Records committed within the retention window are replayed through the views again
-        // at start (see `start`), so that each view's change history covers the window: the
-        // tables keep those records' versions apart (horizon below them).
+        // Records committed within the retention window are kept aside: `start` builds the
+        // views at the window's start, then applies those records to the tables and replays
+        // them through the views, so that each view's change history covers the window.
         let cutoff = SystemTime::now().checked_sub(config.retention.window);
         let mut tail: Vec<TailRecord> = Vec::new();
         let mut tail_from = Lsn::ZERO;
@@ -139,11 +139,9 @@ impl Engine {
                 if tail.is_empty() {
                     tail_from = Lsn(record.lsn.0 - 1);
                 }
-                replay(&mut tables, &record, tail_from)?;
                 tail.push(TailRecord {
-                    lsn: record.lsn,
                     time: record.time.unwrap_or_else(SystemTime::now),
-                    changes: Arc::new(record.changes),
+                    record,
                 });
                 Ok(())
             },
@@ -158,6 +156,7 @@ impl Engine {
             tables = tables.len(),
             rows,
             log_records = records,
+            to_replay_through_views = tail.len(),
             last_lsn = %log.durable_lsn(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
@@ -218,8 +217,13 @@ impl Engine {
         // their change histories hold every epoch a subscriber may resume from.
         let replayed = tail.len();
         let started = std::time::Instant::now();
-        for record in tail {
-            self.runtime.replay(record.lsn, record.changes, record.time);
+        for t in tail {
+            {
+                let _commit = self.commit_lock.lock();
+                replay(&mut self.tables.write(), &t.record, t.record.lsn)?;
+            }
+            self.runtime
+                .replay(t.record.lsn, Arc::new(t.record.changes), t.time);
         }
         if replayed > 0 {
             self.runtime

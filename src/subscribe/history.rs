@@ -176,11 +176,6 @@ impl ChangeHistory {
         self.latest.subscribe()
     }
 
-    /// Bytes of changes held.
-    pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
-    }
-
     fn trim(&self, inner: &mut Inner, now: SystemTime) {
         let cutoff = now.checked_sub(self.retention.window);
         while let Some(front) = inner.entries.front() {
@@ -259,7 +254,6 @@ mod tests {
         }
         assert_eq!(h.oldest(), Epoch(3));
         assert_eq!(epochs(&h.read(Epoch(3), Epoch(5), 100).unwrap()), [4, 5]);
-        assert!(h.bytes() <= one * 2);
     }
 
     #[test]

@@ -102,12 +102,6 @@ pub struct Delivery {
     pub committed_at: Option<SystemTime>,
 }
 
-impl Delivery {
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
-}
-
 /// One client's subscription to a view.
 pub struct Subscription {
     schema: SchemaRef,
@@ -125,7 +119,7 @@ pub struct Subscription {
     info: Arc<Info>,
     /// Whatever must live as long as the subscription (a temporary dataflow, the registry
     /// entry); dropped with it.
-    _keep: Vec<Box<dyn Send + Sync>>,
+    keep_alive: Vec<Box<dyn Send + Sync>>,
 }
 
 impl Subscription {
@@ -155,7 +149,7 @@ impl Subscription {
             initial: None,
             limits,
             info,
-            _keep: Vec::new(),
+            keep_alive: Vec::new(),
         };
         let mut batches = Vec::new();
         if let Some(rows) = snapshot
@@ -176,7 +170,7 @@ impl Subscription {
 
     /// Keeps `resource` alive until the subscription ends.
     pub fn keep(&mut self, resource: Box<dyn Send + Sync>) {
-        self._keep.push(resource);
+        self.keep_alive.push(resource);
     }
 
     pub fn schema(&self) -> &SchemaRef {
