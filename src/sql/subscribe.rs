@@ -306,6 +306,26 @@ pub fn normalize_fetch(
 mod tests {
     use crate::sql::parse_all;
     use datafusion::sql::sqlparser::ast::Statement;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any jumble of the words these statements use parses or fails with an error; it never
+        /// panics.
+        #[test]
+        fn bad_input_never_panics(
+            start in prop::sample::select(vec![
+                "SUBSCRIBE", "COPY (SUBSCRIBE", "DECLARE c CURSOR FOR SUBSCRIBE", "FETCH",
+            ]),
+            words in prop::collection::vec(prop::sample::select(vec![
+                "TO", "v", "(", ")", "SELECT", "1", "WITH", "AS", "OF", "=", ",", "SNAPSHOT",
+                "PROGRESS", "false", "'1s'", "timeout", "FROM", "IN", "ALL", "FORWARD", ".",
+                "-1", "STDOUT", "c", "NEXT", "''",
+            ]), 0..12),
+        ) {
+            let sql = format!("{start} {}", words.join(" "));
+            let _ = parse_all(&sql);
+        }
+    }
 
     #[test]
     fn subscribe_forms() {
