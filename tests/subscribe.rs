@@ -509,6 +509,29 @@ async fn dropping_the_view_ends_its_subscriptions() {
 }
 
 #[tokio::test]
+async fn dropping_a_table_ends_the_subscriptions_to_queries_over_it() {
+    let (server, _dir) = start().await;
+    let client = connect(&server).await;
+    setup(&client).await;
+    let views = server.engine().runtime().view_count();
+    let reader = Reader::connect(&server).await;
+    let mut lines = Lines::open(&reader.client, "SUBSCRIBE (SELECT auction FROM bids)").await;
+    lines.next().await;
+    lines.next().await;
+    client
+        .batch_execute("DROP MATERIALIZED VIEW hot; DROP TABLE bids")
+        .await
+        .unwrap();
+    let e = lines.try_next().await.unwrap_err();
+    assert_eq!(code(&e), "42P01");
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("\"bids\" was dropped"), "{message}");
+    until_no_subscriptions(&client).await;
+    assert_eq!(server.engine().runtime().view_count(), views - 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn subscribing_to_a_query_or_a_table_runs_a_dataflow_of_its_own() {
     let (server, _dir) = start().await;
     let client = connect(&server).await;

@@ -109,6 +109,8 @@ enum Command {
     },
     Drop {
         id: ObjectId,
+        /// For the error subscribers get.
+        name: String,
         reply: oneshot::Sender<()>,
     },
 }
@@ -276,10 +278,13 @@ impl Runtime {
         self.shared.views.write().insert(id, Arc::new(view));
     }
 
-    /// Stops view `id`'s dataflow and frees its state. Views reading it must be dropped first.
-    pub async fn drop_view(&self, id: ObjectId) {
+    /// Object `id` (a table or a view, named `name`) is dropped: stops its dataflow if it has
+    /// one and frees its state, and ends the subscriptions reading it. Views reading it must be
+    /// dropped first.
+    pub async fn drop_object(&self, id: ObjectId, name: &str) {
         let (reply, rx) = oneshot::channel();
-        if self.command(Command::Drop { id, reply }).is_ok() {
+        let name = name.to_string();
+        if self.command(Command::Drop { id, name, reply }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -288,7 +293,8 @@ impl Runtime {
     /// a destructor).
     pub fn drop_view_detached(&self, id: ObjectId) {
         let (reply, _) = oneshot::channel();
-        let _ = self.command(Command::Drop { id, reply });
+        let name = String::new();
+        let _ = self.command(Command::Drop { id, name, reply });
     }
 
     /// How many views (materialized views and subscriptions' temporary dataflows) exist.
@@ -514,18 +520,33 @@ impl Worker {
                     } => {
                         let _ = reply.send(self.create(id, name, &spec, schema));
                     }
-                    Command::Drop { id, reply } => {
-                        self.dataflows.retain(|d| d.id != id);
-                        if let Some(view) = self.shared.views.write().remove(&id) {
-                            view.history.close(crate::err!(
-                                sqlstate::UNDEFINED_TABLE,
-                                "materialized view \"{}\" was dropped",
-                                view.name
-                            ));
-                        }
+                    Command::Drop { id, name, reply } => {
+                        self.drop(id, &name);
                         let _ = reply.send(());
                     }
                 }
+            }
+        }
+    }
+
+    /// Stops the dataflow of object `id` (if it is a view) and every dataflow still reading
+    /// it — subscriptions' temporary dataflows, since the catalog's views reading it were
+    /// dropped first. Their subscribers end with 42P01.
+    fn drop(&mut self, id: ObjectId, name: &str) {
+        let gone: Vec<ObjectId> = self
+            .dataflows
+            .iter()
+            .filter(|d| d.id == id || d.reads(Input::Table(id)) || d.reads(Input::View(id)))
+            .map(|d| d.id)
+            .collect();
+        self.dataflows.retain(|d| !gone.contains(&d.id));
+        let mut views = self.shared.views.write();
+        for dropped in gone.iter().chain(std::iter::once(&id)) {
+            if let Some(view) = views.remove(dropped) {
+                view.history.close(crate::err!(
+                    sqlstate::UNDEFINED_TABLE,
+                    "relation \"{name}\" was dropped"
+                ));
             }
         }
     }

@@ -394,6 +394,8 @@ impl Engine {
         let def = catalog.drop_table(&self.state, name)?;
         self.tables.write().remove(&def.id);
         *self.catalog.write() = Arc::new(catalog);
+        drop(_commit);
+        self.runtime.drop_object(def.id, &def.name).await;
         Ok(())
     }
 
@@ -435,7 +437,7 @@ impl Engine {
         catalog.drop_view(&self.state, &view.name)?;
         *self.catalog.write() = Arc::new(catalog);
         if view.materialized {
-            self.runtime.drop_view(view.id).await;
+            self.runtime.drop_object(view.id, &view.name).await;
         }
         Ok(())
     }
