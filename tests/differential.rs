@@ -1,7 +1,8 @@
 //! Differential test of materialized views: random tables, random rounds of INSERT / UPDATE /
 //! DELETE, and a set of views covering every construct the dataflow engine maintains. After
 //! every round each view must equal DataFusion's batch execution of the same query over the
-//! same data (the "oracle" query, run ad hoc).
+//! same data (the "oracle" query, run ad hoc), and a subscriber to each view, adding up the
+//! snapshot and every diff it received, must hold exactly the view's rows.
 //!
 //! `EDDY_DIFF_ROUNDS` (default 25) and `EDDY_DIFF_SEEDS` (default "1,2") make longer runs.
 
@@ -302,11 +303,18 @@ fn round(
 
 /// Rows as text, sorted by a rounded form (float sums depend on summation order).
 async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut out = rows_in_order(client, sql).await?;
+    sort_rows(&mut out);
+    Ok(out)
+}
+
+/// Rows as text, in the order they came.
+async fn rows_in_order(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
     let messages = client
         .simple_query(sql)
         .await
         .map_err(|e| format!("{sql}: {:?}", e.as_db_error().map(|d| d.message())))?;
-    let mut out: Vec<Vec<String>> = messages
+    let out: Vec<Vec<String>> = messages
         .iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(
@@ -317,6 +325,11 @@ async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
             _ => None,
         })
         .collect();
+    Ok(out)
+}
+
+/// Sorts rows by a rounded form (float sums depend on summation order).
+fn sort_rows(rows: &mut [Vec<String>]) {
     let rounded = |row: &Vec<String>| -> Vec<String> {
         row.iter()
             .map(|v| match v.parse::<f64>() {
@@ -325,8 +338,56 @@ async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
             })
             .collect()
     };
-    out.sort_by_key(rounded);
-    Ok(out)
+    rows.sort_by_key(rounded);
+}
+
+/// A subscriber's view of one view: the snapshot plus every diff, as row → multiplicity.
+#[derive(Default)]
+struct Accumulated {
+    rows: std::collections::HashMap<Vec<String>, i64>,
+    last_epoch: i64,
+}
+
+impl Accumulated {
+    /// Adds what `FETCH ALL` returned (`_epoch`, `_diff`, columns…).
+    fn add(&mut self, fetched: &[Vec<String>], name: &str) {
+        let mut in_epoch = std::collections::HashSet::new();
+        for row in fetched {
+            let epoch: i64 = row[0].parse().unwrap();
+            let diff: i64 = row[1].parse().unwrap();
+            assert!(
+                epoch >= self.last_epoch,
+                "{name}: epoch {epoch} after {}",
+                self.last_epoch
+            );
+            if epoch > self.last_epoch {
+                in_epoch.clear();
+                self.last_epoch = epoch;
+            }
+            let data = row[2..].to_vec();
+            assert!(
+                in_epoch.insert(data.clone()),
+                "{name}: row {data:?} twice in epoch {epoch} (not consolidated)"
+            );
+            assert_ne!(diff, 0, "{name}: a zero diff");
+            *self.rows.entry(data).or_default() += diff;
+        }
+        self.rows.retain(|_, n| *n != 0);
+        if let Some((row, n)) = self.rows.iter().find(|(_, n)| **n < 0) {
+            panic!("{name}: row {row:?} has multiplicity {n}");
+        }
+    }
+
+    fn expanded(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for (row, n) in &self.rows {
+            for _ in 0..*n {
+                out.push(row.clone());
+            }
+        }
+        sort_rows(&mut out);
+        out
+    }
 }
 
 /// Equal, with floats equal up to a relative 1e-9.
@@ -368,6 +429,17 @@ async fn run(seed: u64, rounds: usize) {
             .await
             .unwrap_or_else(|e| panic!("creating {name}: {e}"));
     }
+    // One subscription per view, read with FETCH after every round.
+    let subscriber = common::connect(&server).await;
+    subscriber.batch_execute("BEGIN").await.unwrap();
+    let mut accumulated = std::collections::HashMap::new();
+    for (name, _, _) in VIEWS {
+        subscriber
+            .batch_execute(&format!("DECLARE c_{name} CURSOR FOR SUBSCRIBE {name}"))
+            .await
+            .unwrap();
+        accumulated.insert(*name, Accumulated::default());
+    }
     let mut seen_rows = std::collections::HashSet::new();
     for r in 0..=rounds {
         let stmts = if r == 0 {
@@ -403,6 +475,22 @@ async fn run(seed: u64, rounds: usize) {
             assert!(
                 same(&got, &want),
                 "seed {seed}, round {r}: view {name} differs from batch execution\nlast writes:\n{}\nview:  {got:?}\nbatch: {want:?}",
+                stmts.join(";\n")
+            );
+            // The SELECT waited for the epoch covering the writes: FETCH without waiting gets
+            // every change up to it.
+            let fetched = rows_in_order(
+                &subscriber,
+                &format!("FETCH ALL c_{name} WITH (timeout = '0s')"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", context()));
+            let acc = accumulated.get_mut(name).unwrap();
+            acc.add(&fetched, name);
+            let subscribed = acc.expanded();
+            assert!(
+                same(&subscribed, &got),
+                "seed {seed}, round {r}: the subscription to {name} adds up to something else\nlast writes:\n{}\nsubscribed: {subscribed:?}\nview:       {got:?}",
                 stmts.join(";\n")
             );
         }
