@@ -599,6 +599,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subscription_too_far_behind_ends_with_53400() {
+        let mut s = setup(0, None);
+        s.sub.limits.max_lag = Duration::from_millis(20);
+        s.sub.next().await.unwrap();
+        commit(&s, 1, delta(&[1], &[1]));
+        // Not read for longer than the limit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = s.sub.fetch(None, None).await.err().unwrap();
+        assert_eq!(e.sqlstate, sqlstate::CONFIGURATION_LIMIT_EXCEEDED);
+    }
+
+    #[tokio::test]
     async fn a_dropped_view_ends_the_subscription_after_its_last_changes() {
         let mut s = setup(0, None);
         s.sub.next().await.unwrap();
