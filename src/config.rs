@@ -28,7 +28,7 @@ pub struct Config {
     pub subscribe_retention: Duration,
 
     /// At most this many MiB of retained changes per view (oldest dropped first).
-    #[arg(long, default_value_t = 256, env = "EDDY_SUBSCRIBE_HISTORY_MB")]
+    #[arg(long, default_value_t = 64, env = "EDDY_SUBSCRIBE_HISTORY_MB")]
     pub subscribe_history_mb: usize,
 
     /// A subscription whose oldest unsent change is older than this is ended with 53400.

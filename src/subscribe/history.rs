@@ -41,7 +41,7 @@ impl Default for Retention {
     fn default() -> Self {
         Retention {
             window: Duration::from_secs(3600),
-            max_bytes: 256 << 20,
+            max_bytes: 64 << 20,
         }
     }
 }
