@@ -115,9 +115,9 @@ fn fatal(e: Error) -> PgWireError {
     PgWireError::UserError(Box::new(info))
 }
 
-/// Streams `sub` until it ends (a dropped view, a slow client, the client hanging up; a
-/// CancelRequest drops this future). `describe`: send a RowDescription first (the simple
-/// protocol; the extended one described the portal already). Returns the error to report.
+/// Streams `sub` until it ends — always with an error: a dropped view, a slow client, the
+/// client hanging up (a CancelRequest drops this future instead). `describe`: send a
+/// RowDescription first (the simple protocol; the extended one described the portal already).
 pub async fn stream<C>(
     client: &mut C,
     mut sub: Box<Subscription>,
@@ -178,29 +178,22 @@ where
                 )));
             }
         };
-        let deadline = delivery.committed_at.map(|at| {
-            let age = SystemTime::now().duration_since(at).unwrap_or_default();
-            tokio::time::Instant::now() + sub.limits().max_lag.saturating_sub(age)
-        });
-        let send = send_delivery(client, &delivery, &formats, writer.as_mut());
-        let sent = match deadline {
-            None => send.await,
-            Some(deadline) => tokio::select! {
-                r = send => r,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let lag = delivery
-                        .committed_at
-                        .and_then(|at| SystemTime::now().duration_since(at).ok())
-                        .unwrap_or_default();
-                    tracing::warn!(lag_ms = lag.as_millis() as u64, "ending a subscription whose client stopped reading");
-                    if let Some(s) = socket {
-                        s.shutdown_after(SLOW_CLIENT_GRACE);
-                    }
-                    return Err(fatal(sub.lag_error(lag)));
+        // The client must take this delivery before its oldest change (or, for a snapshot or a
+        // progress row, the delivery itself) is older than the lag limit.
+        let since = delivery.committed_at.unwrap_or_else(SystemTime::now);
+        let age = SystemTime::now().duration_since(since).unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + sub.limits().max_lag.saturating_sub(age);
+        tokio::select! {
+            sent = send_delivery(client, &delivery, &formats, writer.as_mut()) => sent?,
+            _ = tokio::time::sleep_until(deadline) => {
+                let lag = SystemTime::now().duration_since(since).unwrap_or_default();
+                tracing::warn!(lag_ms = lag.as_millis() as u64, "ending a subscription whose client stopped reading");
+                if let Some(s) = socket {
+                    s.shutdown_after(SLOW_CLIENT_GRACE);
                 }
-            },
-        };
-        sent?;
+                return Err(fatal(sub.lag_error(lag)));
+            }
+        }
     }
 }
 
