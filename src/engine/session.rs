@@ -205,11 +205,15 @@ impl Session {
 
     /// Parses and describes one statement for the extended protocol.
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
+        if let (Statement::Query(query), Some(options)) = (&parsed.stmt, &parsed.subscribe) {
+            let schema = self.subscribe_schema(query, options).await?;
+            return Ok(Prepared {
+                parsed,
+                param_types: vec![],
+                schema: Some(schema),
+            });
+        }
         let (param_types, schema) = match &parsed.stmt {
-            Statement::Query(query) if parsed.subscribe.is_some() => {
-                let options = parsed.subscribe.as_ref().expect("checked");
-                (vec![], Some(self.subscribe_schema(query, options).await?))
-            }
             Statement::Fetch { .. } => (vec![], Some(self.fetch_schema(&parsed.stmt)?)),
             Statement::Copy { .. } | Statement::Declare { .. } if parsed.subscribe.is_some() => {
                 (vec![], None)
