@@ -12,12 +12,10 @@ cd "$(dirname "$0")"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy-target}"
 
-setup() {
-    # libclang-dev: bindgen for the rocksdb crate. postgresql-client: psql, used by the tests
-    # and by you. python3-venv: the client tests' Python (psycopg). Installed only when
-    # missing; sudo when not root.
+# Installs the Debian packages given that are missing (sudo when not root).
+install_missing() {
     local missing=()
-    for pkg in libclang-dev postgresql-client python3 python3-venv; do
+    for pkg in "$@"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -27,12 +25,19 @@ setup() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+}
+
+setup() {
+    # libclang-dev: bindgen for the rocksdb crate. postgresql-client: psql, used by the tests
+    # and by you.
+    install_missing libclang-dev postgresql-client
     command -v cargo >/dev/null || { echo "eddy.sh: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 }
 
 # The Python the client tests run (tests/clients/*.py): a venv with psycopg 3.
 VENV="${EDDY_VENV:-$HOME/.cache/eddy-venv}"
 setup_python() {
+    install_missing python3 python3-venv
     if ! "$VENV/bin/python" -c "import psycopg" >/dev/null 2>&1; then
         echo "eddy.sh: preparing $VENV (psycopg)" >&2
         /usr/bin/python3 -m venv "$VENV"
