@@ -296,3 +296,41 @@ async fn a_subscriber_resumes_after_kill_dash_nine_with_no_gap_or_duplicate() {
     child.kill().ok();
     child.wait().ok();
 }
+
+/// A second server on the same data directory refuses to start (and says why) instead of
+/// corrupting the first one's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = spawn(dir.path(), port);
+    connect(port)
+        .await
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .output()
+        .expect("eddy runs");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stdout).to_string()
+        + &String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is another eddy server using this data directory?"),
+        "{stderr}"
+    );
+    // The first server is unharmed.
+    let n: i64 = connect(port)
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    first.kill().ok();
+    first.wait().ok();
+}
