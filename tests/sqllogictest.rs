@@ -29,6 +29,15 @@ use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 use tokio::sync::Mutex;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
+/// The server's settings for .slt files: no idle progress rows from `SUBSCRIBE … WITH
+/// (PROGRESS)` (they depend on timing; the progress row after each change stays), so FETCH
+/// output is deterministic.
+fn config(data_dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(data_dir.to_path_buf());
+    config.subscribe.progress_interval = std::time::Duration::from_secs(24 * 3600);
+    config
+}
+
 struct Harness {
     data_dir: PathBuf,
     addr: SocketAddr,
@@ -37,12 +46,9 @@ struct Harness {
 
 impl Harness {
     async fn start(data_dir: &Path) -> Harness {
-        let server = Server::start_with(
-            EngineConfig::new(data_dir.to_path_buf()),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .expect("server starts");
+        let server = Server::start_with(config(data_dir), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("server starts");
         Harness {
             data_dir: data_dir.to_path_buf(),
             addr: server.local_addr(),
@@ -54,7 +60,7 @@ impl Harness {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = Server::start_with(EngineConfig::new(self.data_dir.clone()), self.addr)
+        let server = Server::start_with(config(&self.data_dir), self.addr)
             .await
             .expect("server restarts");
         self.server = Some(server);

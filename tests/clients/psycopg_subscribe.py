@@ -28,6 +28,14 @@ def check(actual, expected, what):
         sys.exit(f"{what}: expected {expected!r}, got {actual!r}")
 
 
+def read_until_change(copy):
+    """The next change: its rows and their progress row (idle progress rows are skipped)."""
+    while True:
+        rows = read_until_progress(copy)
+        if len(rows) > 1:
+            return rows
+
+
 def read_until_progress(copy):
     """Rows up to and including the next progress row (`_progressed` = 't')."""
     rows = []
@@ -70,7 +78,7 @@ def watch_until_first_change():
 
             threading.Thread(target=insert_later).start()
             started = time.monotonic()
-            update = read_until_progress(copy)
+            update = read_until_change(copy)
             check(
                 [r[2:] for r in update if r[1] == "f"],
                 [("-1", "1", "10"), ("1", "1", "15")],
