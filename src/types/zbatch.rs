@@ -13,6 +13,17 @@ use crate::error::Result;
 /// Name of the weight column when a ZBatch is stored as one Arrow batch (in the log).
 pub const WEIGHT_COLUMN: &str = "_weight";
 
+/// A row converter over every column of `schema` (whole rows as comparable byte keys).
+pub fn row_converter(schema: &Schema) -> Result<RowConverter> {
+    Ok(RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?)
+}
+
 /// A batch of changes: `data` holds the rows, `weights[i]` the multiplicity change of row i
 /// (+1 insert, -1 delete).
 #[derive(Debug, Clone)]
@@ -76,13 +87,7 @@ impl ZBatch {
             .iter()
             .flat_map(|b| b.weights.values().iter().copied())
             .collect();
-        let converter = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let converter = row_converter(schema)?;
         let rows = converter.convert_columns(data.columns())?;
         let mut sums: HashMap<&[u8], (u32, i64)> = HashMap::with_capacity(rows.num_rows());
         let mut order: Vec<&[u8]> = Vec::new();

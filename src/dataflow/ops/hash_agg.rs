@@ -172,13 +172,7 @@ impl HashAggregate {
             .into_iter()
             .map(|call| Agg::new(call, input_schema, append_only))
             .collect::<Result<Vec<_>>>()?;
-        let out_converter = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let out_converter = crate::types::row_converter(&schema)?;
         let mut this = HashAggregate {
             group_by,
             global,

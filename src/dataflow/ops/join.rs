@@ -94,12 +94,7 @@ impl Join {
                 .collect(),
         )?;
         let side = |s: &SchemaRef| -> Result<Arrangement> {
-            Ok(Arrangement::new(RowConverter::new(
-                s.fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?))
+            Ok(Arrangement::new(crate::types::row_converter(s)?))
         };
         let null_aware = if spec.null_aware {
             Some(NullAware {

@@ -101,13 +101,7 @@ impl TopK {
             partition_converter,
             order_by,
             sort_converter: RowConverter::new(sort_fields)?,
-            row_converter: RowConverter::new(
-                input
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?,
+            row_converter: crate::types::row_converter(input)?,
             offset: spec.offset,
             limit: spec.limit,
             rank: spec.rank,
