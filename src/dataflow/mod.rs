@@ -30,14 +30,13 @@ pub mod runtime;
 pub mod spec;
 pub mod state;
 
-use datafusion::arrow::array::RecordBatch;
-
 use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
 
 pub use epochs::{Committed, Epochs, ReadPin};
 pub use runtime::{Runtime, TableScanner, ViewState, ViewStatus};
 pub use spec::{DataflowSpec, Input};
+pub use state::{MemoryState, StateSink, StateSource};
 
 /// A dataflow operator. See the module documentation for the calling contract; each
 /// implementation documents what it does to inserts and deletes, the state it keeps and what it
@@ -54,21 +53,16 @@ pub trait Operator: Send {
         0
     }
 
-    /// The operator's whole state as Arrow batches, taken at an epoch barrier (a checkpoint).
-    /// Stateless operators have none.
-    fn save_state(&self) -> Result<Vec<RecordBatch>> {
-        Ok(Vec::new())
+    /// Writes into `sink` how the operator's state changed since its last checkpoint (or since
+    /// it was built or restored) — or, when `full`, all of it (the runtime has cleared what was
+    /// stored). Called between epochs. Stateless operators have nothing to write.
+    fn checkpoint(&mut self, _full: bool, _sink: &mut dyn StateSink) -> Result<()> {
+        Ok(())
     }
 
-    /// Rebuilds the state of a freshly built operator from what [`Operator::save_state`]
-    /// returned, so that it continues exactly as the saved one would have.
-    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        if state.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::internal!(
-                "state given to an operator that keeps none"
-            ))
-        }
+    /// Rebuilds the state of a freshly built operator from what its checkpoints stored, so that
+    /// it continues exactly as the checkpointed one would have.
+    fn restore(&mut self, _source: &dyn StateSource) -> Result<()> {
+        Ok(())
     }
 }

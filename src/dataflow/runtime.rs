@@ -380,7 +380,7 @@ impl Dataflow {
             op: Box::new(ops::materialize::Materialize::new(
                 view.store.clone(),
                 epochs,
-            )),
+            )?),
             consumers: Vec::new(),
             pending: Vec::new(),
         });

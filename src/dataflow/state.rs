@@ -1,11 +1,14 @@
-//! Operator state: the containers operators keep it in, and the encoding of state for
-//! checkpoints.
+//! Operator state: the containers operators keep it in, and how it reaches durable storage.
 //!
-//! State lives in memory. Every stateful operator can hand its state over as Arrow batches
-//! ([`crate::dataflow::Operator::save_state`]) and rebuild it from them in a fresh instance
-//! (`load_state`), at an epoch barrier; the durability issue stores those batches in RocksDB
-//! with the log position they cover. Values inside the batches are Arrow's row format and the
-//! little-endian encoding of [`StateWriter`], read back with the operator's own converters.
+//! State lives in memory. At a checkpoint (between epochs) every stateful operator writes how
+//! its state changed since the previous one into a [`StateSink`] as key-value entries of two
+//! kinds: plain values ([`StateSink::put`], e.g. an aggregate group's accumulators) and counted
+//! rows ([`StateSink::add`], a multiset such as one side of a join: a change just adds the
+//! row's weight, so nothing needs reading back). The runtime prefixes the keys with the dataflow
+//! and node and stores them in RocksDB ([`crate::storage::state`]); at restart a fresh operator
+//! reads them back through a [`StateSource`]. Keys and values use Arrow's row format and the
+//! little-endian encoding of [`StateWriter`], decoded with the operator's own converters.
+//! [`CountLog`] records counted-row changes as they happen, cheaply, until the next checkpoint.
 //!
 //! [`Arrangement`]: rows indexed by a key, with weights — one side of a join. Rows and keys are
 //! kept in Arrow's row format in one byte arena (no allocation per row); a hash table maps a key
@@ -181,6 +184,138 @@ impl ValueSet {
             ValueSet::Large(m) => m.keys().next_back().map(|k| k.as_bytes()),
         }
     }
+}
+
+/// Where an operator writes its state changes at a checkpoint. Keys are the operator's own.
+pub trait StateSink {
+    /// Sets the value under `key`.
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    /// Removes the value under `key`.
+    fn delete(&mut self, key: &[u8]);
+    /// Adds `n` to the count of the row `key` (a row whose count reaches 0 is gone).
+    fn add(&mut self, key: &[u8], n: i64);
+}
+
+/// An operator's stored state, read back at restart.
+pub trait StateSource {
+    /// Every value, in key order.
+    fn values(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    /// Every row with a positive count, in key order.
+    fn counts(&self, f: &mut dyn FnMut(&[u8], i64) -> Result<()>) -> Result<()>;
+}
+
+/// State kept in memory: a [`StateSink`] and [`StateSource`] for tests and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryState {
+    pub values: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    pub counts: std::collections::BTreeMap<Vec<u8>, i64>,
+}
+
+impl StateSink for MemoryState {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.values.insert(key.to_vec(), value.to_vec());
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.values.remove(key);
+    }
+    fn add(&mut self, key: &[u8], n: i64) {
+        let c = self.counts.entry(key.to_vec()).or_insert(0);
+        *c += n;
+        if *c == 0 {
+            self.counts.remove(key);
+        }
+    }
+}
+
+impl StateSource for MemoryState {
+    fn values(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        self.values.iter().try_for_each(|(k, v)| f(k, v))
+    }
+    fn counts(&self, f: &mut dyn FnMut(&[u8], i64) -> Result<()>) -> Result<()> {
+        self.counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .try_for_each(|(k, n)| f(k, *n))
+    }
+}
+
+/// Changes to counted rows since the last checkpoint: keys made of length-prefixed parts, each
+/// with a weight, in one byte arena (no allocation per change).
+#[derive(Default)]
+pub struct CountLog {
+    bytes: Vec<u8>,
+    entries: Vec<(usize, usize, i64)>,
+}
+
+impl CountLog {
+    /// Records `n` more of the row whose key is `parts` (see [`key_parts`]).
+    pub fn push(&mut self, parts: &[&[u8]], n: i64) {
+        let start = self.bytes.len();
+        append_key(&mut self.bytes, parts);
+        self.entries.push((start, self.bytes.len(), n));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes every recorded change into `sink` and forgets them.
+    pub fn drain_into(&mut self, sink: &mut dyn StateSink) {
+        for (start, end, n) in self.entries.drain(..) {
+            sink.add(&self.bytes[start..end], n);
+        }
+        self.bytes.clear();
+    }
+
+    /// Forgets every recorded change (a full checkpoint writes everything anyway).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes.clear();
+    }
+}
+
+/// Appends a key made of `parts`: each but the last prefixed with its length (u32 big-endian),
+/// so keys sharing leading parts sort together and split back apart with [`key_parts`].
+pub fn append_key(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 < parts.len() {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        }
+        out.extend_from_slice(part);
+    }
+}
+
+/// A key made of `parts` (see [`append_key`]).
+pub fn make_key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    append_key(&mut out, parts);
+    out
+}
+
+/// Splits a key written by [`append_key`] back into `N` parts; malformed keys are corruption.
+pub fn key_parts<const N: usize>(key: &[u8]) -> Result<[&[u8]; N]> {
+    let corrupt = || {
+        crate::err!(
+            crate::error::sqlstate::DATA_CORRUPTED,
+            "a stored state key is malformed"
+        )
+    };
+    let mut parts = [&key[..0]; N];
+    let mut rest = key;
+    for (i, slot) in parts.iter_mut().enumerate() {
+        if i + 1 == N {
+            *slot = rest;
+            break;
+        }
+        let len = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(corrupt)? as usize;
+        *slot = rest.get(4..4 + len).ok_or_else(corrupt)?;
+        rest = &rest[4 + len..];
+    }
+    Ok(parts)
 }
 
 /// Encodes scalar pieces of operator state (little-endian) into one byte string.

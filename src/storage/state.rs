@@ -1,17 +1,84 @@
-//! Durable key-value state in RocksDB: one DB per data directory.
+//! Durable state in RocksDB: one DB per data directory (`<data-dir>/state`), holding the catalog
+//! and the last checkpoint.
 //!
-//! Today it holds the catalog (column family `catalog`); operator state and checkpoints (a later
-//! issue) get their own column families in the same DB so that state and the log positions it
-//! covers commit in one atomic `WriteBatch`. RocksDB's `LOCK` file also keeps a second server
-//! process off the same data directory.
+//! Column families:
+//!
+//! | family | holds | written by |
+//! |---|---|---|
+//! | `catalog` | table and view definitions (JSON) | DDL, synced per statement |
+//! | `rows` | multisets of rows: key = a row in Arrow's row format, value = its count (i64); counts add up through a merge operator, and a count of 0 is dropped at compaction | checkpoints |
+//! | `state` | other operator state (aggregate groups, change history): plain values | checkpoints |
+//! | `meta` | the checkpoint record: the LSN and epoch the state covers | checkpoints |
+//!
+//! Keys in `rows` and `state` start with the object (table or view) id and a part (u32, both
+//! big-endian) — a dataflow node, a table's rows, a view's change history — so that everything
+//! of an object, or one part of it, is one contiguous range ([`part_prefix`]).
+//!
+//! A checkpoint is one [`StateBatch`] — every change of state since the previous checkpoint plus
+//! the new checkpoint record — written atomically and synced: after a crash the store holds one
+//! checkpoint or the next, never a mix. RocksDB checksums its files and its write-ahead log, so
+//! a corrupted file stops start-up with an error naming it rather than losing data silently.
+//! Its `LOCK` file also keeps a second server process off the same data directory.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, MergeOperands, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, sqlstate};
+use crate::types::ObjectId;
 
 const CATALOG_CF: &str = "catalog";
+const ROWS_CF: &str = "rows";
+const STATE_CF: &str = "state";
+const META_CF: &str = "meta";
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// Part of an object holding a table's rows.
+pub const TABLE_ROWS: u32 = u32::MAX - 1;
+/// Part of a view holding its change history (for `SUBSCRIBE … AS OF`).
+pub const HISTORY: u32 = u32::MAX;
+
+/// Length of [`part_prefix`].
+pub const PREFIX_LEN: usize = 12;
+
+/// The key prefix of part `part` of object `id`.
+pub fn part_prefix(id: ObjectId, part: u32) -> [u8; PREFIX_LEN] {
+    let mut p = [0u8; PREFIX_LEN];
+    p[..8].copy_from_slice(&id.to_be_bytes());
+    p[8..].copy_from_slice(&part.to_be_bytes());
+    p
+}
+
+/// What the last checkpoint covers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub version: u32,
+    /// Every log record up to this LSN is reflected in the stored state.
+    pub lsn: u64,
+    /// The epoch committed at that point (the next epoch numbers continue from it).
+    pub epoch: u64,
+    /// When it was taken (µs since 1970).
+    pub time_micros: u64,
+    /// Materialized views whose dataflow state is stored.
+    pub views: Vec<ViewCheckpoint>,
+}
+
+/// One view's entry in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewCheckpoint {
+    pub id: ObjectId,
+    /// Of the dataflow the state belongs to: state is only loaded into the same dataflow.
+    pub fingerprint: u64,
+    /// Changes after this epoch are in the stored history.
+    pub history_oldest: u64,
+}
 
 pub struct StateStore {
     db: DB,
@@ -19,14 +86,47 @@ pub struct StateStore {
 
 fn rocks_err(context: &str, e: rocksdb::Error) -> Error {
     let text = e.to_string();
-    let code = if text.contains("lock") || text.contains("LOCK") {
-        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE
-    } else if text.contains("No space") {
-        sqlstate::DISK_FULL
-    } else {
-        sqlstate::IO_ERROR
+    let code = match e.kind() {
+        rocksdb::ErrorKind::Corruption => sqlstate::DATA_CORRUPTED,
+        _ if text.contains("lock") || text.contains("LOCK") => {
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE
+        }
+        _ if text.contains("No space") => sqlstate::DISK_FULL,
+        _ => sqlstate::IO_ERROR,
     };
     crate::err!(code, "{context}: {text}")
+}
+
+/// Counts are little-endian i64s.
+fn count_of(bytes: &[u8]) -> i64 {
+    bytes
+        .try_into()
+        .map(i64::from_le_bytes)
+        .unwrap_or_default()
+}
+
+/// The `rows` family's merge operator: counts add up.
+fn add_counts(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut n = existing.map_or(0, count_of);
+    for op in operands {
+        n += count_of(op);
+    }
+    Some(n.to_le_bytes().to_vec())
+}
+
+fn rows_options() -> Options {
+    let mut options = Options::default();
+    options.set_merge_operator_associative("eddy.add_counts", add_counts);
+    // A row whose count reached 0 is gone (RocksDB turns the removal into a tombstone, so an
+    // older count further down cannot reappear).
+    options.set_compaction_filter("eddy.drop_zero_counts", |_level, _key, value: &[u8]| {
+        if count_of(value) == 0 {
+            Decision::Remove
+        } else {
+            Decision::Keep
+        }
+    });
+    options
 }
 
 impl StateStore {
@@ -35,7 +135,13 @@ impl StateStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(4);
-        let cfs = vec![ColumnFamilyDescriptor::new(CATALOG_CF, Options::default())];
+        options.set_paranoid_checks(true);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CATALOG_CF, Options::default()),
+            ColumnFamilyDescriptor::new(ROWS_CF, rows_options()),
+            ColumnFamilyDescriptor::new(STATE_CF, Options::default()),
+            ColumnFamilyDescriptor::new(META_CF, Options::default()),
+        ];
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|e| {
             rocks_err(
                 &format!(
@@ -48,15 +154,15 @@ impl StateStore {
         Ok(StateStore { db })
     }
 
-    fn catalog_cf(&self) -> Result<&rocksdb::ColumnFamily> {
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
         self.db
-            .cf_handle(CATALOG_CF)
-            .ok_or_else(|| crate::internal!("missing column family {CATALOG_CF}"))
+            .cf_handle(name)
+            .ok_or_else(|| crate::internal!("missing column family {name}"))
     }
 
     /// All catalog entries, in key order.
     pub fn catalog_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let cf = self.catalog_cf()?;
+        let cf = self.cf(CATALOG_CF)?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| rocks_err("reading the catalog", e))?;
@@ -67,7 +173,7 @@ impl StateStore {
 
     /// Applies puts and deletes to the catalog atomically and durably (synced).
     pub fn write_catalog(&self, puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) -> Result<()> {
-        let cf = self.catalog_cf()?;
+        let cf = self.cf(CATALOG_CF)?;
         let mut batch = WriteBatch::default();
         for (k, v) in puts {
             batch.put_cf(cf, k, v);
@@ -75,10 +181,301 @@ impl StateStore {
         for k in deletes {
             batch.delete_cf(cf, k);
         }
+        self.write_synced(batch, "writing the catalog")
+    }
+
+    fn write_synced(&self, batch: WriteBatch, context: &str) -> Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db
             .write_opt(batch, &options)
-            .map_err(|e| rocks_err("writing the catalog", e))
+            .map_err(|e| rocks_err(context, e))
+    }
+
+    /// The last checkpoint, if one was taken.
+    pub fn checkpoint(&self) -> Result<Option<CheckpointMeta>> {
+        let cf = self.cf(META_CF)?;
+        let Some(bytes) = self
+            .db
+            .get_cf(cf, CHECKPOINT_KEY)
+            .map_err(|e| rocks_err("reading the checkpoint record", e))?
+        else {
+            return Ok(None);
+        };
+        let meta: CheckpointMeta = serde_json::from_slice(&bytes).map_err(|e| {
+            crate::err!(
+                sqlstate::DATA_CORRUPTED,
+                "the checkpoint record in the state store is unreadable: {e}"
+            )
+        })?;
+        if meta.version != CHECKPOINT_VERSION {
+            return Err(crate::err!(
+                sqlstate::DATA_CORRUPTED,
+                "the checkpoint was written in format {} but this server reads format {}",
+                meta.version,
+                CHECKPOINT_VERSION
+            ));
+        }
+        Ok(Some(meta))
+    }
+
+    /// A batch to fill with a checkpoint's changes.
+    pub fn batch(self: &Arc<Self>) -> StateBatch {
+        StateBatch {
+            store: self.clone(),
+            batch: WriteBatch::default(),
+        }
+    }
+
+    /// Writes a checkpoint: `batch`'s changes and the record `meta`, atomically, synced.
+    pub fn write_checkpoint(&self, mut batch: StateBatch, meta: &CheckpointMeta) -> Result<()> {
+        let json = serde_json::to_vec(meta)
+            .map_err(|e| crate::internal!("serializing the checkpoint record: {e}"))?;
+        batch.batch.put_cf(self.cf(META_CF)?, CHECKPOINT_KEY, json);
+        self.write_synced(batch.batch, "writing a checkpoint")
+    }
+
+    /// Calls `f(key, count)` for every row with a positive count in part `part` of object `id`,
+    /// in key order (the key without the prefix).
+    pub fn scan_counts(
+        &self,
+        id: ObjectId,
+        part: u32,
+        f: &mut dyn FnMut(&[u8], i64) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(ROWS_CF, id, part, &mut |k, v| {
+            let n = count_of(v);
+            if n > 0 { f(k, n) } else { Ok(()) }
+        })
+    }
+
+    /// Calls `f(key, value)` for every value in part `part` of object `id`, in key order.
+    pub fn scan_values(
+        &self,
+        id: ObjectId,
+        part: u32,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(STATE_CF, id, part, f)
+    }
+
+    fn scan(
+        &self,
+        cf: &str,
+        id: ObjectId,
+        part: u32,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let cf = self.cf(cf)?;
+        let prefix = part_prefix(id, part);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(range_end(&prefix));
+        options.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(cf, options);
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            f(&k[PREFIX_LEN..], v)?;
+            it.next();
+        }
+        it.status()
+            .map_err(|e| rocks_err("reading state from the state store", e))
+    }
+
+    /// Ids of every object that has rows or state stored, ascending.
+    pub fn stored_objects(&self) -> Result<Vec<ObjectId>> {
+        let mut ids = Vec::new();
+        for cf in [ROWS_CF, STATE_CF] {
+            let cf = self.cf(cf)?;
+            let mut it = self.db.raw_iterator_cf(cf);
+            it.seek_to_first();
+            while let Some(k) = it.key() {
+                let id = k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        crate::err!(sqlstate::DATA_CORRUPTED, "malformed key in the state store")
+                    })?;
+                ids.push(id);
+                match id.checked_add(1) {
+                    Some(next) => it.seek(next.to_be_bytes()),
+                    None => break,
+                }
+            }
+            it.status()
+                .map_err(|e| rocks_err("listing the state store", e))?;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Compacts everything (benchmarks and tests; RocksDB compacts on its own otherwise).
+    pub fn compact(&self) -> Result<()> {
+        for cf in [ROWS_CF, STATE_CF] {
+            self.db
+                .compact_range_cf(self.cf(cf)?, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// Bytes the state store occupies on disk (SST files and write-ahead log).
+    pub fn disk_bytes(&self) -> u64 {
+        [ROWS_CF, STATE_CF, META_CF]
+            .iter()
+            .filter_map(|cf| self.cf(cf).ok())
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+}
+
+/// The first key after every key starting with `prefix` (which is never all 0xff here).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.last_mut() {
+        if *last < u8::MAX {
+            *last += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// A column family of `store` (all are created at open, so it exists).
+fn family<'a>(store: &'a StateStore, name: &str) -> &'a ColumnFamily {
+    store
+        .db
+        .cf_handle(name)
+        .expect("column families are created when the store is opened")
+}
+
+/// The changes of one checkpoint, applied atomically by [`StateStore::write_checkpoint`].
+pub struct StateBatch {
+    store: Arc<StateStore>,
+    batch: WriteBatch,
+}
+
+impl StateBatch {
+    /// Sets `key` (after `prefix`) to `value`.
+    pub fn put(&mut self, prefix: &[u8], key: &[u8], value: &[u8]) {
+        let cf = family(&self.store, STATE_CF);
+        self.batch.put_cf(cf, [prefix, key].concat(), value);
+    }
+
+    pub fn delete(&mut self, prefix: &[u8], key: &[u8]) {
+        let cf = family(&self.store, STATE_CF);
+        self.batch.delete_cf(cf, [prefix, key].concat());
+    }
+
+    /// Adds `n` to the count of row `key` (after `prefix`).
+    pub fn add(&mut self, prefix: &[u8], key: &[u8], n: i64) {
+        if n != 0 {
+            let cf = family(&self.store, ROWS_CF);
+            self.batch
+                .merge_cf(cf, [prefix, key].concat(), n.to_le_bytes());
+        }
+    }
+
+    /// Deletes every key (rows and values) of part `part` of object `id`.
+    pub fn clear_part(&mut self, id: ObjectId, part: u32) {
+        let prefix = part_prefix(id, part);
+        self.clear_range(&prefix, &range_end(&prefix));
+    }
+
+    /// Deletes every key of object `id`.
+    pub fn clear_object(&mut self, id: ObjectId) {
+        let prefix = id.to_be_bytes();
+        self.clear_range(&prefix, &range_end(&prefix));
+    }
+
+    /// Deletes the values of part `part` of object `id` with keys below `below` (after the
+    /// prefix).
+    pub fn clear_values_below(&mut self, id: ObjectId, part: u32, below: &[u8]) {
+        let prefix = part_prefix(id, part);
+        let end = [&prefix[..], below].concat();
+        let cf = family(&self.store, STATE_CF);
+        self.batch.delete_range_cf(cf, prefix.to_vec(), end);
+    }
+
+    fn clear_range(&mut self, from: &[u8], to: &[u8]) {
+        for name in [ROWS_CF, STATE_CF] {
+            let cf = family(&self.store, name);
+            self.batch.delete_range_cf(cf, from, to);
+        }
+    }
+
+    /// Bytes of changes in the batch.
+    pub fn size_in_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_and_checkpoints_are_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(StateStore::open(dir.path()).unwrap());
+            assert_eq!(store.checkpoint().unwrap(), None);
+            let p = part_prefix(7, TABLE_ROWS);
+            let mut b = store.batch();
+            b.add(&p, b"a", 2);
+            b.add(&p, b"b", 1);
+            b.put(&part_prefix(7, 0), b"g", b"state");
+            let meta = CheckpointMeta {
+                version: CHECKPOINT_VERSION,
+                lsn: 10,
+                epoch: 10,
+                ..Default::default()
+            };
+            store.write_checkpoint(b, &meta).unwrap();
+            let mut b = store.batch();
+            b.add(&p, b"a", -1);
+            b.add(&p, b"b", -1);
+            b.add(&part_prefix(8, TABLE_ROWS), b"x", 1);
+            store
+                .write_checkpoint(
+                    b,
+                    &CheckpointMeta {
+                        lsn: 12,
+                        ..meta.clone()
+                    },
+                )
+                .unwrap();
+        }
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        assert_eq!(store.checkpoint().unwrap().unwrap().lsn, 12);
+        let mut rows = Vec::new();
+        store
+            .scan_counts(7, TABLE_ROWS, &mut |k, n| {
+                rows.push((k.to_vec(), n));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(rows, vec![(b"a".to_vec(), 1)], "b's count reached 0");
+        assert_eq!(store.stored_objects().unwrap(), vec![7, 8]);
+        let mut b = store.batch();
+        b.clear_object(7);
+        store
+            .write_checkpoint(b, &store.checkpoint().unwrap().unwrap())
+            .unwrap();
+        store.compact().unwrap();
+        assert_eq!(store.stored_objects().unwrap(), vec![8]);
     }
 }

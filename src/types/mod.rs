@@ -9,7 +9,7 @@ mod sql_type;
 mod zbatch;
 
 pub use sql_type::{SqlType, parse_sql_type};
-pub use zbatch::{WEIGHT_COLUMN, ZBatch, row_converter};
+pub use zbatch::{RowsToBatches, WEIGHT_COLUMN, ZBatch, row_converter};
 
 use std::time::Duration;
 

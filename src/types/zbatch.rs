@@ -24,6 +24,73 @@ pub fn row_converter(schema: &Schema) -> Result<RowConverter> {
     )?)
 }
 
+/// Turns rows in a converter's row format, each with a count, back into [`ZBatch`]es of up to
+/// [`RowsToBatches::CHUNK`] rows (the count becomes the weight).
+pub struct RowsToBatches<'a> {
+    converter: &'a RowConverter,
+    schema: SchemaRef,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    weights: Vec<i64>,
+    out: Vec<ZBatch>,
+}
+
+impl<'a> RowsToBatches<'a> {
+    pub const CHUNK: usize = 8192;
+
+    /// `schema` has the converter's columns.
+    pub fn new(converter: &'a RowConverter, schema: SchemaRef) -> Self {
+        RowsToBatches {
+            converter,
+            schema,
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            weights: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: &[u8], count: i64) -> Result<()> {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+        self.weights.push(count);
+        if self.ends.len() >= Self::CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.ends.is_empty() {
+            return Ok(());
+        }
+        let parser = self.converter.parser();
+        let mut start = 0;
+        let rows = self.ends.iter().map(|end| {
+            let row = parser.parse(&self.bytes[start..*end]);
+            start = *end;
+            row
+        });
+        let columns = self.converter.convert_rows(rows)?;
+        let data = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(self.ends.len())),
+        )?;
+        let weights = Int64Array::from(std::mem::take(&mut self.weights));
+        self.out.push(ZBatch::new(data, weights));
+        self.bytes.clear();
+        self.ends.clear();
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Vec<ZBatch>> {
+        self.flush()?;
+        Ok(self.out)
+    }
+}
+
 /// A batch of changes: `data` holds the rows, `weights[i]` the multiplicity change of row i
 /// (+1 insert, -1 delete).
 #[derive(Debug, Clone)]

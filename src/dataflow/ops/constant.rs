@@ -1,53 +1,58 @@
 //! [`Constant`]: rows that never change (`VALUES`, a `FROM`-less `SELECT`).
 //!
 //! Contract: no input; emits its rows with weight +1 at the first barrier (the backfill) and
-//! nothing ever after; state: the rows until then.
+//! nothing ever after; state: the rows until then (the rows come from the plan, so a
+//! checkpoint stores only whether they were emitted).
 
-use std::sync::Arc;
+use datafusion::arrow::array::RecordBatch;
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
-use crate::dataflow::Operator;
+use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 
 /// See the module documentation.
 pub struct Constant {
     rows: Option<Vec<RecordBatch>>,
+    /// Whether the state changed since the last checkpoint.
+    unsaved: bool,
 }
 
 impl Constant {
     pub fn new(rows: Vec<RecordBatch>) -> Self {
-        Constant { rows: Some(rows) }
+        Constant {
+            rows: Some(rows),
+            unsaved: true,
+        }
     }
 }
 
 impl Operator for Constant {
-    /// Whether the rows are still to be emitted (the rows themselves come from the plan).
-    fn save_state(&self) -> Result<Vec<RecordBatch>> {
-        Ok(vec![RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new(
-                "pending",
-                DataType::Boolean,
-                false,
-            )])),
-            vec![Arc::new(BooleanArray::from(vec![self.rows.is_some()]))],
-        )?])
+    /// One value: whether the rows are still to be emitted.
+    fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
+        if full || self.unsaved {
+            sink.put(b"", &[u8::from(self.rows.is_some())]);
+            self.unsaved = false;
+        }
+        Ok(())
     }
 
-    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        let pending = state
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_boolean_opt()
-                    .map(|a| !a.is_empty() && a.value(0))
-            })
-            .ok_or_else(|| crate::err!(sqlstate::DATA_CORRUPTED, "constant state is unreadable"))?;
-        if !pending {
-            self.rows = None;
+    fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
+        let mut pending = None;
+        source.values(&mut |_, v| {
+            pending = Some(v.first() == Some(&1));
+            Ok(())
+        })?;
+        match pending {
+            Some(false) => self.rows = None,
+            Some(true) => {}
+            None => {
+                return Err(crate::err!(
+                    sqlstate::DATA_CORRUPTED,
+                    "constant state is missing"
+                ));
+            }
         }
+        self.unsaved = false;
         Ok(())
     }
 
@@ -57,6 +62,9 @@ impl Operator for Constant {
 
     fn on_barrier(&mut self, _epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
         // First barrier: the rows appear; never again.
+        if self.rows.is_some() {
+            self.unsaved = true;
+        }
         for batch in self.rows.take().into_iter().flatten() {
             if batch.num_rows() > 0 {
                 out.push(ZBatch::uniform(batch, 1));

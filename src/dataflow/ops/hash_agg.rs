@@ -14,6 +14,8 @@
 //!   multiset of values; bool_and/bool_or → counts of true and false; any other aggregate
 //!   (string_agg, array_agg, DISTINCT forms, statistics…) → the multiset of its argument rows,
 //!   from which the group's value is recomputed with DataFusion's accumulator when it changes.
+//!   A checkpoint stores each group changed since the previous one as one value under its key
+//!   (and deletes the keys of groups that were freed).
 //!
 //! The choice between the invertible fast paths and the recompute fallback is made once, at
 //! construction. Hot path: one hash and one probe per input row, typed loops over Arrow arrays,
@@ -22,12 +24,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Decimal128Array, Float64Array,
-    Int64Array, Int64Builder, RecordBatch, UInt32Array, UInt64Builder, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array,
+    Int64Array, RecordBatch, UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type,
+    DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef,
 };
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
@@ -35,8 +37,8 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashTable;
 
-use crate::dataflow::Operator;
 use crate::dataflow::spec::AggregateCall;
+use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::dataflow::state::{StateReader, StateWriter, ValueKey, ValueSet};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -52,6 +54,11 @@ pub struct HashAggregate {
     is_dirty: Vec<bool>,
     /// The output row last emitted per group (Arrow row format of the output schema).
     emitted: Vec<Option<Box<[u8]>>>,
+    /// Groups changed since the last checkpoint (each once: see `is_unsaved`).
+    unsaved: Vec<u32>,
+    is_unsaved: Vec<bool>,
+    /// Keys of groups freed since the last checkpoint.
+    freed: Vec<Box<[u8]>>,
     out_converter: RowConverter,
     schema: SchemaRef,
 }
@@ -190,6 +197,9 @@ impl HashAggregate {
             dirty: Vec::new(),
             is_dirty: Vec::new(),
             emitted: Vec::new(),
+            unsaved: Vec::new(),
+            is_unsaved: Vec::new(),
+            freed: Vec::new(),
             out_converter,
             schema,
         };
@@ -197,6 +207,8 @@ impl HashAggregate {
             // The one group exists from the start, so the first barrier emits its row.
             let g = this.alloc_group(Box::default(), 0);
             this.mark_dirty(g);
+            this.is_unsaved[g as usize] = true;
+            this.unsaved.push(g);
         }
         Ok(this)
     }
@@ -213,6 +225,7 @@ impl HashAggregate {
         self.groups.hashes.push(hash);
         self.row_count.push(0);
         self.is_dirty.push(false);
+        self.is_unsaved.push(false);
         self.emitted.push(None);
         for agg in &mut self.aggs {
             agg.state.grow(g as usize + 1);
@@ -225,7 +238,9 @@ impl HashAggregate {
         if let Ok(entry) = self.groups.table.find_entry(hash, |x| *x == g) {
             entry.remove();
         }
-        self.groups.keys[g as usize] = Box::default();
+        self.freed
+            .push(std::mem::take(&mut self.groups.keys[g as usize]));
+        self.is_unsaved[g as usize] = false;
         self.row_count[g as usize] = 0;
         self.emitted[g as usize] = None;
         for agg in &mut self.aggs {
@@ -340,6 +355,10 @@ impl Operator for HashAggregate {
         let mut dead = Vec::new();
         for g in &dirty {
             self.is_dirty[*g as usize] = false;
+            if !self.is_unsaved[*g as usize] {
+                self.is_unsaved[*g as usize] = true;
+                self.unsaved.push(*g);
+            }
             let n = self.row_count[*g as usize];
             if n < 0 {
                 return Err(crate::internal!(
@@ -410,93 +429,84 @@ impl Operator for HashAggregate {
         self.groups.live
     }
 
-    /// One batch: per live group its key, hash, row count, last emitted row and, per
-    /// aggregate, its state encoded with [`StateWriter`].
-    fn save_state(&self) -> Result<Vec<RecordBatch>> {
-        let live: Vec<u32> = if self.global {
-            vec![0]
+    /// One value per group under its key: hash, row count, last emitted row and, per
+    /// aggregate, its state, encoded with [`StateWriter`].
+    fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
+        let groups: Vec<u32> = if full {
+            self.freed.clear();
+            self.unsaved.clear();
+            self.is_unsaved.iter_mut().for_each(|u| *u = false);
+            if self.global {
+                vec![0]
+            } else {
+                self.groups.table.iter().copied().collect()
+            }
         } else {
-            self.groups.table.iter().copied().collect()
-        };
-        let mut keys = BinaryBuilder::new();
-        let mut hashes = UInt64Builder::new();
-        let mut counts = Int64Builder::new();
-        let mut emitted = BinaryBuilder::new();
-        let mut aggs: Vec<BinaryBuilder> = self.aggs.iter().map(|_| BinaryBuilder::new()).collect();
-        for g in live {
-            let gi = g as usize;
-            keys.append_value(&self.groups.keys[gi]);
-            hashes.append_value(self.groups.hashes[gi]);
-            counts.append_value(self.row_count[gi]);
-            emitted.append_option(self.emitted[gi].as_deref());
-            for (agg, out) in self.aggs.iter().zip(aggs.iter_mut()) {
-                let mut w = StateWriter::default();
-                agg.state.save(gi, &mut w);
-                out.append_value(w.finish());
+            // Freed first: a key freed and then created again is put back below.
+            for key in self.freed.drain(..) {
+                sink.delete(&key);
             }
-        }
-        let mut fields = vec![
-            Field::new("key", DataType::Binary, false),
-            Field::new("hash", DataType::UInt64, false),
-            Field::new("rows", DataType::Int64, false),
-            Field::new("emitted", DataType::Binary, true),
-        ];
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(keys.finish()),
-            Arc::new(hashes.finish()),
-            Arc::new(counts.finish()),
-            Arc::new(emitted.finish()),
-        ];
-        for (i, mut b) in aggs.into_iter().enumerate() {
-            fields.push(Field::new(format!("agg{i}"), DataType::Binary, false));
-            columns.push(Arc::new(b.finish()));
-        }
-        Ok(vec![RecordBatch::try_new(
-            Arc::new(Schema::new(fields)),
-            columns,
-        )?])
-    }
-
-    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "aggregate state is unreadable");
-        self.dirty.clear();
-        self.is_dirty.iter_mut().for_each(|d| *d = false);
-        for batch in state {
-            if batch.num_columns() != 4 + self.aggs.len() {
-                return Err(corrupt());
-            }
-            let col = |i: usize| batch.column(i).as_binary_opt::<i32>().ok_or_else(corrupt);
-            let (keys, emitted) = (col(0)?, col(3)?);
-            let hashes = batch
-                .column(1)
-                .as_primitive_opt::<UInt64Type>()
-                .ok_or_else(corrupt)?;
-            let counts = batch
-                .column(2)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(corrupt)?;
-            for r in 0..batch.num_rows() {
-                let hash = hashes.value(r);
-                let g = if self.global {
-                    0
-                } else {
-                    let g = self.alloc_group(keys.value(r).into(), hash);
-                    let hashes = &self.groups.hashes;
-                    self.groups
-                        .table
-                        .insert_unique(hash, g, |x| hashes[*x as usize]);
-                    g
-                };
-                let gi = g as usize;
-                self.row_count[gi] = counts.value(r);
-                self.emitted[gi] = emitted.is_valid(r).then(|| emitted.value(r).into());
-                for (a, agg) in self.aggs.iter_mut().enumerate() {
-                    let mut reader = StateReader::new(col(4 + a)?.value(r));
-                    agg.state.load(gi, &mut reader)?;
+            let unsaved = std::mem::take(&mut self.unsaved);
+            let mut groups = Vec::with_capacity(unsaved.len());
+            for g in unsaved {
+                // A group freed since it was listed (or listed twice) has its flag cleared.
+                if std::mem::take(&mut self.is_unsaved[g as usize]) {
+                    groups.push(g);
                 }
             }
+            groups
+        };
+        for g in groups {
+            let gi = g as usize;
+            let mut w = StateWriter::default();
+            w.i64(self.groups.hashes[gi] as i64);
+            w.i64(self.row_count[gi]);
+            match &self.emitted[gi] {
+                Some(row) => {
+                    w.i64(1);
+                    w.bytes(row);
+                }
+                None => w.i64(0),
+            }
+            for agg in &self.aggs {
+                let mut state = StateWriter::default();
+                agg.state.save(gi, &mut state);
+                w.bytes(&state.finish());
+            }
+            sink.put(&self.groups.keys[gi], &w.finish());
         }
-        // A global aggregate saved before its first barrier has yet to emit its row.
+        Ok(())
+    }
+
+    fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
+        self.dirty.clear();
+        self.is_dirty.iter_mut().for_each(|d| *d = false);
+        source.values(&mut |key, value| {
+            let mut r = StateReader::new(value);
+            let hash = r.i64()? as u64;
+            let g = if self.global {
+                0
+            } else {
+                let g = self.alloc_group(key.into(), hash);
+                let hashes = &self.groups.hashes;
+                self.groups
+                    .table
+                    .insert_unique(hash, g, |x| hashes[*x as usize]);
+                g
+            };
+            let gi = g as usize;
+            self.row_count[gi] = r.i64()?;
+            self.emitted[gi] = match r.i64()? {
+                0 => None,
+                _ => Some(r.bytes()?.into()),
+            };
+            for agg in &mut self.aggs {
+                let mut state = StateReader::new(r.bytes()?);
+                agg.state.load(gi, &mut state)?;
+            }
+            Ok(())
+        })?;
+        // A global aggregate stored before its first barrier has yet to emit its row.
         if self.global && self.emitted[0].is_none() {
             self.mark_dirty(0);
         }

@@ -15,26 +15,30 @@
 //!   returns to 0. Semi joins emit a left row while its count is non-zero, anti joins while it
 //!   is zero, so `EXISTS`/`NOT EXISTS` flip as matching rows come and go;
 //! - state: both sides, as [`Arrangement`]s keyed by the join key (Arrow row format), with
-//!   per-row weights and match counts;
+//!   per-row weights and match counts. Checkpoints store each side as counted rows (key: side,
+//!   join key, row), adding the rows' weight changes since the previous checkpoint; match counts
+//!   follow from the two sides, so they are recomputed on restore rather than stored;
 //! - barrier: nothing held back; every change is emitted as its batch is processed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Int64Array, Int64Builder, RecordBatch,
-    RecordBatchOptions, UInt32Array, UInt64Builder, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch,
+    RecordBatchOptions, UInt32Array, new_null_array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{cast, filter, filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::dataflow::Operator;
 use crate::dataflow::spec::{JoinKind, JoinSpec};
-use crate::dataflow::state::{Arrangement, RowId};
+use crate::dataflow::state::{
+    Arrangement, CountLog, RowId, StateReader, StateWriter, append_key, key_parts,
+};
+use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 
@@ -56,7 +60,14 @@ pub struct Join {
     random_state: RandomState,
     /// `NOT IN (subquery)`: SQL's null-aware anti join.
     null_aware: Option<NullAware>,
+    /// Rows stored or removed since the last checkpoint.
+    unsaved: CountLog,
+    /// Whether the null-aware regime changed since the last checkpoint.
+    regime_unsaved: bool,
 }
+
+/// The part of a stored row's key naming the arrangement it belongs to.
+const LEFT_NULLS: usize = 2;
 
 /// State of a null-aware anti join (`x NOT IN (SELECT y …)`): a left row is emitted when the
 /// right side is empty, or when its key is not NULL, no right key is NULL and nothing matches.
@@ -120,7 +131,75 @@ impl Join {
             pair_schema,
             schema,
             random_state: RandomState::with_seed(0),
+            unsaved: CountLog::default(),
+            regime_unsaved: spec.null_aware,
         })
+    }
+
+    /// The residual condition over candidate pairs (NULL counts as false); `None` without one.
+    fn residual(&self, pairs: &RecordBatch) -> Result<Option<BooleanArray>> {
+        let Some(f) = &self.filter else {
+            return Ok(None);
+        };
+        let mask = f.evaluate(pairs)?.into_array(pairs.num_rows())?;
+        let mask = mask.as_boolean_opt().cloned().ok_or_else(|| {
+            crate::err!(sqlstate::DATATYPE_MISMATCH, "join condition is not boolean")
+        })?;
+        Ok(Some(match mask.nulls() {
+            Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),
+            None => mask,
+        }))
+    }
+
+    /// The hash of each join key (Arrow row format), as [`Operator::on_batch`] computes it.
+    fn key_hashes(&self, keys: &[&[u8]]) -> Result<Vec<u64>> {
+        let mut hashes = vec![0u64; keys.len()];
+        if !self.key_types.is_empty() && !keys.is_empty() {
+            let parser = self.key_converter.parser();
+            let columns = self
+                .key_converter
+                .convert_rows(keys.iter().map(|k| parser.parse(k)))?;
+            create_hashes(&columns, &self.random_state, &mut hashes)?;
+        }
+        Ok(hashes)
+    }
+
+    /// Recomputes the match counts of side `a`'s rows from the other side (after a restore).
+    fn restore_matches(&mut self, a: usize) -> Result<()> {
+        let b = 1 - a;
+        let mut pairs: Vec<(RowId, RowId)> = Vec::new();
+        for (hash, key, id) in self.sides[a].entries() {
+            pairs.extend(self.sides[b].lookup(hash, key).map(|other| (id, other)));
+        }
+        let mut totals: HashMap<RowId, i64> = HashMap::new();
+        for chunk in pairs.chunks(8192) {
+            let kept = if self.filter.is_some() {
+                let (ids_a, ids_b): (Vec<RowId>, Vec<RowId>) = chunk.iter().copied().unzip();
+                let (mine, theirs) = (self.sides[a].decode(&ids_a)?, self.sides[b].decode(&ids_b)?);
+                let (l, r) = if a == LEFT {
+                    (mine, theirs)
+                } else {
+                    (theirs, mine)
+                };
+                let batch = RecordBatch::try_new_with_options(
+                    self.pair_schema.clone(),
+                    l.into_iter().chain(r).collect(),
+                    &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
+                )?;
+                self.residual(&batch)?
+            } else {
+                None
+            };
+            for (j, (id, other)) in chunk.iter().enumerate() {
+                if kept.as_ref().is_none_or(|m| m.value(j)) {
+                    *totals.entry(*id).or_insert(0) += self.sides[b].weight(*other);
+                }
+            }
+        }
+        for (id, m) in totals {
+            self.sides[a].add_matches(id, m);
+        }
+        Ok(())
     }
 
     /// Whether rows of `side` carry match counts (and unmatched rows are emitted or tracked).
@@ -264,18 +343,7 @@ impl Operator for Join {
                 l.into_iter().chain(r).collect(),
                 &RecordBatchOptions::new().with_row_count(Some(probe_rows.len())),
             )?;
-            if let Some(f) = &self.filter {
-                let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
-                let mask = mask.as_boolean_opt().cloned().ok_or_else(|| {
-                    crate::err!(sqlstate::DATATYPE_MISMATCH, "join condition is not boolean")
-                })?;
-                // NULL counts as false.
-                let mask = match mask.nulls() {
-                    Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),
-                    None => mask,
-                };
-                kept = Some(mask);
-            }
+            kept = self.residual(&batch)?;
             pairs = Some(batch);
         }
         let is_kept = |j: usize| kept.as_ref().is_none_or(|m| m.value(j));
@@ -406,6 +474,7 @@ impl Operator for Join {
             }
         }
         if let (Some(na), Some(r)) = (self.null_aware.as_mut(), new_regime) {
+            self.regime_unsaved |= na.right != r;
             na.right = r;
         }
 
@@ -422,11 +491,15 @@ impl Operator for Join {
                 {
                     na.left_nulls
                         .update(0, &[], rows.row(i).as_ref(), weights[i], 0)?;
+                    self.unsaved
+                        .push(&[&[LEFT_NULLS as u8], &[], rows.row(i).as_ref()], weights[i]);
                 }
                 continue;
             }
             let m = if track_a { matches[i] } else { 0 };
             self.sides[a].update(hashes[i], key(i), rows.row(i).as_ref(), weights[i], m)?;
+            self.unsaved
+                .push(&[&[a as u8], key(i), rows.row(i).as_ref()], weights[i]);
         }
         Ok(())
     }
@@ -436,57 +509,86 @@ impl Operator for Join {
         Ok(())
     }
 
-    /// Batches: the left side, the right side (key hash, key, row, weight, match count per
-    /// stored row), and for a null-aware join its left NULL-key rows and the right side's
-    /// row counts.
-    fn save_state(&self) -> Result<Vec<RecordBatch>> {
-        let mut out = vec![
-            save_arrangement(&self.sides[LEFT])?,
-            save_arrangement(&self.sides[RIGHT])?,
-        ];
-        if let Some(na) = &self.null_aware {
-            out.push(save_arrangement(&na.left_nulls)?);
-            out.push(RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    Field::new("rows", DataType::Int64, false),
-                    Field::new("null_rows", DataType::Int64, false),
-                ])),
-                vec![
-                    Arc::new(Int64Array::from(vec![na.right.rows])),
-                    Arc::new(Int64Array::from(vec![na.right.null_rows])),
-                ],
-            )?);
+    /// Counted rows (side, join key, row) and, for a null-aware join, the right side's row
+    /// counts as a value.
+    fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
+        if full {
+            self.unsaved.clear();
+            let mut key = Vec::new();
+            let sides = [
+                (LEFT, &self.sides[LEFT]),
+                (RIGHT, &self.sides[RIGHT]),
+            ]
+            .into_iter()
+            .chain(self.null_aware.as_ref().map(|na| (LEFT_NULLS, &na.left_nulls)));
+            for (side, arrangement) in sides {
+                for (_, k, id) in arrangement.entries() {
+                    key.clear();
+                    append_key(&mut key, &[&[side as u8], k, arrangement.row(id)]);
+                    sink.add(&key, arrangement.weight(id));
+                }
+            }
+        } else {
+            self.unsaved.drain_into(sink);
         }
-        Ok(out)
+        if let Some(na) = &self.null_aware
+            && (full || self.regime_unsaved)
+        {
+            let mut w = StateWriter::default();
+            w.i64(na.right.rows);
+            w.i64(na.right.null_rows);
+            sink.put(b"regime", &w.finish());
+            self.regime_unsaved = false;
+        }
+        Ok(())
     }
 
-    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+    fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
         let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "join state is unreadable");
-        let expected = if self.null_aware.is_some() { 4 } else { 2 };
-        if state.len() != expected {
-            return Err(corrupt());
-        }
-        let mut state = state.into_iter();
-        for side in [LEFT, RIGHT] {
-            load_arrangement(&mut self.sides[side], &state.next().ok_or_else(corrupt)?)?;
+        let mut stored: [Vec<(Vec<u8>, Vec<u8>, i64)>; 3] = Default::default();
+        source.counts(&mut |key, n| {
+            let [side, k, row] = key_parts::<3>(key)?;
+            let side = *side.first().ok_or_else(corrupt)? as usize;
+            stored
+                .get_mut(side)
+                .ok_or_else(corrupt)?
+                .push((k.to_vec(), row.to_vec(), n));
+            Ok(())
+        })?;
+        for (side, rows) in stored.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            if side == LEFT_NULLS {
+                let na = self.null_aware.as_mut().ok_or_else(corrupt)?;
+                for (_, row, n) in rows {
+                    na.left_nulls.update(0, &[], &row, n, 0)?;
+                }
+                continue;
+            }
+            let keys: Vec<&[u8]> = rows.iter().map(|(k, _, _)| k.as_slice()).collect();
+            let hashes = self.key_hashes(&keys)?;
+            for ((k, row, n), hash) in rows.iter().zip(hashes) {
+                self.sides[side].update(hash, k, row, *n, 0)?;
+            }
         }
         if let Some(na) = self.null_aware.as_mut() {
-            load_arrangement(&mut na.left_nulls, &state.next().ok_or_else(corrupt)?)?;
-            let regime = state.next().ok_or_else(corrupt)?;
-            let value = |i: usize| -> Result<i64> {
-                let col = regime
-                    .column(i)
-                    .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
-                    .ok_or_else(corrupt)?;
-                if col.is_empty() {
-                    return Err(corrupt());
-                }
-                Ok(col.value(0))
-            };
-            na.right = Regime {
-                rows: value(0)?,
-                null_rows: value(1)?,
-            };
+            let mut regime = None;
+            source.values(&mut |_, v| {
+                let mut r = StateReader::new(v);
+                regime = Some(Regime {
+                    rows: r.i64()?,
+                    null_rows: r.i64()?,
+                });
+                Ok(())
+            })?;
+            na.right = regime.ok_or_else(corrupt)?;
+            self.regime_unsaved = false;
+        }
+        for side in [LEFT, RIGHT] {
+            if self.tracks(side) {
+                self.restore_matches(side)?;
+            }
         }
         Ok(())
     }
@@ -501,67 +603,3 @@ impl Operator for Join {
     }
 }
 
-fn arrangement_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("hash", DataType::UInt64, false),
-        Field::new("key", DataType::Binary, false),
-        Field::new("row", DataType::Binary, false),
-        Field::new("weight", DataType::Int64, false),
-        Field::new("matches", DataType::Int64, false),
-    ]))
-}
-
-fn save_arrangement(a: &Arrangement) -> Result<RecordBatch> {
-    let mut hashes = UInt64Builder::new();
-    let mut keys = BinaryBuilder::new();
-    let mut rows = BinaryBuilder::new();
-    let mut weights = Int64Builder::new();
-    let mut matches = Int64Builder::new();
-    for (hash, key, id) in a.entries() {
-        hashes.append_value(hash);
-        keys.append_value(key);
-        rows.append_value(a.row(id));
-        weights.append_value(a.weight(id));
-        matches.append_value(a.matches(id));
-    }
-    Ok(RecordBatch::try_new(
-        arrangement_schema(),
-        vec![
-            Arc::new(hashes.finish()),
-            Arc::new(keys.finish()),
-            Arc::new(rows.finish()),
-            Arc::new(weights.finish()),
-            Arc::new(matches.finish()),
-        ],
-    )?)
-}
-
-fn load_arrangement(a: &mut Arrangement, batch: &RecordBatch) -> Result<()> {
-    let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "join state is unreadable");
-    if batch.schema() != arrangement_schema() {
-        return Err(corrupt());
-    }
-    let hashes = batch
-        .column(0)
-        .as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>()
-        .ok_or_else(corrupt)?;
-    let keys = batch.column(1).as_binary_opt::<i32>().ok_or_else(corrupt)?;
-    let rows = batch.column(2).as_binary_opt::<i32>().ok_or_else(corrupt)?;
-    let int = |i: usize| {
-        batch
-            .column(i)
-            .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>()
-            .ok_or_else(corrupt)
-    };
-    let (weights, matches) = (int(3)?, int(4)?);
-    for r in 0..batch.num_rows() {
-        a.update(
-            hashes.value(r),
-            keys.value(r),
-            rows.value(r),
-            weights.value(r),
-            matches.value(r),
-        )?;
-    }
-    Ok(())
-}

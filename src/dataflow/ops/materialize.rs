@@ -7,35 +7,59 @@
 //!   this one;
 //! - state: the view's rows ([`TableStore`], a multiset versioned by epoch). Readers pinned at
 //!   an older epoch keep seeing it; history below the oldest pinned epoch is merged away.
+//!   Checkpoints store it as counted rows (key: the row in Arrow's row format): each checkpoint
+//!   adds the epochs' deltas since the previous one.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::RowConverter;
 use parking_lot::RwLock;
 
-use crate::dataflow::{Epochs, Operator};
+use crate::dataflow::{Epochs, Operator, StateSink, StateSource};
 use crate::error::Result;
 use crate::storage::table::{Snapshot, TableStore};
-use crate::types::{Epoch, Lsn, ZBatch};
+use crate::types::{Epoch, Lsn, RowsToBatches, ZBatch};
 
 pub struct Materialize {
     schema: SchemaRef,
     store: Arc<RwLock<TableStore>>,
     epochs: Arc<Epochs>,
     pending: Vec<ZBatch>,
+    /// Whole rows ↔ state keys.
+    converter: RowConverter,
+    /// Deltas applied since the last checkpoint.
+    unsaved: Vec<ZBatch>,
 }
 
 impl Materialize {
-    pub fn new(store: Arc<RwLock<TableStore>>, epochs: Arc<Epochs>) -> Self {
+    pub fn new(store: Arc<RwLock<TableStore>>, epochs: Arc<Epochs>) -> Result<Self> {
         let schema = store.read().schema().clone();
-        Materialize {
+        Ok(Materialize {
+            converter: crate::types::row_converter(&schema)?,
             schema,
             store,
             epochs,
             pending: Vec::new(),
+            unsaved: Vec::new(),
+        })
+    }
+}
+
+/// Adds the rows of `batches` (times their weights) to `sink` as counted rows.
+pub fn add_counted_rows(
+    converter: &RowConverter,
+    batches: &[ZBatch],
+    sink: &mut dyn StateSink,
+) -> Result<()> {
+    for z in batches {
+        let rows = converter.convert_columns(z.data.columns())?;
+        for (i, w) in z.weights.values().iter().enumerate() {
+            sink.add(rows.row(i).as_ref(), *w);
         }
     }
+    Ok(())
 }
 
 impl Operator for Materialize {
@@ -66,6 +90,7 @@ impl Operator for Materialize {
             let horizon = Lsn(self.epochs.epoch_horizon().0);
             store.commit(plan, Lsn(epoch.0), horizon)?;
         }
+        self.unsaved.push(delta.clone());
         out.push(delta);
         Ok(())
     }
@@ -74,20 +99,24 @@ impl Operator for Materialize {
         self.store.read().live_rows()
     }
 
-    /// The view's current rows.
-    fn save_state(&self) -> Result<Vec<RecordBatch>> {
-        self.store.read().scan(Snapshot::Latest)
+    fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
+        let changes = if full {
+            self.unsaved.clear();
+            let rows = self.store.read().scan(Snapshot::Latest)?;
+            rows.into_iter().map(|b| ZBatch::uniform(b, 1)).collect()
+        } else {
+            std::mem::take(&mut self.unsaved)
+        };
+        add_counted_rows(&self.converter, &changes, sink)
     }
 
-    /// Puts the saved rows back into an empty store, visible from every epoch on.
-    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+    /// Puts the stored rows back into an empty store, visible from every epoch on.
+    fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
+        let mut rows = RowsToBatches::new(&self.converter, self.schema.clone());
+        source.counts(&mut |key, n| rows.push(key, n))?;
         let mut store = self.store.write();
-        for batch in state {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let batch = RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())?;
-            let plan = store.plan(&ZBatch::uniform(batch, 1))?;
+        for batch in rows.finish()? {
+            let plan = store.plan(&batch)?;
             store.commit(plan, Lsn::ZERO, Lsn::ZERO)?;
         }
         Ok(())
@@ -111,11 +140,11 @@ mod tests {
     fn sink() -> Materialize {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
         let store = Arc::new(RwLock::new(TableStore::new("v", schema, &[])));
-        Materialize::new(store, Epochs::new(Committed::default()))
+        Materialize::new(store, Epochs::new(Committed::default())).unwrap()
     }
 
     fn count(m: &Materialize) -> usize {
-        m.save_state().unwrap().iter().map(|b| b.num_rows()).sum()
+        m.state_rows()
     }
 
     #[test]
@@ -124,8 +153,10 @@ mod tests {
         let mut out = Vec::new();
         a.on_batch(0, rows(&[1, 2, 2, 3], 1), &mut out).unwrap();
         a.on_barrier(Epoch(1), &mut out).unwrap();
+        let mut saved = crate::dataflow::MemoryState::default();
+        a.checkpoint(false, &mut saved).unwrap();
         let mut b = sink();
-        b.load_state(a.save_state().unwrap()).unwrap();
+        b.restore(&saved).unwrap();
         assert_eq!(count(&b), 4);
         // A delete of a loaded row applies, and the delta is emitted.
         let mut out = Vec::new();
@@ -133,5 +164,11 @@ mod tests {
         b.on_barrier(Epoch(2), &mut out).unwrap();
         assert_eq!(count(&b), 3);
         assert_eq!(out.len(), 1);
+        // The next checkpoint adds just the change; a full one writes the same.
+        b.checkpoint(false, &mut saved).unwrap();
+        let mut full = crate::dataflow::MemoryState::default();
+        b.checkpoint(true, &mut full).unwrap();
+        assert_eq!(saved, full);
+        assert_eq!(saved.counts.values().sum::<i64>(), 3);
     }
 }

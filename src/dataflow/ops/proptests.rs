@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use super::hash_agg::HashAggregate;
 use super::join::Join;
 use super::topk::TopK;
-use crate::dataflow::Operator;
+use crate::dataflow::{MemoryState, Operator};
 use crate::dataflow::spec::{AggregateCall, JoinKind, JoinSpec, RankKind, TopKSpec};
 use crate::types::{Epoch, ZBatch};
 
@@ -108,11 +108,19 @@ fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>
     let mut emitted: Vec<ZBatch> = Vec::new();
     let mut live: Vec<Vec<Row>> = vec![Vec::new(); ports];
     let restore_at = rounds.len() / 2;
+    let mut saved = MemoryState::default();
     for (r, round) in rounds.into_iter().enumerate() {
+        // Incremental checkpoints (not after every round, so changes pile up between them)
+        // must add up to exactly what a full checkpoint writes.
+        if r % 3 != 1 || r == restore_at {
+            op.checkpoint(false, &mut saved).unwrap();
+            let mut full = MemoryState::default();
+            op.checkpoint(true, &mut full).unwrap();
+            assert_eq!(saved, full, "incremental checkpoints differ from a full one");
+        }
         if r == restore_at {
-            let saved = op.save_state().unwrap();
             op = make();
-            op.load_state(saved).unwrap();
+            op.restore(&saved).unwrap();
         }
         let epoch = Epoch(r as u64 + 1);
         // Group the round into one batch per port per run of same-port ops.

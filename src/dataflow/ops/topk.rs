@@ -9,24 +9,27 @@
 //!   that entered are emitted. A row whose rank changed is retracted and re-emitted with the
 //!   new rank. Ties are broken by the whole row, so the result is deterministic;
 //! - state: every row of every partition (a delete can bring any row into the top), ordered by
-//!   the sort key in Arrow's row format, plus the rows emitted last per partition.
+//!   the sort key in Arrow's row format, plus the rows emitted last per partition. Checkpoints
+//!   store the rows as counted rows (key: partition, sort key, row), adding the changes since
+//!   the previous checkpoint; what was emitted last is the top of those rows, so it is
+//!   recomputed on restore.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BinaryBuilder, Int64Builder, RecordBatch, RecordBatchOptions, UInt64Array,
-    UInt64Builder,
+    ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::dataflow::Operator;
 use crate::dataflow::spec::{RankKind, TopKSpec};
-use crate::error::{Result, sqlstate};
+use crate::dataflow::state::{CountLog, append_key, key_parts};
+use crate::dataflow::{Operator, StateSink, StateSource};
+use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
 
 /// A row's sort key and the row itself, both in Arrow's row format.
@@ -53,6 +56,8 @@ pub struct TopK {
     dirty: HashSet<Box<[u8]>>,
     schema: SchemaRef,
     rows: usize,
+    /// Row changes since the last checkpoint.
+    unsaved: CountLog,
 }
 
 impl TopK {
@@ -109,6 +114,7 @@ impl TopK {
             dirty: HashSet::new(),
             schema,
             rows: 0,
+            unsaved: CountLog::default(),
         })
     }
 
@@ -222,6 +228,8 @@ impl Operator for TopK {
                 Some(p) => p,
                 None => self.partitions.entry(pkey.into()).or_default(),
             };
+            self.unsaved
+                .push(&[pkey, keys.row(i).data(), rows.row(i).data()], *w);
             let key = (
                 Box::<[u8]>::from(keys.row(i).data()),
                 Box::<[u8]>::from(rows.row(i).data()),
@@ -286,96 +294,45 @@ impl Operator for TopK {
         self.rows
     }
 
-    /// Batches: every stored row (partition key, sort key, row, multiplicity), and the rows
-    /// emitted last (partition key, row, rank).
-    fn save_state(&self) -> Result<Vec<RecordBatch>> {
-        let (mut p1, mut keys, mut rows, mut counts) = (
-            BinaryBuilder::new(),
-            BinaryBuilder::new(),
-            BinaryBuilder::new(),
-            Int64Builder::new(),
-        );
-        let (mut p2, mut emitted, mut ranks) = (
-            BinaryBuilder::new(),
-            BinaryBuilder::new(),
-            UInt64Builder::new(),
-        );
+    /// Counted rows: (partition key, sort key, row).
+    fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
+        if !full {
+            self.unsaved.drain_into(sink);
+            return Ok(());
+        }
+        self.unsaved.clear();
+        let mut key = Vec::new();
         for (pkey, partition) in &self.partitions {
-            for ((key, row), n) in &partition.rows {
-                p1.append_value(pkey);
-                keys.append_value(key);
-                rows.append_value(row);
-                counts.append_value(*n);
-            }
-            for (row, rank) in &partition.emitted {
-                p2.append_value(pkey);
-                emitted.append_value(row);
-                ranks.append_value(*rank);
+            for ((sort_key, row), n) in &partition.rows {
+                key.clear();
+                append_key(&mut key, &[pkey, sort_key, row]);
+                sink.add(&key, *n);
             }
         }
-        let binary = |name: &str| Field::new(name, DataType::Binary, false);
-        Ok(vec![
-            RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    binary("partition"),
-                    binary("key"),
-                    binary("row"),
-                    Field::new("count", DataType::Int64, false),
-                ])),
-                vec![
-                    Arc::new(p1.finish()),
-                    Arc::new(keys.finish()),
-                    Arc::new(rows.finish()),
-                    Arc::new(counts.finish()),
-                ],
-            )?,
-            RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    binary("partition"),
-                    binary("row"),
-                    Field::new("rank", DataType::UInt64, false),
-                ])),
-                vec![
-                    Arc::new(p2.finish()),
-                    Arc::new(emitted.finish()),
-                    Arc::new(ranks.finish()),
-                ],
-            )?,
-        ])
+        Ok(())
     }
 
-    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "top-k state is unreadable");
-        let [stored, emitted] = <[RecordBatch; 2]>::try_from(state).map_err(|_| corrupt())?;
-        let bin = |b: &RecordBatch, i: usize| {
-            b.column(i)
-                .as_binary_opt::<i32>()
-                .cloned()
-                .ok_or_else(corrupt)
-        };
-        let (p, keys, rows) = (bin(&stored, 0)?, bin(&stored, 1)?, bin(&stored, 2)?);
-        let counts = stored
-            .column(3)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(corrupt)?;
-        for r in 0..stored.num_rows() {
-            let partition = self.partitions.entry(p.value(r).into()).or_default();
-            partition.rows.insert(
-                (keys.value(r).into(), rows.value(r).into()),
-                counts.value(r),
-            );
-            self.rows += counts.value(r).max(0) as usize;
-        }
-        let (p, rows) = (bin(&emitted, 0)?, bin(&emitted, 1)?);
-        let ranks = emitted
-            .column(2)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(corrupt)?;
-        for r in 0..emitted.num_rows() {
-            let partition = self.partitions.entry(p.value(r).into()).or_default();
-            partition
-                .emitted
-                .push((rows.value(r).into(), ranks.value(r)));
+    fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
+        source.counts(&mut |key, n| {
+            let [pkey, sort_key, row] = key_parts::<3>(key)?;
+            let partition = match self.partitions.get_mut(pkey) {
+                Some(p) => p,
+                None => self.partitions.entry(pkey.into()).or_default(),
+            };
+            partition.rows.insert((sort_key.into(), row.into()), n);
+            self.rows += n as usize;
+            Ok(())
+        })?;
+        // What was emitted last is what is on top now.
+        let tops: Vec<(Box<[u8]>, Vec<(Box<[u8]>, u64)>)> = self
+            .partitions
+            .iter()
+            .map(|(pkey, p)| (pkey.clone(), self.top(p)))
+            .collect();
+        for (pkey, top) in tops {
+            if let Some(p) = self.partitions.get_mut(&pkey) {
+                p.emitted = top;
+            }
         }
         Ok(())
     }
