@@ -38,4 +38,9 @@ pub struct Config {
     /// How often an idle `SUBSCRIBE … WITH (PROGRESS)` sends a progress row.
     #[arg(long, default_value = "1s", value_parser = crate::types::parse_duration, env = "EDDY_SUBSCRIBE_PROGRESS_INTERVAL")]
     pub subscribe_progress_interval: Duration,
+
+    /// How often state is checkpointed while changes arrive (also at shutdown). A restart
+    /// replays the log written since the last checkpoint.
+    #[arg(long, default_value = "1s", value_parser = crate::types::parse_duration, env = "EDDY_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Duration,
 }

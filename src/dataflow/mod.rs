@@ -24,6 +24,7 @@
 //! The output of an epoch, summed over all emitted batches, is exactly
 //! `query(inputs after the epoch) − query(inputs before)`.
 
+pub mod checkpoint;
 pub mod epochs;
 pub mod ops;
 pub mod runtime;
@@ -33,8 +34,9 @@ pub mod state;
 use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
 
+pub use checkpoint::{CheckpointSetup, CheckpointStats};
 pub use epochs::{Committed, Epochs, ReadPin};
-pub use runtime::{Runtime, TableScanner, ViewState, ViewStatus};
+pub use runtime::{Runtime, TEMP_IDS, TableScanner, ViewState, ViewStatus};
 pub use spec::{DataflowSpec, Input};
 pub use state::{MemoryState, StateSink, StateSource};
 

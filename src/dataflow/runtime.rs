@@ -17,11 +17,15 @@
 //!
 //! A dataflow that fails (a runtime error such as division by zero, or a bug) stops; its view
 //! keeps the error, which `SELECT` reports. Other views keep running.
+//!
+//! Between epochs the runtime also takes checkpoints ([`super::checkpoint`]): every
+//! `interval` while changes arrive, and at shutdown. At start-up a view whose dataflow state the
+//! last checkpoint holds is restored from it instead of being backfilled.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -29,18 +33,27 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use super::Operator;
+use super::checkpoint::{
+    CheckpointSetup, CheckpointStats, Checkpointer, Job, PrefixSink, StoreSource, load_history,
+};
 use super::epochs::{Committed, Epochs};
 use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
 use crate::error::{Error, Result, sqlstate};
-use crate::storage::table::{Snapshot, TableStore};
+use crate::storage::state::{CheckpointMeta, HISTORY, ViewCheckpoint, part_prefix};
+use crate::storage::table::{Snapshot, TableCodec, TableStore};
 use crate::subscribe::{ChangeHistory, Retention};
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
 
-/// Reads table contents for backfill (implemented by the engine).
+/// Dataflows with ids from here up are temporary (subscriptions' queries): never checkpointed.
+pub const TEMP_IDS: ObjectId = 1 << 62;
+
+/// Reads tables for backfills and checkpoints (implemented by the engine).
 pub trait TableScanner: Send + Sync {
     /// The rows of table `id` as of `lsn`.
     fn scan_table(&self, id: ObjectId, lsn: Lsn) -> Result<Vec<RecordBatch>>;
+    /// Every table: its id, columns and primary key (column indices).
+    fn tables(&self) -> Vec<(ObjectId, SchemaRef, Vec<usize>)>;
 }
 
 /// Whether a view's dataflow is keeping it current.
@@ -129,6 +142,8 @@ struct Shared {
     epochs: Arc<Epochs>,
     views: RwLock<HashMap<ObjectId, Arc<ViewState>>>,
     retention: Retention,
+    /// Set once started.
+    checkpoint_stats: Mutex<Option<Box<dyn Fn() -> CheckpointStats + Send + Sync>>>,
 }
 
 /// Handle to the dataflow runtime; cheap to share.
@@ -147,6 +162,7 @@ impl Runtime {
             epochs: Epochs::new(Committed::default()),
             views: RwLock::new(HashMap::new()),
             retention,
+            checkpoint_stats: Mutex::new(None),
         });
         Runtime {
             shared,
@@ -154,10 +170,16 @@ impl Runtime {
         }
     }
 
-    /// Starts the runtime thread. Its first committed epoch covers the log up to `lsn`; the
-    /// log is durable up to `durable` (the records between are replayed with
-    /// [`Runtime::replay`]).
-    pub fn start(&self, lsn: Lsn, durable: Lsn, scanner: Arc<dyn TableScanner>) -> Result<()> {
+    /// Starts the runtime thread. Its first committed epoch covers the log up to `lsn` (the
+    /// last checkpoint's); the log is durable up to `durable` (the records between are replayed
+    /// with [`Runtime::replay`]). It checkpoints as `checkpoints` says.
+    pub fn start(
+        &self,
+        lsn: Lsn,
+        durable: Lsn,
+        scanner: Arc<dyn TableScanner>,
+        checkpoints: CheckpointSetup,
+    ) -> Result<()> {
         let shared = self.shared.clone();
         {
             let mut queue = shared.queue.lock();
@@ -168,6 +190,8 @@ impl Runtime {
             lsn,
         };
         shared.epochs.publish(committed);
+        let checkpoints = Checkpointer::start(checkpoints, lsn)?;
+        *shared.checkpoint_stats.lock() = Some(checkpoints.stats_reader());
         let handle = std::thread::Builder::new()
             .name("eddy-dataflow".into())
             .spawn(move || {
@@ -176,6 +200,7 @@ impl Runtime {
                     scanner,
                     dataflows: Vec::new(),
                     committed,
+                    checkpoints,
                 }
                 .run()
             })
@@ -184,7 +209,18 @@ impl Runtime {
         Ok(())
     }
 
-    /// Stops the runtime thread (after the epoch in progress).
+    /// Checkpoint activity so far (default before start).
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        self.shared
+            .checkpoint_stats
+            .lock()
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default()
+    }
+
+    /// Stops the runtime thread after it has run every durable record and written a final
+    /// checkpoint.
     pub fn stop(&self) {
         self.shared.queue.lock().stop = true;
         self.shared.wake.notify_all();
@@ -336,6 +372,17 @@ struct Dataflow {
     nodes: Vec<NodeRt>,
     sources: Vec<(Input, NodeId)>,
     view: Arc<ViewState>,
+    fingerprint: u64,
+    /// History entries up to this epoch are in the last checkpoint.
+    history_saved: Epoch,
+    /// The history's oldest epoch as of the last checkpoint.
+    history_oldest_saved: Epoch,
+}
+
+impl Dataflow {
+    fn persistent(&self) -> bool {
+        self.id < TEMP_IDS
+    }
 }
 
 struct NodeRt {
@@ -384,11 +431,15 @@ impl Dataflow {
             consumers: Vec::new(),
             pending: Vec::new(),
         });
+        let start = view.history.oldest();
         Ok(Dataflow {
             id,
             nodes,
             sources,
             view,
+            fingerprint: spec.fingerprint(),
+            history_saved: start,
+            history_oldest_saved: start,
         })
     }
 
@@ -462,12 +513,13 @@ struct Worker {
     /// In creation order: a view's dataflow comes after those of the views it reads.
     dataflows: Vec<Dataflow>,
     committed: Committed,
+    checkpoints: Checkpointer,
 }
 
 impl Worker {
     fn run(mut self) {
         loop {
-            let (records, commands) = {
+            let (records, commands, stopping) = {
                 let mut queue = self.shared.queue.lock();
                 loop {
                     let ready = queue
@@ -477,10 +529,20 @@ impl Worker {
                     if ready || !queue.commands.is_empty() || queue.stop {
                         break;
                     }
-                    self.shared.wake.wait(&mut queue);
+                    // Sleep until woken, or until a checkpoint of pending changes is due.
+                    match self.checkpoint_due() {
+                        Some(wait) if wait.is_zero() => break,
+                        Some(wait) => {
+                            self.shared.wake.wait_for(&mut queue, wait);
+                        }
+                        None => self.shared.wake.wait(&mut queue),
+                    }
                 }
+                let durable = queue.durable;
+                let mut records = Vec::new();
                 if queue.stop {
-                    // Answer pending commands so no session waits forever.
+                    // Answer pending commands so no session waits forever, and run whatever
+                    // is durable so the final checkpoint covers it.
                     for command in queue.commands.drain(..) {
                         if let Command::Create { reply, .. } = command {
                             let _ = reply.send(Err(crate::err!(
@@ -489,22 +551,27 @@ impl Worker {
                             )));
                         }
                     }
-                    return;
-                }
-                let durable = queue.durable;
-                let mut records = Vec::new();
-                // Every durable record, up to (or just) a replayed one, which is an epoch alone.
-                while let Some(r) = queue.records.front()
-                    && r.lsn <= durable
-                    && (!r.solo || records.is_empty())
-                {
-                    let solo = r.solo;
-                    records.extend(queue.records.pop_front());
-                    if solo {
-                        break;
+                    while let Some(r) = queue.records.front()
+                        && r.lsn <= durable
+                    {
+                        records.extend(queue.records.pop_front());
                     }
+                    (records, Vec::new(), true)
+                } else {
+                    // Every durable record, up to (or just) a replayed one, which is an epoch
+                    // alone.
+                    while let Some(r) = queue.records.front()
+                        && r.lsn <= durable
+                        && (!r.solo || records.is_empty())
+                    {
+                        let solo = r.solo;
+                        records.extend(queue.records.pop_front());
+                        if solo {
+                            break;
+                        }
+                    }
+                    (records, std::mem::take(&mut queue.commands), false)
                 }
-                (records, std::mem::take(&mut queue.commands))
             };
             if !records.is_empty() {
                 self.run_epoch(records);
@@ -526,7 +593,138 @@ impl Worker {
                     }
                 }
             }
+            if stopping {
+                self.checkpoint(true);
+                self.checkpoints.stop();
+                return;
+            }
+            if self.checkpoint_due().is_some_and(|d| d.is_zero()) {
+                self.checkpoint(false);
+            }
         }
+    }
+
+    /// How long until a checkpoint is due; `None` when nothing changed since the last one.
+    fn checkpoint_due(&self) -> Option<Duration> {
+        let c = &self.checkpoints;
+        (c.changed || c.failed()).then(|| c.interval.saturating_sub(c.last.elapsed()))
+    }
+
+    /// Takes a checkpoint of everything as of the committed epoch and hands it to the
+    /// checkpoint thread — unless one is still being written (then it waits for the next
+    /// chance), or `wait`: then it waits for that one, and for this one to be durable.
+    fn checkpoint(&mut self, wait: bool) {
+        if wait {
+            self.checkpoints.wait_idle();
+        } else if self.checkpoints.in_flight() {
+            return;
+        }
+        if !self.checkpoints.changed && !self.checkpoints.failed() {
+            return;
+        }
+        let started = Instant::now();
+        // After a failed write the stored state is a checkpoint behind what operators consider
+        // saved: rewrite everything.
+        let full = self.checkpoints.failed() || self.checkpoints.needs_full;
+        match self.collect(full, started) {
+            Ok(job) => {
+                self.checkpoints.needs_full = false;
+                self.checkpoints.changed = false;
+                self.checkpoints.submit(job);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "collecting a checkpoint failed; the next one rewrites all state");
+                self.checkpoints.needs_full = true;
+            }
+        }
+        self.checkpoints.last = Instant::now();
+        if wait {
+            self.checkpoints.wait_idle();
+        }
+    }
+
+    /// The encoder of table `id`'s rows (`None` if it was dropped).
+    fn codec(&mut self, id: ObjectId) -> Result<Option<Arc<TableCodec>>> {
+        if let Some(c) = self.checkpoints.codecs.get(&id) {
+            return Ok(Some(c.clone()));
+        }
+        let Some((_, schema, pk)) = self.scanner.tables().into_iter().find(|t| t.0 == id) else {
+            return Ok(None);
+        };
+        let codec = Arc::new(TableCodec::new(schema, &pk)?);
+        self.checkpoints.codecs.insert(id, codec.clone());
+        Ok(Some(codec))
+    }
+
+    /// Collects a checkpoint as of the committed epoch.
+    fn collect(&mut self, full: bool, started: Instant) -> Result<Job> {
+        let Committed { epoch, lsn } = self.committed;
+        let store = self.checkpoints.store.clone();
+        let mut batch = store.batch();
+        let mut tables = Vec::new();
+        let records = std::mem::take(&mut self.checkpoints.records);
+        let dropped = std::mem::take(&mut self.checkpoints.dropped);
+        if full {
+            batch.clear_everything();
+            for (id, _, _) in self.scanner.tables() {
+                let Some(codec) = self.codec(id)? else {
+                    continue;
+                };
+                for rows in self.scanner.scan_table(id, lsn)? {
+                    if rows.num_rows() > 0 {
+                        tables.push((codec.clone(), id, ZBatch::uniform(rows, 1)));
+                    }
+                }
+            }
+        } else {
+            for id in dropped {
+                batch.clear_object(id);
+            }
+            for record in records {
+                for (id, change) in record.iter() {
+                    if let Some(codec) = self.codec(*id)? {
+                        tables.push((codec, *id, change.clone()));
+                    }
+                }
+            }
+        }
+        let mut views = Vec::new();
+        let mut history = Vec::new();
+        for df in self.dataflows.iter_mut().filter(|d| d.persistent()) {
+            for (i, node) in df.nodes.iter_mut().enumerate() {
+                let mut sink = PrefixSink {
+                    batch: &mut batch,
+                    prefix: part_prefix(df.id, i as u32),
+                };
+                guarded(|| node.op.checkpoint(full, &mut sink))?;
+            }
+            let after = if full { Epoch(0) } else { df.history_saved };
+            let (oldest, entries) = df.view.history.since(after);
+            if !full && oldest != df.history_oldest_saved {
+                // Entries up to `oldest` were trimmed.
+                batch.clear_values_below(df.id, HISTORY, &(oldest.0 + 1).to_be_bytes());
+            }
+            df.history_oldest_saved = oldest;
+            if let Some(last) = entries.last() {
+                df.history_saved = last.epoch;
+            }
+            history.extend(entries.into_iter().map(|e| (df.id, e)));
+            views.push(ViewCheckpoint {
+                id: df.id,
+                fingerprint: df.fingerprint,
+                history_oldest: oldest.0,
+            });
+        }
+        debug_assert_eq!(epoch.0, lsn.0);
+        Ok(Job {
+            batch,
+            tables,
+            history,
+            meta: CheckpointMeta::new(lsn.0, views),
+            started,
+            collect: started.elapsed(),
+            full,
+        })
     }
 
     /// Stops the dataflow of object `id` (if it is a view) and every dataflow still reading
@@ -540,6 +738,11 @@ impl Worker {
             .map(|d| d.id)
             .collect();
         self.dataflows.retain(|d| !gone.contains(&d.id));
+        if id < TEMP_IDS {
+            self.checkpoints.dropped.push(id);
+            self.checkpoints.codecs.remove(&id);
+            self.checkpoints.changed = true;
+        }
         let mut views = self.shared.views.write();
         for dropped in gone.iter().chain(std::iter::once(&id)) {
             if let Some(view) = views.remove(dropped) {
@@ -555,6 +758,10 @@ impl Worker {
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
         let epoch = Epoch(lsn.0);
         let time = records.last().map_or_else(SystemTime::now, |r| r.time);
+        self.checkpoints
+            .records
+            .extend(records.iter().map(|r| r.changes.clone()));
+        self.checkpoints.changed = true;
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.
             self.committed = Committed { epoch, lsn };
@@ -610,6 +817,10 @@ impl Worker {
             }
         }
         self.dataflows.retain(|d| !failed.contains(&d.id));
+        // A stopped view is rebuilt at restart: its stored state goes.
+        self.checkpoints
+            .dropped
+            .extend(failed.iter().filter(|id| **id < TEMP_IDS));
         self.committed = Committed { epoch, lsn };
         self.shared.epochs.publish(self.committed);
         for history in changed {
@@ -624,15 +835,55 @@ impl Worker {
         spec: &DataflowSpec,
         schema: SchemaRef,
     ) -> Result<()> {
+        let stored = self
+            .checkpoints
+            .restorable
+            .remove(&id)
+            .filter(|v| v.fingerprint == spec.fingerprint());
+        let history = match &stored {
+            Some(v) => ChangeHistory::restored(
+                Epoch(v.history_oldest),
+                load_history(&self.checkpoints.store, id)?,
+                self.shared.retention,
+            ),
+            None => ChangeHistory::new(self.committed.epoch, self.shared.retention),
+        };
         let store = TableStore::new(&name, schema, &[]);
         let view = Arc::new(ViewState {
             name,
             store: Arc::new(RwLock::new(store)),
             status: Mutex::new(ViewStatus::Running),
-            history: ChangeHistory::new(self.committed.epoch, self.shared.retention),
+            history,
         });
         let mut df = Dataflow::build(id, spec, view.clone(), self.shared.epochs.clone())?;
-        // Backfill: the inputs' contents at the committed epoch, as inserts.
+        if stored.is_some() {
+            // Restore: every operator's state as of the checkpoint, which is where the
+            // runtime starts.
+            let store = self.checkpoints.store.clone();
+            for (i, node) in df.nodes.iter_mut().enumerate() {
+                let source = StoreSource {
+                    store: &store,
+                    id,
+                    part: i as u32,
+                };
+                guarded(|| node.op.restore(&source))?;
+            }
+            df.history_saved = self.committed.epoch;
+        } else {
+            self.backfill(&mut df)?;
+            if id < TEMP_IDS {
+                // Whatever an earlier dataflow of this view stored is stale.
+                self.checkpoints.dropped.push(id);
+                self.checkpoints.changed = true;
+            }
+        }
+        self.shared.views.write().insert(id, view);
+        self.dataflows.push(df);
+        Ok(())
+    }
+
+    /// Feeds a new dataflow its inputs' contents at the committed epoch, as inserts.
+    fn backfill(&mut self, df: &mut Dataflow) -> Result<()> {
         let Committed { epoch, lsn } = self.committed;
         let mut initial: HashMap<Input, Vec<ZBatch>> = HashMap::new();
         for (input, _) in &df.sources {
@@ -659,8 +910,6 @@ impl Worker {
         }
         let feed = |input: Input| initial.get(&input).cloned().unwrap_or_default();
         guarded(|| df.step(epoch, &feed))?;
-        self.shared.views.write().insert(id, view);
-        self.dataflows.push(df);
         Ok(())
     }
 }

@@ -158,6 +158,16 @@ impl DataflowSpec {
         out
     }
 
+    /// Identifies the dataflow's shape — operators, expressions, schemas — so that state
+    /// checkpointed by one dataflow is loaded only into an identical one (the same view planned
+    /// again by the same server version). FNV-1a over the spec's debug form.
+    pub fn fingerprint(&self) -> u64 {
+        let text = format!("{:?}", self.nodes);
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
     /// A readable tree of the operators, output first (for `EXPLAIN CREATE MATERIALIZED VIEW`).
     /// `name_of` names tables and views.
     pub fn explain(&self, name_of: &dyn Fn(Input) -> String) -> Vec<String> {

@@ -22,6 +22,7 @@ use datafusion::arrow::row::{Row, RowConverter};
 use hashbrown::HashTable;
 
 use crate::error::Result;
+pub use crate::storage::state::{CountVisitor, ValueVisitor};
 
 /// A value in Arrow's row format, stored inline when short (numbers, dates, short strings), so
 /// multisets of values need no allocation per value. Orders and hashes as its bytes.
@@ -199,9 +200,9 @@ pub trait StateSink {
 /// An operator's stored state, read back at restart.
 pub trait StateSource {
     /// Every value, in key order.
-    fn values(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    fn values(&self, f: ValueVisitor<'_>) -> Result<()>;
     /// Every row with a positive count, in key order.
-    fn counts(&self, f: &mut dyn FnMut(&[u8], i64) -> Result<()>) -> Result<()>;
+    fn counts(&self, f: CountVisitor<'_>) -> Result<()>;
 }
 
 /// State kept in memory: a [`StateSink`] and [`StateSource`] for tests and benchmarks.
@@ -228,10 +229,10 @@ impl StateSink for MemoryState {
 }
 
 impl StateSource for MemoryState {
-    fn values(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn values(&self, f: ValueVisitor<'_>) -> Result<()> {
         self.values.iter().try_for_each(|(k, v)| f(k, v))
     }
-    fn counts(&self, f: &mut dyn FnMut(&[u8], i64) -> Result<()>) -> Result<()> {
+    fn counts(&self, f: CountVisitor<'_>) -> Result<()> {
         self.counts
             .iter()
             .filter(|(_, n)| **n > 0)

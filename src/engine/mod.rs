@@ -35,19 +35,18 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{Catalog, TableDef, ViewDef};
-use crate::dataflow::{DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
+use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Log, LogRecord, encode_body};
-use crate::storage::state::StateStore;
+use crate::storage::state::{CheckpointMeta, StateStore};
 use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, ZBatch};
 
 pub use crate::storage::table::Snapshot;
-use crate::storage::table::{self, TableStore};
+use crate::storage::table::{self, TableCodec, TableStore};
 pub use session::{CLIENT_ADDRESS, CopyFormat, CopyIn, Output, Prepared, Session};
 
-/// Temporary dataflows (subscriptions to queries) get ids from here up.
-const TEMP_IDS: ObjectId = 1 << 62;
+use crate::dataflow::TEMP_IDS;
 
 /// Engine settings (from the command line).
 #[derive(Debug, Clone)]
@@ -57,6 +56,8 @@ pub struct EngineConfig {
     pub retention: Retention,
     /// Progress interval and the slow-subscriber bound.
     pub subscribe: Limits,
+    /// Time between checkpoints while changes arrive.
+    pub checkpoint_interval: Duration,
 }
 
 impl EngineConfig {
@@ -66,6 +67,7 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             retention: Retention::default(),
             subscribe: Limits::default(),
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -73,7 +75,7 @@ impl EngineConfig {
 /// Shared state of the running server. Cheap to share behind an `Arc`.
 pub struct Engine {
     config: EngineConfig,
-    state: StateStore,
+    state: Arc<StateStore>,
     log: Log,
     catalog: RwLock<Arc<Catalog>>,
     tables: RwLock<HashMap<ObjectId, table::TableStore>>,
@@ -90,77 +92,111 @@ pub struct Engine {
     subscriptions: Arc<Registry>,
     /// Ids for subscriptions' temporary dataflows, above every catalog id.
     next_temp_id: std::sync::atomic::AtomicU64,
-    /// From `open` to `start`: the LSN the views start at, and the log records after it (those
-    /// within the retention window), replayed through the views one epoch each.
-    tail: Mutex<Option<(Lsn, Vec<TailRecord>)>>,
+    /// From `open` to `start`: what recovery found.
+    recovered: Mutex<Option<Recovered>>,
+    /// How the last start-up went.
+    recovery: Mutex<RecoveryStats>,
 }
 
-/// A log record within the retention window, kept from recovery until `start` applies it to
-/// the tables and replays it through the views.
-struct TailRecord {
-    time: SystemTime,
-    record: LogRecord,
+/// What `open` found, for `start`: the checkpoint, and the log records after it (applied to the
+/// tables and replayed through the views one epoch each).
+struct Recovered {
+    checkpoint: Option<CheckpointMeta>,
+    tail: Vec<LogRecord>,
+    stale: Vec<ObjectId>,
+}
+
+/// How the last start-up went (see `eddy_catalog.recovery`).
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryStats {
+    /// The LSN the loaded checkpoint covers (0: none).
+    pub checkpoint_lsn: u64,
+    pub table_rows_loaded: u64,
+    /// Log records after the checkpoint, replayed.
+    pub log_records_replayed: u64,
+    pub views_restored: u64,
+    pub views_backfilled: u64,
+    /// From opening the data directory to serving.
+    pub total: Duration,
+    /// Loading tables and reading the log.
+    pub open: Duration,
 }
 
 impl Engine {
-    /// Opens the data directory: loads the catalog, replays the log into the tables.
+    /// Opens the data directory: loads the catalog and the last checkpoint's tables, and reads
+    /// the log after it (applied by [`Engine::start`]).
     pub fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        let started = std::time::Instant::now();
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), &e))?;
-        let state = StateStore::open(&dir.join("state"))?;
+        let state = Arc::new(StateStore::open(&dir.join("state"))?);
         let catalog = Catalog::load(&state)?;
-        let mut tables: HashMap<ObjectId, table::TableStore> = catalog
-            .tables()
-            .map(|t| (t.id, new_table_store(t)))
+        let checkpoint = state.checkpoint()?;
+        let floor = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
+        let mut tables: HashMap<ObjectId, table::TableStore> = HashMap::new();
+        let mut rows = 0u64;
+        for def in catalog.tables() {
+            let mut store = new_table_store(def);
+            let codec = TableCodec::new(def.schema(), &def.primary_key)?;
+            for batch in codec.load(&state, def.id)? {
+                rows += batch.weights.values().iter().sum::<i64>() as u64;
+                let plan = store.plan(&batch).map_err(|e| {
+                    crate::err!(
+                        sqlstate::DATA_CORRUPTED,
+                        "the checkpointed rows of table \"{}\" are inconsistent: {}",
+                        def.name,
+                        e.message
+                    )
+                })?;
+                store.commit(plan, floor, floor)?;
+            }
+            tables.insert(def.id, store);
+        }
+        // State of objects no longer in the catalog (dropped after the checkpoint), or of views
+        // the checkpoint does not cover, is stale.
+        let restorable: Vec<ObjectId> = checkpoint
+            .iter()
+            .flat_map(|c| c.views.iter().map(|v| v.id))
             .collect();
-        let started = std::time::Instant::now();
-        let mut records = 0u64;
-        // Records committed within the retention window are kept aside: `start` builds the
-        // views at the window's start, then applies those records to the tables and replays
-        // them through the views, so that each view's change history covers the window.
-        let cutoff = SystemTime::now().checked_sub(config.retention.window);
-        let mut tail: Vec<TailRecord> = Vec::new();
-        let mut tail_from = Lsn::ZERO;
+        let stale = state
+            .stored_objects()?
+            .into_iter()
+            .filter(|id| {
+                let table = catalog.tables().any(|t| t.id == *id);
+                let view = restorable.contains(id) && catalog.views().iter().any(|v| v.id == *id);
+                !table && !view
+            })
+            .collect();
+        let mut tail: Vec<LogRecord> = Vec::new();
         let runtime = Arc::new(Runtime::new(config.retention));
         let notify = runtime.clone();
         let log = Log::open(
             &dir.join("log"),
+            floor,
             |record: LogRecord| {
-                records += 1;
-                let recent = match (record.time, cutoff) {
-                    (Some(t), Some(c)) => t >= c,
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                };
-                if tail.is_empty() && !recent {
-                    return replay(&mut tables, &record, record.lsn);
-                }
-                if tail.is_empty() {
-                    tail_from = Lsn(record.lsn.0 - 1);
-                }
-                tail.push(TailRecord {
-                    time: record.time.unwrap_or_else(SystemTime::now),
-                    record,
-                });
+                tail.push(record);
                 Ok(())
             },
             Box::new(move |lsn| notify.set_durable(lsn)),
         )?;
-        if tail.is_empty() {
-            tail_from = log.durable_lsn();
-        }
-        let rows: usize = tables.values().map(|t| t.live_rows()).sum();
         tracing::info!(
             data_dir = %dir.display(),
+            checkpoint_lsn = floor.0,
             tables = tables.len(),
             rows,
-            log_records = records,
-            to_replay_through_views = tail.len(),
+            log_records_after_checkpoint = tail.len(),
             last_lsn = %log.durable_lsn(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovered"
+            "recovered tables"
         );
+        let recovery = RecoveryStats {
+            checkpoint_lsn: floor.0,
+            table_rows_loaded: rows,
+            log_records_replayed: tail.len() as u64,
+            open: started.elapsed(),
+            ..RecoveryStats::default()
+        };
         Ok(Arc::new(Engine {
             config,
             state,
@@ -172,7 +208,12 @@ impl Engine {
             write_lock: tokio::sync::Mutex::new(()),
             subscriptions: Arc::new(Registry::default()),
             next_temp_id: std::sync::atomic::AtomicU64::new(TEMP_IDS),
-            tail: Mutex::new(Some((tail_from, tail))),
+            recovered: Mutex::new(Some(Recovered {
+                checkpoint,
+                tail,
+                stale,
+            })),
+            recovery: Mutex::new(recovery),
         }))
     }
 
@@ -180,32 +221,91 @@ impl Engine {
         &self.config.data_dir
     }
 
-    /// Starts the dataflow runtime and the dataflows of the catalog's materialized views, each
-    /// backfilled from the tables as replayed from the log (in creation order, so a view's
-    /// inputs are running before it).
+    /// Starts the dataflow runtime and the dataflows of the catalog's materialized views (in
+    /// creation order, so a view's inputs are running before it): each restored from the
+    /// checkpoint if it holds the view's state, else backfilled from the tables. Then replays
+    /// the log records after the checkpoint through them, one epoch each, so that every epoch a
+    /// subscriber may have seen before a restart is an epoch again.
     pub async fn start(self: &Arc<Self>) -> Result<()> {
+        let started = std::time::Instant::now();
         let scanner = Arc::new(Scanner(Arc::downgrade(self)));
         let durable = self.log.durable_lsn();
-        let (from, tail) = self.tail.lock().take().unwrap_or((durable, Vec::new()));
-        self.runtime.start(from, durable, scanner)?;
+        let Recovered {
+            checkpoint,
+            tail,
+            stale,
+        } = self
+            .recovered
+            .lock()
+            .take()
+            .ok_or_else(|| crate::internal!("the engine was started twice"))?;
+        let from = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
+        let restorable = checkpoint.map(|c| c.views).unwrap_or_default();
+        let log_dir = self.config.data_dir.join("log");
+        self.runtime.start(
+            from,
+            durable,
+            scanner,
+            CheckpointSetup {
+                store: self.state.clone(),
+                interval: self.config.checkpoint_interval,
+                views: restorable.clone(),
+                stale,
+                on_checkpoint: Box::new(move |lsn| {
+                    match crate::storage::log::remove_segments_through(&log_dir, lsn) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(
+                            segments = n,
+                            through_lsn = lsn.0,
+                            "deleted log segments covered by a checkpoint"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "could not delete old log segments"),
+                    }
+                }),
+            },
+        )?;
         let views = self.catalog().views();
         let mut session = Session::new(self.clone(), &HashMap::new(), 0)?;
+        let (mut restored, mut backfilled) = (0u64, 0u64);
         for view in views.into_iter().filter(|v| v.materialized) {
-            let started = std::time::Instant::now();
+            let view_started = std::time::Instant::now();
             // A view that cannot be rebuilt (its query fails over the current data, or no
             // longer plans) does not stop the server: it is kept as failed, its SELECTs report
-            // why, and it can be dropped.
+            // why, and it can be dropped. Corrupt stored state does stop it.
             let outcome = match session.plan_view(&view).await {
-                Ok((spec, schema)) => self
-                    .runtime
-                    .create_view(view.id, &view.name, spec, schema.clone())
-                    .await
-                    .map_err(|e| (e, schema)),
+                Ok((spec, schema)) => {
+                    let from_checkpoint = restorable
+                        .iter()
+                        .any(|v| v.id == view.id && v.fingerprint == spec.fingerprint());
+                    self.runtime
+                        .create_view(view.id, &view.name, spec, schema.clone())
+                        .await
+                        .map(|()| from_checkpoint)
+                        .map_err(|e| (e, schema))
+                }
                 Err(e) => Err((e, Arc::new(datafusion::arrow::datatypes::Schema::empty()))),
             };
             match outcome {
-                Ok(()) => {
-                    tracing::info!(view = %view.name, elapsed_ms = started.elapsed().as_millis() as u64, "materialized view backfilled")
+                Ok(from_checkpoint) => {
+                    if from_checkpoint {
+                        restored += 1;
+                    } else {
+                        backfilled += 1;
+                    }
+                    tracing::info!(
+                        view = %view.name,
+                        elapsed_ms = view_started.elapsed().as_millis() as u64,
+                        "materialized view {}",
+                        if from_checkpoint { "restored from the checkpoint" } else { "backfilled" }
+                    )
+                }
+                Err((e, _)) if e.sqlstate == sqlstate::DATA_CORRUPTED => {
+                    return Err(crate::err!(
+                        sqlstate::DATA_CORRUPTED,
+                        "restoring materialized view \"{}\": {}",
+                        view.name,
+                        e.message
+                    ));
                 }
                 Err((e, schema)) => {
                     tracing::error!(view = %view.name, error = %e, "materialized view could not be rebuilt; it is kept as failed");
@@ -213,17 +313,16 @@ impl Engine {
                 }
             }
         }
-        // The views started at `from`; the records since go through them one epoch each, so
-        // their change histories hold every epoch a subscriber may resume from.
         let replayed = tail.len();
-        let started = std::time::Instant::now();
-        for t in tail {
+        let replay_started = std::time::Instant::now();
+        for record in tail {
             {
                 let _commit = self.commit_lock.lock();
-                replay(&mut self.tables.write(), &t.record, t.record.lsn)?;
+                replay(&mut self.tables.write(), &record, record.lsn)?;
             }
+            let time = record.time.unwrap_or_else(SystemTime::now);
             self.runtime
-                .replay(t.record.lsn, Arc::new(t.record.changes), t.time);
+                .replay(record.lsn, Arc::new(record.changes), time);
         }
         if replayed > 0 {
             self.runtime
@@ -233,17 +332,33 @@ impl Engine {
             tracing::info!(
                 records = replayed,
                 from_lsn = from.0,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "replayed the retention window through the views"
+                elapsed_ms = replay_started.elapsed().as_millis() as u64,
+                "replayed the log after the checkpoint through the views"
             );
         }
+        let mut recovery = self.recovery.lock();
+        recovery.views_restored = restored;
+        recovery.views_backfilled = backfilled;
+        recovery.total = recovery.open + started.elapsed();
+        tracing::info!(
+            elapsed_ms = recovery.total.as_millis() as u64,
+            views_restored = restored,
+            views_backfilled = backfilled,
+            "ready"
+        );
         Ok(())
     }
 
-    /// Stops the dataflows, then the log writer after it has synced everything queued.
+    /// How the last start-up went.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery.lock().clone()
+    }
+
+    /// Stops the log writer after it has synced everything queued, then the dataflows after
+    /// they have run it and written a final checkpoint (so the next start replays nothing).
     pub fn close(&self) {
-        self.runtime.stop();
         self.log.close();
+        self.runtime.stop();
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -525,12 +640,28 @@ impl TableScanner for Scanner {
             .ok_or_else(|| crate::err!(sqlstate::QUERY_CANCELED, "the server is shutting down"))?;
         engine.scan(id, Snapshot::At(lsn))
     }
+
+    fn tables(
+        &self,
+    ) -> Vec<(
+        ObjectId,
+        datafusion::arrow::datatypes::SchemaRef,
+        Vec<usize>,
+    )> {
+        let Some(engine) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        engine
+            .catalog()
+            .tables()
+            .map(|t| (t.id, t.schema(), t.primary_key.clone()))
+            .collect()
+    }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.runtime.stop();
-        self.log.close();
+        self.close();
     }
 }
 

@@ -77,6 +77,7 @@ impl Server {
                 progress_interval: config.subscribe_progress_interval,
                 max_lag: config.subscribe_max_lag,
             },
+            checkpoint_interval: config.checkpoint_interval,
         };
         Self::start_with(engine_config, config.listen).await
     }

@@ -32,15 +32,13 @@
 //! later append fails with the original error (53100 disk full, 58030 otherwise) until restart.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Cursor, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -76,13 +74,7 @@ pub fn encode_body(changes: &[(ObjectId, ZBatch)], time: SystemTime) -> Result<V
         .unwrap_or(0);
     body.extend_from_slice(&micros.to_le_bytes());
     for (table, zbatch) in changes {
-        let batch = zbatch.to_record_batch()?;
-        let mut ipc = Vec::new();
-        {
-            let mut writer = StreamWriter::try_new(&mut ipc, &batch.schema())?;
-            writer.write(&batch)?;
-            writer.finish()?;
-        }
+        let ipc = zbatch.to_ipc()?;
         body.extend_from_slice(&table.to_le_bytes());
         body.extend_from_slice(&(ipc.len() as u32).to_le_bytes());
         body.extend_from_slice(&ipc);
@@ -117,10 +109,7 @@ fn decode_body(lsn: Lsn, body: &[u8]) -> std::result::Result<LogRecord, String> 
         let table = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "bad table id")?);
         let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad length")?) as usize;
         let ipc = take(len)?;
-        let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| e.to_string())?;
-        for batch in reader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            let zbatch = ZBatch::from_record_batch(batch).map_err(|e| e.message)?;
+        for zbatch in ZBatch::from_ipc(ipc).map_err(|e| e.message)? {
             changes.push((table, zbatch));
         }
     }
@@ -160,10 +149,13 @@ impl Durable {
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`, calling `apply` for every record in order, and starts
-    /// the writer thread, which calls `on_durable(lsn)` each time the log is synced up to `lsn`.
+    /// Opens (or creates) the log in `dir`, calling `apply` for every record after `floor` (the
+    /// LSN a checkpoint covers) in order, and starts the writer thread, which calls
+    /// `on_durable(lsn)` each time the log is synced up to `lsn`. Fails with XX001 if records
+    /// after `floor` are missing (segments deleted or lost).
     pub fn open(
         dir: &Path,
+        floor: Lsn,
         mut apply: impl FnMut(LogRecord) -> Result<()>,
         on_durable: OnDurable,
     ) -> Result<Log> {
@@ -174,8 +166,20 @@ impl Log {
         let n = segments.len();
         for (i, path) in segments.iter().enumerate() {
             let is_last = i + 1 == n;
-            last_lsn = replay_segment(path, is_last, last_lsn, &mut apply)?;
+            let first = segment_first_lsn(path);
+            if i == 0 && first.is_some_and(|f| f.0 > floor.0 + 1) {
+                return Err(crate::err!(
+                    sqlstate::DATA_CORRUPTED,
+                    "the log is missing records: the checkpoint covers LSNs up to {floor} but the \
+                     oldest log segment, {}, starts after LSN {}; refusing to start rather than \
+                     lose data",
+                    path.display(),
+                    floor.next()
+                ));
+            }
+            last_lsn = replay_segment(path, is_last, floor, last_lsn, &mut apply)?;
         }
+        let last_lsn = last_lsn.max(floor);
         let (path, file_len) = match segments.pop() {
             Some(path) => {
                 let len = fs::metadata(&path)
@@ -370,10 +374,39 @@ fn corrupt(path: &Path, offset: usize, what: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Replays one segment; returns the last LSN seen.
+/// The first LSN of a segment, from its name.
+fn segment_first_lsn(path: &Path) -> Option<Lsn> {
+    path.file_stem()?.to_str()?.parse().ok().map(Lsn)
+}
+
+/// Deletes the segments in `dir` whose records are all at or below `lsn` (never the newest
+/// segment, which the writer appends to). Returns how many were deleted.
+pub fn remove_segments_through(dir: &Path, lsn: Lsn) -> Result<usize> {
+    let segments = list_segments(dir)?;
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        // A segment ends just before the next one starts.
+        let Some(next_first) = segment_first_lsn(&pair[1]) else {
+            break;
+        };
+        if next_first.0 > lsn.0 + 1 {
+            break;
+        }
+        fs::remove_file(&pair[0])
+            .map_err(|e| Error::io(format!("deleting log segment {}", pair[0].display()), &e))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Replays one segment, handing records after `floor` to `apply`; returns the last LSN seen.
 fn replay_segment(
     path: &Path,
     is_last: bool,
+    floor: Lsn,
     mut last_lsn: Lsn,
     apply: &mut impl FnMut(LogRecord) -> Result<()>,
 ) -> Result<Lsn> {
@@ -417,15 +450,27 @@ fn replay_segment(
                         return Err(corrupt(path, offset, "checksum mismatch"));
                     }
                 } else {
-                    if last_lsn != Lsn::ZERO && lsn != last_lsn.next() {
+                    // Records continue each other; the first one after the checkpoint
+                    // follows it.
+                    let expected = if lsn > floor {
+                        Some(last_lsn.max(floor).next())
+                    } else {
+                        (last_lsn != Lsn::ZERO).then(|| last_lsn.next())
+                    };
+                    if let Some(expected) = expected
+                        && lsn != expected
+                    {
                         return Err(corrupt(
                             path,
                             offset,
-                            format!("expected LSN {} but found {lsn}", last_lsn.next()),
+                            format!("expected LSN {expected} but found {lsn}"),
                         ));
                     }
-                    let record = decode_body(lsn, body).map_err(|e| corrupt(path, offset, e))?;
-                    apply(record)?;
+                    if lsn > floor {
+                        let record =
+                            decode_body(lsn, body).map_err(|e| corrupt(path, offset, e))?;
+                        apply(record)?;
+                    }
                     last_lsn = lsn;
                     offset = end;
                     None
@@ -469,6 +514,7 @@ mod tests {
         let mut out = Vec::new();
         let log = Log::open(
             dir,
+            Lsn::ZERO,
             |r| {
                 out.push(r);
                 Ok(())
@@ -480,7 +526,7 @@ mod tests {
     }
 
     fn write(dir: &Path, values: &[i64]) {
-        let log = Log::open(dir, |_| Ok(()), Box::new(|_| {})).unwrap();
+        let log = Log::open(dir, Lsn::ZERO, |_| Ok(()), Box::new(|_| {})).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -518,6 +564,45 @@ mod tests {
         assert_eq!(record.changes.len(), 1);
         let record = decode_body(Lsn(5), &with_time).unwrap();
         assert!(record.time.is_some());
+    }
+
+    #[test]
+    fn segments_below_a_checkpoint_are_deleted_and_missing_ones_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &[1, 2, 3]);
+        // Start a second segment by hand (the writer rotates at 64 MiB).
+        let log = Log::open(dir.path(), Lsn::ZERO, |_| Ok(()), Box::new(|_| {})).unwrap();
+        log.close();
+        fs::File::create(segment_path(dir.path(), Lsn(4))).unwrap();
+        write(dir.path(), &[4, 5]);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
+        assert_eq!(remove_segments_through(dir.path(), Lsn(2)).unwrap(), 0);
+        assert_eq!(remove_segments_through(dir.path(), Lsn(3)).unwrap(), 1);
+        // A checkpoint at 3: only 4 and 5 are replayed; LSNs continue.
+        let mut seen = Vec::new();
+        let log = Log::open(
+            dir.path(),
+            Lsn(3),
+            |r| {
+                seen.push(r.lsn.0);
+                Ok(())
+            },
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        assert_eq!(seen, [4, 5]);
+        assert_eq!(log.next_lsn(), Lsn(6));
+        log.close();
+        // A checkpoint at 1 needs records 2 and 3, which are gone.
+        let err = match Log::open(dir.path(), Lsn(1), |_| Ok(()), Box::new(|_| {})) {
+            Err(e) => e,
+            Ok(_) => panic!("opened a log with missing records"),
+        };
+        assert_eq!(err.sqlstate, sqlstate::DATA_CORRUPTED);
+        assert!(err.message.contains("missing"), "{}", err.message);
+        // A checkpoint past every record: LSNs continue after it.
+        let log = Log::open(dir.path(), Lsn(9), |_| Ok(()), Box::new(|_| {})).unwrap();
+        assert_eq!(log.next_lsn(), Lsn(10));
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, MergeOperands, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, MergeOperands, Options, ReadOptions,
+    WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,11 @@ pub fn part_prefix(id: ObjectId, part: u32) -> [u8; PREFIX_LEN] {
     p
 }
 
+/// Called with each stored value's key (after the prefix) and value.
+pub type ValueVisitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
+/// Called with each stored row's key (after the prefix) and count.
+pub type CountVisitor<'a> = &'a mut dyn FnMut(&[u8], i64) -> Result<()>;
+
 /// What the last checkpoint covers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
@@ -68,6 +73,20 @@ pub struct CheckpointMeta {
     pub time_micros: u64,
     /// Materialized views whose dataflow state is stored.
     pub views: Vec<ViewCheckpoint>,
+}
+
+impl CheckpointMeta {
+    pub fn new(lsn: u64, views: Vec<ViewCheckpoint>) -> CheckpointMeta {
+        CheckpointMeta {
+            version: CHECKPOINT_VERSION,
+            lsn,
+            epoch: lsn,
+            time_micros: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            views,
+        }
+    }
 }
 
 /// One view's entry in a checkpoint.
@@ -99,10 +118,7 @@ fn rocks_err(context: &str, e: rocksdb::Error) -> Error {
 
 /// Counts are little-endian i64s.
 fn count_of(bytes: &[u8]) -> i64 {
-    bytes
-        .try_into()
-        .map(i64::from_le_bytes)
-        .unwrap_or_default()
+    bytes.try_into().map(i64::from_le_bytes).unwrap_or_default()
 }
 
 /// The `rows` family's merge operator: counts add up.
@@ -237,12 +253,7 @@ impl StateStore {
 
     /// Calls `f(key, count)` for every row with a positive count in part `part` of object `id`,
     /// in key order (the key without the prefix).
-    pub fn scan_counts(
-        &self,
-        id: ObjectId,
-        part: u32,
-        f: &mut dyn FnMut(&[u8], i64) -> Result<()>,
-    ) -> Result<()> {
+    pub fn scan_counts(&self, id: ObjectId, part: u32, f: CountVisitor<'_>) -> Result<()> {
         self.scan(ROWS_CF, id, part, &mut |k, v| {
             let n = count_of(v);
             if n > 0 { f(k, n) } else { Ok(()) }
@@ -250,22 +261,11 @@ impl StateStore {
     }
 
     /// Calls `f(key, value)` for every value in part `part` of object `id`, in key order.
-    pub fn scan_values(
-        &self,
-        id: ObjectId,
-        part: u32,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn scan_values(&self, id: ObjectId, part: u32, f: ValueVisitor<'_>) -> Result<()> {
         self.scan(STATE_CF, id, part, f)
     }
 
-    fn scan(
-        &self,
-        cf: &str,
-        id: ObjectId,
-        part: u32,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn scan(&self, cf: &str, id: ObjectId, part: u32, f: ValueVisitor<'_>) -> Result<()> {
         let cf = self.cf(cf)?;
         let prefix = part_prefix(id, part);
         let mut options = ReadOptions::default();
@@ -395,6 +395,11 @@ impl StateBatch {
     pub fn clear_object(&mut self, id: ObjectId) {
         let prefix = id.to_be_bytes();
         self.clear_range(&prefix, &range_end(&prefix));
+    }
+
+    /// Deletes every key of every object (a full checkpoint rewrites them all).
+    pub fn clear_everything(&mut self) {
+        self.clear_range(&[0u8; 8], &[u8::MAX; 9]);
     }
 
     /// Deletes the values of part `part` of object `id` with keys below `below` (after the

@@ -30,7 +30,7 @@ use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
 use crate::error::{Error, Result, sqlstate};
-use crate::types::{Lsn, ZBatch};
+use crate::types::{Lsn, ObjectId, ZBatch};
 
 /// Chunks smaller than this are merged together once durable.
 const SMALL_CHUNK_ROWS: usize = 4096;
@@ -554,6 +554,66 @@ impl TableStore {
             }
         }
         Ok(())
+    }
+}
+
+/// How a table's rows are kept in the state store: as counted rows (see
+/// [`crate::storage::state`]) keyed by Arrow's row format of the columns, primary key columns
+/// first, so that a key's prefix is the row's primary key.
+pub struct TableCodec {
+    converter: datafusion::arrow::row::RowConverter,
+    /// Stored column i is table column `order[i]`.
+    order: Vec<usize>,
+    stored: SchemaRef,
+    schema: SchemaRef,
+}
+
+impl TableCodec {
+    pub fn new(schema: SchemaRef, primary_key: &[usize]) -> Result<TableCodec> {
+        let mut order = primary_key.to_vec();
+        order.extend((0..schema.fields().len()).filter(|i| !primary_key.contains(i)));
+        let stored = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
+            order
+                .iter()
+                .map(|i| schema.field(*i).clone())
+                .collect::<Vec<_>>(),
+        ));
+        Ok(TableCodec {
+            converter: crate::types::row_converter(&stored)?,
+            order,
+            stored,
+            schema,
+        })
+    }
+
+    /// The state-store keys of `batch`'s rows.
+    pub fn encode(&self, batch: &RecordBatch) -> Result<datafusion::arrow::row::Rows> {
+        let columns: Vec<ArrayRef> = self
+            .order
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
+        Ok(self.converter.convert_columns(&columns)?)
+    }
+
+    /// Table `id`'s rows as of the last checkpoint, in the table's column order (a row's count
+    /// is its weight).
+    pub fn load(&self, store: &super::state::StateStore, id: ObjectId) -> Result<Vec<ZBatch>> {
+        let mut batches = crate::types::RowsToBatches::new(&self.converter, self.stored.clone());
+        store.scan_counts(id, super::state::TABLE_ROWS, &mut |key, n| {
+            batches.push(key, n)
+        })?;
+        let mut out = Vec::new();
+        for z in batches.finish()? {
+            let mut columns: Vec<Option<ArrayRef>> = vec![None; self.order.len()];
+            for (stored, table) in self.order.iter().enumerate() {
+                columns[*table] = Some(z.data.column(stored).clone());
+            }
+            let columns = columns.into_iter().flatten().collect();
+            let data = RecordBatch::try_new(self.schema.clone(), columns)?;
+            out.push(ZBatch::new(data, z.weights));
+        }
+        Ok(out)
     }
 }
 

@@ -96,6 +96,41 @@ impl ChangeHistory {
         })
     }
 
+    /// A history restored from a checkpoint: `entries` are every change after `oldest`.
+    pub fn restored(
+        oldest: Epoch,
+        entries: Vec<Entry>,
+        retention: Retention,
+    ) -> Arc<ChangeHistory> {
+        let latest = entries.last().map_or(oldest, |e| e.epoch);
+        let bytes = entries.iter().map(|e| delta_bytes(&e.delta)).sum();
+        let history = Arc::new(ChangeHistory {
+            inner: Mutex::new(Inner {
+                oldest,
+                entries: entries.into(),
+                bytes,
+                closed: None,
+            }),
+            retention,
+            latest: watch::Sender::new(latest),
+        });
+        {
+            let mut inner = history.inner.lock();
+            history.trim(&mut inner, SystemTime::now());
+        }
+        history
+    }
+
+    /// The oldest epoch and the entries after `after` (for a checkpoint).
+    pub fn since(&self, after: Epoch) -> (Epoch, Vec<Entry>) {
+        let inner = self.inner.lock();
+        let start = inner.entries.partition_point(|e| e.epoch <= after);
+        (
+            inner.oldest,
+            inner.entries.range(start..).cloned().collect(),
+        )
+    }
+
     /// Records the view's changes in `epoch`, committed at `at` (called by the runtime before it
     /// commits `epoch`).
     pub fn append(&self, epoch: Epoch, delta: ZBatch, at: SystemTime) {

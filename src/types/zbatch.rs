@@ -146,6 +146,29 @@ impl ZBatch {
         Ok(ZBatch { data, weights })
     }
 
+    /// The batch as an Arrow IPC stream (rows plus the weight column), as the log and the
+    /// state store keep it.
+    pub fn to_ipc(&self) -> Result<Vec<u8>> {
+        let batch = self.to_record_batch()?;
+        let mut ipc = Vec::new();
+        {
+            let mut writer =
+                datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
+            writer.write(&batch)?;
+            writer.finish()?;
+        }
+        Ok(ipc)
+    }
+
+    /// The batches of an IPC stream written by [`ZBatch::to_ipc`].
+    pub fn from_ipc(ipc: &[u8]) -> Result<Vec<ZBatch>> {
+        let reader =
+            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
+        reader
+            .map(|batch| ZBatch::from_record_batch(batch?))
+            .collect()
+    }
+
     /// Sums the weights of identical rows and drops rows whose weight is zero, so that
     /// `(row, +1)` and `(row, -1)` cancel. Output order follows first appearance.
     pub fn consolidate(batches: &[ZBatch], schema: &SchemaRef) -> Result<ZBatch> {

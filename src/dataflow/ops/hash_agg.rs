@@ -24,13 +24,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array,
-    Int64Array, RecordBatch, UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef,
-};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
@@ -38,8 +36,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashTable;
 
 use crate::dataflow::spec::AggregateCall;
-use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::dataflow::state::{StateReader, StateWriter, ValueKey, ValueSet};
+use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
 

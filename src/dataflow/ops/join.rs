@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch,
-    RecordBatchOptions, UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions,
+    UInt32Array, new_null_array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{cast, filter, filter_record_batch, take};
@@ -491,8 +491,10 @@ impl Operator for Join {
                 {
                     na.left_nulls
                         .update(0, &[], rows.row(i).as_ref(), weights[i], 0)?;
-                    self.unsaved
-                        .push(&[&[LEFT_NULLS as u8], &[], rows.row(i).as_ref()], weights[i]);
+                    self.unsaved.push(
+                        &[&[LEFT_NULLS as u8], &[], rows.row(i).as_ref()],
+                        weights[i],
+                    );
                 }
                 continue;
             }
@@ -515,12 +517,13 @@ impl Operator for Join {
         if full {
             self.unsaved.clear();
             let mut key = Vec::new();
-            let sides = [
-                (LEFT, &self.sides[LEFT]),
-                (RIGHT, &self.sides[RIGHT]),
-            ]
-            .into_iter()
-            .chain(self.null_aware.as_ref().map(|na| (LEFT_NULLS, &na.left_nulls)));
+            let sides = [(LEFT, &self.sides[LEFT]), (RIGHT, &self.sides[RIGHT])]
+                .into_iter()
+                .chain(
+                    self.null_aware
+                        .as_ref()
+                        .map(|na| (LEFT_NULLS, &na.left_nulls)),
+                );
             for (side, arrangement) in sides {
                 for (_, k, id) in arrangement.entries() {
                     key.clear();
@@ -545,7 +548,9 @@ impl Operator for Join {
 
     fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
         let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "join state is unreadable");
-        let mut stored: [Vec<(Vec<u8>, Vec<u8>, i64)>; 3] = Default::default();
+        // Per arrangement: (join key, row, count).
+        type Stored = Vec<(Vec<u8>, Vec<u8>, i64)>;
+        let mut stored: [Stored; 3] = Default::default();
         source.counts(&mut |key, n| {
             let [side, k, row] = key_parts::<3>(key)?;
             let side = *side.first().ok_or_else(corrupt)? as usize;
@@ -602,4 +607,3 @@ impl Operator for Join {
                 .map_or(0, |na| na.left_nulls.live_rows())
     }
 }
-

@@ -24,8 +24,8 @@ use proptest::prelude::*;
 use super::hash_agg::HashAggregate;
 use super::join::Join;
 use super::topk::TopK;
-use crate::dataflow::{MemoryState, Operator};
 use crate::dataflow::spec::{AggregateCall, JoinKind, JoinSpec, RankKind, TopKSpec};
+use crate::dataflow::{MemoryState, Operator};
 use crate::types::{Epoch, ZBatch};
 
 type Row = (Option<i64>, Option<i64>, Option<String>);
@@ -116,7 +116,10 @@ fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>
             op.checkpoint(false, &mut saved).unwrap();
             let mut full = MemoryState::default();
             op.checkpoint(true, &mut full).unwrap();
-            assert_eq!(saved, full, "incremental checkpoints differ from a full one");
+            assert_eq!(
+                saved, full,
+                "incremental checkpoints differ from a full one"
+            );
         }
         if r == restore_at {
             op = make();

@@ -18,9 +18,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array,
-};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -324,15 +322,9 @@ impl Operator for TopK {
             Ok(())
         })?;
         // What was emitted last is what is on top now.
-        let tops: Vec<(Box<[u8]>, Vec<(Box<[u8]>, u64)>)> = self
-            .partitions
-            .iter()
-            .map(|(pkey, p)| (pkey.clone(), self.top(p)))
-            .collect();
-        for (pkey, top) in tops {
-            if let Some(p) = self.partitions.get_mut(&pkey) {
-                p.emitted = top;
-            }
+        let tops: Vec<_> = self.partitions.values().map(|p| self.top(p)).collect();
+        for (p, top) in self.partitions.values_mut().zip(tops) {
+            p.emitted = top;
         }
         Ok(())
     }

@@ -1,0 +1,334 @@
+//! Checkpoints: the dataflows' state, the tables' rows and the views' change histories, written
+//! to the state store together with the log position they cover, so that a restart loads them
+//! and replays only the log after that position.
+//!
+//! ```text
+//!  runtime thread, between epochs (every `interval`, and at shutdown):
+//!    every operator's state changes since the last checkpoint ──► StateBatch
+//!    + the tables' changes (log records) since then, the views' new history entries
+//!    + the checkpoint record (LSN = epoch of the last committed epoch)
+//!        └──► checkpoint thread: encode rows, one synced RocksDB write ──► delete log segments
+//!                                                                         below the LSN
+//! ```
+//!
+//! The runtime thread only collects: operators hand over what changed (cheap: dirty groups,
+//! logged row changes), table changes and history entries are passed on as the Arrow batches
+//! they already are. Encoding them and the write itself happen on the checkpoint thread, so
+//! epochs keep running meanwhile. One checkpoint is in flight at a time; each builds on the
+//! previous one, so if a write fails the next checkpoint is a full one (every key rewritten),
+//! and until one succeeds the log keeps everything since the last good checkpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::storage::state::{
+    CheckpointMeta, HISTORY, StateBatch, StateStore, TABLE_ROWS, ViewCheckpoint, part_prefix,
+};
+use crate::storage::table::TableCodec;
+use crate::subscribe::Entry;
+use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
+
+use super::state::{CountVisitor, StateSink, StateSource, ValueVisitor};
+
+/// How the runtime checkpoints, and what the last checkpoint left to recover.
+pub struct CheckpointSetup {
+    pub store: Arc<StateStore>,
+    /// Time between checkpoints while changes arrive.
+    pub interval: Duration,
+    /// Views whose state the last checkpoint holds (restored instead of backfilled).
+    pub views: Vec<ViewCheckpoint>,
+    /// Objects whose stored state is stale (dropped, or to be rebuilt): cleared by the first
+    /// checkpoint.
+    pub stale: Vec<ObjectId>,
+    /// Called on the checkpoint thread after a checkpoint covering the log up to an LSN is
+    /// durable (the engine deletes log segments below it).
+    pub on_checkpoint: Box<dyn Fn(Lsn) + Send>,
+}
+
+/// Checkpoint activity, for observability and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointStats {
+    /// Checkpoints written since start.
+    pub count: u64,
+    /// The log position the last one covers.
+    pub lsn: Lsn,
+    pub at: Option<SystemTime>,
+    /// Of the last checkpoint: time on the runtime thread (collecting) and in total (until
+    /// durable), and the bytes written.
+    pub collect: Duration,
+    pub duration: Duration,
+    pub bytes: u64,
+    /// Bytes written by all checkpoints since start.
+    pub total_bytes: u64,
+    pub failures: u64,
+    pub last_error: Option<Error>,
+    pub in_flight: bool,
+    /// Whether the last one was a full checkpoint.
+    pub full: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    stats: Mutex<CheckpointStats>,
+    done: Condvar,
+}
+
+/// A checkpoint collected on the runtime thread, finished on the checkpoint thread.
+pub struct Job {
+    pub batch: StateBatch,
+    pub tables: Vec<(Arc<TableCodec>, ObjectId, ZBatch)>,
+    pub history: Vec<(ObjectId, Entry)>,
+    pub meta: CheckpointMeta,
+    pub started: Instant,
+    pub collect: Duration,
+    pub full: bool,
+}
+
+/// The runtime's side of checkpointing: what changed since the last checkpoint, and the thread
+/// that writes them.
+pub struct Checkpointer {
+    pub store: Arc<StateStore>,
+    pub interval: Duration,
+    shared: Arc<Shared>,
+    sender: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub last: Instant,
+    /// Whether the next checkpoint must rewrite everything (a write failed).
+    pub needs_full: bool,
+    /// Table changes (log records) since the last checkpoint.
+    pub records: Vec<Arc<Vec<(ObjectId, ZBatch)>>>,
+    /// Objects whose stored state is to be deleted.
+    pub dropped: Vec<ObjectId>,
+    /// Encoders of tables' rows.
+    pub codecs: HashMap<ObjectId, Arc<TableCodec>>,
+    /// Whether anything changed since the last checkpoint.
+    pub changed: bool,
+    /// The LSN of the last checkpoint collected.
+    pub lsn: Lsn,
+    /// Views whose state the last checkpoint holds, until their dataflows are built.
+    pub restorable: HashMap<ObjectId, ViewCheckpoint>,
+}
+
+impl Checkpointer {
+    pub fn start(setup: CheckpointSetup, lsn: Lsn) -> Result<Checkpointer> {
+        let shared = Arc::new(Shared::default());
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let thread = {
+            let shared = shared.clone();
+            let store = setup.store.clone();
+            let on_checkpoint = setup.on_checkpoint;
+            std::thread::Builder::new()
+                .name("eddy-checkpoint".into())
+                .spawn(move || {
+                    while let Ok(job) = receiver.recv() {
+                        write(&store, &shared, job, &on_checkpoint);
+                    }
+                })
+                .map_err(|e| Error::io("starting the checkpoint thread", &e))?
+        };
+        Ok(Checkpointer {
+            store: setup.store,
+            interval: setup.interval,
+            shared,
+            sender: Some(sender),
+            thread: Some(thread),
+            last: Instant::now(),
+            needs_full: false,
+            records: Vec::new(),
+            changed: !setup.stale.is_empty(),
+            dropped: setup.stale,
+            codecs: HashMap::new(),
+            lsn,
+            restorable: setup.views.into_iter().map(|v| (v.id, v)).collect(),
+        })
+    }
+
+    /// Reads the current [`CheckpointStats`] from any thread.
+    pub fn stats_reader(&self) -> Box<dyn Fn() -> CheckpointStats + Send + Sync> {
+        let shared = self.shared.clone();
+        Box::new(move || shared.stats.lock().clone())
+    }
+
+    /// Whether a checkpoint is being written.
+    pub fn in_flight(&self) -> bool {
+        self.shared.stats.lock().in_flight
+    }
+
+    /// Waits until no checkpoint is being written.
+    pub fn wait_idle(&self) {
+        let mut stats = self.shared.stats.lock();
+        while stats.in_flight {
+            self.shared.done.wait(&mut stats);
+        }
+    }
+
+    /// Whether the last write failed (then the next checkpoint must be full).
+    pub fn failed(&self) -> bool {
+        self.shared.stats.lock().last_error.is_some()
+    }
+
+    /// Hands a collected checkpoint to the checkpoint thread.
+    pub fn submit(&mut self, job: Job) {
+        self.shared.stats.lock().in_flight = true;
+        self.lsn = Lsn(job.meta.lsn);
+        if let Some(sender) = &self.sender
+            && sender.send(job).is_ok()
+        {
+            return;
+        }
+        let mut stats = self.shared.stats.lock();
+        stats.in_flight = false;
+        stats.last_error = Some(crate::internal!("the checkpoint thread stopped"));
+    }
+
+    /// Stops the checkpoint thread after it has written what it was given.
+    pub fn stop(&mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Finishes and writes one checkpoint (on the checkpoint thread).
+fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(Lsn)) {
+    let Job {
+        mut batch,
+        tables,
+        history,
+        meta,
+        started,
+        collect,
+        full,
+    } = job;
+    let result = (|| -> Result<()> {
+        for (codec, id, change) in &tables {
+            let prefix = part_prefix(*id, TABLE_ROWS);
+            let rows = codec.encode(&change.data)?;
+            for (i, w) in change.weights.values().iter().enumerate() {
+                batch.add(&prefix, rows.row(i).as_ref(), *w);
+            }
+        }
+        for (id, entry) in &history {
+            batch.put(
+                &part_prefix(*id, HISTORY),
+                &entry.epoch.0.to_be_bytes(),
+                &encode_entry(entry)?,
+            );
+        }
+        let bytes = batch.size_in_bytes() as u64;
+        store.write_checkpoint(batch, &meta)?;
+        let mut stats = shared.stats.lock();
+        stats.count += 1;
+        stats.lsn = Lsn(meta.lsn);
+        stats.at = Some(SystemTime::now());
+        stats.collect = collect;
+        stats.duration = started.elapsed();
+        stats.bytes = bytes;
+        stats.total_bytes += bytes;
+        stats.full = full;
+        stats.last_error = None;
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, lsn = meta.lsn, "checkpoint failed; the next one rewrites all state");
+        let mut stats = shared.stats.lock();
+        stats.failures += 1;
+        stats.last_error = Some(e.clone());
+    } else {
+        tracing::debug!(lsn = meta.lsn, "checkpoint written");
+        on_checkpoint(Lsn(meta.lsn));
+    }
+    shared.stats.lock().in_flight = false;
+    shared.done.notify_all();
+}
+
+/// A history entry as stored: commit time (µs since 1970), then the delta as Arrow IPC.
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
+    let micros = entry
+        .at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut out = micros.to_le_bytes().to_vec();
+    out.extend_from_slice(&entry.delta.to_ipc()?);
+    Ok(out)
+}
+
+/// Reads back a view's stored history entries.
+pub fn load_history(store: &StateStore, id: ObjectId) -> Result<Vec<Entry>> {
+    let corrupt = || {
+        crate::err!(
+            crate::error::sqlstate::DATA_CORRUPTED,
+            "a stored change history entry is unreadable"
+        )
+    };
+    let mut entries = Vec::new();
+    store.scan_values(id, HISTORY, &mut |key, value| {
+        let epoch = key
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt())?;
+        let micros = value
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(corrupt)?;
+        let mut batches = ZBatch::from_ipc(&value[8..])?;
+        let delta = match batches.len() {
+            1 => batches.pop().ok_or_else(corrupt)?,
+            _ => return Err(corrupt()),
+        };
+        entries.push(Entry {
+            epoch: Epoch(epoch),
+            at: UNIX_EPOCH + Duration::from_micros(micros),
+            delta: Arc::new(delta),
+        });
+        Ok(())
+    })?;
+    Ok(entries)
+}
+
+/// An operator's view of the batch: its keys go under its dataflow's and node's prefix.
+pub struct PrefixSink<'a> {
+    pub batch: &'a mut StateBatch,
+    pub prefix: [u8; crate::storage::state::PREFIX_LEN],
+}
+
+impl StateSink for PrefixSink<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put(&self.prefix, key, value);
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.batch.delete(&self.prefix, key);
+    }
+    fn add(&mut self, key: &[u8], n: i64) {
+        self.batch.add(&self.prefix, key, n);
+    }
+}
+
+/// An operator's stored state: part `part` of object `id`.
+pub struct StoreSource<'a> {
+    pub store: &'a StateStore,
+    pub id: ObjectId,
+    pub part: u32,
+}
+
+impl StateSource for StoreSource<'_> {
+    fn values(&self, f: ValueVisitor<'_>) -> Result<()> {
+        self.store.scan_values(self.id, self.part, f)
+    }
+    fn counts(&self, f: CountVisitor<'_>) -> Result<()> {
+        self.store.scan_counts(self.id, self.part, f)
+    }
+}
