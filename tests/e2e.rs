@@ -122,6 +122,19 @@ async fn extended_protocol_with_binary_types() {
         )
         .await
         .unwrap();
+    // A bare parameter assigned to a column takes the column's type (not text).
+    let update = client
+        .prepare("UPDATE t SET s = $1, l = $2, tz = $3 WHERE k = $4")
+        .await
+        .unwrap();
+    assert_eq!(
+        update.params(),
+        &[Type::INT2, Type::INT8, Type::TIMESTAMPTZ, Type::INT4]
+    );
+    client
+        .execute(&update, &[&-7i16, &i64::MAX, &tz, &1i32])
+        .await
+        .unwrap();
     // Text parameters where the client sends text (numeric, interval).
     client
         .execute(

@@ -94,15 +94,7 @@ pub async fn param_types(session: &Session, stmt: &Statement) -> Result<Vec<Opti
         return Ok(vec![]);
     };
     let plan = session.plan(&p.stmt).await?;
-    let types = plan.get_parameter_types()?;
-    let n = types
-        .keys()
-        .filter_map(|k| k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()))
-        .max()
-        .unwrap_or(0);
-    Ok((1..=n)
-        .map(|i| types.get(&format!("${i}")).cloned().flatten())
-        .collect())
+    super::session::param_types_of(&plan)
 }
 
 fn placeholder_index(e: &ast::Expr) -> Option<usize> {
@@ -452,7 +444,15 @@ fn rewrite_as_select(
                 ));
             }
             updated.push(idx);
-            exprs.push(format!("({})", a.value));
+            if placeholder_index(&a.value).is_some() {
+                // A bare parameter takes the column's type (as in PostgreSQL), not text.
+                exprs.push(format!(
+                    "CAST({} AS {})",
+                    a.value, table.columns[idx].sql_type
+                ));
+            } else {
+                exprs.push(format!("({})", a.value));
+            }
         }
     }
     let target = match alias {

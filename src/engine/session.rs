@@ -1023,7 +1023,7 @@ fn explain_output(batches: &[RecordBatch]) -> Output {
     )
 }
 
-fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+pub(super) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     let mut types = plan.get_parameter_types()?;
     // DataFusion leaves `$1` untyped in `$1::bigint`; PostgreSQL types it by the cast.
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
