@@ -4,49 +4,22 @@
 //! A short version runs in the test suite; `EDDY_CRASH_CYCLES=100 cargo test --release --test
 //! crash` runs a longer one.
 
+mod common;
+
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use common::{EddyProcess, free_port};
+use tokio_postgres::Client;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(data_dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--log-level")
-        .arg("warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("eddy starts")
+fn spawn(data_dir: &std::path::Path, port: u16) -> EddyProcess {
+    EddyProcess::spawn_on(port, data_dir, &[], &[])
 }
 
 async fn connect(port: u16) -> Client {
-    for _ in 0..200 {
-        if let Ok((client, conn)) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
-            NoTls,
-        )
-        .await
-        {
-            tokio::spawn(conn);
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("eddy did not accept connections on port {port}");
+    EddyProcess::connect_port(port).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,8 +86,7 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
         }
         // Let the writers run for a varying moment, then crash the server.
         tokio::time::sleep(Duration::from_millis(150 + (cycle as u64 * 37) % 300)).await;
-        child.kill().expect("kill -9");
-        child.wait().unwrap();
+        child.kill();
         for w in writers {
             w.await.unwrap();
         }
@@ -162,8 +134,7 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
             ids.len() / 2
         );
     }
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
 }
 
 /// A subscriber that keeps only complete epochs (those a progress row closed) and resumes
@@ -263,8 +234,7 @@ async fn a_subscriber_resumes_after_kill_dash_nine_with_no_gap_or_duplicate() {
             writer.await.unwrap();
             break;
         }
-        child.kill().expect("kill -9");
-        child.wait().unwrap();
+        child.kill();
         writer.await.unwrap();
         child = spawn(dir.path(), port);
     }
@@ -293,8 +263,7 @@ async fn a_subscriber_resumes_after_kill_dash_nine_with_no_gap_or_duplicate() {
         acked.len(),
         seen.len()
     );
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
 }
 
 /// A second server on the same data directory refuses to start (and says why) instead of
@@ -303,7 +272,7 @@ async fn a_subscriber_resumes_after_kill_dash_nine_with_no_gap_or_duplicate() {
 async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut first = spawn(dir.path(), port);
+    let first = spawn(dir.path(), port);
     connect(port)
         .await
         .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
@@ -331,6 +300,5 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
-    first.kill().ok();
-    first.wait().ok();
+    drop(first);
 }

@@ -228,6 +228,10 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
             );
         }
         let bytes = batch.size_in_bytes() as u64;
+        if let Some(delay) = test_write_delay() {
+            // Widens the window in which a crash finds a checkpoint half done (crash tests).
+            std::thread::sleep(delay);
+        }
         store.write_checkpoint(batch, &meta)?;
         let mut stats = shared.stats.lock();
         stats.count += 1;
@@ -252,6 +256,18 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
     }
     shared.stats.lock().in_flight = false;
     shared.done.notify_all();
+}
+
+/// `EDDY_TEST_CHECKPOINT_DELAY_MS`: a pause before each checkpoint's write, for crash tests
+/// that want to kill the server while a checkpoint is in flight.
+fn test_write_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("EDDY_TEST_CHECKPOINT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
 }
 
 /// A history entry as stored: commit time (µs since 1970), then the delta as Arrow IPC.

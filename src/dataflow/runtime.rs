@@ -265,6 +265,12 @@ impl Runtime {
         }
     }
 
+    /// Forgets queued records after `lsn` (their log write failed; see
+    /// [`crate::storage::log::Log::reset_after_failure`]).
+    pub fn discard_after(&self, lsn: Lsn) {
+        self.shared.queue.lock().records.retain(|r| r.lsn <= lsn);
+    }
+
     /// The log is durable up to `lsn`: records up to it may be processed.
     pub fn set_durable(&self, lsn: Lsn) {
         let mut queue = self.shared.queue.lock();

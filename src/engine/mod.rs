@@ -354,11 +354,19 @@ impl Engine {
         self.recovery.lock().clone()
     }
 
+    /// Bytes the state store occupies on disk.
+    pub fn state_disk_bytes(&self) -> u64 {
+        self.state.disk_bytes()
+    }
+
     /// Stops the log writer after it has synced everything queued, then the dataflows after
     /// they have run it and written a final checkpoint (so the next start replays nothing).
     pub fn close(&self) {
         self.log.close();
         self.runtime.stop();
+        if let Err(e) = self.state.flush() {
+            tracing::warn!(error = %e, "could not flush the state store at shutdown");
+        }
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -462,6 +470,11 @@ impl Engine {
         let durable = {
             let _commit = self.commit_lock.lock();
             let mut tables = self.tables.write();
+            if self.log.failure().is_some() {
+                // A write failed (disk full?): undo what the failed records changed and try
+                // again; if the disk is still full this append fails in turn.
+                self.undo_failed_writes(&mut tables)?;
+            }
             let mut plans = Vec::with_capacity(changes.len());
             for (id, change) in &changes {
                 let table = tables.get_mut(id).ok_or_else(|| {
@@ -483,6 +496,18 @@ impl Engine {
             durable
         };
         durable.wait().await
+    }
+
+    /// After a failed log write: rolls the tables and the dataflow queue back to the durable
+    /// LSN and lets the log take appends again. The caller holds the commit lock.
+    fn undo_failed_writes(&self, tables: &mut HashMap<ObjectId, TableStore>) -> Result<()> {
+        self.log.reset_after_failure()?;
+        let durable = self.log.durable_lsn();
+        for table in tables.values_mut() {
+            table.rollback_after(durable)?;
+        }
+        self.runtime.discard_after(durable);
+        Ok(())
     }
 
     async fn create_table(&self, def: TableDef, if_not_exists: bool) -> Result<bool> {

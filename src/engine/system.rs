@@ -2,6 +2,10 @@
 //!
 //! - `eddy_catalog.subscriptions`: one row per active SUBSCRIBE (statement or cursor): what it
 //!   reads, who runs it, the epoch it has delivered up to, and how far behind it is.
+//! - `eddy_catalog.checkpoints`: one row about checkpoints since start: how many, the last one's
+//!   LSN, time, duration and size, failures, and the state store's size on disk.
+//! - `eddy_catalog.recovery`: one row about the last start-up: the checkpoint it loaded, rows
+//!   and log records it read, views restored or backfilled, and how long it took.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,12 +17,13 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
 
 use super::Engine;
 
 pub const SCHEMA: &str = "eddy_catalog";
-const TABLES: &[&str] = &["subscriptions"];
+const TABLES: &[&str] = &["subscriptions", "checkpoints", "recovery"];
 
 struct System {
     engine: Arc<Engine>,
@@ -84,6 +89,73 @@ impl System {
     }
 }
 
+/// A one-row table of the given columns.
+fn one_row(columns: Vec<(&str, ScalarValue)>) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, v)| Field::new(*name, v.data_type(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays = columns
+        .iter()
+        .map(|(_, v)| v.to_array())
+        .collect::<DfResult<Vec<ArrayRef>>>()?;
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+fn millis(d: std::time::Duration) -> ScalarValue {
+    ScalarValue::Float64(Some(d.as_secs_f64() * 1000.0))
+}
+
+fn int(v: u64) -> ScalarValue {
+    ScalarValue::Int64(Some(v as i64))
+}
+
+impl System {
+    fn checkpoints(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let c = self.engine.runtime().checkpoint_stats();
+        let at = c.at.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        one_row(vec![
+            ("checkpoints", int(c.count)),
+            ("lsn", int(c.lsn.0)),
+            (
+                "taken_at",
+                ScalarValue::TimestampMicrosecond(
+                    at.map(|d| d.as_micros() as i64),
+                    Some("+00:00".into()),
+                ),
+            ),
+            ("collect_ms", millis(c.collect)),
+            ("duration_ms", millis(c.duration)),
+            ("bytes", int(c.bytes)),
+            ("total_bytes", int(c.total_bytes)),
+            ("full", ScalarValue::Boolean(Some(c.full))),
+            ("in_flight", ScalarValue::Boolean(Some(c.in_flight))),
+            ("failures", int(c.failures)),
+            (
+                "last_error",
+                ScalarValue::Utf8(c.last_error.map(|e| e.message)),
+            ),
+            ("state_disk_bytes", int(self.engine.state_disk_bytes())),
+        ])
+    }
+
+    fn recovery(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let r = self.engine.recovery_stats();
+        one_row(vec![
+            ("checkpoint_lsn", int(r.checkpoint_lsn)),
+            ("table_rows_loaded", int(r.table_rows_loaded)),
+            ("log_records_replayed", int(r.log_records_replayed)),
+            ("views_restored", int(r.views_restored)),
+            ("views_backfilled", int(r.views_backfilled)),
+            ("open_ms", millis(r.open)),
+            ("total_ms", millis(r.total)),
+        ])
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for System {
     fn table_names(&self) -> Vec<String> {
@@ -93,6 +165,8 @@ impl SchemaProvider for System {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match name {
             "subscriptions" => self.subscriptions().map(Some),
+            "checkpoints" => self.checkpoints().map(Some),
+            "recovery" => self.recovery().map(Some),
             _ => Ok(None),
         }
     }

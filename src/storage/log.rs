@@ -27,9 +27,12 @@
 //! the very end of the last segment is a torn write from a crash: it is cut off with a warning.
 //! A bad record anywhere else is corruption: start-up fails naming the file and offset.
 //!
-//! Failure: if a write or sync fails, the log stops accepting appends (PostgreSQL likewise refuses
-//! to continue after an fsync failure, since the kernel may have dropped the dirty pages): every
-//! later append fails with the original error (53100 disk full, 58030 otherwise) until restart.
+//! Failure: if a write fails (typically 53100, disk full), the segment is cut back to its last
+//! whole record and every append queued after it fails too; the engine then undoes what it had
+//! applied of those records and calls [`Log::reset_after_failure`], and the next append tries
+//! again — so writes work again as soon as there is space. If a sync fails (58030), or the cut
+//! does, the log stops accepting appends until restart (after a failed fsync the kernel may have
+//! dropped the dirty pages; PostgreSQL makes the same choice).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -128,8 +131,19 @@ pub struct Log {
     sender: Mutex<Option<mpsc::Sender<AppendRequest>>>,
     next_lsn: AtomicU64,
     durable: Arc<AtomicU64>,
-    failure: Arc<Mutex<Option<Error>>>,
+    /// The highest LSN whose append has been answered (durable or failed).
+    answered: Arc<AtomicU64>,
+    failure: Arc<Mutex<Option<Failure>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Why the log takes no appends.
+#[derive(Debug, Clone)]
+struct Failure {
+    error: Error,
+    /// A write failed but the segment was cut back to its last whole record: appends may be
+    /// tried again once the failed ones are undone.
+    recoverable: bool,
 }
 
 /// A pending append: await [`Durable::wait`] before acknowledging the client.
@@ -193,6 +207,7 @@ impl Log {
         sync_dir(dir)?;
 
         let durable = Arc::new(AtomicU64::new(last_lsn.0));
+        let answered = Arc::new(AtomicU64::new(last_lsn.0));
         let failure = Arc::new(Mutex::new(None));
         let (sender, receiver) = mpsc::channel();
         let writer = SegmentWriter {
@@ -200,6 +215,7 @@ impl Log {
             file,
             file_len,
             durable: durable.clone(),
+            answered: answered.clone(),
             failure: failure.clone(),
             on_durable,
         };
@@ -211,6 +227,7 @@ impl Log {
             sender: Mutex::new(Some(sender)),
             next_lsn: AtomicU64::new(last_lsn.0 + 1),
             durable,
+            answered,
             failure,
             writer: Mutex::new(Some(handle)),
         })
@@ -226,9 +243,39 @@ impl Log {
         Lsn(self.next_lsn.load(Ordering::Acquire))
     }
 
-    /// Whether the log has failed; a failed log takes no more appends.
+    /// Whether the log has failed; a failed log takes no appends (see
+    /// [`Log::reset_after_failure`]).
     pub fn failure(&self) -> Option<Error> {
-        self.failure.lock().clone()
+        self.failure.lock().as_ref().map(|f| f.error.clone())
+    }
+
+    /// After a failed write: waits until every queued append has been answered (all of them
+    /// failed), then forgets them — the next append reuses the LSN after the durable one — and
+    /// accepts appends again. The caller holds the commit lock (no appends meanwhile) and has
+    /// undone whatever it applied of the records after [`Log::durable_lsn`]. Fails with the
+    /// original error when the failure cannot be recovered from (a failed sync).
+    pub fn reset_after_failure(&self) -> Result<()> {
+        let Some(failure) = self.failure.lock().clone() else {
+            return Ok(());
+        };
+        if !failure.recoverable {
+            return Err(failure.error);
+        }
+        let last = self.next_lsn.load(Ordering::Acquire) - 1;
+        while self.answered.load(Ordering::Acquire) < last {
+            if self.writer.lock().as_ref().is_none_or(|h| h.is_finished()) {
+                return Err(failure.error);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        self.next_lsn
+            .store(self.durable.load(Ordering::Acquire) + 1, Ordering::Release);
+        *self.failure.lock() = None;
+        tracing::info!(
+            durable_lsn = self.durable.load(Ordering::Acquire),
+            "retrying log writes after a failed write"
+        );
+        Ok(())
     }
 
     /// Queues a record. The caller must hold the engine's commit lock so LSN order matches
@@ -272,7 +319,8 @@ struct SegmentWriter {
     file: File,
     file_len: u64,
     durable: Arc<AtomicU64>,
-    failure: Arc<Mutex<Option<Error>>>,
+    answered: Arc<AtomicU64>,
+    failure: Arc<Mutex<Option<Failure>>>,
     on_durable: OnDurable,
 }
 
@@ -288,21 +336,23 @@ impl SegmentWriter {
                     Err(_) => break,
                 }
             }
-            let result = self.write_group(&group, &mut buf);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "log write failed; refusing further writes until restart");
-                *self.failure.lock() = Some(e.clone());
-            }
+            let existing = self.failure.lock().as_ref().map(|f| f.error.clone());
+            let result = match existing {
+                // Everything queued after a failure fails too, until the engine resets.
+                Some(e) => Err(e),
+                None => self.write_group(&group, &mut buf),
+            };
+            let last = group.last().map_or(0, |r| r.lsn.0);
             for req in group {
                 let _ = req.done.send(result.clone());
             }
+            self.answered.store(last, Ordering::Release);
         }
     }
 
+    /// Writes and syncs a group. On failure the log is marked failed (recoverable if the
+    /// segment could be cut back to its last whole record).
     fn write_group(&mut self, group: &[AppendRequest], buf: &mut Vec<u8>) -> Result<()> {
-        if let Some(e) = self.failure.lock().clone() {
-            return Err(e);
-        }
         buf.clear();
         for req in group {
             let mut hasher = crc32fast::Hasher::new();
@@ -313,24 +363,70 @@ impl SegmentWriter {
             buf.extend_from_slice(&req.lsn.0.to_le_bytes());
             buf.extend_from_slice(&req.body);
         }
-        self.file
-            .write_all(buf)
-            .map_err(|e| Error::io("writing the log", &e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("syncing the log", &e))?;
+        let written = match injected_fault("write") {
+            Some(e) => Err(e),
+            None => self.file.write_all(buf),
+        };
+        if let Err(e) = written {
+            let error = Error::io("writing the log", &e);
+            // Whatever part of the group reached the file goes, so the segment ends with a
+            // whole record and later appends can follow it.
+            let cut = self.file.set_len(self.file_len);
+            if let Err(cut) = &cut {
+                tracing::error!(error = %cut, "could not cut a failed write off the log");
+            }
+            tracing::error!(error = %error, "log write failed; writes fail until it succeeds again");
+            return Err(self.fail(error, cut.is_ok()));
+        }
+        let synced = match injected_fault("sync") {
+            Some(e) => Err(e),
+            None => self.file.sync_data(),
+        };
+        if let Err(e) = synced {
+            let error = Error::io("syncing the log", &e);
+            tracing::error!(error = %error, "log sync failed; refusing writes until restart");
+            return Err(self.fail(error, false));
+        }
         self.file_len += buf.len() as u64;
         let last = group.last().map(|r| r.lsn.0).unwrap_or(0);
         self.durable.store(last, Ordering::Release);
         (self.on_durable)(Lsn(last));
         if self.file_len >= SEGMENT_TARGET_BYTES {
+            // The group is durable whatever happens here; a failure to start the next segment
+            // fails the appends after it.
             let path = segment_path(&self.dir, Lsn(last + 1));
-            self.file = open_segment(&path)?;
-            self.file_len = 0;
-            sync_dir(&self.dir)?;
+            match open_segment(&path).and_then(|f| sync_dir(&self.dir).map(|()| f)) {
+                Ok(file) => {
+                    self.file = file;
+                    self.file_len = 0;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start a new log segment");
+                    self.fail(e, false);
+                }
+            }
         }
         Ok(())
     }
+
+    fn fail(&self, error: Error, recoverable: bool) -> Error {
+        *self.failure.lock() = Some(Failure {
+            error: error.clone(),
+            recoverable,
+        });
+        error
+    }
+}
+
+/// Fault injection for tests: when `EDDY_TEST_FAULT_FILE` names a file whose contents mention
+/// `op` ("write" or "sync"), that operation fails — a write with ENOSPC (disk full), a sync
+/// with EIO.
+fn injected_fault(op: &str) -> Option<std::io::Error> {
+    let path = std::env::var_os("EDDY_TEST_FAULT_FILE")?;
+    let faults = fs::read_to_string(path).ok()?;
+    faults
+        .contains(op)
+        .then(|| std::io::Error::from_raw_os_error(if op == "write" { 28 } else { 5 }))
 }
 
 fn segment_path(dir: &Path, first: Lsn) -> PathBuf {

@@ -113,6 +113,13 @@ fn rocks_err(context: &str, e: rocksdb::Error) -> Error {
         _ if text.contains("No space") => sqlstate::DISK_FULL,
         _ => sqlstate::IO_ERROR,
     };
+    if code == sqlstate::DATA_CORRUPTED {
+        return crate::err!(
+            code,
+            "{context}: {text}; refusing to go on rather than lose data (restore the data \
+             directory from a backup)"
+        );
+    }
     crate::err!(code, "{context}: {text}")
 }
 
@@ -311,6 +318,18 @@ impl StateStore {
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
+    }
+
+    /// Writes the in-memory tables of every family to files (at shutdown: the next start
+    /// then reads files instead of replaying RocksDB's write-ahead log).
+    pub fn flush(&self) -> Result<()> {
+        let cfs: Vec<&ColumnFamily> = [CATALOG_CF, ROWS_CF, STATE_CF, META_CF]
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<_>>()?;
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(|e| rocks_err("flushing the state store", e))
     }
 
     /// Compacts everything (benchmarks and tests; RocksDB compacts on its own otherwise).

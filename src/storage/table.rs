@@ -412,30 +412,14 @@ impl TableStore {
             chunk.live -= 1;
             self.live_rows -= 1;
         }
-        if let Some(index) = self.index.as_mut() {
+        if self.index.is_some() {
             // Remove deleted refs from their hash slots.
             let mut by_slot: HashMap<u32, Vec<u32>> = HashMap::new();
             for at in &plan.deletes {
                 by_slot.entry(at.chunk).or_default().push(at.row);
             }
             for (slot, rows) in by_slot {
-                let chunk = self.chunks[slot as usize]
-                    .as_ref()
-                    .ok_or_else(|| crate::internal!("delete in a freed chunk"))?;
-                let take = UInt32Array::from(rows.clone());
-                let subset = datafusion::arrow::compute::take_record_batch(&chunk.batch, &take)?;
-                let arrays: Vec<&ArrayRef> =
-                    self.key_columns.iter().map(|i| subset.column(*i)).collect();
-                let mut hashes = vec![0u64; subset.num_rows()];
-                create_hashes(arrays, &self.random_state, &mut hashes)?;
-                for (row, h) in rows.iter().zip(hashes) {
-                    if let Some(refs) = index.get_mut(&h) {
-                        refs.retain(|r| !(r.chunk == slot && r.row == *row));
-                        if refs.is_empty() {
-                            index.remove(&h);
-                        }
-                    }
-                }
+                self.unindex(slot, &rows)?;
             }
         }
         if let Some(batch) = plan.inserts {
@@ -457,6 +441,81 @@ impl TableStore {
             self.live_rows += rows;
         }
         self.maybe_merge(horizon)
+    }
+
+    /// Undoes every commit after `lsn` (their log records failed to be written): chunks
+    /// inserted after it go, rows deleted after it are live again. Such chunks are never
+    /// merged (merging stops at the read horizon, at or below the durable LSN).
+    pub fn rollback_after(&mut self, lsn: Lsn) -> Result<()> {
+        for slot in 0..self.chunks.len() {
+            let Some(chunk) = self.chunks[slot].as_ref().filter(|c| c.inserted > lsn) else {
+                continue;
+            };
+            let live: Vec<u32> = (0..chunk.batch.num_rows())
+                .filter(|r| chunk.is_live(*r))
+                .map(|r| r as u32)
+                .collect();
+            self.unindex(slot as u32, &live)?;
+            self.live_rows -= live.len();
+            self.chunks[slot] = None;
+            self.free_slots.push(slot as u32);
+        }
+        for slot in 0..self.chunks.len() {
+            let Some(chunk) = self.chunks[slot].as_mut() else {
+                continue;
+            };
+            let mut revived = Vec::new();
+            for (row, deleted) in chunk.deleted.iter_mut().enumerate() {
+                if *deleted != Lsn::MAX && *deleted > lsn {
+                    *deleted = Lsn::MAX;
+                    revived.push(row as u32);
+                }
+            }
+            chunk.live += revived.len();
+            self.live_rows += revived.len();
+            if !revived.is_empty() && self.index.is_some() {
+                let rows = datafusion::arrow::compute::take_record_batch(
+                    &chunk.batch,
+                    &UInt32Array::from(revived.clone()),
+                )?;
+                let hashes = self.hashes(&rows)?;
+                if let Some(index) = self.index.as_mut() {
+                    for (row, h) in revived.iter().zip(hashes) {
+                        index.entry(h).or_default().push(RowRef {
+                            chunk: slot as u32,
+                            row: *row,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes rows `rows` of chunk `slot` from the key index.
+    fn unindex(&mut self, slot: u32, rows: &[u32]) -> Result<()> {
+        if self.index.is_none() || rows.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.chunks[slot as usize]
+            .as_ref()
+            .ok_or_else(|| crate::internal!("unindexing a freed chunk"))?;
+        let subset = datafusion::arrow::compute::take_record_batch(
+            &chunk.batch,
+            &UInt32Array::from(rows.to_vec()),
+        )?;
+        let hashes = self.hashes(&subset)?;
+        if let Some(index) = self.index.as_mut() {
+            for (row, h) in rows.iter().zip(hashes) {
+                if let Some(refs) = index.get_mut(&h) {
+                    refs.retain(|r| !(r.chunk == slot && r.row == *row));
+                    if refs.is_empty() {
+                        index.remove(&h);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn alloc_slot(&mut self, chunk: Chunk) -> u32 {
@@ -742,6 +801,33 @@ mod tests {
         assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
         apply(&mut s, rows(&sc, &[5], &["v"], &[-1]), 501).unwrap();
         assert_eq!(s.live_rows(), 199);
+    }
+
+    #[test]
+    fn rollback_undoes_inserts_and_deletes_after_an_lsn() {
+        for pk in [true, false] {
+            let mut s = store(&def(pk));
+            let sc = s.schema().clone();
+            apply(&mut s, rows(&sc, &[1, 2], &["a", "b"], &[1, 1]), 1).unwrap();
+            apply(&mut s, rows(&sc, &[2], &["b"], &[-1]), 2).unwrap(); // builds the index
+            let plan = s.plan(&rows(&sc, &[1, 3], &["a", "c"], &[-1, 1])).unwrap();
+            s.commit(plan, Lsn(3), Lsn(2)).unwrap();
+            let plan = s.plan(&rows(&sc, &[4], &["d"], &[1])).unwrap();
+            s.commit(plan, Lsn(4), Lsn(2)).unwrap();
+            s.rollback_after(Lsn(2)).unwrap();
+            assert_eq!(s.live_rows(), 1);
+            assert_eq!(count(&s, Snapshot::Latest), 1);
+            // The index agrees: row 1 can be deleted again, 3 and 4 inserted again.
+            apply(
+                &mut s,
+                rows(&sc, &[1, 3, 4], &["a", "c", "d"], &[-1, 1, 1]),
+                3,
+            )
+            .unwrap();
+            assert_eq!(s.live_rows(), 2);
+            let err = apply(&mut s, rows(&sc, &[1], &["a"], &[-1]), 4).unwrap_err();
+            assert_eq!(err.sqlstate, sqlstate::SERIALIZATION_FAILURE);
+        }
     }
 
     #[test]

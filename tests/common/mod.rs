@@ -75,3 +75,98 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `eddy` binary as a child process, killed (`kill -9`) when dropped — also when a
+/// test fails.
+pub struct EddyProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl EddyProcess {
+    /// Starts the binary over `data_dir` on a free port, with extra `args` and environment
+    /// `env`.
+    pub fn spawn(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> EddyProcess {
+        Self::spawn_on(free_port(), data_dir, args, env)
+    }
+
+    /// The same on a given port (to restart a server where its clients expect it).
+    pub fn spawn_on(
+        port: u16,
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> EddyProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--log-level")
+            .arg("warn")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("eddy starts");
+        EddyProcess { child, port }
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM (a clean shutdown), and waits for the process to exit.
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connection, retrying while the server starts.
+    pub async fn connect(&self) -> Client {
+        Self::connect_port(self.port).await
+    }
+
+    /// A connection to the server on `port`, retrying while it starts.
+    pub async fn connect_port(port: u16) -> Client {
+        for _ in 0..1200 {
+            if let Ok((client, conn)) = tokio_postgres::connect(
+                &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
+                NoTls,
+            )
+            .await
+            {
+                tokio::spawn(conn);
+                return client;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("eddy did not accept connections on port {port}");
+    }
+}
+
+impl Drop for EddyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
