@@ -11,7 +11,8 @@
 //! INSERT acknowledged to each subscriber's receipt.
 //!
 //! Run: `cargo bench --bench subscribe` (options: `-- --seconds 5 --rates 1000,10000,100000
-//! --subscribers 1000`). Prints Markdown tables for docs/benchmarks.md.
+//! --subscribers 1000 --checkpoint-interval-ms 1000`; `--subscribers 0` skips fan-out). Prints
+//! Markdown tables for docs/benchmarks.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,22 +27,10 @@ mod common;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use common::{arg, connect};
+use common::{arg, arg_list, connect};
 
 /// Writer connections: an INSERT waiting for its fsync does not hold back the next one.
 const WRITERS: usize = 8;
-
-fn arg_list(name: &str, default: &str) -> Vec<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    let text = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string());
-    text.split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .collect()
-}
 
 /// Per row id: when its INSERT was sent and acknowledged.
 #[derive(Default, Clone, Copy)]
@@ -174,11 +163,12 @@ async fn setup(server: &eddy::server::Server) -> Vec<Arc<Client>> {
     writers
 }
 
-async fn freshness(rates: &[u64], seconds: u64) {
+async fn freshness(rates: &[u64], seconds: u64, checkpoint_interval: Duration) {
     println!("| rate (rows/s) | rows | ack → diff p50 | p99 | max | sent → diff p50 | p99 | max |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &rate in rates {
-        let (server, _dir) = common::start().await;
+        let (server, _dir) =
+            common::start_with(|c| c.checkpoint_interval = checkpoint_interval).await;
         let writers = setup(&server).await;
         let received = Arc::new(Mutex::new(Vec::new()));
         let reader = subscriber(connect(&server).await, received.clone());
@@ -325,14 +315,20 @@ fn main() {
     let seconds = arg("--seconds", 5);
     let rates = arg_list("--rates", "1000,10000,100000");
     let subscribers = arg("--subscribers", 1000) as usize;
+    let checkpoint_interval = Duration::from_millis(arg("--checkpoint-interval-ms", 1000));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        println!("## Freshness: INSERT → SUBSCRIBE diff ({seconds} s per rate)\n");
-        freshness(&rates, seconds).await;
-        println!("\n## Fan-out: {subscribers} subscribers on one view\n");
-        fan_out(subscribers, 1000, seconds).await;
+        println!(
+            "## Freshness: INSERT → SUBSCRIBE diff ({seconds} s per rate, checkpoint every {} ms)\n",
+            checkpoint_interval.as_millis()
+        );
+        freshness(&rates, seconds, checkpoint_interval).await;
+        if subscribers > 0 {
+            println!("\n## Fan-out: {subscribers} subscribers on one view\n");
+            fan_out(subscribers, 1000, seconds).await;
+        }
     });
 }

@@ -23,22 +23,26 @@ async fn count(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// The two columns of a query's rows.
+async fn pairs<A, B>(client: &Client, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'a> tokio_postgres::types::FromSql<'a>,
+    B: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// Views and tables agree with a recomputation.
 async fn assert_consistent(client: &Client) {
-    let view: Vec<(i32, i64)> = client
-        .query("SELECT k, n FROM per_k ORDER BY k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let table: Vec<(i32, i64)> = client
-        .query("SELECT k, count(*) FROM t GROUP BY k ORDER BY k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let view: Vec<(i32, i64)> = pairs(client, "SELECT k, n FROM per_k ORDER BY k").await;
+    let table: Vec<(i32, i64)> =
+        pairs(client, "SELECT k, count(*) FROM t GROUP BY k ORDER BY k").await;
     assert_eq!(view, table);
 }
 
@@ -90,13 +94,7 @@ async fn a_full_disk_fails_writes_with_53100_reads_work_and_writes_resume_with_s
         .unwrap();
     assert_eq!(count(&client, "SELECT count(*) FROM t").await, 3);
     assert_consistent(&client).await;
-    let rows: Vec<(i32, i32)> = client
-        .query("SELECT id, k FROM t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows: Vec<(i32, i32)> = pairs(&client, "SELECT id, k FROM t ORDER BY id").await;
     assert_eq!(rows, [(2, 9), (3, 2), (10, 3)]);
 
     // And all of it survives a crash.
@@ -105,13 +103,7 @@ async fn a_full_disk_fails_writes_with_53100_reads_work_and_writes_resume_with_s
     server.kill();
     let server = EddyProcess::spawn(&data, &[], &[]);
     let client = server.connect().await;
-    let after: Vec<(i32, i32)> = client
-        .query("SELECT id, k FROM t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let after: Vec<(i32, i32)> = pairs(&client, "SELECT id, k FROM t ORDER BY id").await;
     assert_eq!(after, rows);
     assert_consistent(&client).await;
 }

@@ -213,8 +213,25 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
         full,
     } = job;
     let result = (|| -> Result<()> {
-        for (codec, id, change) in &tables {
-            let prefix = part_prefix(*id, TABLE_ROWS);
+        // Per table, the changes summed (a row updated twice since the last checkpoint is
+        // written once), then as counted rows.
+        let mut per_table: HashMap<ObjectId, (Arc<TableCodec>, Vec<ZBatch>)> = HashMap::new();
+        for (codec, id, change) in tables {
+            per_table
+                .entry(id)
+                .or_insert_with(|| (codec, Vec::new()))
+                .1
+                .push(change);
+        }
+        for (id, (codec, changes)) in per_table {
+            let change = match changes.len() {
+                1 => changes
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| crate::internal!("no change"))?,
+                _ => ZBatch::consolidate(&changes, codec.schema())?,
+            };
+            let prefix = part_prefix(id, TABLE_ROWS);
             let rows = codec.encode(&change.data)?;
             for (i, w) in change.weights.values().iter().enumerate() {
                 batch.add(&prefix, rows.row(i).as_ref(), *w);

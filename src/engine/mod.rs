@@ -141,15 +141,7 @@ impl Engine {
             let codec = TableCodec::new(def.schema(), &def.primary_key)?;
             for batch in codec.load(&state, def.id)? {
                 rows += batch.weights.values().iter().sum::<i64>() as u64;
-                let plan = store.plan(&batch).map_err(|e| {
-                    crate::err!(
-                        sqlstate::DATA_CORRUPTED,
-                        "the checkpointed rows of table \"{}\" are inconsistent: {}",
-                        def.name,
-                        e.message
-                    )
-                })?;
-                store.commit(plan, floor, floor)?;
+                store.load(&batch, floor)?;
             }
             tables.insert(def.id, store);
         }

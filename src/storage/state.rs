@@ -15,8 +15,9 @@
 //! of an object, or one part of it, is one contiguous range ([`part_prefix`]).
 //!
 //! A checkpoint is one [`StateBatch`] — every change of state since the previous checkpoint plus
-//! the new checkpoint record — written atomically and synced: after a crash the store holds one
-//! checkpoint or the next, never a mix. RocksDB checksums its files and its write-ahead log, so
+//! the new checkpoint record — written atomically and made durable by an atomic flush of every
+//! family (see [`StateStore::write_checkpoint`]): after a crash the store holds one checkpoint or
+//! the next, never a mix. RocksDB checksums its files and its write-ahead log, so
 //! a corrupted file stops start-up with an error naming it rather than losing data silently.
 //! Its `LOCK` file also keeps a second server process off the same data directory.
 
@@ -137,8 +138,15 @@ fn add_counts(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) ->
     Some(n.to_le_bytes().to_vec())
 }
 
-fn rows_options() -> Options {
+/// Options of the families holding operator state: LZ4-compressed files.
+fn state_options() -> Options {
     let mut options = Options::default();
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options
+}
+
+fn rows_options() -> Options {
+    let mut options = state_options();
     options.set_merge_operator_associative("eddy.add_counts", add_counts);
     // A row whose count reached 0 is gone (RocksDB turns the removal into a tombstone, so an
     // older count further down cannot reappear).
@@ -159,10 +167,13 @@ impl StateStore {
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(4);
         options.set_paranoid_checks(true);
+        // Checkpoints are made durable by flushing every family together (see
+        // `write_checkpoint`).
+        options.set_atomic_flush(true);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CATALOG_CF, Options::default()),
             ColumnFamilyDescriptor::new(ROWS_CF, rows_options()),
-            ColumnFamilyDescriptor::new(STATE_CF, Options::default()),
+            ColumnFamilyDescriptor::new(STATE_CF, state_options()),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|e| {
@@ -250,12 +261,23 @@ impl StateStore {
         }
     }
 
-    /// Writes a checkpoint: `batch`'s changes and the record `meta`, atomically, synced.
+    /// Writes a checkpoint: `batch`'s changes and the record `meta`, atomically and durably.
+    ///
+    /// The batch bypasses RocksDB's write-ahead log and is then flushed to table files, all
+    /// families at once (`atomic_flush`): the checkpoint is durable when the flush is recorded
+    /// in RocksDB's manifest, and a crash before that leaves the previous checkpoint intact.
+    /// So a checkpoint is written once, not to the log and again to files, and a restart after
+    /// a crash has no write-ahead log of checkpoints to replay.
     pub fn write_checkpoint(&self, mut batch: StateBatch, meta: &CheckpointMeta) -> Result<()> {
         let json = serde_json::to_vec(meta)
             .map_err(|e| crate::internal!("serializing the checkpoint record: {e}"))?;
         batch.batch.put_cf(self.cf(META_CF)?, CHECKPOINT_KEY, json);
-        self.write_synced(batch.batch, "writing a checkpoint")
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db
+            .write_opt(batch.batch, &options)
+            .map_err(|e| rocks_err("writing a checkpoint", e))?;
+        self.flush()
     }
 
     /// Calls `f(key, count)` for every row with a positive count in part `part` of object `id`,

@@ -443,6 +443,48 @@ impl TableStore {
         self.maybe_merge(horizon)
     }
 
+    /// Adds rows read back from a checkpoint, each `weight` times, at version `lsn`: they are
+    /// a valid collection by construction, so no key is checked (start-up speed).
+    pub fn load(&mut self, rows: &ZBatch, lsn: Lsn) -> Result<()> {
+        let weights = rows.weights.values();
+        let batch = if weights.iter().all(|w| *w == 1) {
+            rows.data.clone()
+        } else {
+            let take: Vec<(usize, usize)> = weights
+                .iter()
+                .enumerate()
+                .flat_map(|(i, w)| std::iter::repeat_n((0, i), (*w).max(0) as usize))
+                .collect();
+            interleave_record_batch(&[&rows.data], &take)?
+        };
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let hashes = if self.index.is_some() {
+            self.hashes(&batch)?
+        } else {
+            Vec::new()
+        };
+        let slot = self.alloc_slot(Chunk {
+            batch,
+            inserted: lsn,
+            deleted: Vec::new(),
+            live: n,
+        });
+        if let Some(index) = self.index.as_mut() {
+            index.reserve(n);
+            for (row, h) in hashes.into_iter().enumerate() {
+                index.entry(h).or_default().push(RowRef {
+                    chunk: slot,
+                    row: row as u32,
+                });
+            }
+        }
+        self.live_rows += n;
+        Ok(())
+    }
+
     /// Undoes every commit after `lsn` (their log records failed to be written): chunks
     /// inserted after it go, rows deleted after it are live again. Such chunks are never
     /// merged (merging stops at the read horizon, at or below the durable LSN).
@@ -643,6 +685,11 @@ impl TableCodec {
             stored,
             schema,
         })
+    }
+
+    /// The table's columns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
     /// The state-store keys of `batch`'s rows.

@@ -76,6 +76,19 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The comma-separated numbers after `name` on a benchmark's command line, or `default`'s.
+pub fn arg_list(name: &str, default: &str) -> Vec<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    let text = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string());
+    text.split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -148,7 +161,8 @@ impl EddyProcess {
 
     /// A connection to the server on `port`, retrying while it starts.
     pub async fn connect_port(port: u16) -> Client {
-        for _ in 0..1200 {
+        // Up to two minutes: a benchmark's server may be loading gigabytes of state.
+        for _ in 0..4800 {
             if let Ok((client, conn)) = tokio_postgres::connect(
                 &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
                 NoTls,

@@ -662,7 +662,7 @@ fn recompute(
 }
 
 impl AggState {
-    /// Appends group `g`'s state to `w` (see [`HashAggregate::save_state`]).
+    /// Appends group `g`'s state to `w` (see `HashAggregate::checkpoint`).
     fn save(&self, g: usize, w: &mut StateWriter) {
         let multiset = |w: &mut StateWriter, entries: &mut dyn Iterator<Item = (&[u8], i64)>| {
             let entries: Vec<(&[u8], i64)> = entries.collect();

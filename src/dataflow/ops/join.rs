@@ -136,6 +136,27 @@ impl Join {
         })
     }
 
+    /// Candidate pairs as rows of the pair schema: `mine` (columns of side `a`) beside
+    /// `theirs` (the other side's), left columns first.
+    fn pairs(
+        &self,
+        a: usize,
+        mine: Vec<ArrayRef>,
+        theirs: Vec<ArrayRef>,
+        n: usize,
+    ) -> Result<RecordBatch> {
+        let (l, r) = if a == LEFT {
+            (mine, theirs)
+        } else {
+            (theirs, mine)
+        };
+        Ok(RecordBatch::try_new_with_options(
+            self.pair_schema.clone(),
+            l.into_iter().chain(r).collect(),
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?)
+    }
+
     /// The residual condition over candidate pairs (NULL counts as false); `None` without one.
     fn residual(&self, pairs: &RecordBatch) -> Result<Option<BooleanArray>> {
         let Some(f) = &self.filter else {
@@ -176,16 +197,7 @@ impl Join {
             let kept = if self.filter.is_some() {
                 let (ids_a, ids_b): (Vec<RowId>, Vec<RowId>) = chunk.iter().copied().unzip();
                 let (mine, theirs) = (self.sides[a].decode(&ids_a)?, self.sides[b].decode(&ids_b)?);
-                let (l, r) = if a == LEFT {
-                    (mine, theirs)
-                } else {
-                    (theirs, mine)
-                };
-                let batch = RecordBatch::try_new_with_options(
-                    self.pair_schema.clone(),
-                    l.into_iter().chain(r).collect(),
-                    &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
-                )?;
+                let batch = self.pairs(a, mine, theirs, chunk.len())?;
                 self.residual(&batch)?
             } else {
                 None
@@ -333,16 +345,7 @@ impl Operator for Join {
                 .map(|c| Ok(take(c.as_ref(), &idx, None)?))
                 .collect::<Result<_>>()?;
             let theirs = self.sides[b].decode(&other_rows)?;
-            let (l, r) = if a == LEFT {
-                (mine, theirs)
-            } else {
-                (theirs, mine)
-            };
-            let batch = RecordBatch::try_new_with_options(
-                self.pair_schema.clone(),
-                l.into_iter().chain(r).collect(),
-                &RecordBatchOptions::new().with_row_count(Some(probe_rows.len())),
-            )?;
+            let batch = self.pairs(a, mine, theirs, probe_rows.len())?;
             kept = self.residual(&batch)?;
             pairs = Some(batch);
         }

@@ -105,7 +105,13 @@ impl Operator for Materialize {
             let rows = self.store.read().scan(Snapshot::Latest)?;
             rows.into_iter().map(|b| ZBatch::uniform(b, 1)).collect()
         } else {
-            std::mem::take(&mut self.unsaved)
+            // The epochs' deltas summed: a row inserted and deleted since the last checkpoint
+            // (an aggregate's old value, say) is not written at all.
+            let deltas = std::mem::take(&mut self.unsaved);
+            match deltas.len() {
+                0 | 1 => deltas,
+                _ => vec![ZBatch::consolidate(&deltas, &self.schema)?],
+            }
         };
         add_counted_rows(&self.converter, &changes, sink)
     }
@@ -116,8 +122,7 @@ impl Operator for Materialize {
         source.counts(&mut |key, n| rows.push(key, n))?;
         let mut store = self.store.write();
         for batch in rows.finish()? {
-            let plan = store.plan(&batch)?;
-            store.commit(plan, Lsn::ZERO, Lsn::ZERO)?;
+            store.load(&batch, Lsn::ZERO)?;
         }
         Ok(())
     }
