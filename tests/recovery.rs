@@ -583,3 +583,70 @@ async fn kill_dash_nine_with_views_and_a_subscriber() {
     );
     drop(child);
 }
+
+/// Under a heavy load a checkpoint is taken once enough changes are pending, not only every
+/// interval, so a crash during a long load replays a bounded part of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_load_is_checkpointed_before_the_interval_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = EddyProcess::spawn(&data, &["--checkpoint-interval", "1h"], &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE blobs (id int PRIMARY KEY, body text);
+             CREATE MATERIALIZED VIEW sizes AS SELECT count(*) AS n, sum(length(body)) AS bytes FROM blobs;",
+        )
+        .await
+        .unwrap();
+    // 48 MiB of rows in 24 transactions, well past the 32 MiB that triggers a checkpoint.
+    let body = "x".repeat(16 << 10);
+    for tx in 0..24 {
+        let stmt = (0..128)
+            .map(|i| format!("({}, '{body}')", tx * 128 + i))
+            .collect::<Vec<_>>()
+            .join(",");
+        client
+            .batch_execute(&format!("INSERT INTO blobs VALUES {stmt}"))
+            .await
+            .unwrap();
+    }
+    let n: i64 = client
+        .query_one("SELECT n FROM sizes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 24 * 128);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lsn = loop {
+        let lsn: i64 = client
+            .query_one("SELECT lsn FROM eddy_catalog.checkpoints", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if lsn > 1 || Instant::now() > deadline {
+            break lsn;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lsn > 1, "no checkpoint within the hour-long interval");
+    drop(client);
+    server.kill();
+    let server = EddyProcess::spawn(&data, &[], &[]);
+    let client = server.connect().await;
+    let replayed: i64 = client
+        .query_one(
+            "SELECT log_records_replayed FROM eddy_catalog.recovery",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(replayed < 24, "replayed {replayed} of 24 transactions");
+    let n: i64 = client
+        .query_one("SELECT n FROM sizes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 24 * 128);
+}

@@ -102,6 +102,9 @@ pub struct Checkpointer {
     pub needs_full: bool,
     /// Table changes (log records) since the last checkpoint.
     pub records: Vec<Arc<Vec<(ObjectId, ZBatch)>>>,
+    /// Their size in memory: past [`Checkpointer::MAX_PENDING_BYTES`] a checkpoint is due
+    /// before the interval is up.
+    pub records_bytes: usize,
     /// Objects whose stored state is to be deleted.
     pub dropped: Vec<ObjectId>,
     /// Encoders of tables' rows.
@@ -115,6 +118,11 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// Under a heavy load a checkpoint is taken once this many bytes of table changes are
+    /// pending, not only every interval: it bounds both a checkpoint's size and how much of
+    /// the log a restart after a crash replays.
+    pub const MAX_PENDING_BYTES: usize = 32 << 20;
+
     pub fn start(setup: CheckpointSetup, lsn: Lsn) -> Result<Checkpointer> {
         let shared = Arc::new(Shared::default());
         let (sender, receiver) = mpsc::channel::<Job>();
@@ -140,6 +148,7 @@ impl Checkpointer {
             last: Instant::now(),
             needs_full: false,
             records: Vec::new(),
+            records_bytes: 0,
             changed: !setup.stale.is_empty(),
             dropped: setup.stale,
             codecs: HashMap::new(),

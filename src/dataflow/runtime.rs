@@ -45,6 +45,9 @@ use crate::storage::table::{Snapshot, TableCodec, TableStore};
 use crate::subscribe::{ChangeHistory, Retention};
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
 
+/// An epoch takes durable records until their changes reach this size (Arrow memory).
+const MAX_EPOCH_BYTES: usize = 16 << 20;
+
 /// Dataflows with ids from here up are temporary (subscriptions' queries): never checkpointed.
 pub const TEMP_IDS: ObjectId = 1 << 62;
 
@@ -565,12 +568,20 @@ impl Worker {
                     (records, Vec::new(), true)
                 } else {
                     // Every durable record, up to (or just) a replayed one, which is an epoch
-                    // alone.
+                    // alone — and at most MAX_EPOCH_BYTES of changes, so that behind a burst
+                    // epochs (and checkpoints between them) stay small.
+                    let mut bytes = 0;
                     while let Some(r) = queue.records.front()
                         && r.lsn <= durable
                         && (!r.solo || records.is_empty())
+                        && bytes < MAX_EPOCH_BYTES
                     {
                         let solo = r.solo;
+                        bytes += r
+                            .changes
+                            .iter()
+                            .map(|(_, z)| z.data.get_array_memory_size())
+                            .sum::<usize>();
                         records.extend(queue.records.pop_front());
                         if solo {
                             break;
@@ -611,9 +622,20 @@ impl Worker {
     }
 
     /// How long until a checkpoint is due; `None` when nothing changed since the last one.
+    /// (While one is being written, it says to look again shortly, not to spin.)
     fn checkpoint_due(&self) -> Option<Duration> {
         let c = &self.checkpoints;
-        (c.changed || c.failed()).then(|| c.interval.saturating_sub(c.last.elapsed()))
+        let large = c.records_bytes >= Checkpointer::MAX_PENDING_BYTES;
+        if !(c.changed || large || c.failed()) {
+            return None;
+        }
+        if c.in_flight() {
+            return Some(Duration::from_millis(10));
+        }
+        if large {
+            return Some(Duration::ZERO);
+        }
+        Some(c.interval.saturating_sub(c.last.elapsed()))
     }
 
     /// Takes a checkpoint of everything as of the committed epoch and hands it to the
@@ -669,6 +691,7 @@ impl Worker {
         let mut batch = store.batch();
         let mut tables = Vec::new();
         let records = std::mem::take(&mut self.checkpoints.records);
+        self.checkpoints.records_bytes = 0;
         let dropped = std::mem::take(&mut self.checkpoints.dropped);
         if full {
             batch.clear_everything();
@@ -764,9 +787,14 @@ impl Worker {
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
         let epoch = Epoch(lsn.0);
         let time = records.last().map_or_else(SystemTime::now, |r| r.time);
-        self.checkpoints
-            .records
-            .extend(records.iter().map(|r| r.changes.clone()));
+        for r in &records {
+            self.checkpoints.records_bytes += r
+                .changes
+                .iter()
+                .map(|(_, z)| z.data.get_array_memory_size())
+                .sum::<usize>();
+            self.checkpoints.records.push(r.changes.clone());
+        }
         self.checkpoints.changed = true;
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.
