@@ -488,6 +488,15 @@ impl Dataflow {
     }
 }
 
+/// A sink that keeps nothing (for dataflows that are never checkpointed).
+struct Discard;
+
+impl super::StateSink for Discard {
+    fn put(&mut self, _key: &[u8], _value: &[u8]) {}
+    fn delete(&mut self, _key: &[u8]) {}
+    fn add(&mut self, _key: &[u8], _n: i64) {}
+}
+
 /// A view's delta for an epoch as one batch (None when it did not change).
 fn one_batch(delta: &[ZBatch], view: &ViewState) -> Result<Option<ZBatch>> {
     match delta {
@@ -719,6 +728,14 @@ impl Worker {
         }
         let mut views = Vec::new();
         let mut history = Vec::new();
+        // Temporary dataflows are not stored, but their operators' records of changes since the
+        // last checkpoint are emptied all the same, or they would grow for as long as the
+        // subscription runs.
+        for df in self.dataflows.iter_mut().filter(|d| !d.persistent()) {
+            for node in &mut df.nodes {
+                guarded(|| node.op.checkpoint(false, &mut Discard))?;
+            }
+        }
         for df in self.dataflows.iter_mut().filter(|d| d.persistent()) {
             for (i, node) in df.nodes.iter_mut().enumerate() {
                 let mut sink = PrefixSink {
