@@ -611,12 +611,7 @@ async fn a_heavy_load_is_checkpointed_before_the_interval_is_up() {
             .await
             .unwrap();
     }
-    let n: i64 = client
-        .query_one("SELECT n FROM sizes", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 24 * 128);
+    assert_eq!(blob_count(&client).await, 24 * 128);
     let deadline = Instant::now() + Duration::from_secs(20);
     let lsn = loop {
         let lsn: i64 = client
@@ -643,10 +638,14 @@ async fn a_heavy_load_is_checkpointed_before_the_interval_is_up() {
         .unwrap()
         .get(0);
     assert!(replayed < 24, "replayed {replayed} of 24 transactions");
-    let n: i64 = client
+    assert_eq!(blob_count(&client).await, 24 * 128);
+}
+
+/// The row count the `sizes` view holds.
+async fn blob_count(client: &Client) -> i64 {
+    client
         .query_one("SELECT n FROM sizes", &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(n, 24 * 128);
+        .get(0)
 }

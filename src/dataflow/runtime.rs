@@ -115,6 +115,16 @@ struct Record {
     solo: bool,
 }
 
+impl Record {
+    /// Its changes' size in memory (bounds epochs and, summed, triggers checkpoints).
+    fn bytes(&self) -> usize {
+        self.changes
+            .iter()
+            .map(|(_, z)| z.data.get_array_memory_size())
+            .sum()
+    }
+}
+
 enum Command {
     Create {
         id: ObjectId,
@@ -401,9 +411,11 @@ struct NodeRt {
 }
 
 impl Dataflow {
+    /// `fingerprint` is `spec`'s ([`DataflowSpec::fingerprint`]).
     fn build(
         id: ObjectId,
         spec: &DataflowSpec,
+        fingerprint: u64,
         view: Arc<ViewState>,
         epochs: Arc<Epochs>,
     ) -> Result<Dataflow> {
@@ -446,7 +458,7 @@ impl Dataflow {
             nodes,
             sources,
             view,
-            fingerprint: spec.fingerprint(),
+            fingerprint,
             history_saved: start,
             history_oldest_saved: start,
         })
@@ -537,7 +549,7 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         loop {
-            let (records, commands, stopping) = {
+            let (records, bytes, commands, stopping) = {
                 let mut queue = self.shared.queue.lock();
                 loop {
                     let ready = queue
@@ -574,7 +586,7 @@ impl Worker {
                     {
                         records.extend(queue.records.pop_front());
                     }
-                    (records, Vec::new(), true)
+                    (records, 0, Vec::new(), true)
                 } else {
                     // Every durable record, up to (or just) a replayed one, which is an epoch
                     // alone — and at most MAX_EPOCH_BYTES of changes, so that behind a burst
@@ -586,21 +598,18 @@ impl Worker {
                         && bytes < MAX_EPOCH_BYTES
                     {
                         let solo = r.solo;
-                        bytes += r
-                            .changes
-                            .iter()
-                            .map(|(_, z)| z.data.get_array_memory_size())
-                            .sum::<usize>();
+                        bytes += r.bytes();
                         records.extend(queue.records.pop_front());
                         if solo {
                             break;
                         }
                     }
-                    (records, std::mem::take(&mut queue.commands), false)
+                    (records, bytes, std::mem::take(&mut queue.commands), false)
                 }
             };
             if !records.is_empty() {
                 self.run_epoch(records);
+                self.checkpoints.records_bytes += bytes;
             }
             for command in commands {
                 match command {
@@ -804,14 +813,9 @@ impl Worker {
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
         let epoch = Epoch(lsn.0);
         let time = records.last().map_or_else(SystemTime::now, |r| r.time);
-        for r in &records {
-            self.checkpoints.records_bytes += r
-                .changes
-                .iter()
-                .map(|(_, z)| z.data.get_array_memory_size())
-                .sum::<usize>();
-            self.checkpoints.records.push(r.changes.clone());
-        }
+        self.checkpoints
+            .records
+            .extend(records.iter().map(|r| r.changes.clone()));
         self.checkpoints.changed = true;
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.
@@ -886,11 +890,12 @@ impl Worker {
         spec: &DataflowSpec,
         schema: SchemaRef,
     ) -> Result<()> {
+        let fingerprint = spec.fingerprint();
         let stored = self
             .checkpoints
             .restorable
             .remove(&id)
-            .filter(|v| v.fingerprint == spec.fingerprint());
+            .filter(|v| v.fingerprint == fingerprint);
         let history = match &stored {
             Some(v) => ChangeHistory::restored(
                 Epoch(v.history_oldest),
@@ -906,7 +911,13 @@ impl Worker {
             status: Mutex::new(ViewStatus::Running),
             history,
         });
-        let mut df = Dataflow::build(id, spec, view.clone(), self.shared.epochs.clone())?;
+        let mut df = Dataflow::build(
+            id,
+            spec,
+            fingerprint,
+            view.clone(),
+            self.shared.epochs.clone(),
+        )?;
         if stored.is_some() {
             // Restore: every operator's state as of the checkpoint, which is where the
             // runtime starts.

@@ -422,7 +422,10 @@ impl SegmentWriter {
 /// `op` ("write" or "sync"), that operation fails — a write with ENOSPC (disk full), a sync
 /// with EIO.
 fn injected_fault(op: &str) -> Option<std::io::Error> {
-    let path = std::env::var_os("EDDY_TEST_FAULT_FILE")?;
+    static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let path = PATH
+        .get_or_init(|| std::env::var_os("EDDY_TEST_FAULT_FILE").map(PathBuf::from))
+        .as_ref()?;
     let faults = fs::read_to_string(path).ok()?;
     faults
         .contains(op)

@@ -423,24 +423,30 @@ impl TableStore {
             }
         }
         if let Some(batch) = plan.inserts {
-            let rows = batch.num_rows();
-            let slot = self.alloc_slot(Chunk {
-                batch,
-                inserted: lsn,
-                deleted: Vec::new(),
-                live: rows,
-            });
-            if let Some(index) = self.index.as_mut() {
-                for (row, h) in plan.insert_hashes.iter().enumerate() {
-                    index.entry(*h).or_default().push(RowRef {
-                        chunk: slot,
-                        row: row as u32,
-                    });
-                }
-            }
-            self.live_rows += rows;
+            self.add_chunk(batch, lsn, &plan.insert_hashes);
         }
         self.maybe_merge(horizon)
+    }
+
+    /// Stores `batch` as a new chunk inserted at `lsn`; `hashes` are its rows' key hashes
+    /// (for the index, when there is one).
+    fn add_chunk(&mut self, batch: RecordBatch, lsn: Lsn, hashes: &[u64]) {
+        let rows = batch.num_rows();
+        let slot = self.alloc_slot(Chunk {
+            batch,
+            inserted: lsn,
+            deleted: Vec::new(),
+            live: rows,
+        });
+        if let Some(index) = self.index.as_mut() {
+            for (row, h) in hashes.iter().enumerate() {
+                index.entry(*h).or_default().push(RowRef {
+                    chunk: slot,
+                    row: row as u32,
+                });
+            }
+        }
+        self.live_rows += rows;
     }
 
     /// Adds rows read back from a checkpoint, each `weight` times, at version `lsn`: they are
@@ -457,8 +463,7 @@ impl TableStore {
                 .collect();
             interleave_record_batch(&[&rows.data], &take)?
         };
-        let n = batch.num_rows();
-        if n == 0 {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
         let hashes = if self.index.is_some() {
@@ -466,22 +471,7 @@ impl TableStore {
         } else {
             Vec::new()
         };
-        let slot = self.alloc_slot(Chunk {
-            batch,
-            inserted: lsn,
-            deleted: Vec::new(),
-            live: n,
-        });
-        if let Some(index) = self.index.as_mut() {
-            index.reserve(n);
-            for (row, h) in hashes.into_iter().enumerate() {
-                index.entry(h).or_default().push(RowRef {
-                    chunk: slot,
-                    row: row as u32,
-                });
-            }
-        }
-        self.live_rows += n;
+        self.add_chunk(batch, lsn, &hashes);
         Ok(())
     }
 
