@@ -43,4 +43,10 @@ pub struct Config {
     /// replays the log written since the last checkpoint.
     #[arg(long, default_value = "1s", value_parser = crate::types::parse_duration, env = "EDDY_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Duration,
+
+    /// Memory for dataflow state (e.g. `4GB`, `512MB`, or `25%` of the machine's). State that is
+    /// checkpointed and least recently used is evicted past it, and read back from disk when
+    /// needed. Default: half of the machine's memory (or of its container's limit).
+    #[arg(long, default_value = "50%", value_parser = crate::types::parse_memory, env = "EDDY_MEMORY_BUDGET")]
+    pub memory_budget: usize,
 }

@@ -37,13 +37,18 @@ impl Rng {
     }
 }
 
-fn spawn(data_dir: &std::path::Path, port: u16, checkpoint_interval: &str) -> EddyProcess {
+/// Runs the server with a checkpoint interval and memory budget from `settings` (a budget of 0
+/// evicts every aggregate group as soon as it is durable, so the views read them back).
+fn spawn(data_dir: &std::path::Path, port: u16, settings: (&str, &str)) -> EddyProcess {
+    let (checkpoint_interval, memory_budget) = settings;
     EddyProcess::spawn_on(
         port,
         data_dir,
         &[
             "--checkpoint-interval",
             checkpoint_interval,
+            "--memory-budget",
+            memory_budget,
             "--subscribe-progress-interval",
             "100ms",
         ],
@@ -470,8 +475,8 @@ async fn kill_dash_nine_with_views_and_a_subscriber() {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let intervals = ["50ms", "100ms", "1s"];
-    let mut child = spawn(dir.path(), port, intervals[0]);
+    let settings = [("50ms", "1GB"), ("100ms", "0"), ("1s", "0"), ("50ms", "0")];
+    let mut child = spawn(dir.path(), port, settings[0]);
     connect(port).await.batch_execute(SETUP).await.unwrap();
 
     let mut writers: Vec<Writer> = (0..WRITERS)
@@ -536,7 +541,7 @@ async fn kill_dash_nine_with_views_and_a_subscriber() {
             in_flight.push(op);
         }
 
-        child = spawn(dir.path(), port, intervals[(cycle + 1) % intervals.len()]);
+        child = spawn(dir.path(), port, settings[(cycle + 1) % settings.len()]);
         let client = connect(port).await;
         // (a) acknowledged writes, all-or-nothing for the one in flight.
         let mut actual = Model::default();

@@ -33,7 +33,7 @@ use crate::storage::table::TableCodec;
 use crate::subscribe::Entry;
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
 
-use super::state::{CountVisitor, StateSink, StateSource, ValueVisitor};
+use super::state::{CountVisitor, StateLookup, StateSink, StateSource, ValueVisitor};
 
 /// How the runtime checkpoints, and what the last checkpoint left to recover.
 pub struct CheckpointSetup {
@@ -48,6 +48,9 @@ pub struct CheckpointSetup {
     /// Called on the checkpoint thread after a checkpoint covering the log up to an LSN is
     /// durable (the engine deletes log segments below it).
     pub on_checkpoint: Box<dyn Fn(Lsn) + Send>,
+    /// Bytes of operator state to keep in memory; beyond it, state that is durable is evicted
+    /// (and read back from the store when needed).
+    pub memory_budget: usize,
 }
 
 /// Checkpoint activity, for observability and benchmarks.
@@ -115,6 +118,10 @@ pub struct Checkpointer {
     pub lsn: Lsn,
     /// Views whose state the last checkpoint holds, until their dataflows are built.
     pub restorable: HashMap<ObjectId, ViewCheckpoint>,
+    /// Dataflows the checkpoint in flight was collected from (told when it is durable).
+    pub collected: Vec<ObjectId>,
+    /// See [`CheckpointSetup::memory_budget`].
+    pub memory_budget: usize,
 }
 
 impl Checkpointer {
@@ -154,6 +161,8 @@ impl Checkpointer {
             codecs: HashMap::new(),
             lsn,
             restorable: setup.views.into_iter().map(|v| (v.id, v)).collect(),
+            collected: Vec::new(),
+            memory_budget: setup.memory_budget,
         })
     }
 
@@ -372,5 +381,17 @@ impl StateSource for StoreSource<'_> {
     }
     fn counts(&self, f: CountVisitor<'_>) -> Result<()> {
         self.store.scan_counts(self.id, self.part, f)
+    }
+}
+
+/// Point reads of one operator's stored state (see [`StateLookup`]).
+pub struct PartLookup {
+    pub store: Arc<StateStore>,
+    pub prefix: [u8; crate::storage::state::PREFIX_LEN],
+}
+
+impl StateLookup for PartLookup {
+    fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.store.get_values(&self.prefix, keys)
     }
 }

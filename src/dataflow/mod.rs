@@ -36,9 +36,9 @@ use crate::types::{Epoch, ZBatch};
 
 pub use checkpoint::{CheckpointSetup, CheckpointStats};
 pub use epochs::{Committed, Epochs, ReadPin};
-pub use runtime::{Runtime, TEMP_IDS, TableScanner, ViewState, ViewStatus};
+pub use runtime::{MemoryStats, Runtime, TEMP_IDS, TableScanner, ViewState, ViewStatus};
 pub use spec::{DataflowSpec, Input};
-pub use state::{MemoryState, StateSink, StateSource};
+pub use state::{MemoryState, StateLookup, StateSink, StateSource};
 
 /// A dataflow operator. See the module documentation for the calling contract; each
 /// implementation documents what it does to inserts and deletes, the state it keeps and what it
@@ -56,15 +56,46 @@ pub trait Operator: Send {
     }
 
     /// Writes into `sink` how the operator's state changed since its last checkpoint (or since
-    /// it was built or restored) — or, when `full`, all of it (the runtime has cleared what was
-    /// stored). Called between epochs. Stateless operators have nothing to write.
+    /// it was built or restored). Called between epochs. Stateless operators have nothing to
+    /// write.
+    ///
+    /// `full`: the checkpoints collected since the last durable one may be lost (a write
+    /// failed). An operator that keeps all its state in memory then writes all of it (the
+    /// runtime has cleared its stored part); one that [`Operator::evicts`] rewrites everything
+    /// it changed since the last durable checkpoint, with puts and deletes, over what is stored.
     fn checkpoint(&mut self, _full: bool, _sink: &mut dyn StateSink) -> Result<()> {
         Ok(())
     }
 
+    /// The last checkpoint collected from this operator is durable: what it wrote may now be
+    /// evicted from memory and read back.
+    fn checkpoint_durable(&mut self) {}
+
     /// Rebuilds the state of a freshly built operator from what its checkpoints stored, so that
-    /// it continues exactly as the checkpointed one would have.
+    /// it continues exactly as the checkpointed one would have. An attached operator that
+    /// evicts may read nothing yet: it faults state in as it needs it.
     fn restore(&mut self, _source: &dyn StateSource) -> Result<()> {
         Ok(())
     }
+
+    /// Gives the operator point reads of its stored state (views' dataflows, before `restore`
+    /// or backfill; never temporary ones). An operator that can keep only part of its state in
+    /// memory evicts from then on.
+    fn attach(&mut self, _lookup: Box<dyn StateLookup>) {}
+
+    /// Whether the operator keeps part of its state only in the store (it was attached and
+    /// supports eviction). Its stored part is never cleared by the runtime.
+    fn evicts(&self) -> bool {
+        false
+    }
+
+    /// Approximate bytes of state the operator holds in memory.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
+    /// Drops state that is durable and least recently used from memory until about `target`
+    /// bytes remain; it is read back from the store when needed again. Only operators that
+    /// [`Operator::evicts`] do anything.
+    fn evict(&mut self, _target: usize) {}
 }

@@ -34,7 +34,8 @@ use tokio::sync::oneshot;
 
 use super::Operator;
 use super::checkpoint::{
-    CheckpointSetup, CheckpointStats, Checkpointer, Job, PrefixSink, StoreSource, load_history,
+    CheckpointSetup, CheckpointStats, Checkpointer, Job, PartLookup, PrefixSink, StoreSource,
+    load_history,
 };
 use super::epochs::{Committed, Epochs};
 use super::ops;
@@ -157,6 +158,18 @@ struct Shared {
     retention: Retention,
     /// Set once started.
     checkpoint_stats: Mutex<Option<Box<dyn Fn() -> CheckpointStats + Send + Sync>>>,
+    memory: Mutex<MemoryStats>,
+}
+
+/// Dataflow state in memory against the budget (observability, `eddy_catalog.memory`).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStats {
+    pub budget: usize,
+    /// Bytes held by operators that can evict, as of the last checkpoint.
+    pub evictable_bytes: usize,
+    /// Times state was evicted since start, and the bytes evicted in all.
+    pub evictions: u64,
+    pub evicted_bytes: u64,
 }
 
 /// Handle to the dataflow runtime; cheap to share.
@@ -176,6 +189,7 @@ impl Runtime {
             views: RwLock::new(HashMap::new()),
             retention,
             checkpoint_stats: Mutex::new(None),
+            memory: Mutex::new(MemoryStats::default()),
         });
         Runtime {
             shared,
@@ -203,6 +217,7 @@ impl Runtime {
             lsn,
         };
         shared.epochs.publish(committed);
+        shared.memory.lock().budget = checkpoints.memory_budget;
         let checkpoints = Checkpointer::start(checkpoints, lsn)?;
         *shared.checkpoint_stats.lock() = Some(checkpoints.stats_reader());
         let handle = std::thread::Builder::new()
@@ -220,6 +235,11 @@ impl Runtime {
             .map_err(|e| Error::io("starting the dataflow runtime", &e))?;
         *self.thread.lock() = Some(handle);
         Ok(())
+    }
+
+    /// Dataflow state in memory against the budget.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.shared.memory.lock().clone()
     }
 
     /// Checkpoint activity so far (default before start).
@@ -521,6 +541,16 @@ fn one_batch(delta: &[ZBatch], view: &ViewState) -> Result<Option<ZBatch>> {
     }
 }
 
+/// Bytes of state held in memory by the operators that can evict.
+fn evictable_bytes(dataflows: &[Dataflow]) -> usize {
+    dataflows
+        .iter()
+        .flat_map(|d| d.nodes.iter())
+        .filter(|n| n.op.evicts())
+        .map(|n| n.op.state_bytes())
+        .sum()
+}
+
 /// Runs `f`, turning a panic into an internal error (a bug in one dataflow must not stop the
 /// others).
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -628,6 +658,7 @@ impl Worker {
                     }
                 }
             }
+            self.after_checkpoint();
             if stopping {
                 self.checkpoint(true);
                 self.checkpoints.stop();
@@ -644,13 +675,15 @@ impl Worker {
     fn checkpoint_due(&self) -> Option<Duration> {
         let c = &self.checkpoints;
         let large = c.records_bytes >= Checkpointer::MAX_PENDING_BYTES;
-        if !(c.changed || large || c.failed()) {
+        // Operators wait to hear that the checkpoint in flight is durable.
+        let awaited = !c.collected.is_empty();
+        if !(c.changed || large || c.failed() || awaited) {
             return None;
         }
         if c.in_flight() {
             return Some(Duration::from_millis(10));
         }
-        if large {
+        if large || awaited {
             return Some(Duration::ZERO);
         }
         Some(c.interval.saturating_sub(c.last.elapsed()))
@@ -665,6 +698,7 @@ impl Worker {
         } else if self.checkpoints.in_flight() {
             return;
         }
+        self.after_checkpoint();
         if !self.checkpoints.changed && !self.checkpoints.failed() {
             return;
         }
@@ -681,12 +715,72 @@ impl Worker {
             Err(e) => {
                 tracing::error!(error = %e, "collecting a checkpoint failed; the next one rewrites all state");
                 self.checkpoints.needs_full = true;
+                self.checkpoints.collected.clear();
             }
         }
         self.checkpoints.last = Instant::now();
         if wait {
             self.checkpoints.wait_idle();
         }
+    }
+
+    /// Once the checkpoint in flight is written: tells the operators it covered that their
+    /// state is durable (if it failed, the next checkpoint is a full one instead), then keeps
+    /// their state in memory within the budget.
+    fn after_checkpoint(&mut self) {
+        if self.checkpoints.collected.is_empty() || self.checkpoints.in_flight() {
+            return;
+        }
+        let collected = std::mem::take(&mut self.checkpoints.collected);
+        if self.checkpoints.failed() {
+            return;
+        }
+        for df in self
+            .dataflows
+            .iter_mut()
+            .filter(|d| collected.contains(&d.id))
+        {
+            for node in &mut df.nodes {
+                node.op.checkpoint_durable();
+            }
+        }
+        self.evict();
+    }
+
+    /// Over the memory budget, evicts durable operator state, from every operator that can in
+    /// proportion to what it holds, down to 90 % of the budget.
+    fn evict(&mut self) {
+        let budget = self.checkpoints.memory_budget;
+        let held = evictable_bytes(&self.dataflows);
+        if held <= budget {
+            let mut stats = self.shared.memory.lock();
+            stats.budget = budget;
+            stats.evictable_bytes = held;
+            return;
+        }
+        let keep = (budget as f64 * 0.9) / held as f64;
+        let started = Instant::now();
+        for df in &mut self.dataflows {
+            for node in df.nodes.iter_mut().filter(|n| n.op.evicts()) {
+                let target = (node.op.state_bytes() as f64 * keep) as usize;
+                node.op.evict(target);
+            }
+        }
+        let after = evictable_bytes(&self.dataflows);
+        {
+            let mut stats = self.shared.memory.lock();
+            stats.budget = budget;
+            stats.evictable_bytes = after;
+            stats.evictions += 1;
+            stats.evicted_bytes += held.saturating_sub(after) as u64;
+        }
+        tracing::debug!(
+            before = held,
+            after,
+            budget,
+            took_ms = started.elapsed().as_millis() as u64,
+            "evicted operator state"
+        );
     }
 
     /// The encoder of table `id`'s rows (`None` if it was dropped).
@@ -712,7 +806,21 @@ impl Worker {
         self.checkpoints.records_bytes = 0;
         let dropped = std::mem::take(&mut self.checkpoints.dropped);
         if full {
-            batch.clear_everything();
+            // Everything is rewritten except what operators that evict keep stored (they
+            // rewrite their own changes since the last durable checkpoint over it).
+            let mut kept = HashMap::new();
+            for df in self.dataflows.iter().filter(|d| d.persistent()) {
+                let evicting: Vec<u32> = (0..df.nodes.len() as u32)
+                    .filter(|i| df.nodes[*i as usize].op.evicts())
+                    .collect();
+                kept.insert(df.id, evicting);
+            }
+            for id in store.stored_objects()? {
+                match kept.get(&id) {
+                    None => batch.clear_object(id),
+                    Some(evicting) => batch.clear_object_except(id, evicting),
+                }
+            }
             for (id, _, _) in self.scanner.tables() {
                 let Some(codec) = self.codec(id)? else {
                     continue;
@@ -753,6 +861,7 @@ impl Worker {
                 };
                 guarded(|| node.op.checkpoint(full, &mut sink))?;
             }
+            self.checkpoints.collected.push(df.id);
             let after = if full { Epoch(0) } else { df.history_saved };
             let (oldest, entries) = df.view.history.since(after);
             if !full && oldest != df.history_oldest_saved {
@@ -918,6 +1027,14 @@ impl Worker {
             view.clone(),
             self.shared.epochs.clone(),
         )?;
+        if id < TEMP_IDS {
+            for (i, node) in df.nodes.iter_mut().enumerate() {
+                node.op.attach(Box::new(PartLookup {
+                    store: self.checkpoints.store.clone(),
+                    prefix: part_prefix(id, i as u32),
+                }));
+            }
+        }
         if stored.is_some() {
             // Restore: every operator's state as of the checkpoint, which is where the
             // runtime starts.

@@ -205,6 +205,21 @@ pub trait StateSource {
     fn counts(&self, f: CountVisitor<'_>) -> Result<()>;
 }
 
+/// Point reads of an operator's stored state, for operators that keep only part of it in
+/// memory (see [`crate::dataflow::Operator::attach`]): what the last durable checkpoint holds.
+pub trait StateLookup: Send {
+    /// The values stored under `keys`, in order; `None` where there is none.
+    fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+}
+
+/// A [`MemoryState`] shared with an operator that reads it back (tests).
+impl StateLookup for std::sync::Arc<parking_lot::Mutex<MemoryState>> {
+    fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = self.lock();
+        Ok(keys.iter().map(|k| state.values.get(*k).cloned()).collect())
+    }
+}
+
 /// State kept in memory: a [`StateSink`] and [`StateSource`] for tests and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryState {

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub subscribe: Limits,
     /// Time between checkpoints while changes arrive.
     pub checkpoint_interval: Duration,
+    /// Bytes of dataflow state kept in memory (see [`CheckpointSetup::memory_budget`]).
+    pub memory_budget: usize,
 }
 
 impl EngineConfig {
@@ -68,6 +70,7 @@ impl EngineConfig {
             retention: Retention::default(),
             subscribe: Limits::default(),
             checkpoint_interval: Duration::from_secs(1),
+            memory_budget: crate::types::system_memory() / 2,
         }
     }
 }
@@ -241,6 +244,7 @@ impl Engine {
             CheckpointSetup {
                 store: self.state.clone(),
                 interval: self.config.checkpoint_interval,
+                memory_budget: self.config.memory_budget,
                 views: restorable.clone(),
                 stale,
                 on_checkpoint: Box::new(move |lsn| {

@@ -23,7 +23,7 @@ use datafusion::error::Result as DfResult;
 use super::Engine;
 
 pub const SCHEMA: &str = "eddy_catalog";
-const TABLES: &[&str] = &["subscriptions", "checkpoints", "recovery"];
+const TABLES: &[&str] = &["subscriptions", "checkpoints", "recovery", "memory"];
 
 struct System {
     engine: Arc<Engine>,
@@ -154,6 +154,16 @@ impl System {
             ("total_ms", millis(r.total)),
         ])
     }
+
+    fn memory(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let m = self.engine.runtime().memory_stats();
+        one_row(vec![
+            ("budget_bytes", int(m.budget as u64)),
+            ("evictable_state_bytes", int(m.evictable_bytes as u64)),
+            ("evictions", int(m.evictions)),
+            ("evicted_bytes", int(m.evicted_bytes)),
+        ])
+    }
 }
 
 #[async_trait]
@@ -167,6 +177,7 @@ impl SchemaProvider for System {
             "subscriptions" => self.subscriptions().map(Some),
             "checkpoints" => self.checkpoints().map(Some),
             "recovery" => self.recovery().map(Some),
+            "memory" => self.memory().map(Some),
             _ => Ok(None),
         }
     }

@@ -78,6 +78,7 @@ impl Server {
                 max_lag: config.subscribe_max_lag,
             },
             checkpoint_interval: config.checkpoint_interval,
+            memory_budget: config.memory_budget,
         };
         Self::start_with(engine_config, config.listen).await
     }

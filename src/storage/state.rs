@@ -138,15 +138,23 @@ fn add_counts(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) ->
     Some(n.to_le_bytes().to_vec())
 }
 
-/// Options of the families holding operator state: LZ4-compressed files.
-fn state_options() -> Options {
+/// Options of the families holding operator state: LZ4-compressed files, with bloom filters
+/// (operators whose state does not fit the memory budget read evicted keys back one by one, most
+/// of them for keys that were never stored) and a shared block cache.
+fn state_options(cache: &rocksdb::Cache) -> Options {
     let mut options = Options::default();
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    options.set_block_based_table_factory(&table);
     options
 }
 
-fn rows_options() -> Options {
-    let mut options = state_options();
+fn rows_options(cache: &rocksdb::Cache) -> Options {
+    let mut options = state_options(cache);
     options.set_merge_operator_associative("eddy.add_counts", add_counts);
     // A row whose count reached 0 is gone (RocksDB turns the removal into a tombstone, so an
     // older count further down cannot reappear).
@@ -161,7 +169,12 @@ fn rows_options() -> Options {
 }
 
 impl StateStore {
+    /// RocksDB's block cache (uncompressed blocks of the state files, read back when operators
+    /// fault in evicted state): part of the memory budget.
+    pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
     pub fn open(path: &Path) -> Result<StateStore> {
+        let cache = rocksdb::Cache::new_lru_cache(Self::BLOCK_CACHE_BYTES);
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -172,8 +185,8 @@ impl StateStore {
         options.set_atomic_flush(true);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CATALOG_CF, Options::default()),
-            ColumnFamilyDescriptor::new(ROWS_CF, rows_options()),
-            ColumnFamilyDescriptor::new(STATE_CF, state_options()),
+            ColumnFamilyDescriptor::new(ROWS_CF, rows_options(&cache)),
+            ColumnFamilyDescriptor::new(STATE_CF, state_options(&cache)),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|e| {
@@ -313,6 +326,21 @@ impl StateStore {
             .map_err(|e| rocks_err("reading state from the state store", e))
     }
 
+    /// The values stored under `keys` (each after `prefix`), in order; `None` where there is
+    /// none. One batched read (RocksDB's MultiGet), for operators faulting in evicted state.
+    pub fn get_values(&self, prefix: &[u8], keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(STATE_CF)?;
+        let full: Vec<Vec<u8>> = keys.iter().map(|k| [prefix, k].concat()).collect();
+        self.db
+            .batched_multi_get_cf(cf, &full, false)
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| rocks_err("reading state from the state store", e))
+            })
+            .collect()
+    }
+
     /// Ids of every object that has rows or state stored, ascending.
     pub fn stored_objects(&self) -> Result<Vec<ObjectId>> {
         let mut ids = Vec::new();
@@ -438,9 +466,16 @@ impl StateBatch {
         self.clear_range(&prefix, &range_end(&prefix));
     }
 
-    /// Deletes every key of every object (a full checkpoint rewrites them all).
-    pub fn clear_everything(&mut self) {
-        self.clear_range(&[0u8; 8], &[u8::MAX; 9]);
+    /// Deletes every key of object `id` except those of the parts in `keep` (ascending).
+    pub fn clear_object_except(&mut self, id: ObjectId, keep: &[u32]) {
+        let mut from = id.to_be_bytes().to_vec();
+        for part in keep {
+            let prefix = part_prefix(id, *part);
+            self.clear_range(&from, &prefix);
+            from = range_end(&prefix);
+        }
+        let end = range_end(&id.to_be_bytes());
+        self.clear_range(&from, &end);
     }
 
     /// Deletes the values of part `part` of object `id` with keys below `below` (after the

@@ -71,9 +71,78 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration \"{text}\": {e}"))
 }
 
+/// Parses an amount of memory the way PostgreSQL's settings do — `512MB`, `4GB`, `64kB`
+/// (multiples of 1024), also `MiB`/`GiB` and plain bytes — or as a share of the machine's
+/// memory: `25%`.
+pub fn parse_memory(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    if let Some(percent) = t.strip_suffix('%') {
+        let p: f64 = percent
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p) && *p > 0.0)
+            .ok_or_else(|| format!("invalid memory share \"{text}\": expected e.g. 25%"))?;
+        return Ok((system_memory() as f64 * p / 100.0) as usize);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid amount of memory \"{text}\": expected a number and a unit such as 512MB")
+    })?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "kib" => 1 << 10,
+        "mb" | "mib" => 1 << 20,
+        "gb" | "gib" => 1 << 30,
+        "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid memory unit \"{other}\" in \"{text}\" (use kB, MB, GB, TB or %)"
+            ));
+        }
+    };
+    Ok((value * scale as f64) as usize)
+}
+
+/// Bytes of memory this process may use: the machine's, or its control group's limit when
+/// lower (containers). 4 GiB if neither can be read.
+pub fn system_memory() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb << 10)
+    });
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match (total, limit) {
+        (Some(t), Some(l)) => t.min(l),
+        (Some(t), None) => t,
+        (None, Some(l)) => l,
+        (None, None) => 4 << 30,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_amounts_take_postgres_units_and_shares() {
+        assert_eq!(parse_memory("512MB"), Ok(512 << 20));
+        assert_eq!(parse_memory("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_memory("64kB"), Ok(64 << 10));
+        assert_eq!(parse_memory("1000"), Ok(1000));
+        assert_eq!(parse_memory("1.5GB"), Ok(3 << 29));
+        let half = parse_memory("50%").unwrap();
+        assert!(half > 0 && half <= system_memory());
+        assert!(parse_memory("12 parsecs").is_err());
+        assert!(parse_memory("150%").is_err());
+        assert!(parse_memory("MB").is_err());
+    }
 
     #[test]
     fn durations_take_postgres_units() {

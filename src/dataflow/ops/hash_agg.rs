@@ -16,11 +16,16 @@
 //!   from which the group's value is recomputed with DataFusion's accumulator when it changes.
 //!   A checkpoint stores each group changed since the previous one as one value under its key
 //!   (and deletes the keys of groups that were freed).
+//! - memory: once attached to the store (views' dataflows), groups whose last change is durable
+//!   can be evicted, least recently used first ([`Operator::evict`]), and a restart loads none:
+//!   a key not in memory is looked up in the store (one batched read per input batch for all
+//!   its missing keys) before it is taken for a new group.
 //!
 //! The choice between the invertible fast paths and the recompute fallback is made once, at
 //! construction. Hot path: one hash and one probe per input row, typed loops over Arrow arrays,
 //! no allocation except for new groups and new distinct values.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -36,7 +41,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashTable;
 
 use crate::dataflow::spec::AggregateCall;
-use crate::dataflow::state::{StateReader, StateWriter, ValueKey, ValueSet};
+use crate::dataflow::state::{StateLookup, StateReader, StateWriter, ValueKey, ValueSet};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -59,7 +64,30 @@ pub struct HashAggregate {
     freed: Vec<Box<[u8]>>,
     out_converter: RowConverter,
     schema: SchemaRef,
+    /// Reads groups back from the store (set by `attach`); without it every group stays in
+    /// memory.
+    lookup: Option<Box<dyn StateLookup>>,
+    /// Every group is in memory (none evicted or left in the store): a key not found is a new
+    /// group, no need to ask the store.
+    complete: bool,
+    /// Groups, and keys of freed groups, collected into a checkpoint that is not durable yet
+    /// (only while attached).
+    in_flight: Vec<u32>,
+    is_in_flight: Vec<bool>,
+    freed_in_flight: Vec<Box<[u8]>>,
+    /// Keys of freed groups whose deletion is not durable yet: the store may still hold them.
+    pending_deletes: HashSet<Box<[u8]>>,
+    /// Per group: the barrier at which it last changed, for evicting the least recently used.
+    last_used: Vec<u32>,
+    tick: u32,
+    /// Approximate bytes of each group in memory, and of all of them.
+    sizes: Vec<u32>,
+    bytes: usize,
 }
+
+/// Bytes of a group besides its key, output row and aggregate states: hash, count, flags,
+/// slots in the per-group vectors and the hash table.
+const GROUP_OVERHEAD: usize = 64;
 
 /// Group keys → dense group ids.
 struct Groups {
@@ -200,6 +228,16 @@ impl HashAggregate {
             freed: Vec::new(),
             out_converter,
             schema,
+            lookup: None,
+            complete: true,
+            in_flight: Vec::new(),
+            is_in_flight: Vec::new(),
+            freed_in_flight: Vec::new(),
+            pending_deletes: HashSet::new(),
+            last_used: Vec::new(),
+            tick: 0,
+            sizes: Vec::new(),
+            bytes: 0,
         };
         if this.global {
             // The one group exists from the start, so the first barrier emits its row.
@@ -216,6 +254,7 @@ impl HashAggregate {
         if let Some(g) = self.groups.free.pop() {
             self.groups.keys[g as usize] = key;
             self.groups.hashes[g as usize] = hash;
+            self.last_used[g as usize] = self.tick;
             return g;
         }
         let g = self.groups.keys.len() as u32;
@@ -224,28 +263,143 @@ impl HashAggregate {
         self.row_count.push(0);
         self.is_dirty.push(false);
         self.is_unsaved.push(false);
+        self.is_in_flight.push(false);
         self.emitted.push(None);
+        self.last_used.push(self.tick);
+        self.sizes.push(0);
         for agg in &mut self.aggs {
             agg.state.grow(g as usize + 1);
         }
         g
     }
 
-    fn free_group(&mut self, g: u32) {
-        let hash = self.groups.hashes[g as usize];
+    /// Adds group `g` (allocated, with its key) to the hash table.
+    fn index_group(&mut self, g: u32) {
+        let hashes = &self.groups.hashes;
+        self.groups
+            .table
+            .insert_unique(hashes[g as usize], g, |x| hashes[*x as usize]);
+    }
+
+    /// Removes group `g` from memory, returning its key; its slot is reused.
+    fn release_group(&mut self, g: u32) -> Box<[u8]> {
+        let gi = g as usize;
+        let hash = self.groups.hashes[gi];
         if let Ok(entry) = self.groups.table.find_entry(hash, |x| *x == g) {
             entry.remove();
         }
-        self.freed
-            .push(std::mem::take(&mut self.groups.keys[g as usize]));
-        self.is_unsaved[g as usize] = false;
-        self.row_count[g as usize] = 0;
-        self.emitted[g as usize] = None;
+        self.is_unsaved[gi] = false;
+        self.is_in_flight[gi] = false;
+        self.row_count[gi] = 0;
+        self.emitted[gi] = None;
         for agg in &mut self.aggs {
-            agg.state.reset(g as usize);
+            agg.state.reset(gi);
         }
+        self.bytes -= std::mem::take(&mut self.sizes[gi]) as usize;
         self.groups.free.push(g);
         self.groups.live -= 1;
+        std::mem::take(&mut self.groups.keys[gi])
+    }
+
+    /// The group's last row was deleted: its state is gone, here and (next checkpoint) stored.
+    fn free_group(&mut self, g: u32) {
+        let key = self.release_group(g);
+        if self.lookup.is_some() {
+            self.pending_deletes.insert(key.clone());
+        }
+        self.freed.push(key);
+    }
+
+    /// Approximate bytes group `g` holds in memory.
+    fn group_bytes(&self, g: usize) -> usize {
+        GROUP_OVERHEAD
+            + self.groups.keys[g].len()
+            + self.emitted[g].as_ref().map_or(0, |r| r.len())
+            + self.aggs.iter().map(|a| a.state.bytes(g)).sum::<usize>()
+    }
+
+    /// Whether group `g` may leave memory: unchanged since the last durable checkpoint.
+    fn evictable(&self, g: u32) -> bool {
+        let gi = g as usize;
+        !(self.global || self.is_dirty[gi] || self.is_unsaved[gi] || self.is_in_flight[gi])
+    }
+
+    /// Reads into memory the stored groups among the keys of `rows` that are not in memory
+    /// (one batched read), so the caller finds them. Keys freed since the last durable
+    /// checkpoint are new groups whatever the store holds.
+    fn fault_in(&mut self, rows: &Rows, hashes: &[u64]) -> Result<()> {
+        let Some(lookup) = &self.lookup else {
+            return Ok(());
+        };
+        let keys = &self.groups.keys;
+        let mut seen = HashSet::new();
+        let mut missing: Vec<(&[u8], u64)> = Vec::new();
+        for (i, hash) in hashes.iter().enumerate() {
+            let key = rows.row(i).data();
+            let found = self
+                .groups
+                .table
+                .find(*hash, |g| keys[*g as usize].as_ref() == key)
+                .is_some();
+            if !found && !self.pending_deletes.contains(key) && seen.insert(key) {
+                missing.push((key, *hash));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let probe: Vec<&[u8]> = missing.iter().map(|(k, _)| *k).collect();
+        let values = lookup.values(&probe)?;
+        for ((key, hash), value) in missing.into_iter().zip(values) {
+            if let Some(value) = value {
+                let g = self.alloc_group(key.into(), hash);
+                self.index_group(g);
+                self.decode_group(g, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets group `g`'s state from its stored value (see `checkpoint`).
+    fn decode_group(&mut self, g: u32, value: &[u8]) -> Result<()> {
+        let gi = g as usize;
+        let mut r = StateReader::new(value);
+        let _stored_hash = r.i64()?;
+        self.row_count[gi] = r.i64()?;
+        self.emitted[gi] = match r.i64()? {
+            0 => None,
+            _ => Some(r.bytes()?.into()),
+        };
+        for agg in &mut self.aggs {
+            let mut state = StateReader::new(r.bytes()?);
+            agg.state.load(gi, &mut state)?;
+        }
+        let size = self.group_bytes(gi);
+        self.bytes += size;
+        self.bytes -= std::mem::replace(&mut self.sizes[gi], size as u32) as usize;
+        Ok(())
+    }
+
+    /// Group `g`'s stored value: hash, row count, last emitted row and, per aggregate, its
+    /// state, encoded with [`StateWriter`].
+    fn encode_group(&self, g: u32) -> Vec<u8> {
+        let gi = g as usize;
+        let mut w = StateWriter::default();
+        w.i64(self.groups.hashes[gi] as i64);
+        w.i64(self.row_count[gi]);
+        match &self.emitted[gi] {
+            Some(row) => {
+                w.i64(1);
+                w.bytes(row);
+            }
+            None => w.i64(0),
+        }
+        for agg in &self.aggs {
+            let mut state = StateWriter::default();
+            agg.state.save(gi, &mut state);
+            w.bytes(&state.finish());
+        }
+        w.finish()
     }
 
     fn mark_dirty(&mut self, g: u32) {
@@ -274,6 +428,9 @@ impl HashAggregate {
         let rows = converter.convert_columns(&columns)?;
         let mut hashes = vec![0u64; n];
         create_hashes(&columns, &self.groups.random_state, &mut hashes)?;
+        if !self.complete {
+            self.fault_in(&rows, &hashes)?;
+        }
         let mut ids = Vec::with_capacity(n);
         for (i, hash) in hashes.iter().enumerate() {
             let key = rows.row(i);
@@ -288,10 +445,7 @@ impl HashAggregate {
                 Some(g) => g,
                 None => {
                     let g = self.alloc_group(key.into(), *hash);
-                    let hashes = &self.groups.hashes;
-                    self.groups
-                        .table
-                        .insert_unique(*hash, g, |x| hashes[*x as usize]);
+                    self.index_group(g);
                     g
                 }
             };
@@ -351,8 +505,10 @@ impl Operator for HashAggregate {
         let dirty = std::mem::take(&mut self.dirty);
         let mut alive = Vec::with_capacity(dirty.len());
         let mut dead = Vec::new();
+        self.tick = self.tick.wrapping_add(1);
         for g in &dirty {
             self.is_dirty[*g as usize] = false;
+            self.last_used[*g as usize] = self.tick;
             if !self.is_unsaved[*g as usize] {
                 self.is_unsaved[*g as usize] = true;
                 self.unsaved.push(*g);
@@ -393,6 +549,10 @@ impl Operator for HashAggregate {
                     take_new.push(j as u32);
                 }
             }
+            let gi = *g as usize;
+            let size = self.group_bytes(gi);
+            self.bytes += size;
+            self.bytes -= std::mem::replace(&mut self.sizes[gi], size as u32) as usize;
         }
         for g in dead {
             // Last row of the group deleted: retract its row, free its state.
@@ -427,88 +587,133 @@ impl Operator for HashAggregate {
         self.groups.live
     }
 
-    /// One value per group under its key: hash, row count, last emitted row and, per
-    /// aggregate, its state, encoded with [`StateWriter`].
+    /// One value per group under its key (see `encode_group`); the keys of freed groups are
+    /// deleted.
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
-        let groups: Vec<u32> = if full {
+        let attached = self.lookup.is_some();
+        if full && !attached {
+            // Everything, over a cleared part.
             self.freed.clear();
             self.unsaved.clear();
             self.is_unsaved.iter_mut().for_each(|u| *u = false);
-            if self.global {
+            let groups: Vec<u32> = if self.global {
                 vec![0]
             } else {
                 self.groups.table.iter().copied().collect()
+            };
+            for g in groups {
+                sink.put(&self.groups.keys[g as usize], &self.encode_group(g));
             }
+            return Ok(());
+        }
+        if full {
+            // The checkpoint in flight may be lost: write its changes again (puts and deletes
+            // are idempotent).
+            for g in std::mem::take(&mut self.in_flight) {
+                if std::mem::take(&mut self.is_in_flight[g as usize])
+                    && !self.is_unsaved[g as usize]
+                {
+                    self.is_unsaved[g as usize] = true;
+                    self.unsaved.push(g);
+                }
+            }
+            let mut freed = std::mem::take(&mut self.freed_in_flight);
+            freed.append(&mut self.freed);
+            self.freed = freed;
+        }
+        // Freed first: a key freed and then created again is put back below.
+        for key in &self.freed {
+            sink.delete(key);
+        }
+        if attached {
+            self.freed_in_flight.append(&mut self.freed);
         } else {
-            // Freed first: a key freed and then created again is put back below.
-            for key in self.freed.drain(..) {
-                sink.delete(&key);
-            }
-            let unsaved = std::mem::take(&mut self.unsaved);
-            let mut groups = Vec::with_capacity(unsaved.len());
-            for g in unsaved {
-                // A group freed since it was listed (or listed twice) has its flag cleared.
-                if std::mem::take(&mut self.is_unsaved[g as usize]) {
-                    groups.push(g);
+            self.freed.clear();
+        }
+        for g in std::mem::take(&mut self.unsaved) {
+            // A group freed since it was listed (or listed twice) has its flag cleared.
+            if std::mem::take(&mut self.is_unsaved[g as usize]) {
+                sink.put(&self.groups.keys[g as usize], &self.encode_group(g));
+                if attached && !self.is_in_flight[g as usize] {
+                    self.is_in_flight[g as usize] = true;
+                    self.in_flight.push(g);
                 }
             }
-            groups
-        };
-        for g in groups {
-            let gi = g as usize;
-            let mut w = StateWriter::default();
-            w.i64(self.groups.hashes[gi] as i64);
-            w.i64(self.row_count[gi]);
-            match &self.emitted[gi] {
-                Some(row) => {
-                    w.i64(1);
-                    w.bytes(row);
-                }
-                None => w.i64(0),
-            }
-            for agg in &self.aggs {
-                let mut state = StateWriter::default();
-                agg.state.save(gi, &mut state);
-                w.bytes(&state.finish());
-            }
-            sink.put(&self.groups.keys[gi], &w.finish());
         }
         Ok(())
+    }
+
+    fn checkpoint_durable(&mut self) {
+        for g in std::mem::take(&mut self.in_flight) {
+            self.is_in_flight[g as usize] = false;
+        }
+        self.freed_in_flight.clear();
+        self.pending_deletes = self.freed.iter().cloned().collect();
     }
 
     fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
         self.dirty.clear();
         self.is_dirty.iter_mut().for_each(|d| *d = false);
-        source.values(&mut |key, value| {
-            let mut r = StateReader::new(value);
-            let hash = r.i64()? as u64;
-            let g = if self.global {
-                0
-            } else {
-                let g = self.alloc_group(key.into(), hash);
-                let hashes = &self.groups.hashes;
-                self.groups
-                    .table
-                    .insert_unique(hash, g, |x| hashes[*x as usize]);
-                g
-            };
-            let gi = g as usize;
-            self.row_count[gi] = r.i64()?;
-            self.emitted[gi] = match r.i64()? {
-                0 => None,
-                _ => Some(r.bytes()?.into()),
-            };
-            for agg in &mut self.aggs {
-                let mut state = StateReader::new(r.bytes()?);
-                agg.state.load(gi, &mut state)?;
+        if let Some(lookup) = &self.lookup {
+            // Groups are read as their keys come up; only the global group is read now.
+            self.complete = false;
+            if self.global
+                && let Some(value) = lookup.values(&[&[]])?.pop().flatten()
+            {
+                self.decode_group(0, &value)?;
             }
-            Ok(())
-        })?;
+        } else {
+            source.values(&mut |key, value| {
+                let g = if self.global {
+                    0
+                } else {
+                    let hash = StateReader::new(value).i64()? as u64;
+                    let g = self.alloc_group(key.into(), hash);
+                    self.index_group(g);
+                    g
+                };
+                self.decode_group(g, value)
+            })?;
+        }
         // A global aggregate stored before its first barrier has yet to emit its row.
         if self.global && self.emitted[0].is_none() {
             self.mark_dirty(0);
         }
         Ok(())
+    }
+
+    fn attach(&mut self, lookup: Box<dyn StateLookup>) {
+        self.lookup = Some(lookup);
+    }
+
+    fn evicts(&self) -> bool {
+        self.lookup.is_some()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn evict(&mut self, target: usize) {
+        if self.lookup.is_none() || self.bytes <= target {
+            return;
+        }
+        let mut candidates: Vec<(u32, u32)> = self
+            .groups
+            .table
+            .iter()
+            .filter(|g| self.evictable(**g))
+            .map(|g| (self.tick.wrapping_sub(self.last_used[*g as usize]), *g))
+            .collect();
+        // Oldest (largest age) first.
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, g) in candidates {
+            if self.bytes <= target {
+                break;
+            }
+            self.release_group(g);
+            self.complete = false;
+        }
     }
 }
 
@@ -746,6 +951,23 @@ impl AggState {
             ));
         }
         Ok(())
+    }
+
+    /// Approximate bytes of group `g`'s state.
+    fn bytes(&self, g: usize) -> usize {
+        // Per value of a multiset: the value (inline up to a few words) and its count.
+        const VALUE: usize = 48;
+        match self {
+            AggState::Count(_) => 8,
+            AggState::Sum { .. } => 48,
+            AggState::Bool { .. } => 16,
+            AggState::Extreme { best, .. } => {
+                24 + best[g].as_ref().map_or(0, |b| b.as_bytes().len())
+            }
+            AggState::MinMax { values, .. }
+            | AggState::CountDistinct { values, .. }
+            | AggState::Recompute { rows: values, .. } => 24 + values[g].len() * VALUE,
+        }
     }
 
     fn grow(&mut self, n: usize) {

@@ -3,6 +3,9 @@
 //! far, consolidated, must equal what a fresh operator emits for the current input in one step
 //! (recomputation from scratch). Halfway through, the operator is replaced by a fresh one
 //! loaded from its saved state (a checkpoint and restore), which must carry on identically.
+//! Operators that can evict state run the same rounds attached to a store, evicting
+//! everything durable after every round and losing some checkpoints, as a server under a tight
+//! memory budget with failing disk writes would.
 
 use std::sync::Arc;
 
@@ -25,7 +28,7 @@ use super::hash_agg::HashAggregate;
 use super::join::Join;
 use super::topk::TopK;
 use crate::dataflow::spec::{AggregateCall, JoinKind, JoinSpec, RankKind, TopKSpec};
-use crate::dataflow::{MemoryState, Operator};
+use crate::dataflow::{MemoryState, Operator, StateSink};
 use crate::types::{Epoch, ZBatch};
 
 type Row = (Option<i64>, Option<i64>, Option<String>);
@@ -126,42 +129,129 @@ fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>
             op.restore(&saved).unwrap();
         }
         let epoch = Epoch(r as u64 + 1);
-        // Group the round into one batch per port per run of same-port ops.
-        let mut per_port: Vec<Vec<(Row, i64)>> = vec![Vec::new(); ports];
-        for (port, delete, pick, row) in round {
-            if delete && !live[port].is_empty() {
-                let at = pick % live[port].len();
-                let row = live[port].swap_remove(at);
-                per_port[port].push((row, -1));
-            } else {
-                live[port].push(row.clone());
-                per_port[port].push((row, 1));
-            }
-        }
-        let mut out = Vec::new();
-        for (port, rows) in per_port.iter().enumerate() {
-            if !rows.is_empty() {
-                op.on_batch(port, batch(rows), &mut out).unwrap();
-            }
-        }
-        op.on_barrier(epoch, &mut out).unwrap();
-        emitted.extend(out);
+        emitted.extend(apply_round(op.as_mut(), round, &mut live, epoch));
+        compare(make, r, &emitted, &live);
+    }
+}
 
-        let mut fresh = make();
-        let mut expected = Vec::new();
-        for (port, rows) in live.iter().enumerate() {
-            let rows: Vec<(Row, i64)> = rows.iter().map(|r| (r.clone(), 1)).collect();
-            if !rows.is_empty() {
-                fresh.on_batch(port, batch(&rows), &mut expected).unwrap();
+/// Applies one round of changes to `op` (and to `live`, the current input rows) as one epoch;
+/// returns the output.
+fn apply_round(
+    op: &mut dyn Operator,
+    round: Vec<Op>,
+    live: &mut [Vec<Row>],
+    epoch: Epoch,
+) -> Vec<ZBatch> {
+    let ports = live.len();
+    // Group the round into one batch per port per run of same-port ops.
+    let mut per_port: Vec<Vec<(Row, i64)>> = vec![Vec::new(); ports];
+    for (port, delete, pick, row) in round {
+        if delete && !live[port].is_empty() {
+            let at = pick % live[port].len();
+            let row = live[port].swap_remove(at);
+            per_port[port].push((row, -1));
+        } else {
+            live[port].push(row.clone());
+            per_port[port].push((row, 1));
+        }
+    }
+    let mut out = Vec::new();
+    for (port, rows) in per_port.iter().enumerate() {
+        if !rows.is_empty() {
+            op.on_batch(port, batch(rows), &mut out).unwrap();
+        }
+    }
+    op.on_barrier(epoch, &mut out).unwrap();
+    out
+}
+
+/// Checks that the output so far equals what a fresh operator emits for `live` in one step.
+fn compare(make: &dyn Fn() -> Box<dyn Operator>, r: usize, emitted: &[ZBatch], live: &[Vec<Row>]) {
+    let mut fresh = make();
+    let mut expected = Vec::new();
+    for (port, rows) in live.iter().enumerate() {
+        let rows: Vec<(Row, i64)> = rows.iter().map(|r| (r.clone(), 1)).collect();
+        if !rows.is_empty() {
+            fresh.on_batch(port, batch(&rows), &mut expected).unwrap();
+        }
+    }
+    fresh.on_barrier(Epoch(1), &mut expected).unwrap();
+    let got = consolidate(emitted);
+    assert!(
+        got.iter().all(|(_, w)| *w > 0),
+        "round {r}: output has negative multiplicities: {got:?}"
+    );
+    assert_eq!(got, consolidate(&expected), "round {r}");
+}
+
+/// A checkpoint whose write fails: it may have reached the store or not.
+struct Lost;
+impl StateSink for Lost {
+    fn put(&mut self, _: &[u8], _: &[u8]) {}
+    fn delete(&mut self, _: &[u8]) {}
+    fn add(&mut self, _: &[u8], _: i64) {}
+}
+
+/// Like [`check`], for an operator attached to a store: after every round a checkpoint is
+/// written (`fate` says whether it is durable, lost, or applied but reported failed), and on
+/// success everything evictable is evicted; halfway, a fresh operator restores lazily from
+/// the store.
+fn check_evicting(
+    make: &dyn Fn() -> Box<dyn Operator>,
+    ports: usize,
+    rounds: Vec<Vec<Op>>,
+    fates: Vec<u8>,
+    max_left: usize,
+) {
+    let store = Arc::new(parking_lot::Mutex::new(MemoryState::default()));
+    let attached = || {
+        let mut op = make();
+        op.attach(Box::new(store.clone()));
+        assert!(op.evicts());
+        op
+    };
+    let mut op = attached();
+    let mut emitted: Vec<ZBatch> = Vec::new();
+    let mut live: Vec<Vec<Row>> = vec![Vec::new(); ports];
+    let restore_at = rounds.len() / 2;
+    let mut failed = false;
+    for (r, round) in rounds.into_iter().enumerate() {
+        let fate = if r == restore_at {
+            0
+        } else {
+            fates[r % fates.len()]
+        };
+        match fate {
+            // Durable.
+            0 | 1 => {
+                op.checkpoint(failed, &mut *store.lock()).unwrap();
+                op.checkpoint_durable();
+                failed = false;
+                op.evict(0);
+                let left = op.state_bytes();
+                assert!(
+                    left <= max_left,
+                    "round {r}: {left} bytes left after evicting"
+                );
+            }
+            // Lost.
+            2 => {
+                op.checkpoint(failed, &mut Lost).unwrap();
+                failed = true;
+            }
+            // Reached the store, but reported failed.
+            _ => {
+                op.checkpoint(failed, &mut *store.lock()).unwrap();
+                failed = true;
             }
         }
-        fresh.on_barrier(Epoch(1), &mut expected).unwrap();
-        let got = consolidate(&emitted);
-        assert!(
-            got.iter().all(|(_, w)| *w > 0),
-            "round {r}: output has negative multiplicities: {got:?}"
-        );
-        assert_eq!(got, consolidate(&expected), "round {r}");
+        if r == restore_at {
+            op = attached();
+            op.restore(&MemoryState::default()).unwrap();
+        }
+        let epoch = Epoch(r as u64 + 1);
+        emitted.extend(apply_round(op.as_mut(), round, &mut live, epoch));
+        compare(make, r, &emitted, &live);
     }
 }
 
@@ -294,6 +384,23 @@ proptest! {
             Box::new(HashAggregate::new(vec![col("k", 0)], aggregates(), &schema(), agg_schema(true), false).unwrap())
         };
         check(&make, 1, rounds);
+    }
+
+    #[test]
+    fn grouped_aggregate_evicting(rounds in rounds_strategy(1), fates in prop::collection::vec(0u8..4, 1..6)) {
+        let make = || -> Box<dyn Operator> {
+            Box::new(HashAggregate::new(vec![col("k", 0)], aggregates(), &schema(), agg_schema(true), false).unwrap())
+        };
+        check_evicting(&make, 1, rounds, fates, 0);
+    }
+
+    #[test]
+    fn global_aggregate_evicting(rounds in rounds_strategy(1), fates in prop::collection::vec(0u8..4, 1..6)) {
+        let make = || -> Box<dyn Operator> {
+            Box::new(HashAggregate::new(vec![], aggregates(), &schema(), agg_schema(false), false).unwrap())
+        };
+        // The one group is never evicted.
+        check_evicting(&make, 1, rounds, fates, usize::MAX);
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! The memory budget (`--memory-budget`): operator state that is checkpointed is evicted from
+//! memory past the budget and read back from the state store when its keys come up again; a
+//! restart reads none of it up front. What a user sees must not change: views stay equal to
+//! their queries recomputed, through evictions, updates of evicted groups, and restarts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use eddy::engine::EngineConfig;
+use tokio_postgres::Client;
+
+/// A budget of nothing and frequent checkpoints: everything durable is evicted.
+fn evict_everything(config: &mut EngineConfig) {
+    config.memory_budget = 0;
+    config.checkpoint_interval = Duration::from_millis(20);
+}
+
+async fn rows(client: &Client, sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const VIEW: &str = "SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, \
+                    count(DISTINCT v % 7) AS d FROM t GROUP BY k";
+
+async fn assert_view_is_recomputation(client: &Client, when: &str) {
+    let view = rows(client, "SELECT * FROM per_k").await;
+    let query = rows(client, VIEW).await;
+    assert_eq!(view.len(), query.len(), "{when}: row counts differ");
+    assert!(view == query, "{when}: the view differs from its query");
+}
+
+/// (evictable state bytes, evictions so far) from `eddy_catalog.memory`.
+async fn memory(client: &Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT evictable_state_bytes, evictions FROM eddy_catalog.memory",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Waits until `until(bytes, evictions)` holds (or 30 s pass); returns the last reading.
+async fn wait_for_memory(client: &Client, until: impl Fn(i64, i64) -> bool) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (bytes, evictions) = memory(client).await;
+        if until(bytes, evictions) || Instant::now() > deadline {
+            return (bytes, evictions);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
+    let (server, dir) = common::start_with(evict_everything).await;
+    let client = common::connect(&server).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id bigint PRIMARY KEY, k bigint, v bigint);
+             CREATE MATERIALIZED VIEW per_k AS {VIEW};
+             INSERT INTO t SELECT i, i % 2000, i * 3 FROM generate_series(1, 20000) AS s(i);"
+        ))
+        .await
+        .unwrap();
+    // Once a checkpoint covers the insert, the groups are evicted.
+    let (bytes, evictions) = wait_for_memory(&client, |b, e| e > 0 && b < 4096).await;
+    assert!(evictions > 0, "nothing was evicted");
+    assert!(bytes < 4096, "2,000 groups still hold {bytes} bytes");
+    assert_view_is_recomputation(&client, "after eviction").await;
+
+    // Changes to evicted groups (min and max deleted, counts to zero, new groups) read them
+    // back and keep the view exact.
+    client
+        .batch_execute(
+            "DELETE FROM t WHERE k < 100;
+             UPDATE t SET v = v + 1 WHERE id % 3 = 0;
+             DELETE FROM t WHERE id IN (SELECT min(id) FROM t GROUP BY k);
+             INSERT INTO t SELECT i, i % 2500, i FROM generate_series(20001, 23000) AS s(i);",
+        )
+        .await
+        .unwrap();
+    assert_view_is_recomputation(&client, "after changing evicted groups").await;
+    let (_, before) = memory(&client).await;
+    let (bytes, _) = wait_for_memory(&client, |b, e| e > before && b < 4096).await;
+    assert!(
+        bytes < 4096,
+        "the changed groups were not evicted: {bytes} bytes"
+    );
+    client
+        .batch_execute("UPDATE t SET v = v * 2 WHERE k % 10 = 1")
+        .await
+        .unwrap();
+    assert_view_is_recomputation(&client, "after a second round").await;
+    let before = rows(&client, "SELECT * FROM per_k").await;
+    drop(client);
+    server.shutdown().await;
+
+    // A restart loads no group: they are read as keys come up.
+    let server = common::restart(dir.path(), evict_everything).await;
+    let client = common::connect(&server).await;
+    let row = client
+        .query_one("SELECT evictable_state_bytes FROM eddy_catalog.memory", &[])
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, i64>(0) < 4096,
+        "a restart loaded {} bytes of groups",
+        row.get::<_, i64>(0)
+    );
+    assert_eq!(rows(&client, "SELECT * FROM per_k").await, before);
+    client
+        .batch_execute("DELETE FROM t WHERE k % 5 = 2; INSERT INTO t VALUES (30000, 7, -1)")
+        .await
+        .unwrap();
+    assert_view_is_recomputation(&client, "after the restart").await;
+    server.shutdown().await;
+}
+
+/// Under the default budget nothing is evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roomy_budget_evicts_nothing() {
+    let (server, _dir) = common::start_with(|c| {
+        c.checkpoint_interval = Duration::from_millis(20);
+    })
+    .await;
+    let client = common::connect(&server).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id bigint PRIMARY KEY, k bigint, v bigint);
+             CREATE MATERIALIZED VIEW per_k AS {VIEW};
+             INSERT INTO t SELECT i, i % 2000, i FROM generate_series(1, 20000) AS s(i);"
+        ))
+        .await
+        .unwrap();
+    wait_for_memory(&client, |b, _| b > 0).await;
+    let row = client
+        .query_one(
+            "SELECT budget_bytes, evictable_state_bytes, evictions FROM eddy_catalog.memory",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (budget, bytes, evictions): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(budget > 0);
+    assert!(bytes > 100_000, "2,000 groups are {bytes} bytes");
+    assert_eq!(evictions, 0);
+    server.shutdown().await;
+}
