@@ -38,12 +38,22 @@ async fn rows(client: &Client, sql: &str) -> Vec<String> {
 
 const VIEW: &str = "SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, \
                     count(DISTINCT v % 7) AS d FROM t GROUP BY k";
+/// Top-k views: one partition holding every row, and one partition per k.
+const TOP: &str = "SELECT id, v FROM t ORDER BY v DESC, id LIMIT 5";
+const TOP_PER_K: &str = "SELECT id, k, v FROM (SELECT id, k, v, row_number() OVER \
+                         (PARTITION BY k ORDER BY v, id) AS r FROM t) AS ranked WHERE r <= 2";
 
 async fn assert_view_is_recomputation(client: &Client, when: &str) {
-    let view = rows(client, "SELECT * FROM per_k").await;
-    let query = rows(client, VIEW).await;
-    assert_eq!(view.len(), query.len(), "{when}: row counts differ");
-    assert!(view == query, "{when}: the view differs from its query");
+    for (view, query) in [("per_k", VIEW), ("top5", TOP), ("top_per_k", TOP_PER_K)] {
+        let got = rows(client, &format!("SELECT * FROM {view}")).await;
+        let expected = rows(client, query).await;
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{when}: {view}: row counts differ"
+        );
+        assert!(got == expected, "{when}: {view} differs from its query");
+    }
 }
 
 /// (evictable state bytes, evictions so far) from `eddy_catalog.memory`.
@@ -78,6 +88,8 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
         .batch_execute(&format!(
             "CREATE TABLE t (id bigint PRIMARY KEY, k bigint, v bigint);
              CREATE MATERIALIZED VIEW per_k AS {VIEW};
+             CREATE MATERIALIZED VIEW top5 AS {TOP};
+             CREATE MATERIALIZED VIEW top_per_k AS {TOP_PER_K};
              INSERT INTO t SELECT i, i % 2000, i * 3 FROM generate_series(1, 20000) AS s(i);"
         ))
         .await
@@ -85,14 +97,18 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
     // Once a checkpoint covers the insert, the groups are evicted.
     let (bytes, evictions) = wait_for_memory(&client, |b, e| e > 0 && b < 4096).await;
     assert!(evictions > 0, "nothing was evicted");
-    assert!(bytes < 4096, "2,000 groups still hold {bytes} bytes");
+    assert!(
+        bytes < 4096,
+        "2,000 groups and top-k partitions still hold {bytes} bytes"
+    );
     assert_view_is_recomputation(&client, "after eviction").await;
 
-    // Changes to evicted groups (min and max deleted, counts to zero, new groups) read them
-    // back and keep the view exact.
+    // Changes to evicted groups and partitions (min and max deleted, counts to zero, new
+    // groups, the top rows deleted) read them back and keep the views exact.
     client
         .batch_execute(
             "DELETE FROM t WHERE k < 100;
+             DELETE FROM t WHERE v > 59000;
              UPDATE t SET v = v + 1 WHERE id % 3 = 0;
              DELETE FROM t WHERE id IN (SELECT min(id) FROM t GROUP BY k);
              INSERT INTO t SELECT i, i % 2500, i FROM generate_series(20001, 23000) AS s(i);",
@@ -107,11 +123,12 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
         "the changed groups were not evicted: {bytes} bytes"
     );
     client
-        .batch_execute("UPDATE t SET v = v * 2 WHERE k % 10 = 1")
+        .batch_execute("UPDATE t SET v = v * 2 WHERE k % 10 = 1; DELETE FROM t WHERE v > 50000")
         .await
         .unwrap();
     assert_view_is_recomputation(&client, "after a second round").await;
     let before = rows(&client, "SELECT * FROM per_k").await;
+    let top_before = rows(&client, "SELECT * FROM top_per_k").await;
     drop(client);
     server.shutdown().await;
 
@@ -128,8 +145,12 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
         row.get::<_, i64>(0)
     );
     assert_eq!(rows(&client, "SELECT * FROM per_k").await, before);
+    assert_eq!(rows(&client, "SELECT * FROM top_per_k").await, top_before);
     client
-        .batch_execute("DELETE FROM t WHERE k % 5 = 2; INSERT INTO t VALUES (30000, 7, -1)")
+        .batch_execute(
+            "DELETE FROM t WHERE k % 5 = 2; INSERT INTO t VALUES (30000, 7, -1);
+             DELETE FROM t WHERE id IN (SELECT id FROM top5)",
+        )
         .await
         .unwrap();
     assert_view_is_recomputation(&client, "after the restart").await;

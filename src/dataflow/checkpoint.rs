@@ -27,7 +27,8 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::storage::state::{
-    CheckpointMeta, HISTORY, StateBatch, StateStore, TABLE_ROWS, ViewCheckpoint, part_prefix,
+    CheckpointMeta, HISTORY, StateBatch, StateStore, StoreSnapshot, TABLE_ROWS, ViewCheckpoint,
+    part_prefix,
 };
 use crate::storage::table::TableCodec;
 use crate::subscribe::Entry;
@@ -120,6 +121,10 @@ pub struct Checkpointer {
     pub restorable: HashMap<ObjectId, ViewCheckpoint>,
     /// Dataflows the checkpoint in flight was collected from (told when it is durable).
     pub collected: Vec<ObjectId>,
+    /// A checkpoint was submitted and the runtime has not yet seen it finish.
+    pub awaiting: bool,
+    /// The store as of the last durable checkpoint.
+    pub durable: DurableSnapshot,
     /// See [`CheckpointSetup::memory_budget`].
     pub memory_budget: usize,
 }
@@ -132,6 +137,7 @@ impl Checkpointer {
 
     pub fn start(setup: CheckpointSetup, lsn: Lsn) -> Result<Checkpointer> {
         let shared = Arc::new(Shared::default());
+        let durable = Arc::new(parking_lot::RwLock::new(Arc::new(setup.store.snapshot())));
         let (sender, receiver) = mpsc::channel::<Job>();
         let thread = {
             let shared = shared.clone();
@@ -162,6 +168,8 @@ impl Checkpointer {
             lsn,
             restorable: setup.views.into_iter().map(|v| (v.id, v)).collect(),
             collected: Vec::new(),
+            awaiting: false,
+            durable,
             memory_budget: setup.memory_budget,
         })
     }
@@ -193,6 +201,7 @@ impl Checkpointer {
     /// Hands a collected checkpoint to the checkpoint thread.
     pub fn submit(&mut self, job: Job) {
         self.shared.stats.lock().in_flight = true;
+        self.awaiting = true;
         self.lsn = Lsn(job.meta.lsn);
         if let Some(sender) = &self.sender
             && sender.send(job).is_ok()
@@ -366,6 +375,9 @@ impl StateSink for PrefixSink<'_> {
     fn add(&mut self, key: &[u8], n: i64) {
         self.batch.add(&self.prefix, key, n);
     }
+    fn clear_prefix(&mut self, start: &[u8]) {
+        self.batch.clear_prefix(&self.prefix, start);
+    }
 }
 
 /// An operator's stored state: part `part` of object `id`.
@@ -384,14 +396,29 @@ impl StateSource for StoreSource<'_> {
     }
 }
 
-/// Point reads of one operator's stored state (see [`StateLookup`]).
+/// The store as of the last durable checkpoint, replaced by the runtime after each one.
+pub type DurableSnapshot = Arc<parking_lot::RwLock<Arc<StoreSnapshot>>>;
+
+/// Reads of one operator's stored state as of the last durable checkpoint (see
+/// [`StateLookup`]).
 pub struct PartLookup {
-    pub store: Arc<StateStore>,
+    pub durable: DurableSnapshot,
     pub prefix: [u8; crate::storage::state::PREFIX_LEN],
 }
 
 impl StateLookup for PartLookup {
     fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.store.get_values(&self.prefix, keys)
+        let snapshot = self.durable.read().clone();
+        snapshot.get_values(&self.prefix, keys)
+    }
+
+    fn counts_after(
+        &self,
+        start: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, i64)>> {
+        let snapshot = self.durable.read().clone();
+        snapshot.counts_after(&self.prefix, start, after, limit)
     }
 }

@@ -527,6 +527,7 @@ impl super::StateSink for Discard {
     fn put(&mut self, _key: &[u8], _value: &[u8]) {}
     fn delete(&mut self, _key: &[u8]) {}
     fn add(&mut self, _key: &[u8], _n: i64) {}
+    fn clear_prefix(&mut self, _start: &[u8]) {}
 }
 
 /// A view's delta for an epoch as one batch (None when it did not change).
@@ -676,7 +677,7 @@ impl Worker {
         let c = &self.checkpoints;
         let large = c.records_bytes >= Checkpointer::MAX_PENDING_BYTES;
         // Operators wait to hear that the checkpoint in flight is durable.
-        let awaited = !c.collected.is_empty();
+        let awaited = c.awaiting;
         if !(c.changed || large || c.failed() || awaited) {
             return None;
         }
@@ -728,13 +729,17 @@ impl Worker {
     /// state is durable (if it failed, the next checkpoint is a full one instead), then keeps
     /// their state in memory within the budget.
     fn after_checkpoint(&mut self) {
-        if self.checkpoints.collected.is_empty() || self.checkpoints.in_flight() {
+        if !self.checkpoints.awaiting || self.checkpoints.in_flight() {
             return;
         }
+        self.checkpoints.awaiting = false;
         let collected = std::mem::take(&mut self.checkpoints.collected);
         if self.checkpoints.failed() {
             return;
         }
+        // Nothing writes state until the next checkpoint is submitted: the store is exactly
+        // this checkpoint, which evicted state is read back from from now on.
+        *self.checkpoints.durable.write() = Arc::new(self.checkpoints.store.snapshot());
         for df in self
             .dataflows
             .iter_mut()
@@ -1030,7 +1035,7 @@ impl Worker {
         if id < TEMP_IDS {
             for (i, node) in df.nodes.iter_mut().enumerate() {
                 node.op.attach(Box::new(PartLookup {
-                    store: self.checkpoints.store.clone(),
+                    durable: self.checkpoints.durable.clone(),
                     prefix: part_prefix(id, i as u32),
                 }));
             }

@@ -11,6 +11,11 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
 use crate::types::ObjectId;
 
+/// Version of how operators lay out their stored state; part of every fingerprint, so a change
+/// of layout rebuilds views (from their tables) instead of misreading what an older server
+/// stored. 2: top-k rows keyed in sort order.
+const STATE_FORMAT: u32 = 2;
+
 /// Index of a node in [`DataflowSpec::nodes`].
 pub type NodeId = usize;
 
@@ -162,7 +167,7 @@ impl DataflowSpec {
     /// checkpointed by one dataflow is loaded only into an identical one (the same view planned
     /// again by the same server version). FNV-1a over the spec's debug form.
     pub fn fingerprint(&self) -> u64 {
-        let text = format!("{:?}", self.nodes);
+        let text = format!("state format {STATE_FORMAT}: {:?}", self.nodes);
         text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })

@@ -195,6 +195,8 @@ pub trait StateSink {
     fn delete(&mut self, key: &[u8]);
     /// Adds `n` to the count of the row `key` (a row whose count reaches 0 is gone).
     fn add(&mut self, key: &[u8], n: i64);
+    /// Removes every value and counted row whose key starts with `start`.
+    fn clear_prefix(&mut self, start: &[u8]);
 }
 
 /// An operator's stored state, read back at restart.
@@ -210,6 +212,15 @@ pub trait StateSource {
 pub trait StateLookup: Send {
     /// The values stored under `keys`, in order; `None` where there is none.
     fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Up to `limit` counted rows with a positive count whose keys start with `start` and, if
+    /// `after` is given, come after it, in key order.
+    fn counts_after(
+        &self,
+        start: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, i64)>>;
 }
 
 /// A [`MemoryState`] shared with an operator that reads it back (tests).
@@ -217,6 +228,28 @@ impl StateLookup for std::sync::Arc<parking_lot::Mutex<MemoryState>> {
     fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let state = self.lock();
         Ok(keys.iter().map(|k| state.values.get(*k).cloned()).collect())
+    }
+
+    fn counts_after(
+        &self,
+        start: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, i64)>> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let low = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(start.to_vec()),
+        };
+        Ok(state
+            .counts
+            .range((low, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(start))
+            .filter(|(_, n)| **n > 0)
+            .take(limit)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect())
     }
 }
 
@@ -240,6 +273,10 @@ impl StateSink for MemoryState {
         if *c == 0 {
             self.counts.remove(key);
         }
+    }
+    fn clear_prefix(&mut self, start: &[u8]) {
+        self.values.retain(|k, _| !k.starts_with(start));
+        self.counts.retain(|k, _| !k.starts_with(start));
     }
 }
 
@@ -273,6 +310,13 @@ impl CountLog {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Records `n` more of the row whose key `write` appends.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>), n: i64) {
+        let start = self.bytes.len();
+        write(&mut self.bytes);
+        self.entries.push((start, self.bytes.len(), n));
     }
 
     /// Writes every recorded change into `sink` and forgets them.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, MergeOperands, Options, ReadOptions,
-    WriteBatch, WriteOptions,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -326,19 +326,22 @@ impl StateStore {
             .map_err(|e| rocks_err("reading state from the state store", e))
     }
 
-    /// The values stored under `keys` (each after `prefix`), in order; `None` where there is
-    /// none. One batched read (RocksDB's MultiGet), for operators faulting in evicted state.
-    pub fn get_values(&self, prefix: &[u8], keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        let cf = self.cf(STATE_CF)?;
-        let full: Vec<Vec<u8>> = keys.iter().map(|k| [prefix, k].concat()).collect();
-        self.db
-            .batched_multi_get_cf(cf, &full, false)
-            .into_iter()
-            .map(|r| {
-                r.map(|v| v.map(|v| v.to_vec()))
-                    .map_err(|e| rocks_err("reading state from the state store", e))
-            })
-            .collect()
+    /// A consistent view of the store as it is now (the last durable checkpoint, when taken
+    /// right after it), unaffected by later writes.
+    pub fn snapshot(self: &Arc<Self>) -> StoreSnapshot {
+        let snapshot = self.db.snapshot();
+        // SAFETY: the snapshot borrows `self.db`, which lives as long as the `Arc<StateStore>`
+        // stored next to it; `StoreSnapshot` declares the snapshot first, so it is released
+        // before that `Arc` is dropped.
+        let snapshot = unsafe {
+            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(
+                snapshot,
+            )
+        };
+        StoreSnapshot {
+            snapshot,
+            store: self.clone(),
+        }
     }
 
     /// Ids of every object that has rows or state stored, ascending.
@@ -406,6 +409,79 @@ impl StateStore {
     }
 }
 
+/// A read-only view of the store at one moment (see [`StateStore::snapshot`]): operators read
+/// state they evicted through the snapshot of the last durable checkpoint, so a checkpoint
+/// being written meanwhile does not show through.
+pub struct StoreSnapshot {
+    // Declared first: released before the store it belongs to.
+    snapshot: SnapshotWithThreadMode<'static, DB>,
+    store: Arc<StateStore>,
+}
+
+impl StoreSnapshot {
+    fn read_options(&self) -> ReadOptions {
+        let mut options = ReadOptions::default();
+        options.set_snapshot(&self.snapshot);
+        options
+    }
+
+    /// The values stored under `keys` (each after `prefix`), in order; `None` where there is
+    /// none. One batched read (RocksDB's MultiGet), for operators faulting in evicted state.
+    pub fn get_values(&self, prefix: &[u8], keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.store.cf(STATE_CF)?;
+        let full: Vec<Vec<u8>> = keys.iter().map(|k| [prefix, k].concat()).collect();
+        self.store
+            .db
+            .batched_multi_get_cf_opt(cf, &full, false, &self.read_options())
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| rocks_err("reading state from the state store", e))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` counted rows with a positive count whose keys (after `prefix`) start with
+    /// `start` and, if `after` is given, come after it; in key order, keys after `prefix`.
+    pub fn counts_after(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, i64)>> {
+        let cf = self.store.cf(ROWS_CF)?;
+        let low = [prefix, start].concat();
+        let mut options = self.read_options();
+        options.set_iterate_upper_bound(range_end(&low));
+        let mut it = self.store.db.raw_iterator_cf_opt(cf, options);
+        match after {
+            Some(after) => {
+                let after = [prefix, after].concat();
+                it.seek(&after);
+                if it.key() == Some(after.as_slice()) {
+                    it.next();
+                }
+            }
+            None => it.seek(&low),
+        }
+        let mut out = Vec::new();
+        while out.len() < limit && it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let n = count_of(v);
+            if n > 0 {
+                out.push((k[prefix.len()..].to_vec(), n));
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(|e| rocks_err("reading state from the state store", e))?;
+        Ok(out)
+    }
+}
+
 /// The first key after every key starting with `prefix` (which is never all 0xff here).
 fn range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -452,6 +528,13 @@ impl StateBatch {
             self.batch
                 .merge_cf(cf, [prefix, key].concat(), n.to_le_bytes());
         }
+    }
+
+    /// Deletes every key (rows and values) after `prefix` that starts with `start`.
+    pub fn clear_prefix(&mut self, prefix: &[u8], start: &[u8]) {
+        let low = [prefix, start].concat();
+        let high = range_end(&low);
+        self.clear_range(&low, &high);
     }
 
     /// Deletes every key (rows and values) of part `part` of object `id`.
