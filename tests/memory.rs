@@ -43,8 +43,18 @@ const TOP: &str = "SELECT id, v FROM t ORDER BY v DESC, id LIMIT 5";
 const TOP_PER_K: &str = "SELECT id, k, v FROM (SELECT id, k, v, row_number() OVER \
                          (PARTITION BY k ORDER BY v, id) AS r FROM t) AS ranked WHERE r <= 2";
 
+/// Joins: an inner one with a residual condition, and a left outer one (match counts).
+const JOINED: &str = "SELECT t.id, t.v, u.label FROM t JOIN u ON t.k = u.k AND t.v > u.w";
+const LEFT_JOINED: &str = "SELECT u.k, u.label, t.id FROM u LEFT JOIN t ON t.id = u.w";
+
 async fn assert_view_is_recomputation(client: &Client, when: &str) {
-    for (view, query) in [("per_k", VIEW), ("top5", TOP), ("top_per_k", TOP_PER_K)] {
+    for (view, query) in [
+        ("per_k", VIEW),
+        ("top5", TOP),
+        ("top_per_k", TOP_PER_K),
+        ("joined", JOINED),
+        ("left_joined", LEFT_JOINED),
+    ] {
         let got = rows(client, &format!("SELECT * FROM {view}")).await;
         let expected = rows(client, query).await;
         assert_eq!(
@@ -87,10 +97,14 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
     client
         .batch_execute(&format!(
             "CREATE TABLE t (id bigint PRIMARY KEY, k bigint, v bigint);
+             CREATE TABLE u (k bigint, w bigint, label text);
              CREATE MATERIALIZED VIEW per_k AS {VIEW};
              CREATE MATERIALIZED VIEW top5 AS {TOP};
              CREATE MATERIALIZED VIEW top_per_k AS {TOP_PER_K};
-             INSERT INTO t SELECT i, i % 2000, i * 3 FROM generate_series(1, 20000) AS s(i);"
+             CREATE MATERIALIZED VIEW joined AS {JOINED};
+             CREATE MATERIALIZED VIEW left_joined AS {LEFT_JOINED};
+             INSERT INTO t SELECT i, i % 2000, i * 3 FROM generate_series(1, 20000) AS s(i);
+             INSERT INTO u SELECT i % 3000, i * 7, 'u' || i FROM generate_series(1, 4000) AS s(i);"
         ))
         .await
         .unwrap();
@@ -99,7 +113,7 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
     assert!(evictions > 0, "nothing was evicted");
     assert!(
         bytes < 4096,
-        "2,000 groups and top-k partitions still hold {bytes} bytes"
+        "groups, partitions and join keys still hold {bytes} bytes"
     );
     assert_view_is_recomputation(&client, "after eviction").await;
 
@@ -109,6 +123,8 @@ async fn evicted_aggregate_groups_come_back_when_their_keys_do() {
         .batch_execute(
             "DELETE FROM t WHERE k < 100;
              DELETE FROM t WHERE v > 59000;
+             DELETE FROM u WHERE k % 4 = 0;
+             UPDATE u SET w = w + 3 WHERE k % 5 = 1;
              UPDATE t SET v = v + 1 WHERE id % 3 = 0;
              DELETE FROM t WHERE id IN (SELECT min(id) FROM t GROUP BY k);
              INSERT INTO t SELECT i, i % 2500, i FROM generate_series(20001, 23000) AS s(i);",

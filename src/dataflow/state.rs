@@ -647,6 +647,26 @@ impl Arrangement {
         Ok(())
     }
 
+    /// Removes every row with this key (evicting it from memory).
+    pub fn remove_key(&mut self, hash: u64, key: &[u8]) {
+        let Ok(entry) = self.table.find_entry(hash, |b| b.key.as_bytes() == key) else {
+            return;
+        };
+        let (bucket, _) = entry.remove();
+        let mut at = bucket.head;
+        while at != NONE {
+            let next = self.next[at as usize];
+            self.free_row(at);
+            at = next;
+        }
+        self.maybe_compact();
+    }
+
+    /// Approximate bytes in memory: rows, their per-row slots, buckets.
+    pub fn bytes(&self) -> usize {
+        self.live_bytes + self.live_rows * 40 + self.table.len() * 48
+    }
+
     fn alloc_row(&mut self, row: &[u8], weight: i64, matches: i64) -> RowId {
         let start = self.arena.len();
         self.arena.extend_from_slice(row);

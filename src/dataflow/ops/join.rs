@@ -18,9 +18,14 @@
 //!   per-row weights and match counts. Checkpoints store each side as counted rows (key: side,
 //!   join key, row), adding the rows' weight changes since the previous checkpoint; match counts
 //!   follow from the two sides, so they are recomputed on restore rather than stored;
-//! - barrier: nothing held back; every change is emitted as its batch is processed.
+//! - barrier: nothing held back; every change is emitted as its batch is processed;
+//! - memory: once attached to the store (views' dataflows; not `NOT IN`, whose regime changes
+//!   look at every row), a join key unchanged since the last durable checkpoint can be evicted:
+//!   its rows on both sides leave memory together. A batch whose keys are not in memory reads
+//!   them back first (both sides' rows, and match counts recomputed from them), and a restart
+//!   reads none up front.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -36,7 +41,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::dataflow::spec::{JoinKind, JoinSpec};
 use crate::dataflow::state::{
-    Arrangement, CountLog, RowId, StateReader, StateWriter, append_key, key_parts,
+    Arrangement, CountLog, RowId, StateLookup, StateReader, StateWriter, append_key, key_parts,
 };
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
@@ -64,6 +69,40 @@ pub struct Join {
     unsaved: CountLog,
     /// Whether the null-aware regime changed since the last checkpoint.
     regime_unsaved: bool,
+    /// Reads join keys back from the store (set by `attach`); without it every row stays in
+    /// memory.
+    lookup: Option<Box<dyn StateLookup>>,
+    /// Every join key is in memory: one not found has no rows, no need to ask the store.
+    complete: bool,
+    /// Join keys in memory, while attached.
+    held: HashMap<Box<[u8]>, HeldKey>,
+    /// Keys changed since the last checkpoint was collected, and in the one in flight.
+    unsaved_keys: Vec<Box<[u8]>>,
+    in_flight_keys: Vec<Box<[u8]>>,
+    tick: u32,
+}
+
+/// A join key in memory.
+struct HeldKey {
+    hash: u64,
+    /// Changed since the last checkpoint was collected; changed in the one in flight.
+    unsaved: bool,
+    in_flight: bool,
+    /// The barrier at which it last changed.
+    last_used: u32,
+}
+
+/// A join key with its hash.
+type HashedKey = (u64, Box<[u8]>);
+
+/// Bytes per join key held, besides its rows.
+const HELD_KEY_BYTES: usize = 96;
+
+/// The key prefix of side `side`'s rows with join key `key`.
+fn side_prefix(side: usize, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 9);
+    append_key(&mut out, &[&[side as u8], key, &[]]);
+    out
 }
 
 /// The part of a stored row's key naming the arrangement it belongs to.
@@ -133,7 +172,75 @@ impl Join {
             random_state: RandomState::with_seed(0),
             unsaved: CountLog::default(),
             regime_unsaved: spec.null_aware,
+            lookup: None,
+            complete: true,
+            held: HashMap::new(),
+            unsaved_keys: Vec::new(),
+            in_flight_keys: Vec::new(),
+            tick: 0,
         })
+    }
+
+    /// Records that join key `key` changed (while attached).
+    fn mark_changed(&mut self, hash: u64, key: &[u8]) {
+        let tick = self.tick;
+        match self.held.get_mut(key) {
+            Some(h) => {
+                h.last_used = tick;
+                if !h.unsaved {
+                    h.unsaved = true;
+                    self.unsaved_keys.push(key.into());
+                }
+            }
+            None => {
+                self.held.insert(
+                    key.into(),
+                    HeldKey {
+                        hash,
+                        unsaved: true,
+                        in_flight: false,
+                        last_used: tick,
+                    },
+                );
+                self.unsaved_keys.push(key.into());
+            }
+        }
+    }
+
+    /// Reads the rows of join keys `missing` (not in memory) back from the store, both sides,
+    /// and recomputes their match counts.
+    fn fault_in(&mut self, missing: &[(u64, &[u8])]) -> Result<()> {
+        let lookup = self
+            .lookup
+            .as_ref()
+            .ok_or_else(|| crate::internal!("join rows left the store unattached"))?;
+        let mut loaded: Vec<HashedKey> = Vec::with_capacity(missing.len());
+        for (hash, key) in missing {
+            for side in [LEFT, RIGHT] {
+                for (stored, n) in lookup.counts_after(&side_prefix(side, key), None, usize::MAX)? {
+                    let [_, _, row] = key_parts::<3>(&stored)?;
+                    self.sides[side].update(*hash, key, row, n, 0)?;
+                }
+            }
+            loaded.push((*hash, (*key).into()));
+        }
+        for (hash, key) in &loaded {
+            self.held.insert(
+                key.clone(),
+                HeldKey {
+                    hash: *hash,
+                    unsaved: false,
+                    in_flight: false,
+                    last_used: self.tick,
+                },
+            );
+        }
+        for side in [LEFT, RIGHT] {
+            if self.tracks(side) {
+                self.restore_matches(side, Some(&loaded))?;
+            }
+        }
+        Ok(())
     }
 
     /// Candidate pairs as rows of the pair schema: `mine` (columns of side `a`) beside
@@ -185,12 +292,24 @@ impl Join {
         Ok(hashes)
     }
 
-    /// Recomputes the match counts of side `a`'s rows from the other side (after a restore).
-    fn restore_matches(&mut self, a: usize) -> Result<()> {
+    /// Recomputes the match counts of side `a`'s rows from the other side (after a restore),
+    /// of all rows or of those with the keys `only`.
+    fn restore_matches(&mut self, a: usize, only: Option<&[HashedKey]>) -> Result<()> {
         let b = 1 - a;
         let mut pairs: Vec<(RowId, RowId)> = Vec::new();
-        for (hash, key, id) in self.sides[a].entries() {
-            pairs.extend(self.sides[b].lookup(hash, key).map(|other| (id, other)));
+        match only {
+            None => {
+                for (hash, key, id) in self.sides[a].entries() {
+                    pairs.extend(self.sides[b].lookup(hash, key).map(|other| (id, other)));
+                }
+            }
+            Some(keys) => {
+                for (hash, key) in keys {
+                    for id in self.sides[a].lookup(*hash, key) {
+                        pairs.extend(self.sides[b].lookup(*hash, key).map(|other| (id, other)));
+                    }
+                }
+            }
         }
         let mut totals: HashMap<RowId, i64> = HashMap::new();
         for chunk in pairs.chunks(8192) {
@@ -320,6 +439,26 @@ impl Operator for Join {
             })
         };
         let is_null_key = |i: usize| null_key.as_ref().is_some_and(|nb| nb.is_null(i));
+
+        // Attached: keys not in memory are read back first; every key of the batch changes.
+        if self.lookup.is_some() {
+            if !self.complete {
+                let mut seen = HashSet::new();
+                let missing: Vec<(u64, &[u8])> = (0..n)
+                    .filter(|i| !is_null_key(*i) && !self.held.contains_key(key(*i)))
+                    .filter(|i| seen.insert(key(*i)))
+                    .map(|i| (hashes[i], key(i)))
+                    .collect();
+                if !missing.is_empty() {
+                    self.fault_in(&missing)?;
+                }
+            }
+            for i in 0..n {
+                if weights[i] != 0 && !is_null_key(i) {
+                    self.mark_changed(hashes[i], key(i));
+                }
+            }
+        }
 
         // Probe the other side.
         let mut probe_rows: Vec<u32> = Vec::new();
@@ -511,13 +650,41 @@ impl Operator for Join {
 
     fn on_barrier(&mut self, _epoch: Epoch, _out: &mut Vec<ZBatch>) -> Result<()> {
         // Every change was emitted with the batch that caused it.
+        self.tick = self.tick.wrapping_add(1);
         Ok(())
     }
 
     /// Counted rows (side, join key, row) and, for a null-aware join, the right side's row
     /// counts as a value.
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
-        if full {
+        let attached = self.lookup.is_some();
+        if full && attached {
+            // The checkpoint in flight may be lost: every key changed since the last durable
+            // one is cleared and written whole, both sides.
+            self.unsaved.clear();
+            let mut changed = std::mem::take(&mut self.in_flight_keys);
+            changed.append(&mut self.unsaved_keys);
+            changed.sort_unstable();
+            changed.dedup();
+            let mut key = Vec::new();
+            for k in &changed {
+                let Some(h) = self.held.get_mut(k) else {
+                    continue;
+                };
+                h.in_flight = false;
+                h.unsaved = true;
+                let hash = h.hash;
+                for side in [LEFT, RIGHT] {
+                    sink.clear_prefix(&side_prefix(side, k));
+                    for id in self.sides[side].lookup(hash, k) {
+                        key.clear();
+                        append_key(&mut key, &[&[side as u8], k, self.sides[side].row(id)]);
+                        sink.add(&key, self.sides[side].weight(id));
+                    }
+                }
+            }
+            self.unsaved_keys = changed;
+        } else if full {
             self.unsaved.clear();
             let mut key = Vec::new();
             let sides = [(LEFT, &self.sides[LEFT]), (RIGHT, &self.sides[RIGHT])]
@@ -537,6 +704,15 @@ impl Operator for Join {
         } else {
             self.unsaved.drain_into(sink);
         }
+        for k in std::mem::take(&mut self.unsaved_keys) {
+            if let Some(h) = self.held.get_mut(&k) {
+                h.unsaved = false;
+                if !h.in_flight {
+                    h.in_flight = true;
+                    self.in_flight_keys.push(k);
+                }
+            }
+        }
         if let Some(na) = &self.null_aware
             && (full || self.regime_unsaved)
         {
@@ -549,7 +725,65 @@ impl Operator for Join {
         Ok(())
     }
 
+    fn checkpoint_durable(&mut self) {
+        for k in std::mem::take(&mut self.in_flight_keys) {
+            if let Some(h) = self.held.get_mut(&k) {
+                h.in_flight = false;
+            }
+        }
+    }
+
+    fn attach(&mut self, lookup: Box<dyn StateLookup>) {
+        // NOT IN keeps everything: a change of the right side's regime looks at every row.
+        if self.null_aware.is_none() {
+            self.lookup = Some(lookup);
+        }
+    }
+
+    fn evicts(&self) -> bool {
+        self.lookup.is_some()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.sides[LEFT].bytes()
+            + self.sides[RIGHT].bytes()
+            + self.held.len() * HELD_KEY_BYTES
+            + self
+                .null_aware
+                .as_ref()
+                .map_or(0, |na| na.left_nulls.bytes())
+    }
+
+    /// Evicts join keys unchanged since the last durable checkpoint, least recently changed
+    /// first: both sides' rows of a key go together.
+    fn evict(&mut self, target: usize) {
+        if self.lookup.is_none() || self.state_bytes() <= target {
+            return;
+        }
+        let mut candidates: Vec<(u32, Box<[u8]>, u64)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !(h.unsaved || h.in_flight))
+            .map(|(k, h)| (self.tick.wrapping_sub(h.last_used), k.clone(), h.hash))
+            .collect();
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        for (_, key, hash) in candidates {
+            if self.state_bytes() <= target {
+                break;
+            }
+            self.sides[LEFT].remove_key(hash, &key);
+            self.sides[RIGHT].remove_key(hash, &key);
+            self.held.remove(&key);
+            self.complete = false;
+        }
+    }
+
     fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
+        if self.lookup.is_some() {
+            // Keys are read back as batches reach them.
+            self.complete = false;
+            return Ok(());
+        }
         let corrupt = || crate::err!(sqlstate::DATA_CORRUPTED, "join state is unreadable");
         // Per arrangement: (join key, row, count).
         type Stored = Vec<(Vec<u8>, Vec<u8>, i64)>;
@@ -595,7 +829,7 @@ impl Operator for Join {
         }
         for side in [LEFT, RIGHT] {
             if self.tracks(side) {
-                self.restore_matches(side)?;
+                self.restore_matches(side, None)?;
             }
         }
         Ok(())

@@ -465,6 +465,12 @@ proptest! {
     }
 
     #[test]
+    fn joins_evicting(rounds in sized_rounds_strategy(2, 12, 20), kind in 0usize..6, residual: bool, nulls_equal: bool, fates in prop::collection::vec(0u8..5, 1..6)) {
+        let kind = [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full, JoinKind::LeftSemi, JoinKind::LeftAnti][kind];
+        check_evicting(&|| join(kind, residual, nulls_equal, false), 2, rounds, fates, 0);
+    }
+
+    #[test]
     fn not_in(rounds in rounds_strategy(2)) {
         check(&|| join(JoinKind::LeftAnti, false, false, true), 2, rounds);
     }
