@@ -16,8 +16,9 @@
 //! compacted by RocksDB as it goes), plus the tables' rows in Arrow memory for reference.
 //!
 //! Run: `cargo bench --bench recovery` (options: `-- --rows 1100000,11000000`, about 100 MB and
-//! 1 GB of state). Prints Markdown
-//! tables for docs/benchmarks.md.
+//! 1 GB of state; `--memory-budget 64MB` is passed to the server). Prints Markdown tables for
+//! docs/benchmarks.md, with the server's peak RSS during the load and its RSS once serving
+//! after the clean restart.
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,33 @@ fn written_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A field of `/proc/<pid>/status` in kB (`VmHWM`: peak RSS, `VmRSS`: RSS now), as MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1e3)
+}
+
+/// Server flags from the bench's command line (`--memory-budget X`).
+fn server_args() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--memory-budget") {
+        Some(i) if i + 1 < args.len() => vec!["--memory-budget".into(), args[i + 1].clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn spawn(data: &std::path::Path) -> EddyProcess {
+    let args = server_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    EddyProcess::spawn(data, &args, &[])
+}
+
 fn dir_bytes(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .map(|entries| {
@@ -101,8 +129,8 @@ const USERS: u64 = 100_000;
 /// Starts the server and waits until a view answers; returns the time that took.
 async fn start_and_time(data: &std::path::Path) -> (EddyProcess, Client, Duration) {
     let started = Instant::now();
-    let server = EddyProcess::spawn(data, &[], &[]);
-    let client = server.connect().await;
+    let server = spawn(data);
+    let client = EddyProcess::connect_within(server.port, Duration::from_secs(900)).await;
     client
         .batch_execute("SET statement_timeout = '600s'")
         .await
@@ -129,13 +157,15 @@ struct Outcome {
     clean_restart: Duration,
     state_mb: f64,
     log_mb: f64,
+    load_peak_rss_mb: f64,
+    restarted_rss_mb: f64,
 }
 
 async fn run(rows: u64) -> Outcome {
     let dir =
         tempfile::tempdir_in(std::env::var("EDDY_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
     let data = dir.path().join("data");
-    let mut server = EddyProcess::spawn(&data, &[], &[]);
+    let mut server = spawn(&data);
     let client = server.connect().await;
     client.batch_execute(SETUP).await.unwrap();
     // Reading a view waits for the dataflows to catch up with the load: let it.
@@ -189,6 +219,7 @@ async fn run(rows: u64) -> Outcome {
     let c = system_row(&client, "checkpoints").await;
     longest = longest.max(field(&c, "duration_ms"));
     let written = written_bytes(pid) - written_before;
+    let load_peak_rss_mb = status_mb(pid, "VmHWM");
 
     // 2. kill -9 and restart.
     drop(client);
@@ -215,13 +246,14 @@ async fn run(rows: u64) -> Outcome {
     server.terminate();
     let state_mb = dir_bytes(&data.join("state")) as f64 / 1e6;
     let log_mb = dir_bytes(&data.join("log")) as f64 / 1e6;
-    let (_server, client, clean_restart) = start_and_time(&data).await;
+    let (server, client, clean_restart) = start_and_time(&data).await;
     let n: i64 = client
         .query_one("SELECT sum(n) FROM per_user", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(n as u64, rows);
+    let restarted_rss_mb = status_mb(server.pid(), "VmRSS");
     Outcome {
         rows,
         load_rate: rows as f64 / load_secs,
@@ -237,6 +269,8 @@ async fn run(rows: u64) -> Outcome {
         clean_restart,
         state_mb,
         log_mb,
+        load_peak_rss_mb,
+        restarted_rss_mb,
     }
 }
 
@@ -248,14 +282,14 @@ fn main() {
         .unwrap();
     let sizes = arg_list("--rows", "1100000,11000000");
     println!(
-        "| events rows | state on disk | load (COPY, 3 views) | checkpoints during load: count / longest / written | write amplification | restart after kill -9 → serving | same after 300k row UPDATEs | restart after clean shutdown |"
+        "| events rows | state on disk | load (COPY, 3 views) | checkpoints during load: count / longest / written | write amplification | restart after kill -9 → serving | same after 300k row UPDATEs | restart after clean shutdown | peak RSS during load | RSS serving after clean restart |"
     );
-    println!("|---:|---:|---:|---|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     for rows in sizes {
         eprintln!("recovery bench: {rows} rows…");
         let o = runtime.block_on(run(rows));
         println!(
-            "| {} | {:.0} MB (+ log {:.0} MB) | {:.0} rows/s | {:.0} / {:.0} ms / {:.0} MB | {:.1}× ({:.0} MB of COPY text) | {:.2} s (open {:.0} ms, {} records replayed) | {:.2} s ({} records replayed) | {:.2} s |",
+            "| {} | {:.0} MB (+ log {:.0} MB) | {:.0} rows/s | {:.0} / {:.0} ms / {:.0} MB | {:.1}× ({:.0} MB of COPY text) | {:.2} s (open {:.0} ms, {} records replayed) | {:.2} s ({} records replayed) | {:.2} s | {:.0} MB | {:.0} MB |",
             o.rows,
             o.state_mb,
             o.log_mb,
@@ -271,6 +305,8 @@ fn main() {
             o.history_restart.as_secs_f64(),
             field(&o.history_recovery, "log_records_replayed"),
             o.clean_restart.as_secs_f64(),
+            o.load_peak_rss_mb,
+            o.restarted_rss_mb,
         );
     }
 }

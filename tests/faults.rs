@@ -151,7 +151,9 @@ async fn a_failed_fsync_fails_writes_with_58030_until_restart_and_reads_work() {
 }
 
 /// Fills a real (tmpfs) file system: the log write fails with ENOSPC, writes fail with 53100,
-/// reads work, and writes resume once space is freed. Needs root to mount the tmpfs.
+/// reads work, and writes resume once space is freed. Checkpoints fail meanwhile too (the state
+/// store is on the same disk) while, under a budget of 0, operators evict whatever was durable:
+/// after a `kill -9` the restart finds everything. Needs root to mount the tmpfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_really_full_disk_when_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,7 +179,8 @@ async fn a_really_full_disk_when_root() {
     }
     let _unmount = Unmount(mount.clone());
     let data = mount.join("data");
-    let server = EddyProcess::spawn(&data, &[], &[]);
+    let args = ["--memory-budget", "0", "--checkpoint-interval", "20ms"];
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
     let client = server.connect().await;
     client.batch_execute(SETUP).await.unwrap();
     client
@@ -228,6 +231,13 @@ async fn a_really_full_disk_when_root() {
         .execute("INSERT INTO t VALUES (1000, 5)", &[])
         .await
         .unwrap();
+    assert_eq!(count(&client, "SELECT count(*) FROM t").await, before + 1);
+    assert_consistent(&client).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    server.kill();
+    let server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
     assert_eq!(count(&client, "SELECT count(*) FROM t").await, before + 1);
     assert_consistent(&client).await;
 }

@@ -417,8 +417,16 @@ impl StateLookup for PartLookup {
         start: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, i64)>> {
+    ) -> Result<crate::storage::state::CountedRows> {
         let snapshot = self.durable.read().clone();
         snapshot.counts_after(&self.prefix, start, after, limit)
+    }
+
+    fn counts_with_starts(
+        &self,
+        starts: &[&[u8]],
+    ) -> Result<Vec<crate::storage::state::CountedRows>> {
+        let snapshot = self.durable.read().clone();
+        snapshot.counts_with_starts(&self.prefix, starts)
     }
 }

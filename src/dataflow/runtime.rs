@@ -416,6 +416,9 @@ struct Dataflow {
     history_saved: Epoch,
     /// The history's oldest epoch as of the last checkpoint.
     history_oldest_saved: Epoch,
+    /// What the store holds for this dataflow is its own state (it was restored from it, or
+    /// a checkpoint of it is durable) rather than a stale earlier dataflow's of the same view.
+    stored_is_own: bool,
 }
 
 impl Dataflow {
@@ -481,6 +484,7 @@ impl Dataflow {
             fingerprint,
             history_saved: start,
             history_oldest_saved: start,
+            stored_is_own: false,
         })
     }
 
@@ -745,6 +749,7 @@ impl Worker {
             .iter_mut()
             .filter(|d| collected.contains(&d.id))
         {
+            df.stored_is_own = true;
             for node in &mut df.nodes {
                 node.op.checkpoint_durable();
             }
@@ -812,9 +817,15 @@ impl Worker {
         let dropped = std::mem::take(&mut self.checkpoints.dropped);
         if full {
             // Everything is rewritten except what operators that evict keep stored (they
-            // rewrite their own changes since the last durable checkpoint over it).
+            // rewrite their own changes since the last durable checkpoint over it) — unless
+            // what is stored is not theirs yet: then they rewrite everything, which is all
+            // changed since they were built.
             let mut kept = HashMap::new();
-            for df in self.dataflows.iter().filter(|d| d.persistent()) {
+            for df in self
+                .dataflows
+                .iter()
+                .filter(|d| d.persistent() && d.stored_is_own)
+            {
                 let evicting: Vec<u32> = (0..df.nodes.len() as u32)
                     .filter(|i| df.nodes[*i as usize].op.evicts())
                     .collect();
@@ -1052,6 +1063,7 @@ impl Worker {
                 };
                 guarded(|| node.op.restore(&source))?;
             }
+            df.stored_is_own = true;
             df.history_saved = self.committed.epoch;
         } else {
             self.backfill(&mut df)?;

@@ -22,7 +22,7 @@ use datafusion::arrow::row::{Row, RowConverter};
 use hashbrown::HashTable;
 
 use crate::error::Result;
-pub use crate::storage::state::{CountVisitor, ValueVisitor};
+pub use crate::storage::state::{CountVisitor, CountedRows, ValueVisitor};
 
 /// A value in Arrow's row format, stored inline when short (numbers, dates, short strings), so
 /// multisets of values need no allocation per value. Orders and hashes as its bytes.
@@ -215,12 +215,17 @@ pub trait StateLookup: Send {
 
     /// Up to `limit` counted rows with a positive count whose keys start with `start` and, if
     /// `after` is given, come after it, in key order.
-    fn counts_after(
-        &self,
-        start: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, i64)>>;
+    fn counts_after(&self, start: &[u8], after: Option<&[u8]>, limit: usize)
+    -> Result<CountedRows>;
+
+    /// For each of `starts` (ascending), every counted row with a positive count whose key
+    /// starts with it.
+    fn counts_with_starts(&self, starts: &[&[u8]]) -> Result<Vec<CountedRows>> {
+        starts
+            .iter()
+            .map(|s| self.counts_after(s, None, usize::MAX))
+            .collect()
+    }
 }
 
 /// A [`MemoryState`] shared with an operator that reads it back (tests).
@@ -235,7 +240,7 @@ impl StateLookup for std::sync::Arc<parking_lot::Mutex<MemoryState>> {
         start: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, i64)>> {
+    ) -> Result<CountedRows> {
         use std::ops::Bound;
         let state = self.lock();
         let low = match after {

@@ -57,6 +57,9 @@ pub fn part_prefix(id: ObjectId, part: u32) -> [u8; PREFIX_LEN] {
     p
 }
 
+/// Counted rows read back: (key after the prefix, count).
+pub type CountedRows = Vec<(Vec<u8>, i64)>;
+
 /// Called with each stored value's key (after the prefix) and value.
 pub type ValueVisitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 /// Called with each stored row's key (after the prefix) and count.
@@ -441,6 +444,36 @@ impl StoreSnapshot {
             .collect()
     }
 
+    /// For each of `starts` (ascending), the counted rows with a positive count whose keys
+    /// (after `prefix`) start with it; keys after `prefix`. One iterator for them all.
+    pub fn counts_with_starts(&self, prefix: &[u8], starts: &[&[u8]]) -> Result<Vec<CountedRows>> {
+        let cf = self.store.cf(ROWS_CF)?;
+        let mut it = self.store.db.raw_iterator_cf_opt(cf, self.read_options());
+        let mut out = Vec::with_capacity(starts.len());
+        for start in starts {
+            let low = [prefix, start].concat();
+            it.seek(&low);
+            let mut rows = Vec::new();
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if !k.starts_with(&low) {
+                    break;
+                }
+                let n = count_of(v);
+                if n > 0 {
+                    rows.push((k[prefix.len()..].to_vec(), n));
+                }
+                it.next();
+            }
+            it.status()
+                .map_err(|e| rocks_err("reading state from the state store", e))?;
+            out.push(rows);
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` counted rows with a positive count whose keys (after `prefix`) start with
     /// `start` and, if `after` is given, come after it; in key order, keys after `prefix`.
     pub fn counts_after(
@@ -449,7 +482,7 @@ impl StoreSnapshot {
         start: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, i64)>> {
+    ) -> Result<CountedRows> {
         let cf = self.store.cf(ROWS_CF)?;
         let low = [prefix, start].concat();
         let mut options = self.read_options();

@@ -161,8 +161,14 @@ impl EddyProcess {
 
     /// A connection to the server on `port`, retrying while it starts.
     pub async fn connect_port(port: u16) -> Client {
-        // Up to two minutes: a benchmark's server may be loading gigabytes of state.
-        for _ in 0..4800 {
+        Self::connect_within(port, std::time::Duration::from_secs(120)).await
+    }
+
+    /// A connection to the server on `port`, retrying for up to `wait` while it starts (a
+    /// benchmark's server may be loading gigabytes of state or replaying a long log tail).
+    pub async fn connect_within(port: u16, wait: std::time::Duration) -> Client {
+        let tries = wait.as_millis() / 25;
+        for _ in 0..tries {
             if let Ok((client, conn)) = tokio_postgres::connect(
                 &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
                 NoTls,

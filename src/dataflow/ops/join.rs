@@ -75,7 +75,7 @@ pub struct Join {
     /// Every join key is in memory: one not found has no rows, no need to ask the store.
     complete: bool,
     /// Join keys in memory, while attached.
-    held: HashMap<Box<[u8]>, HeldKey>,
+    held: HashMap<Box<[u8]>, HeldKey, RandomState>,
     /// Keys changed since the last checkpoint was collected, and in the one in flight.
     unsaved_keys: Vec<Box<[u8]>>,
     in_flight_keys: Vec<Box<[u8]>>,
@@ -174,7 +174,7 @@ impl Join {
             regime_unsaved: spec.null_aware,
             lookup: None,
             complete: true,
-            held: HashMap::new(),
+            held: HashMap::default(),
             unsaved_keys: Vec::new(),
             in_flight_keys: Vec::new(),
             tick: 0,
@@ -214,16 +214,24 @@ impl Join {
             .lookup
             .as_ref()
             .ok_or_else(|| crate::internal!("join rows left the store unattached"))?;
-        let mut loaded: Vec<HashedKey> = Vec::with_capacity(missing.len());
-        for (hash, key) in missing {
+        // Both sides' key ranges, in key order, read with one iterator.
+        let mut ranges: Vec<(Vec<u8>, usize, usize)> = Vec::with_capacity(missing.len() * 2);
+        for (i, (_, key)) in missing.iter().enumerate() {
             for side in [LEFT, RIGHT] {
-                for (stored, n) in lookup.counts_after(&side_prefix(side, key), None, usize::MAX)? {
-                    let [_, _, row] = key_parts::<3>(&stored)?;
-                    self.sides[side].update(*hash, key, row, n, 0)?;
-                }
+                ranges.push((side_prefix(side, key), side, i));
             }
-            loaded.push((*hash, (*key).into()));
         }
+        ranges.sort_unstable();
+        let starts: Vec<&[u8]> = ranges.iter().map(|(s, _, _)| s.as_slice()).collect();
+        let stored = lookup.counts_with_starts(&starts)?;
+        for ((_, side, i), rows) in ranges.iter().zip(stored) {
+            let (hash, key) = missing[*i];
+            for (stored, n) in rows {
+                let [_, _, row] = key_parts::<3>(&stored)?;
+                self.sides[*side].update(hash, key, row, n, 0)?;
+            }
+        }
+        let loaded: Vec<HashedKey> = missing.iter().map(|(h, k)| (*h, (*k).into())).collect();
         for (hash, key) in &loaded {
             self.held.insert(
                 key.clone(),
