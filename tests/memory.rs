@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::sorted_rows as rows;
 use eddy::engine::EngineConfig;
 use tokio_postgres::Client;
 
@@ -14,26 +15,6 @@ use tokio_postgres::Client;
 fn evict_everything(config: &mut EngineConfig) {
     config.memory_budget = 0;
     config.checkpoint_interval = Duration::from_millis(20);
-}
-
-async fn rows(client: &Client, sql: &str) -> Vec<String> {
-    let mut out: Vec<String> = client
-        .simple_query(sql)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 const VIEW: &str = "SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, \

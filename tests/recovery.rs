@@ -18,7 +18,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{EddyProcess, free_port};
+use common::{EddyProcess, free_port, sorted_rows as rows};
 use futures::StreamExt;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -58,27 +58,6 @@ fn spawn(data_dir: &std::path::Path, port: u16, settings: (&str, &str)) -> EddyP
 
 async fn connect(port: u16) -> Client {
     EddyProcess::connect_port(port).await
-}
-
-/// The rows of a query as text, sorted (a multiset to compare).
-async fn rows(client: &Client, sql: &str) -> Vec<String> {
-    let mut out: Vec<String> = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 const SETUP: &str = "

@@ -44,6 +44,27 @@ pub async fn restart(dir: &std::path::Path, configure: impl FnOnce(&mut EngineCo
         .unwrap()
 }
 
+/// The rows of a query as text, sorted (a multiset to compare).
+pub async fn sorted_rows(client: &Client, sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A connection (user and database `eddy`) whose driver task runs in the background.
 pub async fn connect(server: &Server) -> Client {
     connect_with_task(server).await.0
