@@ -764,7 +764,6 @@ impl Worker {
         let held = evictable_bytes(&self.dataflows);
         if held <= budget {
             let mut stats = self.shared.memory.lock();
-            stats.budget = budget;
             stats.evictable_bytes = held;
             return;
         }
@@ -779,7 +778,6 @@ impl Worker {
         let after = evictable_bytes(&self.dataflows);
         {
             let mut stats = self.shared.memory.lock();
-            stats.budget = budget;
             stats.evictable_bytes = after;
             stats.evictions += 1;
             stats.evicted_bytes += held.saturating_sub(after) as u64;

@@ -453,23 +453,7 @@ impl StoreSnapshot {
         for start in starts {
             let low = [prefix, start].concat();
             it.seek(&low);
-            let mut rows = Vec::new();
-            while it.valid() {
-                let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                    break;
-                };
-                if !k.starts_with(&low) {
-                    break;
-                }
-                let n = count_of(v);
-                if n > 0 {
-                    rows.push((k[prefix.len()..].to_vec(), n));
-                }
-                it.next();
-            }
-            it.status()
-                .map_err(|e| rocks_err("reading state from the state store", e))?;
-            out.push(rows);
+            out.push(read_counts(&mut it, prefix, &low, usize::MAX)?);
         }
         Ok(out)
     }
@@ -498,21 +482,35 @@ impl StoreSnapshot {
             }
             None => it.seek(&low),
         }
-        let mut out = Vec::new();
-        while out.len() < limit && it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            let n = count_of(v);
-            if n > 0 {
-                out.push((k[prefix.len()..].to_vec(), n));
-            }
-            it.next();
-        }
-        it.status()
-            .map_err(|e| rocks_err("reading state from the state store", e))?;
-        Ok(out)
+        read_counts(&mut it, prefix, &low, limit)
     }
+}
+
+/// Up to `limit` counted rows with a positive count from `it`'s position on, while keys start
+/// with `within`; keys without `prefix`.
+fn read_counts(
+    it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>,
+    prefix: &[u8],
+    within: &[u8],
+    limit: usize,
+) -> Result<CountedRows> {
+    let mut out = Vec::new();
+    while out.len() < limit && it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !k.starts_with(within) {
+            break;
+        }
+        let n = count_of(v);
+        if n > 0 {
+            out.push((k[prefix.len()..].to_vec(), n));
+        }
+        it.next();
+    }
+    it.status()
+        .map_err(|e| rocks_err("reading state from the state store", e))?;
+    Ok(out)
 }
 
 /// The first key after every key starting with `prefix` (which is never all 0xff here).
