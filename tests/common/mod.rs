@@ -7,9 +7,51 @@ use eddy::engine::EngineConfig;
 use eddy::server::Server;
 use tokio_postgres::{Client, NoTls};
 
+/// Server processes the tests started and have not reaped yet (killed by the watchdog).
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Ends a test binary that runs longer than `EDDY_TEST_TIMEOUT_SECS` (default 15 minutes; 0
+/// turns it off): a hung test fails the suite with a message naming the cause, instead of
+/// running until CI's own limit ends everything. Benchmarks (built without `cfg(test)`) have
+/// no limit.
+fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if !cfg!(test) {
+        return;
+    }
+    STARTED.call_once(|| {
+        let secs = std::env::var("EDDY_TEST_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(15 * 60);
+        if secs == 0 {
+            return;
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            // Straight to the process's stderr: `eprintln!` in a thread a test spawned is
+            // captured with that test's output, which is never printed when the process exits.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nthis test binary has run for over {secs} s (EDDY_TEST_TIMEOUT_SECS): a test \
+                 is hung; the tests that were still running are listed above without a result"
+            );
+            for pid in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            std::process::exit(124);
+        });
+    });
+}
+
 /// A server on 127.0.0.1 with a fresh data directory in `parent` (the system's temporary
 /// directory when `None`); keep the directory alive as long as the server.
 pub async fn start_in(parent: Option<&std::path::Path>) -> (Server, tempfile::TempDir) {
+    watchdog();
     let dir = match parent {
         Some(p) => tempfile::tempdir_in(p),
         None => tempfile::tempdir(),
@@ -37,6 +79,7 @@ pub async fn start_with(configure: impl FnOnce(&mut EngineConfig)) -> (Server, t
 
 /// A server over an existing data directory (to restart one).
 pub async fn restart(dir: &std::path::Path, configure: impl FnOnce(&mut EngineConfig)) -> Server {
+    watchdog();
     let mut config = EngineConfig::new(dir.to_path_buf());
     configure(&mut config);
     Server::start_with(config, "127.0.0.1:0".parse().unwrap())
@@ -140,6 +183,7 @@ impl EddyProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> EddyProcess {
+        watchdog();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -153,13 +197,14 @@ impl EddyProcess {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("eddy starts");
+        CHILDREN.lock().unwrap().push(child.id());
         EddyProcess { child, port }
     }
 
     /// `kill -9`, and waits for the process to be gone.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill -9");
-        self.child.wait().unwrap();
+        self.reap();
     }
 
     /// SIGTERM (a clean shutdown), and waits for the process to exit.
@@ -168,7 +213,14 @@ impl EddyProcess {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+        self.reap();
+    }
+
+    /// Waits for the exited process and forgets its pid.
+    fn reap(&mut self) {
         self.child.wait().unwrap();
+        let pid = self.child.id();
+        CHILDREN.lock().unwrap().retain(|p| *p != pid);
     }
 
     pub fn pid(&self) -> u32 {
@@ -209,5 +261,9 @@ impl Drop for EddyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        if let Ok(mut children) = CHILDREN.lock() {
+            children.retain(|p| *p != pid);
+        }
     }
 }
