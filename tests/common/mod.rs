@@ -219,8 +219,16 @@ impl EddyProcess {
     /// Waits for the exited process and forgets its pid.
     fn reap(&mut self) {
         self.child.wait().unwrap();
+        self.forget();
+    }
+
+    /// Takes the process off the watchdog's list.
+    fn forget(&self) {
         let pid = self.child.id();
-        CHILDREN.lock().unwrap().retain(|p| *p != pid);
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != pid);
     }
 
     pub fn pid(&self) -> u32 {
@@ -261,9 +269,6 @@ impl Drop for EddyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let pid = self.child.id();
-        if let Ok(mut children) = CHILDREN.lock() {
-            children.retain(|p| *p != pid);
-        }
+        self.forget();
     }
 }
