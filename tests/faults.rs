@@ -108,6 +108,78 @@ async fn a_full_disk_fails_writes_with_53100_reads_work_and_writes_resume_with_s
     assert_consistent(&client).await;
 }
 
+/// After a checkpoint fails to be written, the next one rewrites all state: an APPEND ONLY
+/// table, whose checkpointed rows are no longer in memory, is rewritten from the stored rows,
+/// and nothing is lost, through a `kill -9` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_checkpoint_is_followed_by_a_full_one_that_keeps_stored_table_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults");
+    let data = dir.path().join("data");
+    let args = ["--checkpoint-interval", "20ms"];
+    let env = [("EDDY_TEST_FAULT_FILE", faults.to_str().unwrap())];
+    let mut server = EddyProcess::spawn(&data, &args, &env);
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, k int) APPEND ONLY;
+             CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n FROM t GROUP BY k;
+             INSERT INTO t SELECT i, i % 7 FROM generate_series(1, 5000) AS s(i);",
+        )
+        .await
+        .unwrap();
+    let stored = "SELECT table_rows_in_memory = 0 FROM eddy_catalog.memory";
+    let checkpoints = "SELECT failures, full FROM eddy_catalog.checkpoints";
+    let wait = |sql: &'static str, until: fn(&tokio_postgres::Row) -> bool| {
+        let client = &client;
+        async move {
+            for _ in 0..1500 {
+                let row = client.query_one(sql, &[]).await.unwrap();
+                if until(&row) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("timed out waiting for {sql}");
+        }
+    };
+    wait(stored, |r| r.get(0)).await;
+
+    std::fs::write(&faults, "checkpoint").unwrap();
+    client
+        .batch_execute("INSERT INTO t SELECT i, i % 7 FROM generate_series(5001, 6000) AS s(i)")
+        .await
+        .unwrap();
+    wait(checkpoints, |r| r.get::<_, i64>(0) > 0).await;
+    assert_consistent(&client).await;
+    std::fs::remove_file(&faults).unwrap();
+    wait(checkpoints, |r| r.get(1)).await;
+    wait(stored, |r| r.get(0)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM t").await, 6000);
+    assert_consistent(&client).await;
+
+    drop(client);
+    server.kill();
+    let server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    assert_eq!(count(&client, "SELECT count(*) FROM t").await, 6000);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT table_rows_in_store FROM eddy_catalog.memory"
+        )
+        .await,
+        6000,
+        "the row count stored with the full checkpoint"
+    );
+    assert_consistent(&client).await;
+    let err = client
+        .execute("INSERT INTO t VALUES (5500, 0)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "23505", "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_fails_writes_with_58030_until_restart_and_reads_work() {
     let dir = tempfile::tempdir().unwrap();

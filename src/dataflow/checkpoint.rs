@@ -27,8 +27,8 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::storage::state::{
-    CheckpointMeta, HISTORY, StateBatch, StateStore, StoreSnapshot, TABLE_ROWS, ViewCheckpoint,
-    part_prefix,
+    CheckpointMeta, HISTORY, StateBatch, StateStore, StoreSnapshot, TABLE_COUNT, TABLE_ROWS,
+    ViewCheckpoint, part_prefix,
 };
 use crate::storage::table::TableCodec;
 use crate::subscribe::Entry;
@@ -263,6 +263,11 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
             for (i, w) in change.weights.values().iter().enumerate() {
                 batch.add(&prefix, rows.row(i).as_ref(), *w);
             }
+            batch.add(
+                &part_prefix(id, TABLE_COUNT),
+                &[],
+                change.weights.values().iter().sum(),
+            );
         }
         for (id, entry) in &history {
             batch.put(
@@ -275,6 +280,9 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
         if let Some(delay) = test_write_delay() {
             // Widens the window in which a crash finds a checkpoint half done (crash tests).
             std::thread::sleep(delay);
+        }
+        if let Some(e) = crate::storage::log::injected_fault("checkpoint") {
+            return Err(Error::io("writing a checkpoint (injected fault)", &e));
         }
         store.write_checkpoint(batch, &meta)?;
         let mut stats = shared.stats.lock();

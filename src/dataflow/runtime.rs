@@ -41,7 +41,7 @@ use super::epochs::{Committed, Epochs};
 use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
 use crate::error::{Error, Result, sqlstate};
-use crate::storage::state::{CheckpointMeta, HISTORY, ViewCheckpoint, part_prefix};
+use crate::storage::state::{CheckpointMeta, HISTORY, StoreSnapshot, ViewCheckpoint, part_prefix};
 use crate::storage::table::{Snapshot, TableCodec, TableStore};
 use crate::subscribe::{ChangeHistory, Retention};
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
@@ -58,6 +58,9 @@ pub trait TableScanner: Send + Sync {
     fn scan_table(&self, id: ObjectId, lsn: Lsn) -> Result<Vec<RecordBatch>>;
     /// Every table: its id, columns and primary key (column indices).
     fn tables(&self) -> Vec<(ObjectId, SchemaRef, Vec<usize>)>;
+    /// The checkpoint at `lsn` is durable and `snapshot` reads it: tables that keep their
+    /// checkpointed rows in the state store may drop them from memory.
+    fn rebase(&self, snapshot: &Arc<StoreSnapshot>, lsn: Lsn) -> Result<()>;
 }
 
 /// Whether a view's dataflow is keeping it current.
@@ -743,7 +746,12 @@ impl Worker {
         }
         // Nothing writes state until the next checkpoint is submitted: the store is exactly
         // this checkpoint, which evicted state is read back from from now on.
-        *self.checkpoints.durable.write() = Arc::new(self.checkpoints.store.snapshot());
+        let snapshot = Arc::new(self.checkpoints.store.snapshot());
+        *self.checkpoints.durable.write() = snapshot.clone();
+        if let Err(e) = self.scanner.rebase(&snapshot, self.checkpoints.lsn) {
+            // The rows stay in memory; the next checkpoint tries again.
+            tracing::error!(error = %e, "moving checkpointed table rows to the state store");
+        }
         for df in self
             .dataflows
             .iter_mut()

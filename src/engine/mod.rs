@@ -38,12 +38,14 @@ use crate::catalog::{Catalog, TableDef, ViewDef};
 use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Log, LogRecord, encode_body};
-use crate::storage::state::{CheckpointMeta, StateStore};
+use crate::storage::state::{
+    CheckpointMeta, StateStore, StoreSnapshot, TABLE_COUNT, TABLE_ROWS, part_prefix,
+};
 use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, ZBatch};
 
 pub use crate::storage::table::Snapshot;
-use crate::storage::table::{self, TableCodec, TableStore};
+use crate::storage::table::{self, Spill, TableBase, TableCodec, TableStore};
 pub use session::{CLIENT_ADDRESS, CopyFormat, CopyIn, Output, Prepared, Session};
 
 use crate::dataflow::TEMP_IDS;
@@ -139,8 +141,26 @@ impl Engine {
         let floor = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
         let mut tables: HashMap<ObjectId, table::TableStore> = HashMap::new();
         let mut rows = 0u64;
+        // APPEND ONLY tables are read from the checkpoint when scanned, not loaded.
+        let mut counts = HashMap::new();
+        for def in catalog.tables().filter(|d| d.append_only) {
+            counts.insert(
+                def.id,
+                stored_row_count(&state, checkpoint.as_ref(), def.id)?,
+            );
+        }
+        let snapshot = Arc::new(state.snapshot());
         for def in catalog.tables() {
-            let mut store = new_table_store(def);
+            if def.append_only {
+                let base = TableBase {
+                    snapshot: snapshot.clone(),
+                    lsn: floor,
+                    rows: counts[&def.id],
+                };
+                tables.insert(def.id, new_table_store(def, Some(base))?);
+                continue;
+            }
+            let mut store = new_table_store(def, None)?;
             let codec = TableCodec::new(def.schema(), &def.primary_key)?;
             for batch in codec.load(&state, def.id)? {
                 rows += batch.weights.values().iter().sum::<i64>() as u64;
@@ -452,6 +472,15 @@ impl Engine {
             .unwrap_or(0)
     }
 
+    /// Rows of all tables held in memory, and rows of APPEND ONLY tables read from the state
+    /// store instead (those a durable checkpoint covers).
+    pub fn table_rows(&self) -> (usize, usize) {
+        let tables = self.tables.read();
+        let in_memory = tables.values().map(|t| t.rows_in_memory()).sum();
+        let all: usize = tables.values().map(|t| t.live_rows()).sum();
+        (in_memory, all - in_memory)
+    }
+
     /// Makes `changes` durable and visible, atomically. Returns once the log record is synced.
     pub async fn commit(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Lsn> {
         let changes: Vec<(ObjectId, ZBatch)> = changes
@@ -514,7 +543,9 @@ impl Engine {
             return Ok(false);
         }
         let def = catalog.create_table(&self.state, def)?;
-        self.tables.write().insert(def.id, new_table_store(&def));
+        self.tables
+            .write()
+            .insert(def.id, new_table_store(&def, None)?);
         *self.catalog.write() = Arc::new(catalog);
         Ok(true)
     }
@@ -626,8 +657,52 @@ impl Engine {
     }
 }
 
-fn new_table_store(def: &TableDef) -> TableStore {
-    TableStore::new(&def.name, def.schema(), &def.primary_key)
+/// The rows of table `def`: in memory, except for APPEND ONLY tables, whose checkpointed rows
+/// move to the state store (`base`: those of the checkpoint at start-up).
+fn new_table_store(def: &TableDef, base: Option<TableBase>) -> Result<TableStore> {
+    if !def.append_only {
+        return Ok(TableStore::new(&def.name, def.schema(), &def.primary_key));
+    }
+    let spill = Spill {
+        id: def.id,
+        codec: Arc::new(TableCodec::new(def.schema(), &def.primary_key)?),
+    };
+    Ok(TableStore::spilling(
+        &def.name,
+        def.schema(),
+        &def.primary_key,
+        spill,
+        base,
+    ))
+}
+
+/// How many rows the last checkpoint holds for table `id`, as the checkpoints count them. A
+/// data directory from before the count has the rows counted once here, and the count stored
+/// with the checkpoint it belongs to (a no-op for readers of that checkpoint).
+fn stored_row_count(
+    state: &Arc<StateStore>,
+    checkpoint: Option<&CheckpointMeta>,
+    id: ObjectId,
+) -> Result<usize> {
+    let mut count = None;
+    state.scan_counts(id, TABLE_COUNT, &mut |_, n| {
+        count = Some(n as usize);
+        Ok(())
+    })?;
+    if let Some(n) = count {
+        return Ok(n);
+    }
+    let mut n = 0;
+    state.scan_counts(id, TABLE_ROWS, &mut |_, c| {
+        n += c as usize;
+        Ok(())
+    })?;
+    if let Some(meta) = checkpoint.filter(|_| n > 0) {
+        let mut batch = state.batch();
+        batch.add(&part_prefix(id, TABLE_COUNT), &[], n as i64);
+        state.write_checkpoint(batch, meta)?;
+    }
+    Ok(n)
 }
 
 /// Whether `name` is free for a new table or view: `Ok(false)` if taken and `if_not_exists`,
@@ -660,6 +735,22 @@ impl TableScanner for Scanner {
             .upgrade()
             .ok_or_else(|| crate::err!(sqlstate::QUERY_CANCELED, "the server is shutting down"))?;
         engine.scan(id, Snapshot::At(lsn))
+    }
+
+    fn rebase(&self, snapshot: &Arc<StoreSnapshot>, lsn: Lsn) -> Result<()> {
+        let Some(engine) = self.0.upgrade() else {
+            return Ok(());
+        };
+        // Statements pin their snapshots at the committed epoch or above, so once the horizon
+        // has reached `lsn` no statement can read below it any more.
+        if engine.read_horizon() < lsn {
+            return Ok(());
+        }
+        let mut tables = engine.tables.write();
+        for table in tables.values_mut().filter(|t| t.spills()) {
+            table.rebase(snapshot.clone(), lsn)?;
+        }
+        Ok(())
     }
 
     fn tables(
@@ -742,7 +833,9 @@ mod tests {
                 not_null: false,
             }],
             primary_key: vec![],
-            append_only: true,
+            // Not APPEND ONLY: those tables do not merge chunks (each leaves memory once a
+            // checkpoint covers it).
+            append_only: false,
             watermark: None,
         };
         engine.create_table(def, false).await.unwrap();

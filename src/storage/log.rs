@@ -419,9 +419,9 @@ impl SegmentWriter {
 }
 
 /// Fault injection for tests: when `EDDY_TEST_FAULT_FILE` names a file whose contents mention
-/// `op` ("write" or "sync"), that operation fails — a write with ENOSPC (disk full), a sync
-/// with EIO.
-fn injected_fault(op: &str) -> Option<std::io::Error> {
+/// `op`, that operation fails: a log "write" with ENOSPC (disk full), a log "sync" with EIO, a
+/// "checkpoint" write with EIO.
+pub(crate) fn injected_fault(op: &str) -> Option<std::io::Error> {
     static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     let path = PATH
         .get_or_init(|| std::env::var_os("EDDY_TEST_FAULT_FILE").map(PathBuf::from))

@@ -43,6 +43,9 @@ const CHECKPOINT_VERSION: u32 = 1;
 
 /// Part of an object holding a table's rows.
 pub const TABLE_ROWS: u32 = u32::MAX - 1;
+/// Part of a table holding its number of rows (one counted row with an empty key), so that a
+/// table whose rows stay in the store knows its size without reading them.
+pub const TABLE_COUNT: u32 = u32::MAX - 2;
 /// Part of a view holding its change history (for `SUBSCRIBE … AS OF`).
 pub const HISTORY: u32 = u32::MAX;
 
@@ -311,22 +314,7 @@ impl StateStore {
     }
 
     fn scan(&self, cf: &str, id: ObjectId, part: u32, f: ValueVisitor<'_>) -> Result<()> {
-        let cf = self.cf(cf)?;
-        let prefix = part_prefix(id, part);
-        let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(range_end(&prefix));
-        options.fill_cache(false);
-        let mut it = self.db.raw_iterator_cf_opt(cf, options);
-        it.seek(prefix);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            f(&k[PREFIX_LEN..], v)?;
-            it.next();
-        }
-        it.status()
-            .map_err(|e| rocks_err("reading state from the state store", e))
+        scan_part(self, cf, ReadOptions::default(), id, part, f)
     }
 
     /// A consistent view of the store as it is now (the last durable checkpoint, when taken
@@ -444,6 +432,22 @@ impl StoreSnapshot {
             .collect()
     }
 
+    /// Calls `f(key, count)` for every row with a positive count in part `part` of object
+    /// `id`, in key order (the key without the prefix).
+    pub fn scan_counts(&self, id: ObjectId, part: u32, f: CountVisitor<'_>) -> Result<()> {
+        scan_part(
+            &self.store,
+            ROWS_CF,
+            self.read_options(),
+            id,
+            part,
+            &mut |k, v| {
+                let n = count_of(v);
+                if n > 0 { f(k, n) } else { Ok(()) }
+            },
+        )
+    }
+
     /// For each of `starts` (ascending), the counted rows with a positive count whose keys
     /// (after `prefix`) start with it; keys after `prefix`. One iterator for them all.
     pub fn counts_with_starts(&self, prefix: &[u8], starts: &[&[u8]]) -> Result<Vec<CountedRows>> {
@@ -484,6 +488,33 @@ impl StoreSnapshot {
         }
         read_counts(&mut it, prefix, &low, limit)
     }
+}
+
+/// Calls `f(key, value)` for every key of part `part` of object `id` in family `cf`, in key
+/// order (the key without the prefix), reading with `options` (e.g. at a snapshot).
+fn scan_part(
+    store: &StateStore,
+    cf: &str,
+    mut options: ReadOptions,
+    id: ObjectId,
+    part: u32,
+    f: ValueVisitor<'_>,
+) -> Result<()> {
+    let cf = store.cf(cf)?;
+    let prefix = part_prefix(id, part);
+    options.set_iterate_upper_bound(range_end(&prefix));
+    options.fill_cache(false);
+    let mut it = store.db.raw_iterator_cf_opt(cf, options);
+    it.seek(prefix);
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        f(&k[PREFIX_LEN..], v)?;
+        it.next();
+    }
+    it.status()
+        .map_err(|e| rocks_err("reading state from the state store", e))
 }
 
 /// Up to `limit` counted rows with a positive count from `it`'s position on, while keys start

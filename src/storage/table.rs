@@ -29,6 +29,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
+use std::sync::Arc;
+
+use super::state::StoreSnapshot;
 use crate::error::{Error, Result, sqlstate};
 use crate::types::{Lsn, ObjectId, ZBatch};
 
@@ -95,8 +98,27 @@ impl Plan {
     }
 }
 
+/// Where an APPEND ONLY table's older rows live: in the state store, as of a durable checkpoint
+/// (read through its snapshot), instead of in memory.
+pub struct Spill {
+    pub id: ObjectId,
+    pub codec: Arc<TableCodec>,
+}
+
+/// The rows a spilling table had at checkpoint `lsn`, read from `snapshot`.
+pub struct TableBase {
+    pub snapshot: Arc<StoreSnapshot>,
+    pub lsn: Lsn,
+    pub rows: usize,
+}
+
 pub struct TableStore {
     name: String,
+    /// Set for tables whose rows move to the state store once checkpointed (APPEND ONLY
+    /// tables: rows are never deleted, so the stored rows are exactly the chunks they replace).
+    spill: Option<Spill>,
+    /// The rows up to `base.lsn`, in the state store; every chunk is inserted after it.
+    base: Option<TableBase>,
     schema: SchemaRef,
     /// Columns of the index: the primary key, or every column when there is none.
     key_columns: Vec<usize>,
@@ -122,6 +144,8 @@ impl TableStore {
         };
         TableStore {
             name: name.to_string(),
+            spill: None,
+            base: None,
             key_names: key_columns
                 .iter()
                 .map(|i| schema.field(*i).name().clone())
@@ -141,12 +165,82 @@ impl TableStore {
         }
     }
 
+    /// The same, for an APPEND ONLY table whose checkpointed rows move to the state store
+    /// (see [`TableStore::rebase`]), starting from `base` (read at start-up, instead of loading
+    /// the rows).
+    pub fn spilling(
+        name: &str,
+        schema: SchemaRef,
+        primary_key: &[usize],
+        spill: Spill,
+        base: Option<TableBase>,
+    ) -> TableStore {
+        let mut store = TableStore::new(name, schema, primary_key);
+        store.spill = Some(spill);
+        store.base = base;
+        store
+    }
+
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
 
     pub fn live_rows(&self) -> usize {
+        self.live_rows + self.base.as_ref().map_or(0, |b| b.rows)
+    }
+
+    /// Whether checkpointed rows leave memory for the state store.
+    pub fn spills(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// Rows held in memory (not in the state store).
+    pub fn rows_in_memory(&self) -> usize {
         self.live_rows
+    }
+
+    /// Moves the rows inserted at or below `lsn` to the state store: `snapshot` is the store as
+    /// of the durable checkpoint at `lsn`, which holds them. The caller makes sure no reader
+    /// uses a snapshot below `lsn` (it is at or below the read horizon). Only for spilling
+    /// tables (a no-op for others), whose rows are never deleted.
+    pub fn rebase(&mut self, snapshot: Arc<StoreSnapshot>, lsn: Lsn) -> Result<()> {
+        if self.spill.is_none() || self.base.as_ref().is_some_and(|b| b.lsn >= lsn) {
+            return Ok(());
+        }
+        let moving: Vec<usize> = (0..self.chunks.len())
+            .filter(|i| self.chunks[*i].as_ref().is_some_and(|c| c.inserted <= lsn))
+            .collect();
+        if moving.iter().any(|i| {
+            self.chunks[*i]
+                .as_ref()
+                .is_some_and(|c| !c.deleted.is_empty())
+        }) {
+            return Err(crate::internal!(
+                "rows were deleted from table \"{}\", whose rows move to the state store",
+                self.name
+            ));
+        }
+        let mut moved = 0;
+        for slot in moving {
+            if let Some(chunk) = self.chunks[slot].take() {
+                moved += chunk.live;
+                self.free_slots.push(slot as u32);
+            }
+        }
+        self.live_rows -= moved;
+        let rows = self.base.as_ref().map_or(0, |b| b.rows) + moved;
+        self.base = Some(TableBase {
+            snapshot,
+            lsn,
+            rows,
+        });
+        if self.unique {
+            self.index = None;
+            self.ensure_index()?;
+        } else {
+            self.index = None;
+        }
+        Ok(())
     }
 
     /// Number of Arrow chunks holding the rows (small ones are merged over time).
@@ -157,6 +251,24 @@ impl TableStore {
     /// The table's rows as of `snapshot`.
     pub fn scan(&self, snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
+        if let (Some(base), Some(spill)) = (&self.base, &self.spill) {
+            if let Snapshot::At(lsn) = snapshot
+                && lsn < base.lsn
+            {
+                return Err(crate::internal!(
+                    "table \"{}\" read at LSN {lsn}, below its stored rows' LSN {}",
+                    self.name,
+                    base.lsn
+                ));
+            }
+            for rows in spill.codec.load_at(&base.snapshot, spill.id)? {
+                if rows.weights.values().iter().all(|w| *w == 1) {
+                    out.push(rows.data);
+                } else {
+                    out.push(rows.expand_positive()?);
+                }
+            }
+        }
         for chunk in self.chunks.iter().flatten() {
             let visible_insert = match snapshot {
                 Snapshot::Latest => true,
@@ -260,6 +372,7 @@ impl TableStore {
         let Some(index) = self.index.as_ref().filter(|_| self.unique) else {
             return Ok(vec![0; rows.num_rows()]);
         };
+        let stored = self.stored_keys(rows)?;
         let hashes = self.hashes(rows)?;
         let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
         let mut out = Vec::with_capacity(rows.num_rows());
@@ -279,7 +392,28 @@ impl TableStore {
                     n += 1;
                 }
             }
-            out.push(n);
+            out.push(n + stored.get(row).copied().unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// For each row of `rows`, how many rows with its primary key the state store holds (none
+    /// for tables without a base). One iterator seeks each key's start, in key order.
+    fn stored_keys(&self, rows: &RecordBatch) -> Result<Vec<usize>> {
+        let (Some(base), Some(spill)) = (&self.base, &self.spill) else {
+            return Ok(Vec::new());
+        };
+        let Some(keys) = spill.codec.encode_keys(rows)? else {
+            return Ok(Vec::new());
+        };
+        let mut order: Vec<usize> = (0..rows.num_rows()).collect();
+        order.sort_by(|a, b| keys.row(*a).cmp(&keys.row(*b)));
+        let starts: Vec<&[u8]> = order.iter().map(|i| keys.row(*i).data()).collect();
+        let prefix = super::state::part_prefix(spill.id, super::state::TABLE_ROWS);
+        let found = base.snapshot.counts_with_starts(&prefix, &starts)?;
+        let mut out = vec![0; rows.num_rows()];
+        for (i, rows) in order.into_iter().zip(found) {
+            out[i] = rows.iter().map(|(_, n)| *n as usize).sum();
         }
         Ok(out)
     }
@@ -387,6 +521,12 @@ impl TableStore {
         } else {
             Some(interleave_record_batch(&[batch], &take)?)
         };
+        if self.unique
+            && let Some(inserted) = &inserts
+            && let Some(row) = self.stored_keys(inserted)?.iter().position(|n| *n > 0)
+        {
+            return Err(self.duplicate_key(inserted, row));
+        }
         if self.index.is_some() && inserts.is_some() && insert_hashes.is_empty() {
             let inserted = inserts.as_ref().map(|b| self.hashes(b)).transpose()?;
             insert_hashes = inserted.unwrap_or_default();
@@ -567,6 +707,11 @@ impl TableStore {
     /// below it: no reader can tell the difference, since every snapshot in use is at or above
     /// the horizon. Keeps single-row INSERTs from leaving millions of one-row batches behind.
     fn maybe_merge(&mut self, horizon: Lsn) -> Result<()> {
+        // A spilling table's chunks leave memory at the next checkpoint (a merged chunk could
+        // straddle its LSN).
+        if self.spill.is_some() {
+            return Ok(());
+        }
         let mergeable = |c: &Chunk| {
             c.inserted <= horizon
                 && c.batch.num_rows() < SMALL_CHUNK_ROWS
@@ -653,6 +798,10 @@ impl TableStore {
 /// first, so that a key's prefix is the row's primary key.
 pub struct TableCodec {
     converter: datafusion::arrow::row::RowConverter,
+    /// Of the primary key columns alone (`None` without a primary key): their encoding is the
+    /// start of a stored row's key.
+    key_converter: Option<datafusion::arrow::row::RowConverter>,
+    primary_key: Vec<usize>,
     /// Stored column i is table column `order[i]`.
     order: Vec<usize>,
     stored: SchemaRef,
@@ -663,14 +812,24 @@ impl TableCodec {
     pub fn new(schema: SchemaRef, primary_key: &[usize]) -> Result<TableCodec> {
         let mut order = primary_key.to_vec();
         order.extend((0..schema.fields().len()).filter(|i| !primary_key.contains(i)));
-        let stored = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
+        let stored = Arc::new(datafusion::arrow::datatypes::Schema::new(
             order
                 .iter()
                 .map(|i| schema.field(*i).clone())
                 .collect::<Vec<_>>(),
         ));
+        let key_converter = if primary_key.is_empty() {
+            None
+        } else {
+            let key = datafusion::arrow::datatypes::Schema::new(
+                stored.fields()[..primary_key.len()].to_vec(),
+            );
+            Some(crate::types::row_converter(&key)?)
+        };
         Ok(TableCodec {
             converter: crate::types::row_converter(&stored)?,
+            key_converter,
+            primary_key: primary_key.to_vec(),
             order,
             stored,
             schema,
@@ -692,13 +851,42 @@ impl TableCodec {
         Ok(self.converter.convert_columns(&columns)?)
     }
 
+    /// The starts of the stored keys of rows with `batch`'s primary keys (`None` without a
+    /// primary key).
+    pub fn encode_keys(&self, batch: &RecordBatch) -> Result<Option<datafusion::arrow::row::Rows>> {
+        let Some(converter) = &self.key_converter else {
+            return Ok(None);
+        };
+        let columns: Vec<ArrayRef> = self
+            .primary_key
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
+        Ok(Some(converter.convert_columns(&columns)?))
+    }
+
     /// Table `id`'s rows as of the last checkpoint, in the table's column order (a row's count
     /// is its weight).
     pub fn load(&self, store: &super::state::StateStore, id: ObjectId) -> Result<Vec<ZBatch>> {
+        self.decode(|f| store.scan_counts(id, super::state::TABLE_ROWS, f))
+    }
+
+    /// The same, read at `snapshot`.
+    pub fn load_at(
+        &self,
+        snapshot: &super::state::StoreSnapshot,
+        id: ObjectId,
+    ) -> Result<Vec<ZBatch>> {
+        self.decode(|f| snapshot.scan_counts(id, super::state::TABLE_ROWS, f))
+    }
+
+    /// The counted rows `scan` visits, as batches in the table's column order.
+    fn decode(
+        &self,
+        scan: impl FnOnce(super::state::CountVisitor<'_>) -> Result<()>,
+    ) -> Result<Vec<ZBatch>> {
         let mut batches = crate::types::RowsToBatches::new(&self.converter, self.stored.clone());
-        store.scan_counts(id, super::state::TABLE_ROWS, &mut |key, n| {
-            batches.push(key, n)
-        })?;
+        scan(&mut |key, n| batches.push(key, n))?;
         let mut out = Vec::new();
         for z in batches.finish()? {
             let mut columns: Vec<Option<ArrayRef>> = vec![None; self.order.len()];
@@ -882,5 +1070,124 @@ mod tests {
         assert_eq!(s.live_rows(), 198);
         apply(&mut s, rows(&sc, &[7], &["dup"], &[-198]), 201).unwrap();
         assert_eq!(s.live_rows(), 0);
+    }
+
+    /// A spilling (APPEND ONLY) table over a state store, and a way to checkpoint its rows.
+    struct Spilled {
+        _dir: tempfile::TempDir,
+        state: Arc<crate::storage::state::StateStore>,
+        codec: Arc<TableCodec>,
+        table: TableStore,
+    }
+
+    impl Spilled {
+        fn new(pk: bool) -> Spilled {
+            let dir = tempfile::tempdir().unwrap();
+            let state =
+                Arc::new(crate::storage::state::StateStore::open(&dir.path().join("s")).unwrap());
+            let def = def(pk);
+            let codec = Arc::new(TableCodec::new(def.schema(), &def.primary_key).unwrap());
+            let spill = Spill {
+                id: def.id,
+                codec: codec.clone(),
+            };
+            let table =
+                TableStore::spilling(&def.name, def.schema(), &def.primary_key, spill, None);
+            Spilled {
+                _dir: dir,
+                state,
+                codec,
+                table,
+            }
+        }
+
+        /// Writes `rows` (the changes since the last checkpoint) as the checkpoint at `lsn`,
+        /// then moves the rows up to it out of memory.
+        fn checkpoint(&mut self, rows: &ZBatch, lsn: u64) {
+            use crate::storage::state::{CheckpointMeta, TABLE_COUNT, TABLE_ROWS, part_prefix};
+            let mut batch = self.state.batch();
+            let keys = self.codec.encode(&rows.data).unwrap();
+            for (i, w) in rows.weights.values().iter().enumerate() {
+                batch.add(&part_prefix(1, TABLE_ROWS), keys.row(i).as_ref(), *w);
+            }
+            let n = rows.weights.values().iter().sum();
+            batch.add(&part_prefix(1, TABLE_COUNT), &[], n);
+            self.state
+                .write_checkpoint(batch, &CheckpointMeta::new(lsn, Vec::new()))
+                .unwrap();
+            let snapshot = Arc::new(self.state.snapshot());
+            self.table.rebase(snapshot, Lsn(lsn)).unwrap();
+        }
+
+        fn ids(&self, snap: Snapshot) -> Vec<i64> {
+            let mut ids: Vec<i64> = self
+                .table
+                .scan(snap)
+                .unwrap()
+                .iter()
+                .flat_map(|b| {
+                    let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    a.values().to_vec()
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    }
+
+    #[test]
+    fn a_spilling_table_reads_checkpointed_rows_from_the_store() {
+        let mut s = Spilled::new(false);
+        let sc = s.table.schema().clone();
+        let first = rows(&sc, &[1, 2, 2], &["a", "b", "b"], &[1, 1, 1]);
+        apply(&mut s.table, first.clone(), 1).unwrap();
+        apply(&mut s.table, rows(&sc, &[3], &["c"], &[1]), 2).unwrap();
+        s.checkpoint(&first, 1);
+        // Rows up to LSN 1 left memory; the row of LSN 2 stays until a checkpoint covers it.
+        assert_eq!(s.table.rows_in_memory(), 1);
+        assert_eq!(s.table.live_rows(), 4);
+        assert_eq!(s.ids(Snapshot::Latest), vec![1, 2, 2, 3]);
+        assert_eq!(s.ids(Snapshot::At(Lsn(1))), vec![1, 2, 2]);
+        let err = s.table.scan(Snapshot::At(Lsn(0))).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::INTERNAL_ERROR);
+        // A later commit, rolled back: the stored rows stay.
+        apply(&mut s.table, rows(&sc, &[4], &["d"], &[1]), 3).unwrap();
+        s.table.rollback_after(Lsn(2)).unwrap();
+        assert_eq!(s.ids(Snapshot::Latest), vec![1, 2, 2, 3]);
+        // A second checkpoint adds to the first; an older one is ignored.
+        s.checkpoint(&rows(&sc, &[3], &["c"], &[1]), 2);
+        assert_eq!(s.table.rows_in_memory(), 0);
+        assert_eq!(s.ids(Snapshot::Latest), vec![1, 2, 2, 3]);
+        s.table
+            .rebase(Arc::new(s.state.snapshot()), Lsn(1))
+            .unwrap();
+        assert_eq!(s.table.live_rows(), 4);
+    }
+
+    #[test]
+    fn a_spilling_table_checks_primary_keys_against_stored_rows() {
+        let mut s = Spilled::new(true);
+        let sc = s.table.schema().clone();
+        let first = rows(&sc, &[10, 20, 30], &["a", "b", "c"], &[1, 1, 1]);
+        apply(&mut s.table, first.clone(), 1).unwrap();
+        s.checkpoint(&first, 1);
+        apply(&mut s.table, rows(&sc, &[40], &["d"], &[1]), 2).unwrap();
+        for (dup, lsn) in [(20, 3), (40, 3)] {
+            let err = apply(
+                &mut s.table,
+                rows(&sc, &[5, dup], &["x", "y"], &[1, 1]),
+                lsn,
+            )
+            .unwrap_err();
+            assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
+            assert_eq!(
+                err.detail.as_deref(),
+                Some(format!("Key (id)=({dup}) already exists.").as_str())
+            );
+        }
+        let probe = rows(&sc, &[30, 31, 40, 10], &["", "", "", ""], &[1, 1, 1, 1]);
+        assert_eq!(s.table.count_keys(&probe.data).unwrap(), vec![1, 0, 1, 1]);
+        apply(&mut s.table, rows(&sc, &[31, 11], &["e", "f"], &[1, 1]), 3).unwrap();
+        assert_eq!(s.ids(Snapshot::Latest), vec![10, 11, 20, 30, 31, 40]);
     }
 }
