@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The long crash harness: `kill -9` of a release server CYCLES times (default 100) while writers
-# insert, update and delete, four views and a subscriber follow, and half the kills land while a
+# insert, update and delete (and append to an APPEND ONLY ledger), six views and a subscriber
+# follow, and half the kills land while a
 # checkpoint is being written; after each restart it checks that every acknowledged write is
 # there, every view equals its recomputation and the subscriber got every epoch exactly once
 # (see tests/recovery.rs). Prints the counts at the end.

@@ -1,6 +1,7 @@
 //! The crash harness: writers inserting, updating and deleting (alone and in transactions) with
-//! every acknowledgement recorded, views of each stateful kind (aggregate, join, outer join,
-//! top-k) and a subscriber, while the real `eddy` binary is killed with `kill -9` at random
+//! every acknowledgement recorded, an APPEND ONLY ledger (whose checkpointed rows are read from
+//! the state store), views of each stateful kind (aggregate, join, outer join, top-k, and an
+//! aggregate and a join over the ledger) and a subscriber, while the real `eddy` binary is killed with `kill -9` at random
 //! moments — half of them while a checkpoint is being written — and restarted. After each
 //! restart:
 //!
@@ -73,6 +74,13 @@ const SETUP: &str = "
         WHERE o.id IS NULL;
     CREATE MATERIALIZED VIEW richest AS
         SELECT id, balance FROM accounts ORDER BY balance DESC, id LIMIT 5;
+    CREATE TABLE ledger (id bigint PRIMARY KEY, account int, amount bigint) APPEND ONLY;
+    CREATE MATERIALIZED VIEW flows AS
+        SELECT account % 10 AS g, count(*) AS n, sum(amount) AS total
+        FROM ledger GROUP BY account % 10;
+    CREATE MATERIALIZED VIEW owner_flows AS
+        SELECT a.owner, count(*) AS n, sum(l.amount) AS total
+        FROM ledger l JOIN accounts a ON l.account = a.id GROUP BY a.owner;
 ";
 
 /// Each view and the query that recomputes it from the tables.
@@ -95,13 +103,24 @@ const VIEWS: &[(&str, &str)] = &[
         "richest",
         "SELECT id, balance FROM accounts ORDER BY balance DESC, id LIMIT 5",
     ),
+    (
+        "flows",
+        "SELECT account % 10, count(*), sum(amount) FROM ledger GROUP BY account % 10",
+    ),
+    (
+        "owner_flows",
+        "SELECT a.owner, count(*), sum(l.amount) FROM ledger l JOIN accounts a \
+         ON l.account = a.id GROUP BY a.owner",
+    ),
 ];
 
-/// What a writer's acknowledged operations left behind: its accounts (id → owner, balance)
-/// and, for writer 0, the owners (id → region).
+/// What a writer's acknowledged operations left behind: its accounts (id → owner, balance),
+/// its ledger entries (APPEND ONLY: id → account, amount) and, for writer 0, the owners (id →
+/// region).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Model {
     accounts: BTreeMap<i32, (i32, i64)>,
+    ledger: BTreeMap<i64, (i32, i64)>,
     owners: BTreeMap<i32, String>,
 }
 
@@ -128,6 +147,11 @@ enum Op {
         region: String,
         exists: bool,
     },
+    Ledger {
+        id: i64,
+        account: i32,
+        amount: i64,
+    },
     /// Several of the above in one transaction.
     Tx(Vec<Op>),
 }
@@ -153,6 +177,13 @@ impl Op {
             }
             Op::SetOwner { id, region, .. } => {
                 m.owners.insert(*id, region.clone());
+            }
+            Op::Ledger {
+                id,
+                account,
+                amount,
+            } => {
+                m.ledger.insert(*id, (*account, *amount));
             }
             Op::Tx(ops) => ops.iter().for_each(|op| op.apply(m)),
         }
@@ -203,6 +234,17 @@ impl Op {
                 };
                 c.execute(sql, &[id, region]).await
             }
+            Op::Ledger {
+                id,
+                account,
+                amount,
+            } => {
+                c.execute(
+                    "INSERT INTO ledger VALUES ($1, $2, $3)",
+                    &[id, account, amount],
+                )
+                .await
+            }
             Op::Tx(_) => unreachable!("transactions do not nest"),
         }
         .map(|_| ())
@@ -217,6 +259,7 @@ struct Writer {
     w: i32,
     model: Model,
     next_id: i32,
+    next_entry: i64,
     rng: Rng,
     acknowledged: u64,
 }
@@ -233,6 +276,15 @@ impl Writer {
     fn new_id(&mut self) -> i32 {
         self.next_id += WRITERS;
         self.next_id
+    }
+
+    fn ledger(&mut self, account: i32, amount: i64) -> Op {
+        self.next_entry += WRITERS as i64;
+        Op::Ledger {
+            id: self.next_entry,
+            account,
+            amount,
+        }
     }
 
     fn op(&mut self) -> Op {
@@ -257,6 +309,7 @@ impl Writer {
                         balance: amount,
                     },
                     Op::AddBalance { id, delta: -amount },
+                    self.ledger(id, -amount),
                 ];
                 ops.extend(other.map(|id| Op::Delete { id }));
                 Op::Tx(ops)
@@ -269,6 +322,7 @@ impl Writer {
                     exists: self.model.owners.contains_key(&oid),
                 }
             }
+            (94..98, Some(id)) => self.ledger(id, amount),
             (_, Some(id)) => Op::AddBalance { id, delta: 1 },
         }
     }
@@ -300,6 +354,12 @@ impl Writer {
                 .accounts
                 .iter()
                 .filter(|(id, _)| **id % WRITERS == self.w)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            ledger: actual
+                .ledger
+                .iter()
+                .filter(|(id, _)| **id % WRITERS as i64 == self.w as i64)
                 .map(|(k, v)| (*k, *v))
                 .collect(),
             owners: if self.w == 0 {
@@ -335,8 +395,12 @@ impl Writer {
         panic!(
             "cycle {cycle}, writer {}: the tables do not match the acknowledged writes \
              (in flight: {in_flight:?}); expected but not found: {lost:?}; found instead: \
-             {extra:?}; owners expected {:?}, found {:?}",
-            self.w, self.model.owners, mine.owners
+             {extra:?}; owners expected {:?}, found {:?}; ledger entries expected {}, found {}",
+            self.w,
+            self.model.owners,
+            mine.owners,
+            self.model.ledger.len(),
+            mine.ledger.len()
         );
     }
 }
@@ -463,6 +527,7 @@ async fn kill_dash_nine_with_views_and_a_subscriber() {
             w,
             model: Model::default(),
             next_id: w - WRITERS,
+            next_entry: (w - WRITERS) as i64,
             rng: Rng(rng.next() | 1),
             acknowledged: 0,
         })
@@ -532,6 +597,13 @@ async fn kill_dash_nine_with_views_and_a_subscriber() {
             actual.accounts.insert(row.get(0), (row.get(1), row.get(2)));
         }
         for row in client
+            .query("SELECT id, account, amount FROM ledger", &[])
+            .await
+            .unwrap()
+        {
+            actual.ledger.insert(row.get(0), (row.get(1), row.get(2)));
+        }
+        for row in client
             .query("SELECT id, region FROM owners", &[])
             .await
             .unwrap()
@@ -555,9 +627,11 @@ async fn kill_dash_nine_with_views_and_a_subscriber() {
     catch_up(port, &mut subscriber, cycles).await;
     let acknowledged: u64 = writers.iter().map(|w| w.acknowledged).sum();
     let accounts: usize = writers.iter().map(|w| w.model.accounts.len()).sum();
+    let entries: usize = writers.iter().map(|w| w.model.ledger.len()).sum();
     eprintln!(
         "{cycles} kill -9 cycles ({mid_checkpoint} while a checkpoint was being written) in \
-         {:.1} s: {acknowledged} acknowledged operations, {accounts} accounts, all present; \
+         {:.1} s: {acknowledged} acknowledged operations, {accounts} accounts and {entries} \
+         ledger entries, all present; \
          {} views equal their recomputation after every restart; the subscriber got {} epochs \
          ({} diffs), each once",
         started.elapsed().as_secs_f64(),
