@@ -197,15 +197,20 @@ async fn table_rows(client: &Client) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
-/// Waits (up to 30 s) until every table row is in the state store; returns how many are.
+/// Waits (up to 30 s) until every table row is in the state store, and there are `rows`.
 async fn wait_until_stored(client: &Client, rows: i64) {
+    wait_for_table_rows(client, (0, rows)).await
+}
+
+/// Waits (up to 30 s) until `eddy_catalog.memory` shows `rows` (in memory, stored).
+async fn wait_for_table_rows(client: &Client, rows: (i64, i64)) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut now = table_rows(client).await;
-    while now != (0, rows) && Instant::now() < deadline {
+    while now != rows && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         now = table_rows(client).await;
     }
-    assert_eq!(now, (0, rows), "(rows in memory, rows stored)");
+    assert_eq!(now, rows, "(rows in memory, rows stored)");
 }
 
 const EVENTS: &str = "CREATE TABLE events (id bigint PRIMARY KEY, k int, v bigint) APPEND ONLY;
@@ -318,4 +323,143 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
     );
     assert_eq!(rows(&client, "SELECT * FROM per_msg").await, ["same|301"]);
     server.shutdown().await;
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// State several times the memory budget: a stream of clicks feeds a join and a top-k whose
+/// outputs are small, so nearly all memory is operator state (the join's arrangement of every
+/// click, the top-k's rows) and the stream's rows, which leave memory once checkpointed. The
+/// server's peak RSS grows by about the budget plus what RocksDB caches, not with the state.
+/// Each user's clicks come together (a session), as keys do in most streams: a batch touches
+/// few join keys, and evicted ones are read back when their user comes again. `EDDY_RSS_ROWS`
+/// sets the clicks (default 300,000) and `EDDY_RSS_BUDGET_MB` the budget (default 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_several_times_the_budget_keeps_peak_rss_near_it() {
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let clicks = env("EDDY_RSS_ROWS", 300_000);
+    #[allow(non_snake_case)]
+    let BUDGET_MB = env("EDDY_RSS_BUDGET_MB", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let budget = format!("{BUDGET_MB}MB");
+    let server = common::EddyProcess::spawn(
+        dir.path(),
+        &["--memory-budget", &budget, "--checkpoint-interval", "50ms"],
+        &[],
+    );
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, vip boolean);
+             CREATE TABLE clicks (id bigint PRIMARY KEY, user_id bigint, page int, dur bigint,
+                 url text) APPEND ONLY;
+             CREATE MATERIALIZED VIEW vip_pages AS
+                 SELECT c.page, count(*) AS n, sum(c.dur) AS total
+                 FROM clicks c JOIN users u ON c.user_id = u.id WHERE u.vip GROUP BY c.page;
+             CREATE MATERIALIZED VIEW longest AS
+                 SELECT id, url, dur FROM clicks ORDER BY dur DESC, id LIMIT 10;
+             INSERT INTO users SELECT i, i % 100 = 0 FROM generate_series(0, 9999) AS s(i);",
+        )
+        .await
+        .unwrap();
+    let users = 10_000;
+    wait_for_table_rows(&client, (users, 0)).await;
+    // RSS between chunks (once the chunk's rows are checkpointed and the state they made is
+    // evicted), and the peak, which includes the processing of a chunk.
+    let mut steady = Vec::new();
+    let chunk = 20_000;
+    let mut from = 0;
+    while from < clicks {
+        let to = (from + chunk).min(clicks) - 1;
+        client
+            .batch_execute(&format!(
+                "INSERT INTO clicks SELECT i, (i / 40 + i % 3) % 10000, i % 50, \
+                 (i * 7919) % 100003, 'https://example.com/pages/' || (i % 50) || '/item/' || i \
+                 FROM generate_series({from}, {to}) AS s(i)"
+            ))
+            .await
+            .unwrap();
+        from = to + 1;
+        // Only state a durable checkpoint covers can be evicted: keep the load from outrunning
+        // the checkpoints.
+        wait_for_table_rows(&client, (users, from as i64)).await;
+        steady.push(status_kib(server.pid(), "VmRSS:") / 1024);
+    }
+    let peak = status_kib(server.pid(), "VmHWM:") / 1024;
+    let row = client
+        .query_one(
+            "SELECT evictable_state_bytes, evicted_bytes, store_cache_bytes, \
+             store_write_buffer_bytes FROM eddy_catalog.memory",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (held, evicted): (i64, i64) = (row.get(0), row.get(1));
+    let (cache, buffers): (i64, i64) = (row.get(2), row.get(3));
+    // The steady RSS early in the load (RocksDB's cache and the allocator's pools warm up in
+    // the first chunks) and late, as medians of a third of the samples each.
+    let median = |samples: &[u64]| {
+        let mut v = samples.to_vec();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let third = (steady.len() / 3).max(1);
+    let early = median(&steady[..third]);
+    let late = median(&steady[steady.len() - third..]);
+    eprintln!(
+        "{clicks} clicks, budget {BUDGET_MB} MB: {} MB of state evicted in all, {} KB held; \
+         steady RSS {early} MB early, {late} MB late (all: {steady:?}); peak {peak} MB; \
+         RocksDB's block cache {} KB, write buffers {} KB",
+        evicted >> 20,
+        held >> 10,
+        cache >> 10,
+        buffers >> 10,
+    );
+    assert!(
+        held as u64 <= BUDGET_MB << 20,
+        "{held} bytes of state held in memory"
+    );
+    assert!(
+        evicted as u64 >= 5 * (BUDGET_MB << 20),
+        "the state ({evicted} bytes evicted) is not several times the budget"
+    );
+    // Without a budget the steady RSS grows with the state, by about 60 MB over this load.
+    // With it, by at most the budget and the block cache (4 MiB at this budget), plus noise.
+    let cache_mb = (BUDGET_MB / 4).clamp(4, 64);
+    assert!(
+        late <= early + BUDGET_MB + cache_mb + 12,
+        "the steady RSS grew from {early} to {late} MB"
+    );
+    // A chunk in flight: 20,000 rows through SQL and the dataflows, keys read back.
+    assert!(
+        peak <= early + BUDGET_MB + cache_mb + 64,
+        "peak RSS {peak} MB"
+    );
+    for (view, query) in [
+        (
+            "vip_pages",
+            "SELECT c.page, count(*), sum(c.dur) FROM clicks c JOIN users u \
+             ON c.user_id = u.id WHERE u.vip GROUP BY c.page",
+        ),
+        (
+            "longest",
+            "SELECT id, url, dur FROM clicks ORDER BY dur DESC, id LIMIT 10",
+        ),
+    ] {
+        let got = rows(&client, &format!("SELECT * FROM {view}")).await;
+        assert_eq!(got, rows(&client, query).await, "{view}");
+    }
 }

@@ -135,7 +135,8 @@ impl Engine {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), &e))?;
-        let state = Arc::new(StateStore::open(&dir.join("state"))?);
+        let cache = StateStore::block_cache_bytes(config.memory_budget);
+        let state = Arc::new(StateStore::open(&dir.join("state"), cache)?);
         let catalog = Catalog::load(&state)?;
         let checkpoint = state.checkpoint()?;
         let floor = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
@@ -470,6 +471,11 @@ impl Engine {
             .get(&id)
             .map(|t| t.live_rows())
             .unwrap_or(0)
+    }
+
+    /// Bytes held by the state store's block cache and write buffers.
+    pub fn store_memory(&self) -> (usize, usize) {
+        self.state.memory_usage()
     }
 
     /// Rows of all tables held in memory, and rows of APPEND ONLY tables read from the state

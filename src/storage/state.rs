@@ -108,6 +108,7 @@ pub struct ViewCheckpoint {
 
 pub struct StateStore {
     db: DB,
+    cache: rocksdb::Cache,
 }
 
 fn rocks_err(context: &str, e: rocksdb::Error) -> Error {
@@ -175,12 +176,16 @@ fn rows_options(cache: &rocksdb::Cache) -> Options {
 }
 
 impl StateStore {
-    /// RocksDB's block cache (uncompressed blocks of the state files, read back when operators
-    /// fault in evicted state): part of the memory budget.
-    pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
+    /// The size of RocksDB's block cache (uncompressed blocks of the state files, read back
+    /// when operators fault in evicted state) for a memory budget of `budget` bytes: a quarter
+    /// of it, between 4 and 64 MiB.
+    pub fn block_cache_bytes(budget: usize) -> usize {
+        (budget / 4).clamp(4 << 20, 64 << 20)
+    }
 
-    pub fn open(path: &Path) -> Result<StateStore> {
-        let cache = rocksdb::Cache::new_lru_cache(Self::BLOCK_CACHE_BYTES);
+    /// Opens (or creates) the store at `path`, with a block cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<StateStore> {
+        let cache = rocksdb::Cache::new_lru_cache(cache_bytes);
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -204,7 +209,22 @@ impl StateStore {
                 e,
             )
         })?;
-        Ok(StateStore { db })
+        Ok(StateStore { db, cache })
+    }
+
+    /// Bytes held by the block cache, and by the write buffers (memtables) of all families.
+    pub fn memory_usage(&self) -> (usize, usize) {
+        let buffers = [CATALOG_CF, ROWS_CF, STATE_CF, META_CF]
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+            })
+            .sum::<u64>();
+        (self.cache.get_usage(), buffers as usize)
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
@@ -657,7 +677,7 @@ mod tests {
     fn counts_add_up_and_checkpoints_are_atomic() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Arc::new(StateStore::open(dir.path()).unwrap());
+            let store = Arc::new(StateStore::open(dir.path(), 4 << 20).unwrap());
             assert_eq!(store.checkpoint().unwrap(), None);
             let p = part_prefix(7, TABLE_ROWS);
             let mut b = store.batch();
@@ -685,7 +705,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let store = Arc::new(StateStore::open(dir.path(), 4 << 20).unwrap());
         assert_eq!(store.checkpoint().unwrap().unwrap().lsn, 12);
         let mut rows = Vec::new();
         store

@@ -1083,8 +1083,9 @@ mod tests {
     impl Spilled {
         fn new(pk: bool) -> Spilled {
             let dir = tempfile::tempdir().unwrap();
-            let state =
-                Arc::new(crate::storage::state::StateStore::open(&dir.path().join("s")).unwrap());
+            let state = Arc::new(
+                crate::storage::state::StateStore::open(&dir.path().join("s"), 4 << 20).unwrap(),
+            );
             let def = def(pk);
             let codec = Arc::new(TableCodec::new(def.schema(), &def.primary_key).unwrap());
             let spill = Spill {
