@@ -16,7 +16,9 @@
 //! compacted by RocksDB as it goes), plus the tables' rows in Arrow memory for reference.
 //!
 //! Run: `cargo bench --bench recovery` (options: `-- --rows 1100000,11000000`, about 100 MB and
-//! 1 GB of state; `--memory-budget 64MB` is passed to the server). Prints Markdown tables for
+//! 1 GB of state; `--memory-budget 64MB` is passed to the server; `--append-only` makes `events`
+//! an APPEND ONLY stream, whose checkpointed rows are read from the state store, and step 3
+//! then 300 INSERTs of 1,000 new rows). Prints Markdown tables for
 //! docs/benchmarks.md, with the server's peak RSS during the load and its RSS once serving
 //! after the clean restart.
 
@@ -161,13 +163,23 @@ struct Outcome {
     restarted_rss_mb: f64,
 }
 
+/// Whether `events` is APPEND ONLY (`--append-only`).
+fn append_only() -> bool {
+    std::env::args().any(|a| a == "--append-only")
+}
+
 async fn run(rows: u64) -> Outcome {
     let dir =
         tempfile::tempdir_in(std::env::var("EDDY_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
     let data = dir.path().join("data");
     let mut server = spawn(&data);
     let client = server.connect().await;
-    client.batch_execute(SETUP).await.unwrap();
+    let setup = if append_only() {
+        SETUP.replace("note text);", "note text) APPEND ONLY;")
+    } else {
+        SETUP.to_string()
+    };
+    client.batch_execute(&setup).await.unwrap();
     // Reading a view waits for the dataflows to catch up with the load: let it.
     client
         .batch_execute("SET statement_timeout = '600s'")
@@ -227,14 +239,31 @@ async fn run(rows: u64) -> Outcome {
     let (mut server, client, crash_restart) = start_and_time(&data).await;
     let crash_recovery = system_row(&client, "recovery").await;
 
-    // 3. More history, same state: 300 UPDATEs of 1,000 rows each (300,000 row updates).
-    let stmt = client
-        .prepare("UPDATE events SET amount = amount + 1 WHERE id >= $1 AND id < $1 + 1000")
-        .await
-        .unwrap();
-    for i in 0..300u64 {
-        let from = ((i * 7_919 * 1000) % rows) as i64;
-        client.execute(&stmt, &[&from]).await.unwrap();
+    // 3. More history, same state: 300 UPDATEs of 1,000 rows each (300,000 row updates), or
+    // for a stream 300 INSERTs of 1,000 new rows.
+    let mut total = rows;
+    if append_only() {
+        let stmt = client
+            .prepare(
+                "INSERT INTO events SELECT i, i % 100000, i % 1000003, 'more' \
+                 FROM generate_series($1::bigint, $1::bigint + 999) AS s(i)",
+            )
+            .await
+            .unwrap();
+        for i in 0..300u64 {
+            let from = (rows + i * 1000) as i64;
+            client.execute(&stmt, &[&from]).await.unwrap();
+        }
+        total += 300_000;
+    } else {
+        let stmt = client
+            .prepare("UPDATE events SET amount = amount + 1 WHERE id >= $1 AND id < $1 + 1000")
+            .await
+            .unwrap();
+        for i in 0..300u64 {
+            let from = ((i * 7_919 * 1000) % rows) as i64;
+            client.execute(&stmt, &[&from]).await.unwrap();
+        }
     }
     drop(client);
     server.kill();
@@ -252,7 +281,7 @@ async fn run(rows: u64) -> Outcome {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n as u64, rows);
+    assert_eq!(n as u64, total);
     let restarted_rss_mb = status_mb(server.pid(), "VmRSS");
     Outcome {
         rows,
