@@ -124,6 +124,7 @@ async fn a_failed_checkpoint_is_followed_by_a_full_one_that_keeps_stored_table_r
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, k int) APPEND ONLY;
              CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n FROM t GROUP BY k;
+             CREATE MATERIALIZED VIEW evens AS SELECT id, k FROM t WHERE id % 2 = 0;
              INSERT INTO t SELECT i, i % 7 FROM generate_series(1, 5000) AS s(i);",
         )
         .await
@@ -173,6 +174,23 @@ async fn a_failed_checkpoint_is_followed_by_a_full_one_that_keeps_stored_table_r
         "the row count stored with the full checkpoint"
     );
     assert_consistent(&client).await;
+    let evens: Vec<(i32, i32)> = pairs(&client, "SELECT id, k FROM evens ORDER BY id").await;
+    let expected: Vec<(i32, i32)> =
+        pairs(&client, "SELECT id, k FROM t WHERE id % 2 = 0 ORDER BY id").await;
+    assert_eq!(evens.len(), 3000);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT view_rows_in_store FROM eddy_catalog.memory"
+        )
+        .await,
+        3000,
+        "the view's row count stored with the full checkpoint"
+    );
+    assert_eq!(
+        evens, expected,
+        "the view's stored contents, rewritten in full"
+    );
     let err = client
         .execute("INSERT INTO t VALUES (5500, 0)", &[])
         .await

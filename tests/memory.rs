@@ -216,6 +216,7 @@ async fn wait_for_table_rows(client: &Client, rows: (i64, i64)) {
 const EVENTS: &str = "CREATE TABLE events (id bigint PRIMARY KEY, k int, v bigint) APPEND ONLY;
      CREATE TABLE notes (k int, msg text) APPEND ONLY;
      CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n, sum(v) AS s FROM events GROUP BY k;
+     CREATE MATERIALIZED VIEW thirds AS SELECT id, k, v FROM events WHERE v % 3 = 0;
      INSERT INTO events SELECT i, i % 10, i * 2 FROM generate_series(1, 20000) AS s(i);
      INSERT INTO notes SELECT i % 3, 'same' FROM generate_series(1, 300) AS s(i);";
 
@@ -229,6 +230,13 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
     let client = common::connect(&server).await;
     client.batch_execute(EVENTS).await.unwrap();
     wait_until_stored(&client, 20_300).await;
+    // A view whose query only inserts spills too; an aggregate's contents stay in memory.
+    wait_for_view_rows(&client, (10, 6_666)).await;
+    let thirds = "SELECT id, k, v FROM events WHERE v % 3 = 0";
+    assert_eq!(
+        rows(&client, "SELECT * FROM thirds").await,
+        rows(&client, thirds).await
+    );
 
     let sums = "SELECT count(*), sum(v), count(DISTINCT k) FROM events";
     let expected = vec!["20000|400020000|10".to_string()];
@@ -292,9 +300,12 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
     drop(client);
     server.shutdown().await;
 
-    // A restart reads the tables' rows from the store when scanned, and loads none.
+    // A restart reads the tables' rows from the store when scanned, and loads none; nor the
+    // spilling views' contents (the views `big` and `thirds`; `per_k` and `per_msg` are
+    // aggregates, loaded).
     let server = common::restart(dir.path(), frequent).await;
     let client = common::connect(&server).await;
+    assert_eq!(view_rows(&client).await, (11, 5 + 6_666));
     assert_eq!(
         rows(
             &client,
@@ -322,7 +333,40 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
         ["4|2001|39996004"]
     );
     assert_eq!(rows(&client, "SELECT * FROM per_msg").await, ["same|301"]);
+    client
+        .execute(
+            "INSERT INTO events VALUES (20003, 5, 6), (20004, 5, 9)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got = rows(&client, "SELECT * FROM thirds").await;
+    assert_eq!(got.len(), 6_668);
+    assert_eq!(got, rows(&client, thirds).await);
     server.shutdown().await;
+}
+
+/// (view rows in memory, view rows read from the state store) from `eddy_catalog.memory`.
+async fn view_rows(client: &Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT view_rows_in_memory, view_rows_in_store FROM eddy_catalog.memory",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Waits (up to 30 s) until `eddy_catalog.memory` shows `rows` of views (in memory, stored).
+async fn wait_for_view_rows(client: &Client, rows: (i64, i64)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut now = view_rows(client).await;
+    while now != rows && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = view_rows(client).await;
+    }
+    assert_eq!(now, rows, "(view rows in memory, view rows stored)");
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).

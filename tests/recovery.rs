@@ -81,6 +81,8 @@ const SETUP: &str = "
     CREATE MATERIALIZED VIEW owner_flows AS
         SELECT a.owner, count(*) AS n, sum(l.amount) AS total
         FROM ledger l JOIN accounts a ON l.account = a.id GROUP BY a.owner;
+    CREATE MATERIALIZED VIEW big_moves AS
+        SELECT id, account, amount FROM ledger WHERE amount > 300 OR amount < -200;
 ";
 
 /// Each view and the query that recomputes it from the tables.
@@ -106,6 +108,10 @@ const VIEWS: &[(&str, &str)] = &[
     (
         "flows",
         "SELECT account % 10, count(*), sum(amount) FROM ledger GROUP BY account % 10",
+    ),
+    (
+        "big_moves",
+        "SELECT id, account, amount FROM ledger WHERE amount > 300 OR amount < -200",
     ),
     (
         "owner_flows",

@@ -42,7 +42,7 @@ use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::state::{CheckpointMeta, HISTORY, StoreSnapshot, ViewCheckpoint, part_prefix};
-use crate::storage::table::{Snapshot, TableCodec, TableStore};
+use crate::storage::table::{Snapshot, Spill, TableBase, TableCodec, TableStore};
 use crate::subscribe::{ChangeHistory, Retention};
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
 
@@ -376,6 +376,19 @@ impl Runtime {
     }
 
     /// How many views (materialized views and subscriptions' temporary dataflows) exist.
+    /// Rows of all views' contents held in memory, and rows read from the state store instead
+    /// (views whose contents spill).
+    pub fn view_rows(&self) -> (usize, usize) {
+        let views = self.shared.views.read();
+        let (mut in_memory, mut all) = (0, 0);
+        for view in views.values() {
+            let store = view.store.read();
+            in_memory += store.rows_in_memory();
+            all += store.live_rows();
+        }
+        (in_memory, all - in_memory)
+    }
+
     pub fn view_count(&self) -> usize {
         self.shared.views.read().len()
     }
@@ -748,15 +761,21 @@ impl Worker {
         // this checkpoint, which evicted state is read back from from now on.
         let snapshot = Arc::new(self.checkpoints.store.snapshot());
         *self.checkpoints.durable.write() = snapshot.clone();
-        if let Err(e) = self.scanner.rebase(&snapshot, self.checkpoints.lsn) {
+        let lsn = self.checkpoints.lsn;
+        if let Err(e) = self.scanner.rebase(&snapshot, lsn) {
             // The rows stay in memory; the next checkpoint tries again.
             tracing::error!(error = %e, "moving checkpointed table rows to the state store");
         }
+        // Views whose contents spill: once no reader is below the checkpoint.
+        let readers_above = self.shared.epochs.epoch_horizon().0 >= lsn.0;
         for df in self
             .dataflows
             .iter_mut()
             .filter(|d| collected.contains(&d.id))
         {
+            if readers_above && let Err(e) = df.view.store.write().rebase(snapshot.clone(), lsn) {
+                tracing::error!(error = %e, view = df.id, "moving checkpointed view rows to the state store");
+            }
             df.stored_is_own = true;
             for node in &mut df.nodes {
                 node.op.checkpoint_durable();
@@ -1035,7 +1054,7 @@ impl Worker {
             ),
             None => ChangeHistory::new(self.committed.epoch, self.shared.retention),
         };
-        let store = TableStore::new(&name, schema, &[]);
+        let store = self.view_store(id, &name, spec, schema, stored.is_some())?;
         let view = Arc::new(ViewState {
             name,
             store: Arc::new(RwLock::new(store)),
@@ -1082,6 +1101,40 @@ impl Worker {
         self.shared.views.write().insert(id, view);
         self.dataflows.push(df);
         Ok(())
+    }
+
+    /// The contents of view `id`. A persistent view whose query only ever inserts keeps in
+    /// memory only the rows no durable checkpoint covers (like an APPEND ONLY table); when
+    /// `restored`, the rest are those of the checkpoint the runtime starts from.
+    fn view_store(
+        &self,
+        id: ObjectId,
+        name: &str,
+        spec: &DataflowSpec,
+        schema: SchemaRef,
+        restored: bool,
+    ) -> Result<TableStore> {
+        if id >= TEMP_IDS || !spec.append_only {
+            return Ok(TableStore::new(name, schema, &[]));
+        }
+        // The view's contents are the part of the Materialize node, after the spec's nodes.
+        let prefix = part_prefix(id, spec.nodes.len() as u32);
+        let base = if restored {
+            let snapshot = self.checkpoints.durable.read().clone();
+            let rows = ops::materialize::stored_row_count(&snapshot, &prefix)?;
+            Some(TableBase {
+                snapshot,
+                lsn: self.committed.lsn,
+                rows,
+            })
+        } else {
+            None
+        };
+        let spill = Spill {
+            prefix,
+            codec: Arc::new(TableCodec::new(schema.clone(), &[])?),
+        };
+        Ok(TableStore::spilling(name, schema, &[], spill, base))
     }
 
     /// Feeds a new dataflow its inputs' contents at the committed epoch, as inserts.

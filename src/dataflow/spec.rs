@@ -117,6 +117,9 @@ pub struct Node {
 #[derive(Debug, Clone, Default)]
 pub struct DataflowSpec {
     pub nodes: Vec<Node>,
+    /// The output only ever inserts (an APPEND ONLY table through filters, projections, unions
+    /// and inner joins): the view's contents then move to the state store once checkpointed.
+    pub append_only: bool,
 }
 
 impl DataflowSpec {
@@ -167,7 +170,11 @@ impl DataflowSpec {
     /// checkpointed by one dataflow is loaded only into an identical one (the same view planned
     /// again by the same server version). FNV-1a over the spec's debug form.
     pub fn fingerprint(&self) -> u64 {
-        let text = format!("state format {STATE_FORMAT}: {:?}", self.nodes);
+        let mut text = format!("state format {STATE_FORMAT}: {:?}", self.nodes);
+        if self.append_only {
+            // Its stored contents also hold their row count (see `Materialize`).
+            text.push_str(", append only");
+        }
         text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         })

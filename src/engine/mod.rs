@@ -670,7 +670,7 @@ fn new_table_store(def: &TableDef, base: Option<TableBase>) -> Result<TableStore
         return Ok(TableStore::new(&def.name, def.schema(), &def.primary_key));
     }
     let spill = Spill {
-        id: def.id,
+        prefix: part_prefix(def.id, TABLE_ROWS),
         codec: Arc::new(TableCodec::new(def.schema(), &def.primary_key)?),
     };
     Ok(TableStore::spilling(

@@ -159,6 +159,7 @@ impl System {
         let m = self.engine.runtime().memory_stats();
         let (in_memory, stored) = self.engine.table_rows();
         let (cache, buffers) = self.engine.store_memory();
+        let (view_rows, view_rows_stored) = self.engine.runtime().view_rows();
         one_row(vec![
             ("budget_bytes", int(m.budget as u64)),
             ("evictable_state_bytes", int(m.evictable_bytes as u64)),
@@ -166,6 +167,8 @@ impl System {
             ("evicted_bytes", int(m.evicted_bytes)),
             ("table_rows_in_memory", int(in_memory as u64)),
             ("table_rows_in_store", int(stored as u64)),
+            ("view_rows_in_memory", int(view_rows as u64)),
+            ("view_rows_in_store", int(view_rows_stored as u64)),
             ("store_cache_bytes", int(cache as u64)),
             ("store_write_buffer_bytes", int(buffers as u64)),
         ])

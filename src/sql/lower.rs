@@ -225,7 +225,11 @@ pub fn lower(plan: &LogicalPlan, resolve: Resolver<'_>) -> Result<DataflowSpec> 
         props: &props,
         append_only: Vec::new(),
     };
-    lowering.lower(plan)?;
+    let output = lowering.lower(plan)?;
+    let append_only = lowering
+        .spec
+        .is_append_only(output, &|i| lowering.append_only.contains(&i));
+    lowering.spec.append_only = append_only;
     Ok(lowering.spec)
 }
 

@@ -334,7 +334,7 @@ impl StateStore {
     }
 
     fn scan(&self, cf: &str, id: ObjectId, part: u32, f: ValueVisitor<'_>) -> Result<()> {
-        scan_part(self, cf, ReadOptions::default(), id, part, f)
+        scan_part(self, cf, ReadOptions::default(), &part_prefix(id, part), f)
     }
 
     /// A consistent view of the store as it is now (the last durable checkpoint, when taken
@@ -452,15 +452,14 @@ impl StoreSnapshot {
             .collect()
     }
 
-    /// Calls `f(key, count)` for every row with a positive count in part `part` of object
-    /// `id`, in key order (the key without the prefix).
-    pub fn scan_counts(&self, id: ObjectId, part: u32, f: CountVisitor<'_>) -> Result<()> {
+    /// Calls `f(key, count)` for every row with a positive count under `prefix` (a part's,
+    /// [`part_prefix`]), in key order (the key without the prefix).
+    pub fn scan_counts(&self, prefix: &[u8; PREFIX_LEN], f: CountVisitor<'_>) -> Result<()> {
         scan_part(
             &self.store,
             ROWS_CF,
             self.read_options(),
-            id,
-            part,
+            prefix,
             &mut |k, v| {
                 let n = count_of(v);
                 if n > 0 { f(k, n) } else { Ok(()) }
@@ -510,19 +509,17 @@ impl StoreSnapshot {
     }
 }
 
-/// Calls `f(key, value)` for every key of part `part` of object `id` in family `cf`, in key
-/// order (the key without the prefix), reading with `options` (e.g. at a snapshot).
+/// Calls `f(key, value)` for every key of the part with `prefix` in family `cf`, in key order
+/// (the key without the prefix), reading with `options` (e.g. at a snapshot).
 fn scan_part(
     store: &StateStore,
     cf: &str,
     mut options: ReadOptions,
-    id: ObjectId,
-    part: u32,
+    prefix: &[u8; PREFIX_LEN],
     f: ValueVisitor<'_>,
 ) -> Result<()> {
     let cf = store.cf(cf)?;
-    let prefix = part_prefix(id, part);
-    options.set_iterate_upper_bound(range_end(&prefix));
+    options.set_iterate_upper_bound(range_end(prefix));
     options.fill_cache(false);
     let mut it = store.db.raw_iterator_cf_opt(cf, options);
     it.seek(prefix);

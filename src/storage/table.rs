@@ -98,10 +98,12 @@ impl Plan {
     }
 }
 
-/// Where an APPEND ONLY table's older rows live: in the state store, as of a durable checkpoint
-/// (read through its snapshot), instead of in memory.
+/// Where the older rows of an APPEND ONLY table (or of a view whose contents only grow) live:
+/// in the state store, as of a durable checkpoint (read through its snapshot), instead of in
+/// memory.
 pub struct Spill {
-    pub id: ObjectId,
+    /// The part holding the rows, as counted rows ([`super::state::part_prefix`]).
+    pub prefix: [u8; super::state::PREFIX_LEN],
     pub codec: Arc<TableCodec>,
 }
 
@@ -261,7 +263,7 @@ impl TableStore {
                     base.lsn
                 ));
             }
-            for rows in spill.codec.load_at(&base.snapshot, spill.id)? {
+            for rows in spill.codec.load_at(&base.snapshot, &spill.prefix)? {
                 if rows.weights.values().iter().all(|w| *w == 1) {
                     out.push(rows.data);
                 } else {
@@ -409,8 +411,7 @@ impl TableStore {
         let mut order: Vec<usize> = (0..rows.num_rows()).collect();
         order.sort_by(|a, b| keys.row(*a).cmp(&keys.row(*b)));
         let starts: Vec<&[u8]> = order.iter().map(|i| keys.row(*i).data()).collect();
-        let prefix = super::state::part_prefix(spill.id, super::state::TABLE_ROWS);
-        let found = base.snapshot.counts_with_starts(&prefix, &starts)?;
+        let found = base.snapshot.counts_with_starts(&spill.prefix, &starts)?;
         let mut out = vec![0; rows.num_rows()];
         for (i, rows) in order.into_iter().zip(found) {
             out[i] = rows.iter().map(|(_, n)| *n as usize).sum();
@@ -871,13 +872,18 @@ impl TableCodec {
         self.decode(|f| store.scan_counts(id, super::state::TABLE_ROWS, f))
     }
 
-    /// The same, read at `snapshot`.
+    /// The rows stored under `prefix`, read at `snapshot` (an empty key is not a row: a view
+    /// keeps its row count there).
     pub fn load_at(
         &self,
         snapshot: &super::state::StoreSnapshot,
-        id: ObjectId,
+        prefix: &[u8; super::state::PREFIX_LEN],
     ) -> Result<Vec<ZBatch>> {
-        self.decode(|f| snapshot.scan_counts(id, super::state::TABLE_ROWS, f))
+        self.decode(|f| {
+            snapshot.scan_counts(prefix, &mut |key, n| {
+                if key.is_empty() { Ok(()) } else { f(key, n) }
+            })
+        })
     }
 
     /// The counted rows `scan` visits, as batches in the table's column order.
@@ -1089,7 +1095,10 @@ mod tests {
             let def = def(pk);
             let codec = Arc::new(TableCodec::new(def.schema(), &def.primary_key).unwrap());
             let spill = Spill {
-                id: def.id,
+                prefix: crate::storage::state::part_prefix(
+                    def.id,
+                    crate::storage::state::TABLE_ROWS,
+                ),
                 codec: codec.clone(),
             };
             let table =

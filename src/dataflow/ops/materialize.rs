@@ -9,6 +9,10 @@
 //!   an older epoch keep seeing it; history below the oldest pinned epoch is merged away.
 //!   Checkpoints store it as counted rows (key: the row in Arrow's row format): each checkpoint
 //!   adds the epochs' deltas since the previous one.
+//! - a view whose query only ever inserts has a spilling store (see
+//!   [`TableStore::spilling`]): its checkpointed rows are read from the state store, and the
+//!   checkpoints also keep its row count (a counted row with an empty key). Restoring it reads
+//!   nothing: the runtime sets its base.
 
 use std::sync::Arc;
 
@@ -62,6 +66,18 @@ pub fn add_counted_rows(
     Ok(())
 }
 
+/// The row count a spilling view's checkpoints keep under `prefix` (its contents' part).
+pub fn stored_row_count(
+    snapshot: &crate::storage::state::StoreSnapshot,
+    prefix: &[u8; crate::storage::state::PREFIX_LEN],
+) -> Result<usize> {
+    let first = snapshot.counts_after(prefix, &[], None, 1)?;
+    Ok(first
+        .first()
+        .filter(|(key, _)| key.is_empty())
+        .map_or(0, |(_, n)| *n as usize))
+}
+
 impl Operator for Materialize {
     fn on_batch(&mut self, _port: usize, batch: ZBatch, _out: &mut Vec<ZBatch>) -> Result<()> {
         // Held until the barrier, under the view's column names.
@@ -113,11 +129,21 @@ impl Operator for Materialize {
                 _ => vec![ZBatch::consolidate(&deltas, &self.schema)?],
             }
         };
+        if self.store.read().spills() {
+            let added: i64 = changes.iter().flat_map(|z| z.weights.values()).sum();
+            if added != 0 {
+                sink.add(&[], added);
+            }
+        }
         add_counted_rows(&self.converter, &changes, sink)
     }
 
-    /// Puts the stored rows back into an empty store, visible from every epoch on.
+    /// Puts the stored rows back into an empty store, visible from every epoch on (a spilling
+    /// store reads them from the checkpoint instead).
     fn restore(&mut self, source: &dyn StateSource) -> Result<()> {
+        if self.store.read().spills() {
+            return Ok(());
+        }
         let mut rows = RowsToBatches::new(&self.converter, self.schema.clone());
         source.counts(&mut |key, n| rows.push(key, n))?;
         let mut store = self.store.write();
