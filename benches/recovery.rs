@@ -243,16 +243,17 @@ async fn run(rows: u64) -> Outcome {
     // for a stream 300 INSERTs of 1,000 new rows.
     let mut total = rows;
     if append_only() {
-        let stmt = client
-            .prepare(
-                "INSERT INTO events SELECT i, i % 100000, i % 1000003, 'more' \
-                 FROM generate_series($1::bigint, $1::bigint + 999) AS s(i)",
-            )
-            .await
-            .unwrap();
+        // generate_series takes literals only (DataFusion), so each INSERT is its own text.
         for i in 0..300u64 {
-            let from = (rows + i * 1000) as i64;
-            client.execute(&stmt, &[&from]).await.unwrap();
+            let from = rows + i * 1000;
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO events SELECT i, i % 100000, i % 1000003, 'more' \
+                     FROM generate_series({from}, {}) AS s(i)",
+                    from + 999
+                ))
+                .await
+                .unwrap();
         }
         total += 300_000;
     } else {

@@ -793,7 +793,7 @@ fn replay(
     let mut plans = Vec::new();
     for (id, change) in &record.changes {
         if let Some(table) = tables.get_mut(id) {
-            let plan = table.plan(change).map_err(|e| {
+            let plan = table.plan_replay(change).map_err(|e| {
                 crate::err!(
                     sqlstate::DATA_CORRUPTED,
                     "replaying log record {} failed: {}",

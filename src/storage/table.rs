@@ -424,6 +424,16 @@ impl TableStore {
     /// for a duplicate key and 40001 when a row to delete is no longer there (a concurrent
     /// write got there first).
     pub fn plan(&mut self, change: &ZBatch) -> Result<Plan> {
+        self.plan_checking(change, true)
+    }
+
+    /// The same for a change that was checked when it was logged (replay at start-up): primary
+    /// keys are not looked up among the rows in the state store, a seek per row.
+    pub fn plan_replay(&mut self, change: &ZBatch) -> Result<Plan> {
+        self.plan_checking(change, false)
+    }
+
+    fn plan_checking(&mut self, change: &ZBatch, check_stored: bool) -> Result<Plan> {
         let batch = &change.data;
         let weights = change.weights.values();
         let has_deletes = weights.iter().any(|w| *w < 0);
@@ -523,6 +533,7 @@ impl TableStore {
             Some(interleave_record_batch(&[batch], &take)?)
         };
         if self.unique
+            && check_stored
             && let Some(inserted) = &inserts
             && let Some(row) = self.stored_keys(inserted)?.iter().position(|n| *n > 0)
         {
