@@ -375,7 +375,6 @@ impl Runtime {
         let _ = self.command(Command::Drop { id, name, reply });
     }
 
-    /// How many views (materialized views and subscriptions' temporary dataflows) exist.
     /// Rows of all views' contents held in memory, and rows read from the state store instead
     /// (views whose contents spill).
     pub fn view_rows(&self) -> (usize, usize) {
@@ -389,6 +388,7 @@ impl Runtime {
         (in_memory, all - in_memory)
     }
 
+    /// How many views (materialized views and subscriptions' temporary dataflows) exist.
     pub fn view_count(&self) -> usize {
         self.shared.views.read().len()
     }
