@@ -185,11 +185,12 @@ async fn a_roomy_budget_evicts_nothing() {
     server.shutdown().await;
 }
 
-/// (table rows in memory, table rows read from the state store) from `eddy_catalog.memory`.
-async fn table_rows(client: &Client) -> (i64, i64) {
+/// Rows in memory and rows read from the state store instead, of tables or views (`of`), from
+/// `eddy_catalog.memory`.
+async fn stored_rows(client: &Client, of: &str) -> (i64, i64) {
     let row = client
         .query_one(
-            "SELECT table_rows_in_memory, table_rows_in_store FROM eddy_catalog.memory",
+            &format!("SELECT {of}_rows_in_memory, {of}_rows_in_store FROM eddy_catalog.memory"),
             &[],
         )
         .await
@@ -197,20 +198,32 @@ async fn table_rows(client: &Client) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+async fn table_rows(client: &Client) -> (i64, i64) {
+    stored_rows(client, "table").await
+}
+
+async fn view_rows(client: &Client) -> (i64, i64) {
+    stored_rows(client, "view").await
+}
+
 /// Waits (up to 30 s) until every table row is in the state store, and there are `rows`.
 async fn wait_until_stored(client: &Client, rows: i64) {
     wait_for_table_rows(client, (0, rows)).await
 }
 
-/// Waits (up to 30 s) until `eddy_catalog.memory` shows `rows` (in memory, stored).
-async fn wait_for_table_rows(client: &Client, rows: (i64, i64)) {
+/// Waits (up to 30 s) until `stored_rows(client, of)` is `rows` (in memory, stored).
+async fn wait_for_rows(client: &Client, of: &str, rows: (i64, i64)) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut now = table_rows(client).await;
+    let mut now = stored_rows(client, of).await;
     while now != rows && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        now = table_rows(client).await;
+        now = stored_rows(client, of).await;
     }
-    assert_eq!(now, rows, "(rows in memory, rows stored)");
+    assert_eq!(now, rows, "({of} rows in memory, {of} rows stored)");
+}
+
+async fn wait_for_table_rows(client: &Client, rows: (i64, i64)) {
+    wait_for_rows(client, "table", rows).await
 }
 
 const EVENTS: &str = "CREATE TABLE events (id bigint PRIMARY KEY, k int, v bigint) APPEND ONLY;
@@ -231,7 +244,7 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
     client.batch_execute(EVENTS).await.unwrap();
     wait_until_stored(&client, 20_300).await;
     // A view whose query only inserts spills too; an aggregate's contents stay in memory.
-    wait_for_view_rows(&client, (10, 6_666)).await;
+    wait_for_rows(&client, "view", (10, 6_666)).await;
     let thirds = "SELECT id, k, v FROM events WHERE v % 3 = 0";
     assert_eq!(
         rows(&client, "SELECT * FROM thirds").await,
@@ -344,29 +357,6 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
     assert_eq!(got.len(), 6_668);
     assert_eq!(got, rows(&client, thirds).await);
     server.shutdown().await;
-}
-
-/// (view rows in memory, view rows read from the state store) from `eddy_catalog.memory`.
-async fn view_rows(client: &Client) -> (i64, i64) {
-    let row = client
-        .query_one(
-            "SELECT view_rows_in_memory, view_rows_in_store FROM eddy_catalog.memory",
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-/// Waits (up to 30 s) until `eddy_catalog.memory` shows `rows` of views (in memory, stored).
-async fn wait_for_view_rows(client: &Client, rows: (i64, i64)) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut now = view_rows(client).await;
-    while now != rows && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        now = view_rows(client).await;
-    }
-    assert_eq!(now, rows, "(view rows in memory, view rows stored)");
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
