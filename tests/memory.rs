@@ -472,7 +472,9 @@ async fn state_several_times_the_budget_keeps_peak_rss_near_it() {
     );
     // Without a budget the steady RSS grows with the state, by about 60 MB over this load.
     // With it, by at most the budget and the block cache (4 MiB at this budget), plus noise.
-    let cache_mb = (BUDGET_MB / 4).clamp(4, 64);
+    let cache_mb = eddy::storage::state::StateStore::block_cache_bytes((BUDGET_MB << 20) as usize)
+        as u64
+        >> 20;
     assert!(
         late <= early + BUDGET_MB + cache_mb + 12,
         "the steady RSS grew from {early} to {late} MB"

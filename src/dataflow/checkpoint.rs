@@ -27,8 +27,8 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::storage::state::{
-    CheckpointMeta, HISTORY, StateBatch, StateStore, StoreSnapshot, TABLE_COUNT, TABLE_ROWS,
-    ViewCheckpoint, part_prefix,
+    CheckpointMeta, HISTORY, StateBatch, StateStore, StoreSnapshot, TABLE_ROWS, ViewCheckpoint,
+    part_prefix,
 };
 use crate::storage::table::TableCodec;
 use crate::subscribe::Entry;
@@ -263,11 +263,8 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
             for (i, w) in change.weights.values().iter().enumerate() {
                 batch.add(&prefix, rows.row(i).as_ref(), *w);
             }
-            batch.add(
-                &part_prefix(id, TABLE_COUNT),
-                &[],
-                change.weights.values().iter().sum(),
-            );
+            // The table's row count (see `StoreSnapshot::row_count`).
+            batch.add(&prefix, &[], change.weights.values().iter().sum());
         }
         for (id, entry) in &history {
             batch.put(

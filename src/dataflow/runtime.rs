@@ -1121,7 +1121,8 @@ impl Worker {
         let prefix = part_prefix(id, spec.nodes.len() as u32);
         let base = if restored {
             let snapshot = self.checkpoints.durable.read().clone();
-            let rows = ops::materialize::stored_row_count(&snapshot, &prefix)?;
+            // Spilling views' checkpoints always keep the count (it is in their fingerprint).
+            let rows = snapshot.row_count(&prefix)?.unwrap_or(0);
             Some(TableBase {
                 snapshot,
                 lsn: self.committed.lsn,

@@ -38,9 +38,7 @@ use crate::catalog::{Catalog, TableDef, ViewDef};
 use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Log, LogRecord, encode_body};
-use crate::storage::state::{
-    CheckpointMeta, StateStore, StoreSnapshot, TABLE_COUNT, TABLE_ROWS, part_prefix,
-};
+use crate::storage::state::{CheckpointMeta, StateStore, StoreSnapshot, TABLE_ROWS, part_prefix};
 use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, ZBatch};
 
@@ -143,20 +141,13 @@ impl Engine {
         let mut tables: HashMap<ObjectId, table::TableStore> = HashMap::new();
         let mut rows = 0u64;
         // APPEND ONLY tables are read from the checkpoint when scanned, not loaded.
-        let mut counts = HashMap::new();
-        for def in catalog.tables().filter(|d| d.append_only) {
-            counts.insert(
-                def.id,
-                stored_row_count(&state, checkpoint.as_ref(), def.id)?,
-            );
-        }
         let snapshot = Arc::new(state.snapshot());
         for def in catalog.tables() {
             if def.append_only {
                 let base = TableBase {
                     snapshot: snapshot.clone(),
                     lsn: floor,
-                    rows: counts[&def.id],
+                    rows: stored_row_count(&state, &snapshot, checkpoint.as_ref(), def.id)?,
                 };
                 tables.insert(def.id, new_table_store(def, Some(base))?);
                 continue;
@@ -682,30 +673,28 @@ fn new_table_store(def: &TableDef, base: Option<TableBase>) -> Result<TableStore
     ))
 }
 
-/// How many rows the last checkpoint holds for table `id`, as the checkpoints count them. A
-/// data directory from before the count has the rows counted once here, and the count stored
-/// with the checkpoint it belongs to (a no-op for readers of that checkpoint).
+/// How many rows the last checkpoint holds for table `id`, as the checkpoints count them
+/// (`StoreSnapshot::row_count`). A data directory from before the count has the rows counted
+/// once here, and the count stored with the checkpoint it belongs to (a no-op for readers of
+/// that checkpoint, which never take the empty key for a row).
 fn stored_row_count(
     state: &Arc<StateStore>,
+    snapshot: &StoreSnapshot,
     checkpoint: Option<&CheckpointMeta>,
     id: ObjectId,
 ) -> Result<usize> {
-    let mut count = None;
-    state.scan_counts(id, TABLE_COUNT, &mut |_, n| {
-        count = Some(n as usize);
-        Ok(())
-    })?;
-    if let Some(n) = count {
+    let prefix = part_prefix(id, TABLE_ROWS);
+    if let Some(n) = snapshot.row_count(&prefix)? {
         return Ok(n);
     }
     let mut n = 0;
-    state.scan_counts(id, TABLE_ROWS, &mut |_, c| {
+    snapshot.scan_counts(&prefix, &mut |_, c| {
         n += c as usize;
         Ok(())
     })?;
-    if let Some(meta) = checkpoint.filter(|_| n > 0) {
+    if let Some(meta) = checkpoint {
         let mut batch = state.batch();
-        batch.add(&part_prefix(id, TABLE_COUNT), &[], n as i64);
+        batch.add(&prefix, &[], n as i64);
         state.write_checkpoint(batch, meta)?;
     }
     Ok(n)

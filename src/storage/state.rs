@@ -43,9 +43,6 @@ const CHECKPOINT_VERSION: u32 = 1;
 
 /// Part of an object holding a table's rows.
 pub const TABLE_ROWS: u32 = u32::MAX - 1;
-/// Part of a table holding its number of rows (one counted row with an empty key), so that a
-/// table whose rows stay in the store knows its size without reading them.
-pub const TABLE_COUNT: u32 = u32::MAX - 2;
 /// Part of a view holding its change history (for `SUBSCRIBE … AS OF`).
 pub const HISTORY: u32 = u32::MAX;
 
@@ -450,6 +447,19 @@ impl StoreSnapshot {
                     .map_err(|e| rocks_err("reading state from the state store", e))
             })
             .collect()
+    }
+
+    /// How many rows the counted rows under `prefix` (a part's, [`part_prefix`]) hold, as kept
+    /// by checkpoints in a counted row with an empty key (no row's key is empty: a row encodes
+    /// at least one column). `None` if the part has rows but no count (written before counts
+    /// were kept).
+    pub fn row_count(&self, prefix: &[u8; PREFIX_LEN]) -> Result<Option<usize>> {
+        let first = self.counts_after(prefix, &[], None, 1)?;
+        Ok(match first.first() {
+            None => Some(0),
+            Some((key, n)) if key.is_empty() => Some(*n as usize),
+            Some(_) => None,
+        })
     }
 
     /// Calls `f(key, count)` for every row with a positive count under `prefix` (a part's,

@@ -236,11 +236,9 @@ impl TableStore {
             lsn,
             rows,
         });
+        self.index = None;
         if self.unique {
-            self.index = None;
             self.ensure_index()?;
-        } else {
-            self.index = None;
         }
         Ok(())
     }
@@ -883,27 +881,29 @@ impl TableCodec {
         self.decode(|f| store.scan_counts(id, super::state::TABLE_ROWS, f))
     }
 
-    /// The rows stored under `prefix`, read at `snapshot` (an empty key is not a row: a view
-    /// keeps its row count there).
+    /// The rows stored under `prefix`, read at `snapshot`.
     pub fn load_at(
         &self,
         snapshot: &super::state::StoreSnapshot,
         prefix: &[u8; super::state::PREFIX_LEN],
     ) -> Result<Vec<ZBatch>> {
-        self.decode(|f| {
-            snapshot.scan_counts(prefix, &mut |key, n| {
-                if key.is_empty() { Ok(()) } else { f(key, n) }
-            })
-        })
+        self.decode(|f| snapshot.scan_counts(prefix, f))
     }
 
-    /// The counted rows `scan` visits, as batches in the table's column order.
+    /// The counted rows `scan` visits, as batches in the table's column order (the empty key
+    /// is not a row but the row count, see `StoreSnapshot::row_count`).
     fn decode(
         &self,
         scan: impl FnOnce(super::state::CountVisitor<'_>) -> Result<()>,
     ) -> Result<Vec<ZBatch>> {
         let mut batches = crate::types::RowsToBatches::new(&self.converter, self.stored.clone());
-        scan(&mut |key, n| batches.push(key, n))?;
+        scan(&mut |key, n| {
+            if key.is_empty() {
+                Ok(())
+            } else {
+                batches.push(key, n)
+            }
+        })?;
         let mut out = Vec::new();
         for z in batches.finish()? {
             let mut columns: Vec<Option<ArrayRef>> = vec![None; self.order.len()];
@@ -1125,14 +1125,14 @@ mod tests {
         /// Writes `rows` (the changes since the last checkpoint) as the checkpoint at `lsn`,
         /// then moves the rows up to it out of memory.
         fn checkpoint(&mut self, rows: &ZBatch, lsn: u64) {
-            use crate::storage::state::{CheckpointMeta, TABLE_COUNT, TABLE_ROWS, part_prefix};
+            use crate::storage::state::{CheckpointMeta, TABLE_ROWS, part_prefix};
             let mut batch = self.state.batch();
             let keys = self.codec.encode(&rows.data).unwrap();
             for (i, w) in rows.weights.values().iter().enumerate() {
                 batch.add(&part_prefix(1, TABLE_ROWS), keys.row(i).as_ref(), *w);
             }
             let n = rows.weights.values().iter().sum();
-            batch.add(&part_prefix(1, TABLE_COUNT), &[], n);
+            batch.add(&part_prefix(1, TABLE_ROWS), &[], n);
             self.state
                 .write_checkpoint(batch, &CheckpointMeta::new(lsn, Vec::new()))
                 .unwrap();

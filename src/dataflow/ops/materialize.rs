@@ -11,7 +11,7 @@
 //!   adds the epochs' deltas since the previous one.
 //! - a view whose query only ever inserts has a spilling store (see
 //!   [`TableStore::spilling`]): its checkpointed rows are read from the state store, and the
-//!   checkpoints also keep its row count (a counted row with an empty key). Restoring it reads
+//!   checkpoints also keep its row count ([`crate::storage::state::StoreSnapshot::row_count`]). Restoring it reads
 //!   nothing: the runtime sets its base.
 
 use std::sync::Arc;
@@ -64,18 +64,6 @@ pub fn add_counted_rows(
         }
     }
     Ok(())
-}
-
-/// The row count a spilling view's checkpoints keep under `prefix` (its contents' part).
-pub fn stored_row_count(
-    snapshot: &crate::storage::state::StoreSnapshot,
-    prefix: &[u8; crate::storage::state::PREFIX_LEN],
-) -> Result<usize> {
-    let first = snapshot.counts_after(prefix, &[], None, 1)?;
-    Ok(first
-        .first()
-        .filter(|(key, _)| key.is_empty())
-        .map_or(0, |(_, n)| *n as usize))
 }
 
 impl Operator for Materialize {
