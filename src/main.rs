@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     runtime.block_on(async move {
-        let server = match Server::start(&config).await {
+        let mut server = match Server::start(&config).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{}", e.message);
@@ -39,10 +39,16 @@ fn main() -> std::process::ExitCode {
             }
         };
         tracing::info!(listen = %server.local_addr(), data_dir = %config.data_dir.display(), "eddy is ready");
-        shutdown_signal().await;
+        let code = tokio::select! {
+            _ = shutdown_signal() => std::process::ExitCode::SUCCESS,
+            e = server.corruption() => {
+                tracing::error!("{}", e.message);
+                std::process::ExitCode::FAILURE
+            }
+        };
         tracing::info!("shutting down");
         server.shutdown().await;
-        std::process::ExitCode::SUCCESS
+        code
     })
 }
 

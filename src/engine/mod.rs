@@ -367,6 +367,12 @@ impl Engine {
         self.state.disk_bytes()
     }
 
+    /// Reads the whole state store back against its checksums (see
+    /// [`StateStore::verify`]): the bytes read, or the corruption found.
+    pub fn verify_state(&self, stop: &std::sync::atomic::AtomicBool) -> Result<u64> {
+        self.state.verify(stop)
+    }
+
     /// Stops the log writer after it has synced everything queued, then the dataflows after
     /// they have run it and written a final checkpoint (so the next start replays nothing).
     pub fn close(&self) {

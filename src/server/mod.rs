@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -62,6 +63,10 @@ pub struct Server {
     addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
+    /// The background check of the state store started once serving (see
+    /// [`Server::corruption`]), and the flag that stops it early.
+    check: Option<tokio::task::JoinHandle<Result<()>>>,
+    stop_check: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -128,12 +133,44 @@ impl Server {
             }
             connections.shutdown().await;
         });
+        let stop_check = Arc::new(AtomicBool::new(false));
+        let check = tokio::task::spawn_blocking({
+            let (engine, stop) = (engine.clone(), stop_check.clone());
+            move || {
+                let started = std::time::Instant::now();
+                let bytes = engine.verify_state(&stop)?;
+                if !stop.load(Ordering::Relaxed) {
+                    tracing::info!(
+                        mb = bytes >> 20,
+                        ms = started.elapsed().as_millis() as u64,
+                        "state store checked against its checksums"
+                    );
+                }
+                Ok(())
+            }
+        });
         Ok(Server {
             engine,
             addr,
             stop,
             accept,
+            check: Some(check),
+            stop_check,
         })
+    }
+
+    /// Resolves with the corruption the background check of the state store finds (every
+    /// stored block read back against its checksum; start-up itself reads only what it
+    /// loads); never if there is none. The binary then stops rather than serve damaged data.
+    pub async fn corruption(&mut self) -> Error {
+        if let Some(check) = &mut self.check {
+            let outcome = check.await;
+            self.check = None;
+            if let Ok(Err(e)) = outcome {
+                return e;
+            }
+        }
+        std::future::pending().await
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -149,6 +186,10 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
+        self.stop_check.store(true, Ordering::Relaxed);
+        if let Some(check) = self.check {
+            let _ = check.await;
+        }
         self.engine.close();
     }
 }
