@@ -286,6 +286,24 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
             Some(format!("Key (id)=({id}) already exists.").as_str())
         );
     }
+    // Reads by primary key seek the stored rows' keys, and look in memory; with a parameter
+    // too (a bound statement is planned with its values).
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT * FROM events WHERE id IN (17, 20001, 30000, 17)"
+        )
+        .await,
+        ["17|7|34", "20001|3|1"]
+    );
+    let found = client
+        .query("SELECT v FROM events WHERE id = $1", &[&19_999i64])
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|r| r.get(0)).collect::<Vec<i64>>(),
+        [39_998]
+    );
     // A view created now is backfilled from the stored rows.
     client
         .batch_execute(
@@ -414,7 +432,7 @@ async fn state_several_times_the_budget_keeps_peak_rss_near_it() {
         .await
         .unwrap();
     let users = 10_000;
-    wait_for_table_rows(&client, (users, 0)).await;
+    wait_for_table_rows(&client, (0, users)).await;
     // RSS between chunks (once the chunk's rows are checkpointed and the state they made is
     // evicted), and the peak, which includes the processing of a chunk.
     let mut steady = Vec::new();
@@ -433,7 +451,7 @@ async fn state_several_times_the_budget_keeps_peak_rss_near_it() {
         from = to + 1;
         // Only state a durable checkpoint covers can be evicted: keep the load from outrunning
         // the checkpoints.
-        wait_for_table_rows(&client, (users, from as i64)).await;
+        wait_for_table_rows(&client, (0, users + from as i64)).await;
         // The floor of a few readings, so that a compaction RocksDB happens to be running (its
         // filter and index builders hold a few bytes per key of the file being written) is
         // not taken for held memory.

@@ -140,10 +140,10 @@ impl Engine {
         let floor = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
         let mut tables: HashMap<ObjectId, table::TableStore> = HashMap::new();
         let mut rows = 0u64;
-        // APPEND ONLY tables are read from the checkpoint when scanned, not loaded.
+        // Tables whose rows spill are read from the checkpoint when scanned, not loaded.
         let snapshot = Arc::new(state.snapshot());
         for def in catalog.tables() {
-            if def.append_only {
+            if spills(def) {
                 let base = TableBase {
                     snapshot: snapshot.clone(),
                     lsn: floor,
@@ -448,6 +448,21 @@ impl Engine {
         table.scan(snapshot)
     }
 
+    /// The rows of table `id` as of `snapshot` whose primary key is one of `keys` (see
+    /// [`crate::storage::table::TableStore::lookup`]); `None` when only a scan can tell.
+    pub fn lookup(
+        &self,
+        id: ObjectId,
+        keys: &[datafusion::arrow::array::ArrayRef],
+        snapshot: Snapshot,
+    ) -> Result<Option<Vec<datafusion::arrow::array::RecordBatch>>> {
+        let tables = self.tables.read();
+        let table = tables
+            .get(&id)
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table was dropped"))?;
+        table.lookup(keys, snapshot)
+    }
+
     /// For each row of `rows`, how many live rows of table `id` share its primary key.
     pub fn count_keys(
         &self,
@@ -660,10 +675,17 @@ impl Engine {
     }
 }
 
-/// The rows of table `def`: in memory, except for APPEND ONLY tables, whose checkpointed rows
+/// Whether table `def`'s checkpointed rows move to the state store: APPEND ONLY tables, and
+/// tables with a primary key (a deleted stored row is named by its key). A table without either
+/// is a multiset with deletes, kept in memory.
+fn spills(def: &TableDef) -> bool {
+    def.append_only || !def.primary_key.is_empty()
+}
+
+/// The rows of table `def`: in memory, except for tables that spill, whose checkpointed rows
 /// move to the state store (`base`: those of the checkpoint at start-up).
 fn new_table_store(def: &TableDef, base: Option<TableBase>) -> Result<TableStore> {
-    if !def.append_only {
+    if !spills(def) {
         return Ok(TableStore::new(&def.name, def.schema(), &def.primary_key));
     }
     let spill = Spill {

@@ -14,16 +14,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, SchemaProvider, Session as DfSession, TableProvider,
 };
+use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::config::SessionConfig;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use parking_lot::Mutex;
@@ -145,6 +147,33 @@ pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<Sess
 /// own changes (consolidated, so a row inserted then deleted in the transaction is gone).
 pub fn visible_rows(engine: &Engine, read: &ReadState, def: &TableDef) -> Result<Vec<RecordBatch>> {
     let base = engine.scan(def.id, read.snapshot())?;
+    with_overlay(base, read, def)
+}
+
+/// The same, limited to (at least) the rows whose primary key is one of `keys` when the table
+/// can look them up; every row otherwise. Rows the transaction wrote are all included.
+fn visible_rows_with_keys(
+    engine: &Engine,
+    read: &ReadState,
+    def: &TableDef,
+    keys: Option<Vec<ArrayRef>>,
+) -> Result<Vec<RecordBatch>> {
+    let Some(keys) = keys else {
+        return visible_rows(engine, read, def);
+    };
+    match engine.lookup(def.id, &keys, read.snapshot())? {
+        Some(base) => with_overlay(base, read, def),
+        None => visible_rows(engine, read, def),
+    }
+}
+
+/// `base` with the transaction's changes applied. A delete of a row `base` leaves out (a
+/// lookup's result) consolidates to a negative count, which is dropped.
+fn with_overlay(
+    base: Vec<RecordBatch>,
+    read: &ReadState,
+    def: &TableDef,
+) -> Result<Vec<RecordBatch>> {
     let overlay = read.overlay(def.id);
     if overlay.is_empty() {
         return Ok(base);
@@ -231,17 +260,118 @@ impl TableProvider for EddyTable {
         TableType::Base
     }
 
+    /// Equalities on primary-key columns (`id = 5`, `id IN (1, 2)`) go to the scan, which
+    /// looks those keys up instead of reading every row. Inexact: the filter still runs.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match key_equality(&self.def, f) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         _state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batches = visible_rows(&self.engine, &self.read, &self.def)
+        let keys = lookup_keys(&self.def, filters);
+        let batches = visible_rows_with_keys(&self.engine, &self.read, &self.def, keys)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         memory_scan(batches, &self.schema, projection)
     }
+}
+
+/// Most keys a scan looks up one by one (a larger `IN` list, or the product of several
+/// columns' lists, reads every row instead).
+const MAX_LOOKUP_KEYS: usize = 1024;
+
+/// For a filter `col = literal`, `literal = col` or `col IN (literals)` on a primary-key
+/// column: the column's position in the primary key and the values.
+fn key_equality(def: &TableDef, filter: &Expr) -> Option<(usize, Vec<ScalarValue>)> {
+    let key_position = |e: &Expr| match e {
+        Expr::Column(c) => def
+            .primary_key
+            .iter()
+            .position(|i| def.columns[*i].name == c.name),
+        _ => None,
+    };
+    match filter {
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => match (&*b.left, &*b.right) {
+            (col, Expr::Literal(v, _)) | (Expr::Literal(v, _), col) => {
+                Some((key_position(col)?, vec![v.clone()]))
+            }
+            _ => None,
+        },
+        Expr::InList(list) if !list.negated && list.list.len() <= MAX_LOOKUP_KEYS => {
+            let values = list
+                .list
+                .iter()
+                .map(|e| match e {
+                    Expr::Literal(v, _) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((key_position(&list.expr)?, values))
+        }
+        _ => None,
+    }
+}
+
+/// The primary keys the scan's `filters` restrict the table to, one array per key column (of
+/// the column's type), when every key column has an equality; `None` otherwise, or when a
+/// value does not convert to the column's type exactly.
+fn lookup_keys(def: &TableDef, filters: &[Expr]) -> Option<Vec<ArrayRef>> {
+    if def.primary_key.is_empty() {
+        return None;
+    }
+    let mut values: Vec<Option<Vec<ScalarValue>>> = vec![None; def.primary_key.len()];
+    for filter in filters {
+        if let Some((position, v)) = key_equality(def, filter) {
+            // Two equalities on one column: either narrows the rows; keep the shorter list.
+            if values[position]
+                .as_ref()
+                .is_none_or(|old| v.len() < old.len())
+            {
+                values[position] = Some(v);
+            }
+        }
+    }
+    let values: Vec<Vec<ScalarValue>> = values.into_iter().collect::<Option<_>>()?;
+    let combinations = values
+        .iter()
+        .try_fold(1usize, |n, v| n.checked_mul(v.len()))?;
+    if combinations == 0 || combinations > MAX_LOOKUP_KEYS {
+        return None;
+    }
+    // The cartesian product, one column at a time: column k repeats each value `inner` times,
+    // inner being the product of the later columns' list lengths.
+    let schema = def.schema();
+    let mut keys = Vec::with_capacity(values.len());
+    let mut inner = combinations;
+    for (position, column_values) in values.iter().enumerate() {
+        inner /= column_values.len();
+        let repeated: Vec<ScalarValue> = (0..combinations)
+            .map(|i| column_values[(i / inner) % column_values.len()].clone())
+            .collect();
+        let array = ScalarValue::iter_to_array(repeated).ok()?;
+        let field = schema.field(def.primary_key[position]);
+        let converted = cast(&array, field.data_type()).ok()?;
+        // The lookup must be for the very value the filter compares with: a conversion that
+        // changes it (5.5 to a bigint 5) would look up another key, so scan instead.
+        if cast(&converted, array.data_type()).ok()?.as_ref() != array.as_ref() {
+            return None;
+        }
+        keys.push(converted);
+    }
+    Some(keys)
 }
 
 /// A materialized view as a DataFusion table: its contents at the statement's epoch.

@@ -88,26 +88,28 @@ pub enum Snapshot {
 /// A validated change, ready to [`TableStore::commit`].
 pub struct Plan {
     deletes: Vec<RowRef>,
+    /// Rows of the base to delete: their stored keys.
+    base_deletes: Vec<Vec<u8>>,
     inserts: Option<RecordBatch>,
     insert_hashes: Vec<u64>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.deletes.is_empty() && self.inserts.is_none()
+        self.deletes.is_empty() && self.base_deletes.is_empty() && self.inserts.is_none()
     }
 }
 
-/// Where the older rows of an APPEND ONLY table (or of a view whose contents only grow) live:
-/// in the state store, as of a durable checkpoint (read through its snapshot), instead of in
-/// memory.
+/// Where the older rows of a table with a primary key or an APPEND ONLY table (or of a view
+/// whose contents only grow) live: in the state store, as of a durable checkpoint (read through
+/// its snapshot), instead of in memory.
 pub struct Spill {
     /// The part holding the rows, as counted rows ([`super::state::part_prefix`]).
     pub prefix: [u8; super::state::PREFIX_LEN],
     pub codec: Arc<TableCodec>,
 }
 
-/// The rows a spilling table had at checkpoint `lsn`, read from `snapshot`.
+/// The rows a spilling table had at checkpoint `lsn`, read from `snapshot` (`rows` of them).
 pub struct TableBase {
     pub snapshot: Arc<StoreSnapshot>,
     pub lsn: Lsn,
@@ -116,11 +118,14 @@ pub struct TableBase {
 
 pub struct TableStore {
     name: String,
-    /// Set for tables whose rows move to the state store once checkpointed (APPEND ONLY
-    /// tables: rows are never deleted, so the stored rows are exactly the chunks they replace).
+    /// Set for tables whose rows move to the state store once checkpointed: APPEND ONLY tables
+    /// and tables with a primary key (each stored row is then alone with its key, so a deleted
+    /// one is named by its stored key).
     spill: Option<Spill>,
     /// The rows up to `base.lsn`, in the state store; every chunk is inserted after it.
     base: Option<TableBase>,
+    /// Rows of the base deleted since `base.lsn`: their stored keys and the deleting LSNs.
+    tombstones: HashMap<Vec<u8>, Lsn>,
     schema: SchemaRef,
     /// Columns of the index: the primary key, or every column when there is none.
     key_columns: Vec<usize>,
@@ -132,6 +137,9 @@ pub struct TableStore {
     index: Option<KeyIndex>,
     random_state: RandomState,
     live_rows: usize,
+    /// The LSN of the last commit that deleted rows: the index holds live rows only, so a
+    /// lookup below it could miss a row deleted since.
+    last_delete: Lsn,
 }
 
 impl TableStore {
@@ -148,6 +156,7 @@ impl TableStore {
             name: name.to_string(),
             spill: None,
             base: None,
+            tombstones: HashMap::new(),
             key_names: key_columns
                 .iter()
                 .map(|i| schema.field(*i).name().clone())
@@ -164,12 +173,13 @@ impl TableStore {
             },
             random_state: RandomState::with_seed(0),
             live_rows: 0,
+            last_delete: Lsn::ZERO,
         }
     }
 
-    /// The same, for an APPEND ONLY table whose checkpointed rows move to the state store
-    /// (see [`TableStore::rebase`]), starting from `base` (read at start-up, instead of loading
-    /// the rows).
+    /// The same, for a table whose checkpointed rows move to the state store (see
+    /// [`TableStore::rebase`]), starting from `base` (read at start-up, instead of loading the
+    /// rows). It must be APPEND ONLY or have a primary key.
     pub fn spilling(
         name: &str,
         schema: SchemaRef,
@@ -188,7 +198,7 @@ impl TableStore {
     }
 
     pub fn live_rows(&self) -> usize {
-        self.live_rows + self.base.as_ref().map_or(0, |b| b.rows)
+        self.live_rows + self.base.as_ref().map_or(0, |b| b.rows) - self.tombstones.len()
     }
 
     /// Whether checkpointed rows leave memory for the state store.
@@ -201,36 +211,60 @@ impl TableStore {
         self.live_rows
     }
 
+    /// Whether the base row with stored key `key` is deleted as of `snapshot`.
+    fn tombstoned(&self, key: &[u8], snapshot: Snapshot) -> bool {
+        self.tombstones.get(key).is_some_and(|lsn| match snapshot {
+            Snapshot::Latest => true,
+            Snapshot::At(at) => *lsn <= at,
+        })
+    }
+
     /// Moves the rows inserted at or below `lsn` to the state store: `snapshot` is the store as
-    /// of the durable checkpoint at `lsn`, which holds them. The caller makes sure no reader
-    /// uses a snapshot below `lsn` (it is at or below the read horizon). Only for spilling
-    /// tables (a no-op for others), whose rows are never deleted.
+    /// of the durable checkpoint at `lsn`, which holds them. Those of its rows deleted after
+    /// `lsn` become tombstones; tombstones at or below `lsn` go (the checkpoint has their
+    /// deletes). The caller makes sure no reader uses a snapshot below `lsn` (it is at or below
+    /// the read horizon). A no-op for tables that do not spill.
     pub fn rebase(&mut self, snapshot: Arc<StoreSnapshot>, lsn: Lsn) -> Result<()> {
-        if self.spill.is_none() || self.base.as_ref().is_some_and(|b| b.lsn >= lsn) {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        if self.base.as_ref().is_some_and(|b| b.lsn >= lsn) {
             return Ok(());
         }
-        let moving: Vec<usize> = (0..self.chunks.len())
-            .filter(|i| self.chunks[*i].as_ref().is_some_and(|c| c.inserted <= lsn))
-            .collect();
-        if moving.iter().any(|i| {
-            self.chunks[*i]
-                .as_ref()
-                .is_some_and(|c| !c.deleted.is_empty())
-        }) {
-            return Err(crate::internal!(
-                "rows were deleted from table \"{}\", whose rows move to the state store",
-                self.name
-            ));
-        }
-        let mut moved = 0;
-        for slot in moving {
-            if let Some(chunk) = self.chunks[slot].take() {
-                moved += chunk.live;
-                self.free_slots.push(slot as u32);
+        // Rows the checkpoint holds that are deleted since: (deleting LSN, stored key).
+        let mut deleted_since = Vec::new();
+        // Rows of the moving chunks the checkpoint holds, and those alive now.
+        let (mut stored, mut live) = (0, 0);
+        for slot in 0..self.chunks.len() {
+            let Some(chunk) = self.chunks[slot].take_if(|c| c.inserted <= lsn) else {
+                continue;
+            };
+            self.free_slots.push(slot as u32);
+            live += chunk.live;
+            let later: Vec<u32> = (0..chunk.deleted.len())
+                .filter(|r| chunk.deleted[*r] != Lsn::MAX && chunk.deleted[*r] > lsn)
+                .map(|r| r as u32)
+                .collect();
+            stored += chunk.live + later.len();
+            if !later.is_empty() {
+                let rows = datafusion::arrow::compute::take_record_batch(
+                    &chunk.batch,
+                    &UInt32Array::from(later.clone()),
+                )?;
+                let keys = spill.codec.encode(&rows)?;
+                for (i, r) in later.iter().enumerate() {
+                    deleted_since.push((chunk.deleted[*r as usize], keys.row(i).data().to_vec()));
+                }
             }
         }
-        self.live_rows -= moved;
-        let rows = self.base.as_ref().map_or(0, |b| b.rows) + moved;
+        self.live_rows -= live;
+        let covered = self.tombstones.len();
+        self.tombstones.retain(|_, deleted| *deleted > lsn);
+        let covered = covered - self.tombstones.len();
+        for (deleted, key) in deleted_since {
+            self.tombstones.insert(key, deleted);
+        }
+        let rows = self.base.as_ref().map_or(0, |b| b.rows) - covered + stored;
         self.base = Some(TableBase {
             snapshot,
             lsn,
@@ -261,7 +295,16 @@ impl TableStore {
                     base.lsn
                 ));
             }
-            for rows in spill.codec.load_at(&base.snapshot, &spill.prefix)? {
+            let stored = spill.codec.decode(|f| {
+                base.snapshot.scan_counts(&spill.prefix, &mut |key, n| {
+                    if self.tombstoned(key, snapshot) {
+                        Ok(())
+                    } else {
+                        f(key, n)
+                    }
+                })
+            })?;
+            for rows in stored {
                 if rows.weights.values().iter().all(|w| *w == 1) {
                     out.push(rows.data);
                 } else {
@@ -308,6 +351,104 @@ impl TableStore {
         let mut hashes = vec![0u64; batch.num_rows()];
         create_hashes(arrays, &self.random_state, &mut hashes)?;
         Ok(hashes)
+    }
+
+    /// The rows visible at `snapshot` whose primary key is one of `keys` (one array per
+    /// primary-key column, in the key's order, of the columns' types), found through the key
+    /// index and, for a table with stored rows, by seeking the keys in the store. `None` when
+    /// that cannot be done and a scan is needed: a table without a primary key, or a snapshot
+    /// older than the last delete (the index holds only the latest live rows).
+    pub fn lookup(
+        &self,
+        keys: &[ArrayRef],
+        snapshot: Snapshot,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let Some(index) = self.index.as_ref().filter(|_| self.unique) else {
+            return Ok(None);
+        };
+        if keys.len() != self.key_columns.len() {
+            return Ok(None);
+        }
+        if let Snapshot::At(lsn) = snapshot
+            && lsn < self.last_delete
+        {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        if let (Some(base), Some(spill)) = (&self.base, &self.spill) {
+            if let Snapshot::At(lsn) = snapshot
+                && lsn < base.lsn
+            {
+                return Ok(None);
+            }
+            if let Some(encoded) = spill.codec.encode_key_columns(keys)? {
+                let mut starts: Vec<&[u8]> = (0..encoded.num_rows())
+                    .map(|i| encoded.row(i).data())
+                    .collect();
+                starts.sort();
+                starts.dedup();
+                let found = base.snapshot.counts_with_starts(&spill.prefix, &starts)?;
+                let stored = spill.codec.decode(|f| {
+                    for (key, n) in found.iter().flatten() {
+                        if !self.tombstoned(key, snapshot) {
+                            f(key, *n)?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                for rows in stored {
+                    out.push(rows.expand_positive()?);
+                }
+            }
+        }
+        let mut hashes = vec![0u64; keys[0].len()];
+        create_hashes(keys, &self.random_state, &mut hashes)?;
+        let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let mut take: Vec<(usize, usize)> = Vec::new();
+        let mut sources: HashMap<u32, usize> = HashMap::new();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let mut seen: HashSet<RowRef> = HashSet::new();
+        for (row, h) in hashes.iter().enumerate() {
+            for at in index.get(h).into_iter().flatten() {
+                let chunk = self.chunks[at.chunk as usize]
+                    .as_ref()
+                    .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
+                if let Snapshot::At(lsn) = snapshot
+                    && chunk.inserted > lsn
+                {
+                    continue;
+                }
+                if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
+                    let cmps = keys
+                        .iter()
+                        .zip(&self.key_columns)
+                        .map(|(key, c)| {
+                            make_comparator(
+                                key.as_ref(),
+                                chunk.batch.column(*c).as_ref(),
+                                SortOptions::default(),
+                            )
+                            .map_err(Error::from)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    e.insert(cmps);
+                }
+                let equal = comparators[&at.chunk]
+                    .iter()
+                    .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal);
+                if equal && seen.insert(*at) {
+                    let source = *sources.entry(at.chunk).or_insert_with(|| {
+                        batches.push(&chunk.batch);
+                        batches.len() - 1
+                    });
+                    take.push((source, at.row as usize));
+                }
+            }
+        }
+        if !take.is_empty() {
+            out.push(interleave_record_batch(&batches, &take)?);
+        }
+        Ok(Some(out))
     }
 
     fn ensure_index(&mut self) -> Result<()> {
@@ -372,7 +513,7 @@ impl TableStore {
         let Some(index) = self.index.as_ref().filter(|_| self.unique) else {
             return Ok(vec![0; rows.num_rows()]);
         };
-        let stored = self.stored_keys(rows)?;
+        let stored = self.stored_keys(rows, &[])?;
         let hashes = self.hashes(rows)?;
         let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
         let mut out = Vec::with_capacity(rows.num_rows());
@@ -397,9 +538,10 @@ impl TableStore {
         Ok(out)
     }
 
-    /// For each row of `rows`, how many rows with its primary key the state store holds (none
-    /// for tables without a base). One iterator seeks each key's start, in key order.
-    fn stored_keys(&self, rows: &RecordBatch) -> Result<Vec<usize>> {
+    /// For each row of `rows`, how many rows with its primary key the state store holds and
+    /// are not deleted (none for tables without a base), leaving out `deleting` (stored keys).
+    /// One iterator seeks each key's start, in key order.
+    fn stored_keys(&self, rows: &RecordBatch, deleting: &[Vec<u8>]) -> Result<Vec<usize>> {
         let (Some(base), Some(spill)) = (&self.base, &self.spill) else {
             return Ok(Vec::new());
         };
@@ -412,7 +554,60 @@ impl TableStore {
         let found = base.snapshot.counts_with_starts(&spill.prefix, &starts)?;
         let mut out = vec![0; rows.num_rows()];
         for (i, rows) in order.into_iter().zip(found) {
-            out[i] = rows.iter().map(|(_, n)| *n as usize).sum();
+            out[i] = rows
+                .iter()
+                .filter(|(key, _)| {
+                    !self.tombstoned(key, Snapshot::Latest) && !deleting.contains(key)
+                })
+                .map(|(_, n)| *n as usize)
+                .sum();
+        }
+        Ok(out)
+    }
+
+    /// The stored keys of rows `wanted` of `batch` (repeats allowed), each a distinct row of
+    /// the base not deleted yet; 40001 if one is not there (a concurrent write deleted it).
+    fn base_rows(&self, batch: &RecordBatch, wanted: &[u32]) -> Result<Vec<Vec<u8>>> {
+        let missing = || {
+            crate::err!(
+                sqlstate::SERIALIZATION_FAILURE,
+                "could not serialize access due to concurrent update of table \"{}\"",
+                self.name
+            )
+        };
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (Some(base), Some(spill)) = (&self.base, &self.spill) else {
+            return Err(missing());
+        };
+        let rows = datafusion::arrow::compute::take_record_batch(
+            batch,
+            &UInt32Array::from(wanted.to_vec()),
+        )?;
+        let encoded = spill.codec.encode(&rows)?;
+        let mut keys: Vec<&[u8]> = (0..encoded.num_rows())
+            .map(|i| encoded.row(i).data())
+            .collect();
+        keys.sort();
+        let mut starts = keys.clone();
+        starts.dedup();
+        let found = base.snapshot.counts_with_starts(&spill.prefix, &starts)?;
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+        for (start, rows) in starts.iter().zip(found) {
+            // The row itself (a longer key starting with it would be another row's encoding,
+            // which the row format rules out, but compare whole keys anyway).
+            let stored: i64 = rows
+                .iter()
+                .filter(|(key, _)| key.as_slice() == *start)
+                .map(|(_, n)| *n)
+                .sum();
+            // A stored key is one row (the table has a primary key): it is deleted once.
+            let wanted = keys.iter().filter(|k| *k == start).count();
+            if wanted > 1 || stored < 1 || self.tombstoned(start, Snapshot::Latest) {
+                return Err(missing());
+            }
+            out.push(start.to_vec());
         }
         Ok(out)
     }
@@ -461,9 +656,10 @@ impl TableStore {
                 .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
         };
 
-        // Deletes: find a distinct live row for each -1.
+        // Deletes: find a distinct live row for each -1, in memory or else in the base.
         let mut deletes = Vec::new();
         let mut deleting: HashSet<RowRef> = HashSet::new();
+        let mut not_in_memory = Vec::new();
         for (row, w) in weights.iter().enumerate() {
             for _ in 0..(-*w).max(0) {
                 let candidates = self.index.as_ref().and_then(|ix| ix.get(&hashes[row]));
@@ -474,17 +670,16 @@ impl TableStore {
                         break;
                     }
                 }
-                let at = found.ok_or_else(|| {
-                    crate::err!(
-                        sqlstate::SERIALIZATION_FAILURE,
-                        "could not serialize access due to concurrent update of table \"{}\"",
-                        self.name
-                    )
-                })?;
-                deleting.insert(at);
-                deletes.push(at);
+                match found {
+                    Some(at) => {
+                        deleting.insert(at);
+                        deletes.push(at);
+                    }
+                    None => not_in_memory.push(row as u32),
+                }
             }
         }
+        let base_deletes = self.base_rows(batch, &not_in_memory)?;
 
         // Inserts: each +w row, w times; keys must be new (or freed by a delete above).
         let mut take: Vec<(usize, usize)> = Vec::new();
@@ -533,7 +728,10 @@ impl TableStore {
         if self.unique
             && check_stored
             && let Some(inserted) = &inserts
-            && let Some(row) = self.stored_keys(inserted)?.iter().position(|n| *n > 0)
+            && let Some(row) = self
+                .stored_keys(inserted, &base_deletes)?
+                .iter()
+                .position(|n| *n > 0)
         {
             return Err(self.duplicate_key(inserted, row));
         }
@@ -543,6 +741,7 @@ impl TableStore {
         }
         Ok(Plan {
             deletes,
+            base_deletes,
             inserts,
             insert_hashes,
         })
@@ -551,6 +750,12 @@ impl TableStore {
     /// Applies a plan made by [`TableStore::plan`] with no change in between. Small chunks at
     /// or below `horizon` (the oldest snapshot any reader may use) may then be merged.
     pub fn commit(&mut self, plan: Plan, lsn: Lsn, horizon: Lsn) -> Result<()> {
+        if !plan.deletes.is_empty() || !plan.base_deletes.is_empty() {
+            self.last_delete = lsn;
+        }
+        for key in plan.base_deletes {
+            self.tombstones.insert(key, lsn);
+        }
         for at in &plan.deletes {
             let chunk = self.chunks[at.chunk as usize]
                 .as_mut()
@@ -629,6 +834,7 @@ impl TableStore {
     /// inserted after it go, rows deleted after it are live again. Such chunks are never
     /// merged (merging stops at the read horizon, at or below the durable LSN).
     pub fn rollback_after(&mut self, lsn: Lsn) -> Result<()> {
+        self.tombstones.retain(|_, deleted| *deleted <= lsn);
         for slot in 0..self.chunks.len() {
             let Some(chunk) = self.chunks[slot].as_ref().filter(|c| c.inserted > lsn) else {
                 continue;
@@ -864,15 +1070,23 @@ impl TableCodec {
     /// The starts of the stored keys of rows with `batch`'s primary keys (`None` without a
     /// primary key).
     pub fn encode_keys(&self, batch: &RecordBatch) -> Result<Option<datafusion::arrow::row::Rows>> {
-        let Some(converter) = &self.key_converter else {
-            return Ok(None);
-        };
         let columns: Vec<ArrayRef> = self
             .primary_key
             .iter()
             .map(|i| batch.column(*i).clone())
             .collect();
-        Ok(Some(converter.convert_columns(&columns)?))
+        self.encode_key_columns(&columns)
+    }
+
+    /// The same for primary keys given as one array per key column, in the key's order.
+    pub fn encode_key_columns(
+        &self,
+        columns: &[ArrayRef],
+    ) -> Result<Option<datafusion::arrow::row::Rows>> {
+        let Some(converter) = &self.key_converter else {
+            return Ok(None);
+        };
+        Ok(Some(converter.convert_columns(columns)?))
     }
 
     /// Table `id`'s rows as of the last checkpoint, in the table's column order (a row's count
@@ -1210,5 +1424,167 @@ mod tests {
         assert_eq!(s.table.count_keys(&probe.data).unwrap(), vec![1, 0, 1, 1]);
         apply(&mut s.table, rows(&sc, &[31, 11], &["e", "f"], &[1, 1]), 3).unwrap();
         assert_eq!(s.ids(Snapshot::Latest), vec![10, 11, 20, 30, 31, 40]);
+        // Lookups by key: stored rows and rows in memory, each at most once.
+        let found = s
+            .table
+            .lookup(&keys(&[40, 10, 99, 31, 10]), Snapshot::At(Lsn(2)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&found), vec![10, 40]);
+        assert!(
+            s.table
+                .lookup(&keys(&[10]), Snapshot::At(Lsn(0)))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// (id, v) pairs of `batches`, sorted.
+    fn pairs(batches: &[RecordBatch]) -> Vec<(i64, String)> {
+        let mut out: Vec<(i64, String)> = batches
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let vs = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+                (0..b.num_rows())
+                    .map(|i| (ids.value(i), vs.value(i).to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pair(id: i64, v: &str) -> (i64, String) {
+        (id, v.to_string())
+    }
+
+    #[test]
+    fn a_spilling_table_with_a_primary_key_deletes_stored_rows_through_tombstones() {
+        let mut s = Spilled::new(true);
+        let sc = s.table.schema().clone();
+        let first = rows(&sc, &[10, 20, 30], &["a", "b", "c"], &[1, 1, 1]);
+        apply(&mut s.table, first.clone(), 1).unwrap();
+        s.checkpoint(&first, 1);
+        assert_eq!(s.table.rows_in_memory(), 0);
+        // An update and a delete of stored rows.
+        let update = rows(&sc, &[20, 20], &["b", "B"], &[-1, 1]);
+        apply(&mut s.table, update.clone(), 2).unwrap();
+        let delete = rows(&sc, &[30], &["c"], &[-1]);
+        apply(&mut s.table, delete.clone(), 3).unwrap();
+        let at = |s: &Spilled, snap| pairs(&s.table.scan(snap).unwrap());
+        assert_eq!(
+            at(&s, Snapshot::At(Lsn(1))),
+            [pair(10, "a"), pair(20, "b"), pair(30, "c")]
+        );
+        assert_eq!(
+            at(&s, Snapshot::At(Lsn(2))),
+            [pair(10, "a"), pair(20, "B"), pair(30, "c")]
+        );
+        assert_eq!(at(&s, Snapshot::Latest), [pair(10, "a"), pair(20, "B")]);
+        assert_eq!(s.table.live_rows(), 2);
+        // Lookups leave out the deleted rows too.
+        let found = s
+            .table
+            .lookup(&keys(&[20, 30]), Snapshot::At(Lsn(3)))
+            .unwrap();
+        assert_eq!(pairs(&found.unwrap()), [pair(20, "B")]);
+        let found = s
+            .table
+            .lookup(&keys(&[20, 30]), Snapshot::At(Lsn(1)))
+            .unwrap();
+        assert!(
+            found.is_none(),
+            "below the last delete the index is not enough"
+        );
+        // A deleted row cannot be deleted again; its key can be inserted again, a live
+        // stored key cannot.
+        let err = apply(&mut s.table, delete.clone(), 4).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::SERIALIZATION_FAILURE);
+        let err = apply(&mut s.table, rows(&sc, &[10], &["x"], &[1]), 4).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
+        apply(&mut s.table, rows(&sc, &[30], &["C"], &[1]), 4).unwrap();
+        apply(&mut s.table, rows(&sc, &[10], &["a"], &[-1]), 5).unwrap();
+        let probe = rows(&sc, &[10, 20, 30], &["", "", ""], &[1, 1, 1]);
+        assert_eq!(s.table.count_keys(&probe.data).unwrap(), vec![0, 1, 1]);
+        // Rolling back LSNs 4 and 5 brings back the stored row 10 and drops row 30 again.
+        s.table.rollback_after(Lsn(3)).unwrap();
+        assert_eq!(at(&s, Snapshot::Latest), [pair(10, "a"), pair(20, "B")]);
+        assert_eq!(s.table.live_rows(), 2);
+
+        // The checkpoint at LSN 3 has the update and the delete: the tombstones go, the
+        // updated row leaves memory.
+        let changes = ZBatch::consolidate(&[update, delete], &sc).unwrap();
+        s.checkpoint(&changes, 3);
+        assert_eq!(s.table.rows_in_memory(), 0);
+        assert_eq!(s.table.live_rows(), 2);
+        assert_eq!(at(&s, Snapshot::Latest), [pair(10, "a"), pair(20, "B")]);
+        // A row inserted before the next checkpoint and deleted after it becomes a tombstone.
+        let insert = rows(&sc, &[40], &["d"], &[1]);
+        apply(&mut s.table, insert.clone(), 4).unwrap();
+        apply(&mut s.table, rows(&sc, &[40], &["d"], &[-1]), 5).unwrap();
+        s.checkpoint(&insert, 4);
+        assert_eq!(s.table.rows_in_memory(), 0);
+        assert_eq!(
+            at(&s, Snapshot::At(Lsn(4))),
+            [pair(10, "a"), pair(20, "B"), pair(40, "d")]
+        );
+        assert_eq!(at(&s, Snapshot::Latest), [pair(10, "a"), pair(20, "B")]);
+        assert_eq!(s.table.live_rows(), 2);
+        apply(&mut s.table, insert, 6).unwrap();
+        assert_eq!(s.table.live_rows(), 3);
+    }
+
+    fn keys(ids: &[i64]) -> Vec<ArrayRef> {
+        vec![Arc::new(Int64Array::from(ids.to_vec()))]
+    }
+
+    fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                a.values().to_vec()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn lookups_by_key_see_the_snapshot_or_defer_to_a_scan() {
+        let mut s = store(&def(true));
+        let sc = s.schema().clone();
+        apply(
+            &mut s,
+            rows(&sc, &[1, 2, 3], &["a", "b", "c"], &[1, 1, 1]),
+            1,
+        )
+        .unwrap();
+        apply(&mut s, rows(&sc, &[4], &["d"], &[1]), 2).unwrap();
+        let at = |s: &TableStore, ids: &[i64], snap| s.lookup(&keys(ids), snap).unwrap();
+        assert_eq!(
+            ids(&at(&s, &[2, 4, 9], Snapshot::Latest).unwrap()),
+            vec![2, 4]
+        );
+        assert_eq!(
+            ids(&at(&s, &[2, 4], Snapshot::At(Lsn(1))).unwrap()),
+            vec![2]
+        );
+        // An update at LSN 3: the index has only the new row, so a read at LSN 2 scans.
+        apply(&mut s, rows(&sc, &[2, 2], &["b", "B"], &[-1, 1]), 3).unwrap();
+        assert!(at(&s, &[2], Snapshot::At(Lsn(2))).is_none());
+        let found = at(&s, &[2], Snapshot::At(Lsn(3))).unwrap();
+        let v = found[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!((found[0].num_rows(), v.value(0)), (1, "B"));
+        // Wrong arity, and a table without a primary key: a scan.
+        let two = [keys(&[1]), keys(&[1])].concat();
+        assert!(s.lookup(&two, Snapshot::Latest).unwrap().is_none());
+        let bag = store(&def(false));
+        assert!(bag.lookup(&keys(&[1]), Snapshot::Latest).unwrap().is_none());
     }
 }
