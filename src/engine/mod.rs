@@ -37,7 +37,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::{Catalog, TableDef, ViewDef};
 use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
-use crate::storage::log::{Log, LogRecord, encode_body};
+use crate::storage::log::{Durable, Log, LogRecord, encode_body};
 use crate::storage::state::{CheckpointMeta, StateStore, StoreSnapshot, TABLE_ROWS, part_prefix};
 use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, ZBatch};
@@ -88,9 +88,10 @@ pub struct Engine {
     /// table chunks are merged only up to the oldest pinned LSN, so merging never hides rows
     /// from a running statement.
     runtime: Arc<Runtime>,
-    /// Serialises read-modify-write statements (UPDATE/DELETE outside a transaction, DDL) so
-    /// they do not fail each other with 40001.
-    write_lock: tokio::sync::Mutex<()>,
+    /// Shared by read-modify-write statements (UPDATE/DELETE outside a transaction block, and
+    /// COMMIT), which run concurrently; exclusive for DDL, and for such a statement's last
+    /// attempt after concurrent commits made it fail with 40001 (see `Session::execute`).
+    write_lock: tokio::sync::RwLock<()>,
     /// Active subscriptions.
     subscriptions: Arc<Registry>,
     /// Ids for subscriptions' temporary dataflows, above every catalog id.
@@ -212,7 +213,7 @@ impl Engine {
             tables: RwLock::new(tables),
             commit_lock: Mutex::new(()),
             runtime,
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::RwLock::new(()),
             subscriptions: Arc::new(Registry::default()),
             next_temp_id: std::sync::atomic::AtomicU64::new(TEMP_IDS),
             recovered: Mutex::new(Some(Recovered {
@@ -501,12 +502,24 @@ impl Engine {
 
     /// Makes `changes` durable and visible, atomically. Returns once the log record is synced.
     pub async fn commit(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Lsn> {
+        match self.append(changes)? {
+            Some(durable) => durable.wait().await,
+            None => Ok(self.log.durable_lsn()),
+        }
+    }
+
+    /// The first half of [`Engine::commit`]: validates and applies `changes` and queues their
+    /// record to the log, without waiting for it to be durable (the caller waits on the
+    /// result; `None` when there is nothing to write). Applied changes are visible at once to
+    /// readers of the latest rows (UPDATE and DELETE), which can go on while the log syncs:
+    /// their own records come later in the log, so they are never durable without these.
+    pub fn append(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Option<Durable>> {
         let changes: Vec<(ObjectId, ZBatch)> = changes
             .into_iter()
             .filter(|(_, z)| z.num_rows() > 0)
             .collect();
         if changes.is_empty() {
-            return Ok(self.log.durable_lsn());
+            return Ok(None);
         }
         let time = SystemTime::now();
         let body = encode_body(&changes, time)?;
@@ -538,7 +551,7 @@ impl Engine {
             self.runtime.push(durable.lsn, Arc::new(changes), time);
             durable
         };
-        durable.wait().await
+        Ok(Some(durable))
     }
 
     /// After a failed log write: rolls the tables and the dataflow queue back to the durable
@@ -554,7 +567,7 @@ impl Engine {
     }
 
     async fn create_table(&self, def: TableDef, if_not_exists: bool) -> Result<bool> {
-        let _w = self.write_lock.lock().await;
+        let _w = self.write_lock.write().await;
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
         if !name_is_free(&catalog, &def.name, if_not_exists)? {
@@ -569,7 +582,7 @@ impl Engine {
     }
 
     async fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
-        let _w = self.write_lock.lock().await;
+        let _w = self.write_lock.write().await;
         let id = self.catalog().table(name).map(|t| t.id).ok_or_else(|| {
             crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist")
         })?;
@@ -635,7 +648,7 @@ impl Engine {
         dataflow: Option<(DataflowSpec, datafusion::arrow::datatypes::SchemaRef)>,
         if_not_exists: bool,
     ) -> Result<bool> {
-        let _w = self.write_lock.lock().await;
+        let _w = self.write_lock.write().await;
         let mut catalog = (**self.catalog.read()).clone();
         if !name_is_free(&catalog, &def.name, if_not_exists)? {
             return Ok(false);
@@ -653,7 +666,7 @@ impl Engine {
     }
 
     async fn drop_view(&self, name: &str, materialized: bool, cascade: bool) -> Result<()> {
-        let _w = self.write_lock.lock().await;
+        let _w = self.write_lock.write().await;
         let kind = if materialized {
             "materialized view"
         } else {

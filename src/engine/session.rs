@@ -18,6 +18,7 @@ use super::{Engine, dml};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result, sqlstate};
 use crate::sql::{self, Parsed};
+use crate::storage::log::Durable;
 use crate::types::{ObjectId, ZBatch};
 use crate::unsupported;
 
@@ -129,6 +130,10 @@ fn default_settings() -> BTreeMap<String, String> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
+
+/// Attempts of an UPDATE or DELETE outside a transaction block that concurrent commits make
+/// fail with 40001: the last one runs alone (see the `write_lock`).
+const UPDATE_ATTEMPTS: u32 = 3;
 
 const READ_ONLY_SETTINGS: &[&str] = &[
     "server_version",
@@ -320,13 +325,37 @@ impl Session {
                 } else {
                     "DELETE"
                 };
+                // Outside a transaction block, UPDATE and DELETE run concurrently: each reads
+                // the latest rows and commits; one whose rows a concurrent commit changed
+                // first fails to commit (its deletes no longer match) and runs again on the
+                // newer rows, the last time alone, so it never fails with 40001 nor overwrites
+                // the other's update. The next may start while this one's record syncs.
                 let engine = self.engine.clone();
-                let _guard = match self.tx {
-                    None => Some(engine.write_lock.lock().await),
-                    Some(_) => None,
+                let autocommit = self.tx.is_none();
+                let mut attempt = 1;
+                let (durable, n) = loop {
+                    let (_shared, _alone) = match (autocommit, attempt < UPDATE_ATTEMPTS) {
+                        (false, _) => (None, None),
+                        (true, true) => (Some(engine.write_lock.read().await), None),
+                        (true, false) => (None, Some(engine.write_lock.write().await)),
+                    };
+                    let (table, change, n) =
+                        dml::update_or_delete(self, &parsed.stmt, params).await?;
+                    match self.stage(table, change) {
+                        Ok(durable) => break (durable, n),
+                        Err(e)
+                            if autocommit
+                                && e.sqlstate == sqlstate::SERIALIZATION_FAILURE
+                                && attempt < UPDATE_ATTEMPTS =>
+                        {
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 };
-                let (table, change, n) = dml::update_or_delete(self, &parsed.stmt, params).await?;
-                self.write(table, change).await?;
+                if let Some(durable) = durable {
+                    durable.wait().await?;
+                }
                 Ok(Output::Command { tag, rows: Some(n) })
             }
             Statement::CreateTable(ct) => {
@@ -616,10 +645,16 @@ impl Session {
             };
             changes.push((id, ZBatch::consolidate(&batches, &def.schema())?));
         }
-        // Like autocommit UPDATE/DELETE, so those never fail with 40001 against it.
+        // Shared with autocommit UPDATE/DELETE (one that fails against this commit runs again,
+        // its last attempt alone); held until the record is queued, not until it is durable.
         let engine = self.engine.clone();
-        let _write = engine.write_lock.lock().await;
-        engine.commit(changes).await?;
+        let durable = {
+            let _shared = engine.write_lock.read().await;
+            engine.append(changes)?
+        };
+        if let Some(durable) = durable {
+            durable.wait().await?;
+        }
         Ok("COMMIT")
     }
 
@@ -751,15 +786,25 @@ impl Session {
 
     /// Applies a change now (autocommit) or adds it to the open transaction.
     async fn write(&mut self, table: ObjectId, change: ZBatch) -> Result<()> {
+        if let Some(durable) = self.stage(table, change)? {
+            durable.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// [`Session::write`] without waiting: in a transaction block the change joins the
+    /// transaction; outside one it is committed and its record queued to the log, and the
+    /// caller waits for it to be durable.
+    fn stage(&mut self, table: ObjectId, change: ZBatch) -> Result<Option<Durable>> {
         if change.num_rows() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if self.tx.is_some() {
             dml::check_in_transaction(self, table, &change)?;
             self.read.push_overlay(table, change);
-            Ok(())
+            Ok(None)
         } else {
-            self.engine.commit(vec![(table, change)]).await.map(|_| ())
+            self.engine.append(vec![(table, change)])
         }
     }
 

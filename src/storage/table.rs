@@ -473,7 +473,16 @@ impl TableStore {
     }
 
     fn comparators(&self, incoming: &RecordBatch, chunk: &Chunk) -> Result<Vec<DynComparator>> {
-        self.key_columns
+        Self::comparators_on(&self.key_columns, incoming, chunk)
+    }
+
+    /// Comparators of `columns` of `incoming` rows against the same columns of `chunk`.
+    fn comparators_on(
+        columns: &[usize],
+        incoming: &RecordBatch,
+        chunk: &Chunk,
+    ) -> Result<Vec<DynComparator>> {
+        columns
             .iter()
             .map(|c| {
                 make_comparator(
@@ -638,8 +647,10 @@ impl TableStore {
         } else {
             Vec::new()
         };
-        let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        // Whether row `row` of the change equals live row `at` on `columns` (comparators
+        // cached per chunk in `comparators`).
         let matches = |this: &Self,
+                       columns: &[usize],
                        comparators: &mut HashMap<u32, Vec<DynComparator>>,
                        row: usize,
                        at: RowRef|
@@ -648,15 +659,22 @@ impl TableStore {
                 .as_ref()
                 .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
             if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
-                e.insert(this.comparators(batch, chunk)?);
+                e.insert(Self::comparators_on(columns, batch, chunk)?);
             }
             let cmps = &comparators[&at.chunk];
             Ok(cmps
                 .iter()
                 .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
         };
+        let key_columns = self.key_columns.clone();
+        let all_columns: Vec<usize> = (0..batch.num_columns()).collect();
+        let mut key_comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let mut row_comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
 
-        // Deletes: find a distinct live row for each -1, in memory or else in the base.
+        // Deletes: find a distinct live row for each -1, in memory or else in the base. The
+        // whole row must match, not just its key: a row a concurrent commit updated since the
+        // change read it is gone (40001), as a stored row is (its stored key is the whole row),
+        // rather than its newer version being overwritten.
         let mut deletes = Vec::new();
         let mut deleting: HashSet<RowRef> = HashSet::new();
         let mut not_in_memory = Vec::new();
@@ -665,7 +683,9 @@ impl TableStore {
                 let candidates = self.index.as_ref().and_then(|ix| ix.get(&hashes[row]));
                 let mut found = None;
                 for at in candidates.into_iter().flatten() {
-                    if !deleting.contains(at) && matches(self, &mut comparators, row, *at)? {
+                    if !deleting.contains(at)
+                        && matches(self, &all_columns, &mut row_comparators, row, *at)?
+                    {
                         found = Some(*at);
                         break;
                     }
@@ -691,7 +711,8 @@ impl TableStore {
                     let h = hashes[row];
                     if let Some(candidates) = self.index.as_ref().and_then(|ix| ix.get(&h)) {
                         for at in candidates {
-                            if !deleting.contains(at) && matches(self, &mut comparators, row, *at)?
+                            if !deleting.contains(at)
+                                && matches(self, &key_columns, &mut key_comparators, row, *at)?
                             {
                                 return Err(self.duplicate_key(batch, row));
                             }
