@@ -304,6 +304,39 @@ async fn append_only_tables_keep_only_rows_not_yet_checkpointed_in_memory() {
         found.iter().map(|r| r.get(0)).collect::<Vec<i64>>(),
         [39_998]
     );
+    // Ranges of the key read that range of the stored rows, plus the rows in memory.
+    for (query, want) in [
+        (
+            "SELECT count(*), sum(id) FROM events WHERE id >= 100 AND id < 200",
+            "100|14950",
+        ),
+        (
+            "SELECT count(*), min(id) FROM events WHERE id > 19990",
+            "11|19991",
+        ),
+        (
+            "SELECT count(*), max(id) FROM events WHERE id BETWEEN 5 AND 9",
+            "5|9",
+        ),
+        (
+            "SELECT count(*), max(id) FROM events WHERE 20 >= id",
+            "20|20",
+        ),
+        ("SELECT count(*) FROM events WHERE id < 0", "0"),
+    ] {
+        assert_eq!(rows(&client, query).await, [want], "{query}");
+    }
+    let found = client
+        .query(
+            "SELECT id FROM events WHERE id >= $1 AND id <= $2 ORDER BY id",
+            &[&19_999i64, &20_001i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|r| r.get(0)).collect::<Vec<i64>>(),
+        [19_999, 20_000, 20_001]
+    );
     // A view created now is backfilled from the stored rows.
     client
         .batch_execute(

@@ -464,6 +464,23 @@ impl Engine {
         table.lookup(keys, snapshot)
     }
 
+    /// At least the rows of table `id` as of `snapshot` in a range of its first primary-key
+    /// column (see [`crate::storage::table::TableStore::scan_key_range`]); `None` when only a
+    /// scan can tell.
+    pub fn scan_key_range(
+        &self,
+        id: ObjectId,
+        snapshot: Snapshot,
+        low: Option<&datafusion::arrow::array::ArrayRef>,
+        high: Option<(&datafusion::arrow::array::ArrayRef, bool)>,
+    ) -> Result<Option<Vec<datafusion::arrow::array::RecordBatch>>> {
+        let tables = self.tables.read();
+        let table = tables
+            .get(&id)
+            .ok_or_else(|| crate::err!(sqlstate::UNDEFINED_TABLE, "table was dropped"))?;
+        table.scan_key_range(snapshot, low, high)
+    }
+
     /// For each row of `rows`, how many live rows of table `id` share its primary key.
     pub fn count_keys(
         &self,

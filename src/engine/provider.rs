@@ -9,6 +9,7 @@
 //!                                   └─ information_schema (DataFusion's, over the above)
 //! ```
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -150,18 +151,37 @@ pub fn visible_rows(engine: &Engine, read: &ReadState, def: &TableDef) -> Result
     with_overlay(base, read, def)
 }
 
-/// The same, limited to (at least) the rows whose primary key is one of `keys` when the table
-/// can look them up; every row otherwise. Rows the transaction wrote are all included.
+/// How a scan with filters on the primary key can read fewer rows than all.
+enum KeyAccess {
+    /// These primary keys (one array per key column).
+    Keys(Vec<ArrayRef>),
+    /// A range of the first key column: from `low` (inclusive), up to `high` (inclusive when
+    /// its flag is set); one-row arrays of the column's type.
+    Range {
+        low: Option<ArrayRef>,
+        high: Option<(ArrayRef, bool)>,
+    },
+}
+
+/// The same, limited to (at least) the rows `access` names when the table can find them
+/// without a scan; every row otherwise. Rows the transaction wrote are all included.
 fn visible_rows_with_keys(
     engine: &Engine,
     read: &ReadState,
     def: &TableDef,
-    keys: Option<Vec<ArrayRef>>,
+    access: Option<KeyAccess>,
 ) -> Result<Vec<RecordBatch>> {
-    let Some(keys) = keys else {
-        return visible_rows(engine, read, def);
+    let base = match access {
+        None => None,
+        Some(KeyAccess::Keys(keys)) => engine.lookup(def.id, &keys, read.snapshot())?,
+        Some(KeyAccess::Range { low, high }) => engine.scan_key_range(
+            def.id,
+            read.snapshot(),
+            low.as_ref(),
+            high.as_ref().map(|(h, inclusive)| (h, *inclusive)),
+        )?,
     };
-    match engine.lookup(def.id, &keys, read.snapshot())? {
+    match base {
         Some(base) => with_overlay(base, read, def),
         None => visible_rows(engine, read, def),
     }
@@ -261,16 +281,21 @@ impl TableProvider for EddyTable {
     }
 
     /// Equalities on primary-key columns (`id = 5`, `id IN (1, 2)`) go to the scan, which
-    /// looks those keys up instead of reading every row. Inexact: the filter still runs.
+    /// looks those keys up instead of reading every row, and so do ranges of the first one
+    /// (`id >= 5 AND id < 10`, `BETWEEN`), which read only that range of the stored rows.
+    /// Inexact: the filter still runs.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| match key_equality(&self.def, f) {
-                Some(_) => TableProviderFilterPushDown::Inexact,
-                None => TableProviderFilterPushDown::Unsupported,
+            .map(|f| {
+                if key_equality(&self.def, f).is_some() || key_bounds(&self.def, f).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
             })
             .collect())
     }
@@ -282,8 +307,10 @@ impl TableProvider for EddyTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let keys = lookup_keys(&self.def, filters);
-        let batches = visible_rows_with_keys(&self.engine, &self.read, &self.def, keys)
+        let access = lookup_keys(&self.def, filters)
+            .map(KeyAccess::Keys)
+            .or_else(|| key_range(&self.def, filters));
+        let batches = visible_rows_with_keys(&self.engine, &self.read, &self.def, access)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         memory_scan(batches, &self.schema, projection)
     }
@@ -363,6 +390,9 @@ fn lookup_keys(def: &TableDef, filters: &[Expr]) -> Option<Vec<ArrayRef>> {
             .collect();
         let array = ScalarValue::iter_to_array(repeated).ok()?;
         let field = schema.field(def.primary_key[position]);
+        if !stored_order_is_sql_order(field.data_type()) {
+            return None;
+        }
         let converted = cast(&array, field.data_type()).ok()?;
         // The lookup must be for the very value the filter compares with: a conversion that
         // changes it (5.5 to a bigint 5) would look up another key, so scan instead.
@@ -372,6 +402,110 @@ fn lookup_keys(def: &TableDef, filters: &[Expr]) -> Option<Vec<ArrayRef>> {
         keys.push(converted);
     }
     Some(keys)
+}
+
+/// Whether values of type `t` that SQL finds equal are stored (and hashed) alike, in SQL's
+/// order: not floats, where -0 = 0 in SQL but not in the stored encoding (nor NaN's place).
+fn stored_order_is_sql_order(t: &datafusion::arrow::datatypes::DataType) -> bool {
+    !t.is_floating()
+}
+
+/// One side of a range on the first primary-key column.
+enum Bound {
+    /// `col >= v` or `col > v` (read from `v` on: the filter drops `v` itself).
+    Low(ScalarValue),
+    /// `col <= v` (true) or `col < v` (false).
+    High(ScalarValue, bool),
+}
+
+/// For `col op literal` or `literal op col` (op one of < <= > >=), or `col BETWEEN a AND b`,
+/// on the first primary-key column: its bounds.
+fn key_bounds(def: &TableDef, filter: &Expr) -> Option<Vec<Bound>> {
+    let first = &def.columns[*def.primary_key.first()?].name;
+    let is_first = |e: &Expr| matches!(e, Expr::Column(c) if &c.name == first);
+    match filter {
+        Expr::BinaryExpr(b) => {
+            let (op, v) = match (&*b.left, &*b.right) {
+                (col, Expr::Literal(v, _)) if is_first(col) => (b.op, v),
+                (Expr::Literal(v, _), col) if is_first(col) => (b.op.swap()?, v),
+                _ => return None,
+            };
+            let bound = match op {
+                Operator::Gt | Operator::GtEq => Bound::Low(v.clone()),
+                Operator::Lt => Bound::High(v.clone(), false),
+                Operator::LtEq => Bound::High(v.clone(), true),
+                _ => return None,
+            };
+            Some(vec![bound])
+        }
+        Expr::Between(between) if !between.negated && is_first(&between.expr) => {
+            match (&*between.low, &*between.high) {
+                (Expr::Literal(low, _), Expr::Literal(high, _)) => Some(vec![
+                    Bound::Low(low.clone()),
+                    Bound::High(high.clone(), true),
+                ]),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The range of the first primary-key column the scan's `filters` restrict the table to (the
+/// highest lower bound and the lowest upper bound), as values of the column's type; `None`
+/// without one, or when a bound does not convert to the column's type exactly or is null.
+fn key_range(def: &TableDef, filters: &[Expr]) -> Option<KeyAccess> {
+    let (mut low, mut high): (Option<ScalarValue>, Option<(ScalarValue, bool)>) = (None, None);
+    for bound in filters.iter().filter_map(|f| key_bounds(def, f)).flatten() {
+        match bound {
+            Bound::Low(v) => {
+                if low
+                    .as_ref()
+                    .is_none_or(|old| v.partial_cmp(old) == Some(Ordering::Greater))
+                {
+                    low = Some(v);
+                }
+            }
+            Bound::High(v, inclusive) => {
+                let tighter = match &high {
+                    None => true,
+                    Some((old, old_inclusive)) => match v.partial_cmp(old) {
+                        Some(Ordering::Less) => true,
+                        Some(Ordering::Equal) => *old_inclusive && !inclusive,
+                        _ => false,
+                    },
+                };
+                if tighter {
+                    high = Some((v, inclusive));
+                }
+            }
+        }
+    }
+    if low.is_none() && high.is_none() {
+        return None;
+    }
+    let field = def.schema().field(def.primary_key[0]).clone();
+    if !stored_order_is_sql_order(field.data_type()) {
+        return None;
+    }
+    let convert = |v: ScalarValue| -> Option<ArrayRef> {
+        if v.is_null() {
+            return None;
+        }
+        let array = v.to_array().ok()?;
+        let converted = cast(&array, field.data_type()).ok()?;
+        // As for lookups: the bound must be the very value the filter compares with.
+        (cast(&converted, array.data_type()).ok()?.as_ref() == array.as_ref()).then_some(converted)
+    };
+    let low = match low {
+        Some(v) => Some(convert(v)?),
+        None => None,
+    };
+    let high = match high {
+        Some((v, inclusive)) => Some((convert(v)?, inclusive)),
+        None => None,
+    };
+    Some(KeyAccess::Range { low, high })
 }
 
 /// A materialized view as a DataFusion table: its contents at the statement's epoch.

@@ -507,6 +507,35 @@ impl StoreSnapshot {
         )
     }
 
+    /// The same for the keys (after `prefix`) from `low` (inclusive) up to `high` (exclusive);
+    /// an open end where `None`.
+    pub fn scan_counts_between(
+        &self,
+        prefix: &[u8; PREFIX_LEN],
+        low: Option<&[u8]>,
+        high: Option<&[u8]>,
+        f: CountVisitor<'_>,
+    ) -> Result<()> {
+        let cf = self.store.cf(ROWS_CF)?;
+        let mut options = self.read_options();
+        options.set_iterate_upper_bound(match high {
+            Some(high) => [prefix.as_slice(), high].concat(),
+            None => range_end(prefix),
+        });
+        options.fill_cache(false);
+        let mut it = self.store.db.raw_iterator_cf_opt(cf, options);
+        it.seek([prefix.as_slice(), low.unwrap_or_default()].concat());
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let n = count_of(v);
+            if n > 0 {
+                f(&k[PREFIX_LEN..], n)?;
+            }
+            it.next();
+        }
+        it.status()
+            .map_err(|e| rocks_err("reading state from the state store", e))
+    }
+
     /// For each of `starts` (ascending), the counted rows with a positive count whose keys
     /// (after `prefix`) start with it; keys after `prefix`. One iterator for them all.
     pub fn counts_with_starts(&self, prefix: &[u8], starts: &[&[u8]]) -> Result<Vec<CountedRows>> {
@@ -602,7 +631,7 @@ fn read_counts(
 }
 
 /// The first key after every key starting with `prefix` (which is never all 0xff here).
-fn range_end(prefix: &[u8]) -> Vec<u8> {
+pub fn range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.last_mut() {
         if *last < u8::MAX {

@@ -284,6 +284,52 @@ impl TableStore {
 
     /// The table's rows as of `snapshot`.
     pub fn scan(&self, snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
+        self.scan_within(snapshot, None, None)
+    }
+
+    /// At least the rows visible at `snapshot` whose first primary-key column is at least
+    /// `low` and below `high` (or at most `high`, when `high_inclusive`), each bound a one-row
+    /// array of the column's type; open where `None`. The stored rows are read from that key
+    /// range only (rows are stored in key order); the rows in memory (the changes since the
+    /// last checkpoint) are all returned, for the caller's filter. `None` for a table that
+    /// does not keep rows in the store by primary key: the caller scans.
+    pub fn scan_key_range(
+        &self,
+        snapshot: Snapshot,
+        low: Option<&ArrayRef>,
+        high: Option<(&ArrayRef, bool)>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let Some(spill) = self.spill.as_ref().filter(|_| self.base.is_some()) else {
+            return Ok(None);
+        };
+        let encode = |bound: &ArrayRef| spill.codec.encode_first_key(bound);
+        let low = match low {
+            Some(low) => match encode(low)? {
+                Some(low) => Some(low),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let high = match high {
+            Some((high, inclusive)) => match encode(high)? {
+                // Every stored key starting with the bound's encoding has that first column.
+                Some(high) if inclusive => Some(super::state::range_end(&high)),
+                Some(high) => Some(high),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        self.scan_within(snapshot, low.as_deref(), high.as_deref())
+            .map(Some)
+    }
+
+    /// [`TableStore::scan`], reading the stored rows from `low` up to `high` (stored keys).
+    fn scan_within(
+        &self,
+        snapshot: Snapshot,
+        low: Option<&[u8]>,
+        high: Option<&[u8]>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         if let (Some(base), Some(spill)) = (&self.base, &self.spill) {
             if let Snapshot::At(lsn) = snapshot
@@ -296,13 +342,14 @@ impl TableStore {
                 ));
             }
             let stored = spill.codec.decode(|f| {
-                base.snapshot.scan_counts(&spill.prefix, &mut |key, n| {
-                    if self.tombstoned(key, snapshot) {
-                        Ok(())
-                    } else {
-                        f(key, n)
-                    }
-                })
+                base.snapshot
+                    .scan_counts_between(&spill.prefix, low, high, &mut |key, n| {
+                        if self.tombstoned(key, snapshot) {
+                            Ok(())
+                        } else {
+                            f(key, n)
+                        }
+                    })
             })?;
             for rows in stored {
                 if rows.weights.values().iter().all(|w| *w == 1) {
@@ -1038,6 +1085,8 @@ pub struct TableCodec {
     /// Of the primary key columns alone (`None` without a primary key): their encoding is the
     /// start of a stored row's key.
     key_converter: Option<datafusion::arrow::row::RowConverter>,
+    /// Of the first primary-key column alone, for key ranges.
+    first_key_converter: Option<datafusion::arrow::row::RowConverter>,
     primary_key: Vec<usize>,
     /// Stored column i is table column `order[i]`.
     order: Vec<usize>,
@@ -1055,17 +1104,19 @@ impl TableCodec {
                 .map(|i| schema.field(*i).clone())
                 .collect::<Vec<_>>(),
         ));
-        let key_converter = if primary_key.is_empty() {
-            None
-        } else {
-            let key = datafusion::arrow::datatypes::Schema::new(
-                stored.fields()[..primary_key.len()].to_vec(),
-            );
-            Some(crate::types::row_converter(&key)?)
-        };
+        let converter_of =
+            |columns: usize| -> Result<Option<datafusion::arrow::row::RowConverter>> {
+                if primary_key.is_empty() {
+                    return Ok(None);
+                }
+                let key =
+                    datafusion::arrow::datatypes::Schema::new(stored.fields()[..columns].to_vec());
+                Ok(Some(crate::types::row_converter(&key)?))
+            };
         Ok(TableCodec {
             converter: crate::types::row_converter(&stored)?,
-            key_converter,
+            key_converter: converter_of(primary_key.len())?,
+            first_key_converter: converter_of(1)?,
             primary_key: primary_key.to_vec(),
             order,
             stored,
@@ -1097,6 +1148,17 @@ impl TableCodec {
             .map(|i| batch.column(*i).clone())
             .collect();
         self.encode_key_columns(&columns)
+    }
+
+    /// The encoding of a value of the first primary-key column (a one-row array of its type):
+    /// the start of the stored key of every row with that value there, ordered as the values
+    /// are (`None` without a primary key).
+    pub fn encode_first_key(&self, value: &ArrayRef) -> Result<Option<Vec<u8>>> {
+        let Some(converter) = &self.first_key_converter else {
+            return Ok(None);
+        };
+        let rows = converter.convert_columns(std::slice::from_ref(value))?;
+        Ok((rows.num_rows() == 1).then(|| rows.row(0).data().to_vec()))
     }
 
     /// The same for primary keys given as one array per key column, in the key's order.
@@ -1554,6 +1616,55 @@ mod tests {
         assert_eq!(s.table.live_rows(), 2);
         apply(&mut s.table, insert, 6).unwrap();
         assert_eq!(s.table.live_rows(), 3);
+    }
+
+    #[test]
+    fn a_key_range_reads_only_that_range_of_the_stored_rows() {
+        let mut s = Spilled::new(true);
+        let sc = s.table.schema().clone();
+        let ids: Vec<i64> = (-5..=20).map(|i| i * 10).collect();
+        let names: Vec<String> = ids.iter().map(|i| format!("r{i}")).collect();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let stored = rows(&sc, &ids, &names, &vec![1; ids.len()]);
+        apply(&mut s.table, stored.clone(), 1).unwrap();
+        s.checkpoint(&stored, 1);
+        // Changes since the checkpoint are in memory: returned whatever the range.
+        apply(&mut s.table, rows(&sc, &[1000], &["new"], &[1]), 2).unwrap();
+        apply(&mut s.table, rows(&sc, &[30], &["r30"], &[-1]), 3).unwrap();
+        let bound = |v: i64| keys(&[v]).remove(0);
+        let range = |low: Option<i64>, high: Option<(i64, bool)>| {
+            let (low, high) = (low.map(bound), high.map(|(h, i)| (bound(h), i)));
+            let found = s
+                .table
+                .scan_key_range(
+                    Snapshot::Latest,
+                    low.as_ref(),
+                    high.as_ref().map(|(h, i)| (h, *i)),
+                )
+                .unwrap()
+                .unwrap();
+            let mut got: Vec<i64> = pairs(&found).into_iter().map(|(id, _)| id).collect();
+            got.sort();
+            got
+        };
+        // Negative keys sort below positive ones in the stored encoding too.
+        assert_eq!(range(Some(-20), Some((10, false))), [-20, -10, 0, 1000]);
+        assert_eq!(range(Some(-20), Some((10, true))), [-20, -10, 0, 10, 1000]);
+        assert_eq!(
+            range(Some(25), Some((45, true))),
+            [40, 1000],
+            "30 is deleted"
+        );
+        assert_eq!(range(None, Some((-40, true))), [-50, -40, 1000]);
+        assert_eq!(range(Some(190), None), [190, 200, 1000]);
+        assert_eq!(range(Some(500), None), [1000]);
+        // A table keeping its rows in memory: the caller scans.
+        let bag = store(&def(true));
+        assert!(
+            bag.scan_key_range(Snapshot::Latest, Some(&bound(1)), None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn keys(ids: &[i64]) -> Vec<ArrayRef> {
