@@ -138,7 +138,17 @@ impl Server {
             let (engine, stop) = (engine.clone(), stop_check.clone());
             move || {
                 let started = std::time::Instant::now();
-                let bytes = engine.verify_state(&stop)?;
+                let bytes = match engine.verify_state(&stop) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.sqlstate == sqlstate::DATA_CORRUPTED => {
+                        return Err(e);
+                    }
+                    // Not damage (an I/O error, say): reads report it themselves.
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "could not check the state store");
+                        return Ok(());
+                    }
+                };
                 if !stop.load(Ordering::Relaxed) {
                     tracing::info!(
                         mb = bytes >> 20,
