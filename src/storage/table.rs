@@ -142,6 +142,57 @@ pub struct TableStore {
     last_delete: Lsn,
 }
 
+/// Compares rows of a probe with live rows of a table on some of its columns, building the
+/// comparators of each chunk met once.
+struct RowMatcher {
+    /// The probe's columns, compared with table columns `columns` in order.
+    probe: Vec<ArrayRef>,
+    columns: Vec<usize>,
+    comparators: HashMap<u32, Vec<DynComparator>>,
+}
+
+impl RowMatcher {
+    fn new(probe: Vec<ArrayRef>, columns: Vec<usize>) -> RowMatcher {
+        RowMatcher {
+            probe,
+            columns,
+            comparators: HashMap::new(),
+        }
+    }
+
+    /// For a probe with the table's schema, on table columns `columns`.
+    fn on_columns(batch: &RecordBatch, columns: Vec<usize>) -> RowMatcher {
+        let probe = columns.iter().map(|c| batch.column(*c).clone()).collect();
+        RowMatcher::new(probe, columns)
+    }
+
+    /// Whether probe row `row` equals live row `at` of `table` on the columns.
+    fn matches(&mut self, table: &TableStore, row: usize, at: RowRef) -> Result<bool> {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.comparators.entry(at.chunk) {
+            let chunk = table.chunks[at.chunk as usize]
+                .as_ref()
+                .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
+            let comparators = self
+                .probe
+                .iter()
+                .zip(&self.columns)
+                .map(|(probe, c)| {
+                    make_comparator(
+                        probe.as_ref(),
+                        chunk.batch.column(*c).as_ref(),
+                        SortOptions::default(),
+                    )
+                    .map_err(Error::from)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            e.insert(comparators);
+        }
+        Ok(self.comparators[&at.chunk]
+            .iter()
+            .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
+    }
+}
+
 impl TableStore {
     /// A new empty collection. With a non-empty `primary_key` (column indices) keys are unique;
     /// without one it is a multiset.
@@ -450,7 +501,7 @@ impl TableStore {
         }
         let mut hashes = vec![0u64; keys[0].len()];
         create_hashes(keys, &self.random_state, &mut hashes)?;
-        let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let mut matcher = RowMatcher::new(keys.to_vec(), self.key_columns.clone());
         let mut take: Vec<(usize, usize)> = Vec::new();
         let mut sources: HashMap<u32, usize> = HashMap::new();
         let mut batches: Vec<&RecordBatch> = Vec::new();
@@ -465,24 +516,7 @@ impl TableStore {
                 {
                     continue;
                 }
-                if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
-                    let cmps = keys
-                        .iter()
-                        .zip(&self.key_columns)
-                        .map(|(key, c)| {
-                            make_comparator(
-                                key.as_ref(),
-                                chunk.batch.column(*c).as_ref(),
-                                SortOptions::default(),
-                            )
-                            .map_err(Error::from)
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    e.insert(cmps);
-                }
-                let equal = comparators[&at.chunk]
-                    .iter()
-                    .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal);
+                let equal = matcher.matches(self, row, *at)?;
                 if equal && seen.insert(*at) {
                     let source = *sources.entry(at.chunk).or_insert_with(|| {
                         batches.push(&chunk.batch);
@@ -519,29 +553,6 @@ impl TableStore {
         Ok(())
     }
 
-    fn comparators(&self, incoming: &RecordBatch, chunk: &Chunk) -> Result<Vec<DynComparator>> {
-        Self::comparators_on(&self.key_columns, incoming, chunk)
-    }
-
-    /// Comparators of `columns` of `incoming` rows against the same columns of `chunk`.
-    fn comparators_on(
-        columns: &[usize],
-        incoming: &RecordBatch,
-        chunk: &Chunk,
-    ) -> Result<Vec<DynComparator>> {
-        columns
-            .iter()
-            .map(|c| {
-                make_comparator(
-                    incoming.column(*c).as_ref(),
-                    chunk.batch.column(*c).as_ref(),
-                    SortOptions::default(),
-                )
-                .map_err(Error::from)
-            })
-            .collect()
-    }
-
     fn key_text(&self, batch: &RecordBatch, row: usize) -> String {
         self.key_columns
             .iter()
@@ -571,21 +582,12 @@ impl TableStore {
         };
         let stored = self.stored_keys(rows, &[])?;
         let hashes = self.hashes(rows)?;
-        let mut comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let mut matcher = RowMatcher::on_columns(rows, self.key_columns.clone());
         let mut out = Vec::with_capacity(rows.num_rows());
         for (row, h) in hashes.iter().enumerate() {
             let mut n = 0;
             for at in index.get(h).into_iter().flatten() {
-                let chunk = self.chunks[at.chunk as usize]
-                    .as_ref()
-                    .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
-                if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
-                    e.insert(self.comparators(rows, chunk)?);
-                }
-                if comparators[&at.chunk]
-                    .iter()
-                    .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal)
-                {
+                if matcher.matches(self, row, *at)? {
                     n += 1;
                 }
             }
@@ -694,29 +696,8 @@ impl TableStore {
         } else {
             Vec::new()
         };
-        // Whether row `row` of the change equals live row `at` on `columns` (comparators
-        // cached per chunk in `comparators`).
-        let matches = |this: &Self,
-                       columns: &[usize],
-                       comparators: &mut HashMap<u32, Vec<DynComparator>>,
-                       row: usize,
-                       at: RowRef|
-         -> Result<bool> {
-            let chunk = this.chunks[at.chunk as usize]
-                .as_ref()
-                .ok_or_else(|| crate::internal!("index points at a freed chunk"))?;
-            if let std::collections::hash_map::Entry::Vacant(e) = comparators.entry(at.chunk) {
-                e.insert(Self::comparators_on(columns, batch, chunk)?);
-            }
-            let cmps = &comparators[&at.chunk];
-            Ok(cmps
-                .iter()
-                .all(|cmp| cmp(row, at.row as usize) == Ordering::Equal))
-        };
-        let key_columns = self.key_columns.clone();
-        let all_columns: Vec<usize> = (0..batch.num_columns()).collect();
-        let mut key_comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
-        let mut row_comparators: HashMap<u32, Vec<DynComparator>> = HashMap::new();
+        let mut rows = RowMatcher::on_columns(batch, (0..batch.num_columns()).collect());
+        let mut keys = RowMatcher::on_columns(batch, self.key_columns.clone());
 
         // Deletes: find a distinct live row for each -1, in memory or else in the base. The
         // whole row must match, not just its key: a row a concurrent commit updated since the
@@ -730,9 +711,7 @@ impl TableStore {
                 let candidates = self.index.as_ref().and_then(|ix| ix.get(&hashes[row]));
                 let mut found = None;
                 for at in candidates.into_iter().flatten() {
-                    if !deleting.contains(at)
-                        && matches(self, &all_columns, &mut row_comparators, row, *at)?
-                    {
+                    if !deleting.contains(at) && rows.matches(self, row, *at)? {
                         found = Some(*at);
                         break;
                     }
@@ -758,9 +737,7 @@ impl TableStore {
                     let h = hashes[row];
                     if let Some(candidates) = self.index.as_ref().and_then(|ix| ix.get(&h)) {
                         for at in candidates {
-                            if !deleting.contains(at)
-                                && matches(self, &key_columns, &mut key_comparators, row, *at)?
-                            {
+                            if !deleting.contains(at) && keys.matches(self, row, *at)? {
                                 return Err(self.duplicate_key(batch, row));
                             }
                         }
