@@ -393,15 +393,17 @@ fn lookup_keys(def: &TableDef, filters: &[Expr]) -> Option<Vec<ArrayRef>> {
         if !stored_order_is_sql_order(field.data_type()) {
             return None;
         }
-        let converted = cast(&array, field.data_type()).ok()?;
-        // The lookup must be for the very value the filter compares with: a conversion that
-        // changes it (5.5 to a bigint 5) would look up another key, so scan instead.
-        if cast(&converted, array.data_type()).ok()?.as_ref() != array.as_ref() {
-            return None;
-        }
-        keys.push(converted);
+        keys.push(exact_cast(&array, field.data_type())?);
     }
     Some(keys)
+}
+
+/// `array` converted to `to`, if the conversion keeps every value: a key looked up (or a
+/// bound) must be the very value the filter compares with, and one that changes it (5.5 to a
+/// bigint 5) would find other rows, so the scan reads every row instead.
+fn exact_cast(array: &ArrayRef, to: &datafusion::arrow::datatypes::DataType) -> Option<ArrayRef> {
+    let converted = cast(array, to).ok()?;
+    (cast(&converted, array.data_type()).ok()?.as_ref() == array.as_ref()).then_some(converted)
 }
 
 /// Whether values of type `t` that SQL finds equal are stored (and hashed) alike, in SQL's
@@ -492,10 +494,7 @@ fn key_range(def: &TableDef, filters: &[Expr]) -> Option<KeyAccess> {
         if v.is_null() {
             return None;
         }
-        let array = v.to_array().ok()?;
-        let converted = cast(&array, field.data_type()).ok()?;
-        // As for lookups: the bound must be the very value the filter compares with.
-        (cast(&converted, array.data_type()).ok()?.as_ref() == array.as_ref()).then_some(converted)
+        exact_cast(&v.to_array().ok()?, field.data_type())
     };
     let low = match low {
         Some(v) => Some(convert(v)?),
