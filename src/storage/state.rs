@@ -538,14 +538,33 @@ impl StoreSnapshot {
 
     /// For each of `starts` (ascending), the counted rows with a positive count whose keys
     /// (after `prefix`) start with it; keys after `prefix`. One iterator for them all.
+    ///
+    /// Entries written after the snapshot (a checkpoint being written) are invisible to it, but
+    /// a seek still steps over them one by one: seeking a key that is not stored would walk
+    /// through every newer entry up to the next visible one. So the shared iterator stays within
+    /// `prefix` and gives up after [`MAX_HIDDEN_SKIP`] entries; such a start is read again with an
+    /// iterator bounded to it.
     pub fn counts_with_starts(&self, prefix: &[u8], starts: &[&[u8]]) -> Result<Vec<CountedRows>> {
         let cf = self.store.cf(ROWS_CF)?;
-        let mut it = self.store.db.raw_iterator_cf_opt(cf, self.read_options());
+        let mut options = self.read_options();
+        options.set_iterate_upper_bound(range_end(prefix));
+        options.set_max_skippable_internal_keys(MAX_HIDDEN_SKIP);
+        let mut it = self.store.db.raw_iterator_cf_opt(cf, options);
         let mut out = Vec::with_capacity(starts.len());
         for start in starts {
             let low = [prefix, start].concat();
             it.seek(&low);
-            out.push(read_counts(&mut it, prefix, &low, usize::MAX)?);
+            let rows = match read_counts(&mut it, prefix, &low, usize::MAX) {
+                Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {
+                    let mut options = self.read_options();
+                    options.set_iterate_upper_bound(range_end(&low));
+                    let mut bounded = self.store.db.raw_iterator_cf_opt(cf, options);
+                    bounded.seek(&low);
+                    read_counts(&mut bounded, prefix, &low, usize::MAX)
+                }
+                rows => rows,
+            };
+            out.push(rows.map_err(|e| rocks_err("reading state from the state store", e))?);
         }
         Ok(out)
     }
@@ -575,6 +594,7 @@ impl StoreSnapshot {
             None => it.seek(&low),
         }
         read_counts(&mut it, prefix, &low, limit)
+            .map_err(|e| rocks_err("reading state from the state store", e))
     }
 }
 
@@ -610,7 +630,7 @@ fn read_counts(
     prefix: &[u8],
     within: &[u8],
     limit: usize,
-) -> Result<CountedRows> {
+) -> std::result::Result<CountedRows, rocksdb::Error> {
     let mut out = Vec::new();
     while out.len() < limit && it.valid() {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
@@ -625,10 +645,12 @@ fn read_counts(
         }
         it.next();
     }
-    it.status()
-        .map_err(|e| rocks_err("reading state from the state store", e))?;
+    it.status()?;
     Ok(out)
 }
+
+/// See [`StoreSnapshot::counts_with_starts`].
+const MAX_HIDDEN_SKIP: u64 = 1024;
 
 /// The first key after every key starting with `prefix` (which is never all 0xff here).
 pub fn range_end(prefix: &[u8]) -> Vec<u8> {
@@ -789,6 +811,54 @@ mod tests {
             .unwrap();
         store.compact().unwrap();
         assert_eq!(store.stored_objects().unwrap(), vec![8]);
+    }
+
+    #[test]
+    fn seeks_at_a_snapshot_do_not_walk_through_entries_written_after_it() {
+        use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel, set_perf_stats};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path(), 4 << 20).unwrap());
+        let p = part_prefix(7, TABLE_ROWS);
+        let meta = CheckpointMeta {
+            version: CHECKPOINT_VERSION,
+            ..Default::default()
+        };
+        let mut b = store.batch();
+        for i in 0..10 {
+            b.add(&p, format!("a{i:04}").as_bytes(), 1);
+        }
+        b.add(&p, b"c", 2);
+        store.write_checkpoint(b, &meta).unwrap();
+        let snapshot = store.snapshot();
+        // The next checkpoint (invisible to the snapshot): runs of keys after the absent ones
+        // looked up below, in this part and in the next object's.
+        let mut b = store.batch();
+        for i in 0..20_000 {
+            b.add(&p, format!("b{i:05}").as_bytes(), 1);
+            b.add(&part_prefix(9, TABLE_ROWS), format!("{i:05}").as_bytes(), 1);
+        }
+        store.write_checkpoint(b, &meta).unwrap();
+
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut perf = PerfContext::default();
+        perf.reset();
+        let starts: [&[u8]; 5] = [b"a0003", b"a5", b"b00001", b"c", b"d"];
+        let found = snapshot.counts_with_starts(&p, &starts).unwrap();
+        let skipped = perf.metric(PerfMetric::InternalRecentSkippedCount);
+        set_perf_stats(PerfStatsLevel::Disable);
+        assert_eq!(
+            found,
+            vec![
+                vec![(b"a0003".to_vec(), 1)],
+                vec![],
+                vec![],
+                vec![(b"c".to_vec(), 2)],
+                vec![],
+            ]
+        );
+        // Each absent start gives up after MAX_HIDDEN_SKIP entries, rather than stepping over
+        // all 20,000 (or the next object's 20,000).
+        assert!(skipped < 4 * MAX_HIDDEN_SKIP, "{skipped} invisible entries stepped over");
     }
 
     #[test]
