@@ -49,4 +49,10 @@ pub struct Config {
     /// needed. Default: half of the machine's memory (or of its container's limit).
     #[arg(long, default_value = "50%", value_parser = crate::types::parse_memory, env = "EDDY_MEMORY_BUDGET")]
     pub memory_budget: usize,
+
+    /// Writes (INSERT, COPY, UPDATE, DELETE, COMMIT) wait while this much of the log is not
+    /// covered by a durable checkpoint (e.g. `64MB`; `0` for no limit). It bounds what a
+    /// restart after a crash replays, and the state that cannot be evicted meanwhile.
+    #[arg(long, default_value = "64MB", value_parser = crate::types::parse_memory, env = "EDDY_MAX_CHECKPOINT_LAG")]
+    pub max_checkpoint_lag: usize,
 }

@@ -713,3 +713,63 @@ async fn blob_count(client: &Client) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// Writes wait while the log since the last durable checkpoint is over `--max-checkpoint-lag`,
+/// so however far a load outruns the checkpoints, a crash replays a bounded part of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_checkpoints_that_fall_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Every checkpoint takes at least 200 ms: a writer outruns them.
+    let args = ["--checkpoint-interval", "1h", "--max-checkpoint-lag", "2MB"];
+    let slow = [("EDDY_TEST_CHECKPOINT_DELAY_MS", "200")];
+    let mut server = EddyProcess::spawn(&data, &args, &slow);
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE blobs (id int PRIMARY KEY, body text);
+             CREATE MATERIALIZED VIEW sizes AS SELECT count(*) AS n, sum(length(body)) AS bytes FROM blobs;",
+        )
+        .await
+        .unwrap();
+    // 20 transactions of 1 MiB.
+    let body = "x".repeat(16 << 10);
+    for tx in 0..20 {
+        let stmt = (0..64)
+            .map(|i| format!("({}, '{body}')", tx * 64 + i))
+            .collect::<Vec<_>>()
+            .join(",");
+        client
+            .batch_execute(&format!("INSERT INTO blobs VALUES {stmt}"))
+            .await
+            .unwrap();
+        let lag: i64 = client
+            .query_one("SELECT lag_bytes FROM eddy_catalog.checkpoints", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // Admitted below 2 MiB, plus this write's record.
+        assert!(lag < 3 << 20, "{lag} bytes of log not checkpointed");
+    }
+    let delayed: i64 = client
+        .query_one("SELECT writes_delayed FROM eddy_catalog.checkpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(delayed > 0, "no write waited for a checkpoint");
+    assert_eq!(blob_count(&client).await, 20 * 64);
+    drop(client);
+    server.kill();
+    let server = EddyProcess::spawn(&data, &[], &[]);
+    let client = server.connect().await;
+    let replayed: i64 = client
+        .query_one(
+            "SELECT log_records_replayed FROM eddy_catalog.recovery",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(replayed <= 3, "replayed {replayed} of 20 transactions");
+    assert_eq!(blob_count(&client).await, 20 * 64);
+}

@@ -52,6 +52,15 @@ pub struct CheckpointSetup {
     /// Bytes of operator state to keep in memory; beyond it, state that is durable is evicted
     /// (and read back from the store when needed).
     pub memory_budget: usize,
+    /// A checkpoint is taken once this many bytes of table changes are pending, not only
+    /// every interval (at most [`CheckpointSetup::MAX_PENDING_BYTES`]).
+    pub max_pending_bytes: usize,
+}
+
+impl CheckpointSetup {
+    /// The default of [`CheckpointSetup::max_pending_bytes`]: under a heavy load it bounds both
+    /// a checkpoint's size and how much of the log a restart after a crash replays.
+    pub const MAX_PENDING_BYTES: usize = 32 << 20;
 }
 
 /// Checkpoint activity, for observability and benchmarks.
@@ -106,9 +115,11 @@ pub struct Checkpointer {
     pub needs_full: bool,
     /// Table changes (log records) since the last checkpoint.
     pub records: Vec<Arc<Vec<(ObjectId, ZBatch)>>>,
-    /// Their size in memory: past [`Checkpointer::MAX_PENDING_BYTES`] a checkpoint is due
-    /// before the interval is up.
+    /// Their size in memory: past `max_pending_bytes` a checkpoint is due before the interval
+    /// is up.
     pub records_bytes: usize,
+    /// See [`CheckpointSetup::max_pending_bytes`].
+    pub max_pending_bytes: usize,
     /// Objects whose stored state is to be deleted.
     pub dropped: Vec<ObjectId>,
     /// Encoders of tables' rows.
@@ -130,11 +141,6 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Under a heavy load a checkpoint is taken once this many bytes of table changes are
-    /// pending, not only every interval: it bounds both a checkpoint's size and how much of
-    /// the log a restart after a crash replays.
-    pub const MAX_PENDING_BYTES: usize = 32 << 20;
-
     pub fn start(setup: CheckpointSetup, lsn: Lsn) -> Result<Checkpointer> {
         let shared = Arc::new(Shared::default());
         let durable = Arc::new(parking_lot::RwLock::new(Arc::new(setup.store.snapshot())));
@@ -162,6 +168,7 @@ impl Checkpointer {
             needs_full: false,
             records: Vec::new(),
             records_bytes: 0,
+            max_pending_bytes: setup.max_pending_bytes,
             changed: !setup.stale.is_empty(),
             dropped: setup.stale,
             codecs: HashMap::new(),

@@ -695,7 +695,7 @@ impl Worker {
     /// (While one is being written, it says to look again shortly, not to spin.)
     fn checkpoint_due(&self) -> Option<Duration> {
         let c = &self.checkpoints;
-        let large = c.records_bytes >= Checkpointer::MAX_PENDING_BYTES;
+        let large = c.records_bytes >= c.max_pending_bytes;
         // Operators wait to hear that the checkpoint in flight is durable.
         let awaited = c.awaiting;
         if !(c.changed || large || c.failed() || awaited) {

@@ -18,6 +18,7 @@
 //!
 //! The server talks to the engine only through [`Session`] (and [`Engine::open`]/[`Engine::close`]).
 
+mod admission;
 mod convert;
 mod dml;
 mod pg_catalog;
@@ -35,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{Catalog, TableDef, ViewDef};
+use admission::{AdmissionStats, CheckpointLag};
 use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Durable, Log, LogRecord, encode_body};
@@ -60,6 +62,9 @@ pub struct EngineConfig {
     pub checkpoint_interval: Duration,
     /// Bytes of dataflow state kept in memory (see [`CheckpointSetup::memory_budget`]).
     pub memory_budget: usize,
+    /// Writes wait while this many bytes of the log are not covered by a durable checkpoint
+    /// (0: never); see [`admission`].
+    pub max_checkpoint_lag: usize,
 }
 
 impl EngineConfig {
@@ -71,9 +76,13 @@ impl EngineConfig {
             subscribe: Limits::default(),
             checkpoint_interval: Duration::from_secs(1),
             memory_budget: crate::types::system_memory() / 2,
+            max_checkpoint_lag: DEFAULT_MAX_CHECKPOINT_LAG,
         }
     }
 }
+
+/// See [`EngineConfig::max_checkpoint_lag`] (`--max-checkpoint-lag`).
+pub const DEFAULT_MAX_CHECKPOINT_LAG: usize = 64 << 20;
 
 /// Shared state of the running server. Cheap to share behind an `Arc`.
 pub struct Engine {
@@ -100,6 +109,8 @@ pub struct Engine {
     recovered: Mutex<Option<Recovered>>,
     /// How the last start-up went.
     recovery: Mutex<RecoveryStats>,
+    /// The log not yet covered by a durable checkpoint; writes wait while it is too large.
+    lag: Arc<CheckpointLag>,
 }
 
 /// What `open` found, for `start`: the checkpoint, and the log records after it (applied to the
@@ -205,6 +216,7 @@ impl Engine {
             open: started.elapsed(),
             ..RecoveryStats::default()
         };
+        let lag = Arc::new(CheckpointLag::new(config.max_checkpoint_lag));
         Ok(Arc::new(Engine {
             config,
             state,
@@ -222,6 +234,7 @@ impl Engine {
                 stale,
             })),
             recovery: Mutex::new(recovery),
+            lag,
         }))
     }
 
@@ -250,6 +263,7 @@ impl Engine {
         let from = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
         let restorable = checkpoint.map(|c| c.views).unwrap_or_default();
         let log_dir = self.config.data_dir.join("log");
+        let lag = self.lag.clone();
         self.runtime.start(
             from,
             durable,
@@ -258,9 +272,15 @@ impl Engine {
                 store: self.state.clone(),
                 interval: self.config.checkpoint_interval,
                 memory_budget: self.config.memory_budget,
+                // Checkpoint before the lag reaches the limit, not only every interval.
+                max_pending_bytes: match self.config.max_checkpoint_lag {
+                    0 => CheckpointSetup::MAX_PENDING_BYTES,
+                    limit => (limit / 2).clamp(1, CheckpointSetup::MAX_PENDING_BYTES),
+                },
                 views: restorable.clone(),
                 stale,
                 on_checkpoint: Box::new(move |lsn| {
+                    lag.checkpointed(lsn);
                     match crate::storage::log::remove_segments_through(&log_dir, lsn) {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(
@@ -329,6 +349,12 @@ impl Engine {
                 let _commit = self.commit_lock.lock();
                 replay(&mut self.tables.write(), &record, record.lsn)?;
             }
+            let bytes = record
+                .changes
+                .iter()
+                .map(|(_, z)| z.data.get_array_memory_size())
+                .sum();
+            self.lag.record(record.lsn, bytes);
             let time = record.time.unwrap_or_else(SystemTime::now);
             self.runtime
                 .replay(record.lsn, Arc::new(record.changes), time);
@@ -519,10 +545,24 @@ impl Engine {
 
     /// Makes `changes` durable and visible, atomically. Returns once the log record is synced.
     pub async fn commit(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Lsn> {
+        self.admit().await?;
         match self.append(changes)? {
             Some(durable) => durable.wait().await,
             None => Ok(self.log.durable_lsn()),
         }
+    }
+
+    /// Waits while too much of the log is not covered by a durable checkpoint (see
+    /// [`admission`]); every write calls it first, holding no lock.
+    pub async fn admit(&self) -> Result<()> {
+        self.lag
+            .admit(|| self.runtime.checkpoint_stats().last_error)
+            .await
+    }
+
+    /// What write admission did since start.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.lag.stats()
     }
 
     /// The first half of [`Engine::commit`]: validates and applies `changes` and queues their
@@ -540,6 +580,7 @@ impl Engine {
         }
         let time = SystemTime::now();
         let body = encode_body(&changes, time)?;
+        let bytes = body.len();
         let durable = {
             let _commit = self.commit_lock.lock();
             let mut tables = self.tables.write();
@@ -559,6 +600,7 @@ impl Engine {
                 plans.push((*id, table.plan(change)?));
             }
             let durable = self.log.append(body)?;
+            self.lag.record(durable.lsn, bytes);
             let horizon = self.read_horizon();
             for (id, plan) in plans {
                 if let Some(table) = tables.get_mut(&id) {
@@ -580,6 +622,7 @@ impl Engine {
             table.rollback_after(durable)?;
         }
         self.runtime.discard_after(durable);
+        self.lag.discard_after(durable);
         Ok(())
     }
 

@@ -332,6 +332,9 @@ impl Session {
                 // the other's update. The next may start while this one's record syncs.
                 let engine = self.engine.clone();
                 let autocommit = self.tx.is_none();
+                if autocommit {
+                    engine.admit().await?;
+                }
                 let mut attempt = 1;
                 let (durable, n) = loop {
                     let (_shared, _alone) = match (autocommit, attempt < UPDATE_ATTEMPTS) {
@@ -645,9 +648,12 @@ impl Session {
             };
             changes.push((id, ZBatch::consolidate(&batches, &def.schema())?));
         }
+        let engine = self.engine.clone();
+        if !changes.is_empty() {
+            engine.admit().await?;
+        }
         // Shared with autocommit UPDATE/DELETE (one that fails against this commit runs again,
         // its last attempt alone); held until the record is queued, not until it is durable.
-        let engine = self.engine.clone();
         let durable = {
             let _shared = engine.write_lock.read().await;
             engine.append(changes)?
@@ -786,6 +792,9 @@ impl Session {
 
     /// Applies a change now (autocommit) or adds it to the open transaction.
     async fn write(&mut self, table: ObjectId, change: ZBatch) -> Result<()> {
+        if self.tx.is_none() && change.num_rows() > 0 {
+            self.engine.admit().await?;
+        }
         if let Some(durable) = self.stage(table, change)? {
             durable.wait().await?;
         }

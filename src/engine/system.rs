@@ -116,6 +116,7 @@ fn int(v: u64) -> ScalarValue {
 impl System {
     fn checkpoints(&self) -> DfResult<Arc<dyn TableProvider>> {
         let c = self.engine.runtime().checkpoint_stats();
+        let a = self.engine.admission_stats();
         let at = c.at.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         one_row(vec![
             ("checkpoints", int(c.count)),
@@ -139,6 +140,10 @@ impl System {
                 ScalarValue::Utf8(c.last_error.map(|e| e.message)),
             ),
             ("state_disk_bytes", int(self.engine.state_disk_bytes())),
+            ("lag_bytes", int(a.lag_bytes)),
+            ("max_lag_bytes", int(a.limit_bytes)),
+            ("writes_delayed", int(a.writes_delayed)),
+            ("write_delay_ms", millis(a.delayed)),
         ])
     }
 

@@ -84,6 +84,7 @@ impl Server {
             },
             checkpoint_interval: config.checkpoint_interval,
             memory_budget: config.memory_budget,
+            max_checkpoint_lag: config.max_checkpoint_lag,
         };
         Self::start_with(engine_config, config.listen).await
     }
