@@ -168,7 +168,11 @@ mod tests {
 
         lag.record(Lsn(3), 60);
         lag.discard_after(Lsn(2));
-        assert_eq!(lag.stats().lag_bytes, 60, "a rolled-back record leaves the lag");
+        assert_eq!(
+            lag.stats().lag_bytes,
+            60,
+            "a rolled-back record leaves the lag"
+        );
 
         lag.record(Lsn(3), 60);
         let e = lag
@@ -176,6 +180,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.sqlstate, crate::error::sqlstate::DISK_FULL);
-        assert!(e.message.contains("last checkpoint failed: no space"), "{}", e.message);
+        assert!(
+            e.message.contains("last checkpoint failed: no space"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -36,13 +36,13 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{Catalog, TableDef, ViewDef};
-use admission::{AdmissionStats, CheckpointLag};
 use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Durable, Log, LogRecord, encode_body};
 use crate::storage::state::{CheckpointMeta, StateStore, StoreSnapshot, TABLE_ROWS, part_prefix};
 use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, ZBatch};
+use admission::{AdmissionStats, CheckpointLag};
 
 pub use crate::storage::table::Snapshot;
 use crate::storage::table::{self, Spill, TableBase, TableCodec, TableStore};

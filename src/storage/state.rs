@@ -752,9 +752,8 @@ impl StateBatch {
         let arena = &self.arena;
         let key = |op: &PointOp| &arena[op.at..op.at + op.key_len as usize];
         // Stable: a key's changes keep their order.
-        self.ops.sort_by(|a, b| {
-            (a.kind.family(), key(a)).cmp(&(b.kind.family(), key(b)))
-        });
+        self.ops
+            .sort_by(|a, b| (a.kind.family(), key(a)).cmp(&(b.kind.family(), key(b))));
         for op in &self.ops {
             let cf = family(&self.store, op.kind.family());
             let k = key(op);
@@ -931,7 +930,10 @@ mod tests {
         );
         // Each absent start gives up after MAX_HIDDEN_SKIP entries, rather than stepping over
         // all 20,000 (or the next object's 20,000).
-        assert!(skipped < 4 * MAX_HIDDEN_SKIP, "{skipped} invisible entries stepped over");
+        assert!(
+            skipped < 4 * MAX_HIDDEN_SKIP,
+            "{skipped} invisible entries stepped over"
+        );
     }
 
     #[test]
@@ -969,7 +971,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             values,
-            vec![(b"b".to_vec(), b"3".to_vec()), (b"z".to_vec(), b"1".to_vec())]
+            vec![
+                (b"b".to_vec(), b"3".to_vec()),
+                (b"z".to_vec(), b"1".to_vec())
+            ]
         );
         let mut rows = Vec::new();
         store
