@@ -50,9 +50,15 @@ pub struct Config {
     #[arg(long, default_value = "50%", value_parser = crate::types::parse_memory, env = "EDDY_MEMORY_BUDGET")]
     pub memory_budget: usize,
 
-    /// Writes (INSERT, COPY, UPDATE, DELETE, COMMIT) wait while this much of the log is not
-    /// covered by a durable checkpoint (e.g. `64MB`; `0` for no limit). It bounds what a
-    /// restart after a crash replays, and the state that cannot be evicted meanwhile.
+    /// Writes (INSERT, COPY, UPDATE, DELETE, COMMIT) wait while this much of the log (its
+    /// changes' size in memory) is not covered by a durable checkpoint (e.g. `64MB`; `0` for no
+    /// limit). It bounds what a restart after a crash replays, and the state that cannot be
+    /// evicted meanwhile.
     #[arg(long, default_value = "64MB", value_parser = crate::types::parse_memory, env = "EDDY_MAX_CHECKPOINT_LAG")]
     pub max_checkpoint_lag: usize,
+
+    /// Lowers that limit to what the views would replay within this long after a crash, at the
+    /// rate they are measured to process changes (never below 4MB; `0s` for no target).
+    #[arg(long, default_value = "1s", value_parser = crate::types::parse_duration, env = "EDDY_TARGET_RECOVERY_TIME")]
+    pub target_recovery_time: Duration,
 }

@@ -656,24 +656,10 @@ async fn a_heavy_load_is_checkpointed_before_the_interval_is_up() {
     let data = dir.path().join("data");
     let mut server = EddyProcess::spawn(&data, &["--checkpoint-interval", "1h"], &[]);
     let client = server.connect().await;
-    client
-        .batch_execute(
-            "CREATE TABLE blobs (id int PRIMARY KEY, body text);
-             CREATE MATERIALIZED VIEW sizes AS SELECT count(*) AS n, sum(length(body)) AS bytes FROM blobs;",
-        )
-        .await
-        .unwrap();
+    create_blobs(&client).await;
     // 48 MiB of rows in 24 transactions, well past the 32 MiB that triggers a checkpoint.
-    let body = "x".repeat(16 << 10);
     for tx in 0..24 {
-        let stmt = (0..128)
-            .map(|i| format!("({}, '{body}')", tx * 128 + i))
-            .collect::<Vec<_>>()
-            .join(",");
-        client
-            .batch_execute(&format!("INSERT INTO blobs VALUES {stmt}"))
-            .await
-            .unwrap();
+        insert_blobs(&client, tx, 128).await;
     }
     assert_eq!(blob_count(&client).await, 24 * 128);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -705,6 +691,30 @@ async fn a_heavy_load_is_checkpointed_before_the_interval_is_up() {
     assert_eq!(blob_count(&client).await, 24 * 128);
 }
 
+/// Table `blobs` and the view `sizes` over it.
+async fn create_blobs(client: &Client) {
+    client
+        .batch_execute(
+            "CREATE TABLE blobs (id int PRIMARY KEY, body text);
+             CREATE MATERIALIZED VIEW sizes AS SELECT count(*) AS n, sum(length(body)) AS bytes FROM blobs;",
+        )
+        .await
+        .unwrap();
+}
+
+/// Transaction number `tx` of a load into `blobs`: `rows` rows of 16 KiB each.
+async fn insert_blobs(client: &Client, tx: usize, rows: usize) {
+    let body = "x".repeat(16 << 10);
+    let values = (0..rows)
+        .map(|i| format!("({}, '{body}')", tx * rows + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    client
+        .batch_execute(&format!("INSERT INTO blobs VALUES {values}"))
+        .await
+        .unwrap();
+}
+
 /// The row count the `sizes` view holds.
 async fn blob_count(client: &Client) -> i64 {
     client
@@ -725,24 +735,10 @@ async fn writes_wait_for_checkpoints_that_fall_behind() {
     let slow = [("EDDY_TEST_CHECKPOINT_DELAY_MS", "200")];
     let mut server = EddyProcess::spawn(&data, &args, &slow);
     let client = server.connect().await;
-    client
-        .batch_execute(
-            "CREATE TABLE blobs (id int PRIMARY KEY, body text);
-             CREATE MATERIALIZED VIEW sizes AS SELECT count(*) AS n, sum(length(body)) AS bytes FROM blobs;",
-        )
-        .await
-        .unwrap();
+    create_blobs(&client).await;
     // 20 transactions of 1 MiB.
-    let body = "x".repeat(16 << 10);
     for tx in 0..20 {
-        let stmt = (0..64)
-            .map(|i| format!("({}, '{body}')", tx * 64 + i))
-            .collect::<Vec<_>>()
-            .join(",");
-        client
-            .batch_execute(&format!("INSERT INTO blobs VALUES {stmt}"))
-            .await
-            .unwrap();
+        insert_blobs(&client, tx, 64).await;
         let lag: i64 = client
             .query_one("SELECT lag_bytes FROM eddy_catalog.checkpoints", &[])
             .await
@@ -772,4 +768,57 @@ async fn writes_wait_for_checkpoints_that_fall_behind() {
         .get(0);
     assert!(replayed <= 3, "replayed {replayed} of 20 transactions");
     assert_eq!(blob_count(&client).await, 20 * 64);
+}
+
+/// `--target-recovery-time` lowers the lag limit to what the views would replay within it at
+/// their measured rate: with a target of 1 ms that is the 4MB floor, whatever the byte limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_limit_follows_the_target_recovery_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--checkpoint-interval",
+        "1h",
+        "--max-checkpoint-lag",
+        "64MB",
+        "--target-recovery-time",
+        "1ms",
+    ];
+    let slow = [("EDDY_TEST_CHECKPOINT_DELAY_MS", "200")];
+    let server = EddyProcess::spawn(&dir.path().join("data"), &args, &slow);
+    let client = server.connect().await;
+    create_blobs(&client).await;
+    assert_eq!(
+        limit_and_lag(&client).await.0,
+        64 << 20,
+        "nothing timed yet"
+    );
+    for tx in 0..16 {
+        insert_blobs(&client, tx, 64).await;
+        // Below the 4 MiB floor when admitted, plus this write's MiB.
+        let (_, lag) = limit_and_lag(&client).await;
+        assert!(lag < 6 << 20, "{lag} bytes of log not checkpointed");
+    }
+    assert_eq!(blob_count(&client).await, 16 * 64);
+    assert_eq!(limit_and_lag(&client).await.0, 4 << 20);
+    let estimate: f64 = client
+        .query_one(
+            "SELECT replay_estimate_ms FROM eddy_catalog.checkpoints",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(estimate >= 0.0);
+}
+
+/// `max_lag_bytes` and `lag_bytes` of `eddy_catalog.checkpoints`.
+async fn limit_and_lag(client: &Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT max_lag_bytes, lag_bytes FROM eddy_catalog.checkpoints",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }

@@ -34,6 +34,7 @@ use crate::storage::table::TableCodec;
 use crate::subscribe::Entry;
 use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
 
+use super::replay_cost::ReplayBudget;
 use super::state::{CountVisitor, StateLookup, StateSink, StateSource, ValueVisitor};
 
 /// How the runtime checkpoints, and what the last checkpoint left to recover.
@@ -52,15 +53,25 @@ pub struct CheckpointSetup {
     /// Bytes of operator state to keep in memory; beyond it, state that is durable is evicted
     /// (and read back from the store when needed).
     pub memory_budget: usize,
-    /// A checkpoint is taken once this many bytes of table changes are pending, not only
-    /// every interval (at most [`CheckpointSetup::MAX_PENDING_BYTES`]).
-    pub max_pending_bytes: usize,
+    /// The lag limit (see [`ReplayBudget`]): the runtime times its epochs into it, and a
+    /// checkpoint is taken once half the limit of table changes is pending, not only every
+    /// interval (at most [`CheckpointSetup::MAX_PENDING_BYTES`]).
+    pub budget: Arc<ReplayBudget>,
 }
 
 impl CheckpointSetup {
-    /// The default of [`CheckpointSetup::max_pending_bytes`]: under a heavy load it bounds both
-    /// a checkpoint's size and how much of the log a restart after a crash replays.
+    /// At most this many bytes of table changes are pending before a checkpoint is due: under a
+    /// heavy load it bounds both a checkpoint's size and how much of the log a restart after a
+    /// crash replays.
     pub const MAX_PENDING_BYTES: usize = 32 << 20;
+
+    /// Pending bytes of table changes past which a checkpoint is due before the interval is up.
+    pub fn max_pending_bytes(budget: &ReplayBudget) -> usize {
+        match budget.limit() {
+            0 => Self::MAX_PENDING_BYTES,
+            limit => (limit / 2).clamp(1, Self::MAX_PENDING_BYTES),
+        }
+    }
 }
 
 /// Checkpoint activity, for observability and benchmarks.
@@ -115,11 +126,11 @@ pub struct Checkpointer {
     pub needs_full: bool,
     /// Table changes (log records) since the last checkpoint.
     pub records: Vec<Arc<Vec<(ObjectId, ZBatch)>>>,
-    /// Their size in memory: past `max_pending_bytes` a checkpoint is due before the interval
-    /// is up.
+    /// Their size in memory: past [`CheckpointSetup::max_pending_bytes`] a checkpoint is due
+    /// before the interval is up.
     pub records_bytes: usize,
-    /// See [`CheckpointSetup::max_pending_bytes`].
-    pub max_pending_bytes: usize,
+    /// See [`CheckpointSetup::budget`].
+    pub budget: Arc<ReplayBudget>,
     /// Objects whose stored state is to be deleted.
     pub dropped: Vec<ObjectId>,
     /// Encoders of tables' rows.
@@ -168,7 +179,7 @@ impl Checkpointer {
             needs_full: false,
             records: Vec::new(),
             records_bytes: 0,
-            max_pending_bytes: setup.max_pending_bytes,
+            budget: setup.budget,
             changed: !setup.stale.is_empty(),
             dropped: setup.stale,
             codecs: HashMap::new(),
@@ -246,7 +257,10 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
         collect,
         full,
     } = job;
+    // What each kind of state contributes, for the debug log.
+    let mut parts = (0u64, 0u64, 0u64);
     let result = (|| -> Result<()> {
+        parts.0 = batch.size_in_bytes() as u64;
         // Per table, the changes summed (a row updated twice since the last checkpoint is
         // written once), then as counted rows.
         let mut per_table: HashMap<ObjectId, (Arc<TableCodec>, Vec<ZBatch>)> = HashMap::new();
@@ -273,6 +287,7 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
             // The table's row count (see `StoreSnapshot::row_count`).
             batch.add(&prefix, &[], change.weights.values().iter().sum());
         }
+        parts.1 = batch.size_in_bytes() as u64 - parts.0;
         for (id, entry) in &history {
             batch.put(
                 &part_prefix(*id, HISTORY),
@@ -281,6 +296,7 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
             );
         }
         let bytes = batch.size_in_bytes() as u64;
+        parts.2 = bytes - parts.0 - parts.1;
         if let Some(delay) = test_write_delay() {
             // Widens the window in which a crash finds a checkpoint half done (crash tests).
             std::thread::sleep(delay);
@@ -307,7 +323,14 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
         stats.failures += 1;
         stats.last_error = Some(e.clone());
     } else {
-        tracing::debug!(lsn = meta.lsn, "checkpoint written");
+        tracing::debug!(
+            lsn = meta.lsn,
+            operator_bytes = parts.0,
+            table_bytes = parts.1,
+            history_bytes = parts.2,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
         on_checkpoint(Lsn(meta.lsn));
     }
     shared.stats.lock().in_flight = false;

@@ -27,6 +27,7 @@
 pub mod checkpoint;
 pub mod epochs;
 pub mod ops;
+pub mod replay_cost;
 pub mod runtime;
 pub mod spec;
 pub mod state;

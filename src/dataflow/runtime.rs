@@ -122,11 +122,16 @@ struct Record {
 impl Record {
     /// Its changes' size in memory (bounds epochs and, summed, triggers checkpoints).
     fn bytes(&self) -> usize {
-        self.changes
-            .iter()
-            .map(|(_, z)| z.data.get_array_memory_size())
-            .sum()
+        changes_bytes(&self.changes)
     }
+}
+
+/// The size in memory of a log record's changes.
+pub fn changes_bytes(changes: &[(ObjectId, ZBatch)]) -> usize {
+    changes
+        .iter()
+        .map(|(_, z)| z.data.get_array_memory_size())
+        .sum()
 }
 
 enum Command {
@@ -232,6 +237,7 @@ impl Runtime {
                     dataflows: Vec::new(),
                     committed,
                     checkpoints,
+                    collecting: Duration::ZERO,
                 }
                 .run()
             })
@@ -595,6 +601,8 @@ struct Worker {
     dataflows: Vec<Dataflow>,
     committed: Committed,
     checkpoints: Checkpointer,
+    /// Time spent collecting checkpoints since the last epoch (counted into its cost).
+    collecting: Duration,
 }
 
 impl Worker {
@@ -659,7 +667,12 @@ impl Worker {
                 }
             };
             if !records.is_empty() {
+                let started = Instant::now();
                 self.run_epoch(records);
+                // The changes' cost, with the checkpoints collected since the last epoch:
+                // replaying them would take both.
+                let busy = std::mem::take(&mut self.collecting) + started.elapsed();
+                self.checkpoints.budget.observe(bytes, busy);
                 self.checkpoints.records_bytes += bytes;
             }
             for command in commands {
@@ -686,7 +699,9 @@ impl Worker {
                 return;
             }
             if self.checkpoint_due().is_some_and(|d| d.is_zero()) {
+                let started = Instant::now();
                 self.checkpoint(false);
+                self.collecting += started.elapsed();
             }
         }
     }
@@ -695,7 +710,7 @@ impl Worker {
     /// (While one is being written, it says to look again shortly, not to spin.)
     fn checkpoint_due(&self) -> Option<Duration> {
         let c = &self.checkpoints;
-        let large = c.records_bytes >= c.max_pending_bytes;
+        let large = c.records_bytes >= CheckpointSetup::max_pending_bytes(&c.budget);
         // Operators wait to hear that the checkpoint in flight is durable.
         let awaited = c.awaiting;
         if !(c.changed || large || c.failed() || awaited) {

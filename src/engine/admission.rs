@@ -7,8 +7,10 @@
 //! without bound: before this, a `kill -9` after an 11 M-row load replayed ~100 records (55 s).
 //! So each commit's log record is counted until a checkpoint covering it is durable, and a write
 //! (INSERT, COPY, UPDATE, DELETE, COMMIT) first waits while the count is at or above the limit
-//! (`--max-checkpoint-lag`). Below the limit a write is admitted whatever its size, so one
-//! larger than the limit still goes through.
+//! (`--max-checkpoint-lag`, lowered to what would replay within `--target-recovery-time`: see
+//! [`ReplayBudget`]). Below the limit a write is admitted whatever its size, so one larger than
+//! the limit still goes through. Records count their changes' size in memory, the unit the
+//! dataflows are timed in.
 //!
 //! ```text
 //!  commit ──► record(lsn, bytes) ─┐
@@ -18,17 +20,19 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::dataflow::replay_cost::ReplayBudget;
 use crate::error::{Error, Result};
 use crate::types::Lsn;
 
 /// The log not yet covered by a durable checkpoint, and the writers waiting for it to shrink.
 pub struct CheckpointLag {
-    /// Writes wait while the lag is at or above this many bytes (0: never).
-    limit: usize,
+    /// Writes wait while the lag is at or above its limit (0: never).
+    budget: Arc<ReplayBudget>,
     inner: Mutex<Inner>,
     room: tokio::sync::Notify,
 }
@@ -46,17 +50,19 @@ struct Inner {
 pub struct AdmissionStats {
     /// Bytes of the log above the last durable checkpoint, now.
     pub lag_bytes: u64,
-    /// The limit (0: none).
+    /// The limit now (0: none).
     pub limit_bytes: u64,
+    /// How long replaying the lag would take, at the rate the views process changes.
+    pub replay_estimate: Option<Duration>,
     /// Writes that had to wait, and their total wait.
     pub writes_delayed: u64,
     pub delayed: Duration,
 }
 
 impl CheckpointLag {
-    pub fn new(limit: usize) -> CheckpointLag {
+    pub fn new(budget: Arc<ReplayBudget>) -> CheckpointLag {
         CheckpointLag {
-            limit,
+            budget,
             inner: Mutex::new(Inner::default()),
             room: tokio::sync::Notify::new(),
         }
@@ -97,7 +103,8 @@ impl CheckpointLag {
         let inner = self.inner.lock();
         AdmissionStats {
             lag_bytes: inner.bytes as u64,
-            limit_bytes: self.limit as u64,
+            limit_bytes: self.budget.limit() as u64,
+            replay_estimate: self.budget.estimate(inner.bytes),
             ..inner.stats.clone()
         }
     }
@@ -112,9 +119,10 @@ impl CheckpointLag {
             tokio::pin!(notified);
             // Registered before the check, so a checkpoint finishing in between still wakes us.
             notified.as_mut().enable();
+            let limit = self.budget.limit();
             {
                 let mut inner = self.inner.lock();
-                if self.limit == 0 || inner.bytes < self.limit {
+                if limit == 0 || inner.bytes < limit {
                     if let Some(since) = waiting_since {
                         inner.stats.writes_delayed += 1;
                         inner.stats.delayed += since.elapsed();
@@ -132,7 +140,7 @@ impl CheckpointLag {
                         "writes are paused until a checkpoint succeeds ({} MB of the log are not \
                          covered by one, the limit is {} MB), and the last checkpoint failed: {}",
                         inner.bytes >> 20,
-                        self.limit >> 20,
+                        limit >> 20,
                         e.message
                     ),
                     ..e
@@ -151,7 +159,8 @@ mod tests {
 
     #[tokio::test]
     async fn writes_wait_for_a_checkpoint_once_the_lag_reaches_the_limit() {
-        let lag = std::sync::Arc::new(CheckpointLag::new(100));
+        let budget = Arc::new(ReplayBudget::new(100, Duration::ZERO));
+        let lag = Arc::new(CheckpointLag::new(budget));
         lag.record(Lsn(1), 60);
         lag.admit(|| None).await.unwrap();
         lag.record(Lsn(2), 60);

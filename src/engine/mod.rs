@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::{Catalog, TableDef, ViewDef};
+use crate::dataflow::replay_cost::ReplayBudget;
 use crate::dataflow::{CheckpointSetup, DataflowSpec, ReadPin, Runtime, TableScanner, ViewState};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Durable, Log, LogRecord, encode_body};
@@ -65,6 +66,9 @@ pub struct EngineConfig {
     /// Writes wait while this many bytes of the log are not covered by a durable checkpoint
     /// (0: never); see [`admission`].
     pub max_checkpoint_lag: usize,
+    /// ... and lowered to what the views would replay within this long (zero: no target); see
+    /// [`ReplayBudget`].
+    pub target_recovery_time: Duration,
 }
 
 impl EngineConfig {
@@ -77,12 +81,16 @@ impl EngineConfig {
             checkpoint_interval: Duration::from_secs(1),
             memory_budget: crate::types::system_memory() / 2,
             max_checkpoint_lag: DEFAULT_MAX_CHECKPOINT_LAG,
+            target_recovery_time: DEFAULT_TARGET_RECOVERY_TIME,
         }
     }
 }
 
 /// See [`EngineConfig::max_checkpoint_lag`] (`--max-checkpoint-lag`).
 pub const DEFAULT_MAX_CHECKPOINT_LAG: usize = 64 << 20;
+
+/// See [`EngineConfig::target_recovery_time`] (`--target-recovery-time`).
+pub const DEFAULT_TARGET_RECOVERY_TIME: Duration = Duration::from_secs(1);
 
 /// Shared state of the running server. Cheap to share behind an `Arc`.
 pub struct Engine {
@@ -111,6 +119,8 @@ pub struct Engine {
     recovery: Mutex<RecoveryStats>,
     /// The log not yet covered by a durable checkpoint; writes wait while it is too large.
     lag: Arc<CheckpointLag>,
+    /// The lag limit admission applies, from the flags and the measured replay rate.
+    budget: Arc<ReplayBudget>,
 }
 
 /// What `open` found, for `start`: the checkpoint, and the log records after it (applied to the
@@ -216,7 +226,11 @@ impl Engine {
             open: started.elapsed(),
             ..RecoveryStats::default()
         };
-        let lag = Arc::new(CheckpointLag::new(config.max_checkpoint_lag));
+        let budget = Arc::new(ReplayBudget::new(
+            config.max_checkpoint_lag,
+            config.target_recovery_time,
+        ));
+        let lag = Arc::new(CheckpointLag::new(budget.clone()));
         Ok(Arc::new(Engine {
             config,
             state,
@@ -235,6 +249,7 @@ impl Engine {
             })),
             recovery: Mutex::new(recovery),
             lag,
+            budget,
         }))
     }
 
@@ -272,11 +287,7 @@ impl Engine {
                 store: self.state.clone(),
                 interval: self.config.checkpoint_interval,
                 memory_budget: self.config.memory_budget,
-                // Checkpoint before the lag reaches the limit, not only every interval.
-                max_pending_bytes: match self.config.max_checkpoint_lag {
-                    0 => CheckpointSetup::MAX_PENDING_BYTES,
-                    limit => (limit / 2).clamp(1, CheckpointSetup::MAX_PENDING_BYTES),
-                },
+                budget: self.budget.clone(),
                 views: restorable.clone(),
                 stale,
                 on_checkpoint: Box::new(move |lsn| {
@@ -349,12 +360,10 @@ impl Engine {
                 let _commit = self.commit_lock.lock();
                 replay(&mut self.tables.write(), &record, record.lsn)?;
             }
-            let bytes = record
-                .changes
-                .iter()
-                .map(|(_, z)| z.data.get_array_memory_size())
-                .sum();
-            self.lag.record(record.lsn, bytes);
+            self.lag.record(
+                record.lsn,
+                crate::dataflow::runtime::changes_bytes(&record.changes),
+            );
             let time = record.time.unwrap_or_else(SystemTime::now);
             self.runtime
                 .replay(record.lsn, Arc::new(record.changes), time);
@@ -580,7 +589,7 @@ impl Engine {
         }
         let time = SystemTime::now();
         let body = encode_body(&changes, time)?;
-        let bytes = body.len();
+        let bytes = crate::dataflow::runtime::changes_bytes(&changes);
         let durable = {
             let _commit = self.commit_lock.lock();
             let mut tables = self.tables.write();

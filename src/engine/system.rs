@@ -142,6 +142,10 @@ impl System {
             ("state_disk_bytes", int(self.engine.state_disk_bytes())),
             ("lag_bytes", int(a.lag_bytes)),
             ("max_lag_bytes", int(a.limit_bytes)),
+            (
+                "replay_estimate_ms",
+                a.replay_estimate.map_or(ScalarValue::Float64(None), millis),
+            ),
             ("writes_delayed", int(a.writes_delayed)),
             ("write_delay_ms", millis(a.delayed)),
         ])

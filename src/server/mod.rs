@@ -85,6 +85,7 @@ impl Server {
             checkpoint_interval: config.checkpoint_interval,
             memory_budget: config.memory_budget,
             max_checkpoint_lag: config.max_checkpoint_lag,
+            target_recovery_time: config.target_recovery_time,
         };
         Self::start_with(engine_config, config.listen).await
     }
