@@ -749,6 +749,7 @@ impl Session {
         sql::check_supported(stmt)?;
         let state = self.ctx.state();
         let stmt = super::views::inline_views(stmt, &self.engine.catalog())?;
+        let stmt = sql::windows::rewrite(&stmt)?;
         let stmt = sql::dedupe_output_names(&stmt);
         let plan = state
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(

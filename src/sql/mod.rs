@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod errors;
 pub mod lower;
 mod subscribe;
+pub mod windows;
 
 pub use subscribe::Subscribe;
 
