@@ -818,3 +818,75 @@ async fn limit_and_lag(client: &Client) -> (i64, i64) {
         .unwrap();
     (row.get(0), row.get(1))
 }
+
+/// A table's watermark and late-row count come back after a crash (from the log) and after a
+/// clean restart (from the checkpoint), so a row late before the restart is late after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_survive_crashes_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--checkpoint-interval", "1h"];
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE bid (id int, ts timestamp, \
+               WATERMARK FOR ts AS ts - INTERVAL '10 seconds') APPEND ONLY;
+             INSERT INTO bid VALUES (1, '2026-01-01 00:01:00');",
+        )
+        .await
+        .unwrap();
+    // A statement of its own: a multi-statement query is one transaction, one write.
+    client
+        .batch_execute("INSERT INTO bid VALUES (2, '2026-01-01 00:00:00')")
+        .await
+        .unwrap();
+    // Recovered from the log alone (no checkpoint was taken).
+    server.kill();
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute("INSERT INTO bid VALUES (3, '2026-01-01 00:00:49.999')")
+        .await
+        .unwrap();
+    let late = "2026-01-01T00:00:50Z".to_string();
+    assert_eq!(watermark_of_bid(&client).await, (late.clone(), 2, 1));
+    // A clean stop checkpoints: the watermark comes from there.
+    server.terminate();
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    assert_eq!(watermark_of_bid(&client).await, (late, 2, 1));
+    // Checkpoint plus the log after it.
+    client
+        .batch_execute("INSERT INTO bid VALUES (4, '2026-01-01 00:02:00')")
+        .await
+        .unwrap();
+    server.kill();
+    let server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute("INSERT INTO bid VALUES (5, '2026-01-01 00:01:49')")
+        .await
+        .unwrap();
+    assert_eq!(
+        watermark_of_bid(&client).await,
+        ("2026-01-01T00:01:50Z".to_string(), 3, 2)
+    );
+}
+
+/// The watermark of table `bid` (as text), its late rows and its row count.
+async fn watermark_of_bid(client: &Client) -> (String, i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT watermark::text, late_rows FROM eddy_catalog.watermarks",
+            &[],
+        )
+        .await
+        .unwrap();
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM bid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (row.get(0), row.get(1), count)
+}

@@ -32,7 +32,7 @@ use crate::storage::state::{
 };
 use crate::storage::table::TableCodec;
 use crate::subscribe::Entry;
-use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
+use crate::types::{Epoch, Lsn, ObjectId, TableWatermark, ZBatch};
 
 use super::replay_cost::ReplayBudget;
 use super::state::{CountVisitor, StateLookup, StateSink, StateSource, ValueVisitor};
@@ -57,6 +57,8 @@ pub struct CheckpointSetup {
     /// checkpoint is taken once half the limit of table changes is pending, not only every
     /// interval (at most [`CheckpointSetup::MAX_PENDING_BYTES`]).
     pub budget: Arc<ReplayBudget>,
+    /// Tables' watermarks as of the last checkpoint (carried into the next ones).
+    pub table_watermarks: Vec<TableWatermark>,
 }
 
 impl CheckpointSetup {

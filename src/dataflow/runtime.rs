@@ -44,7 +44,7 @@ use crate::error::{Error, Result, sqlstate};
 use crate::storage::state::{CheckpointMeta, HISTORY, StoreSnapshot, ViewCheckpoint, part_prefix};
 use crate::storage::table::{Snapshot, Spill, TableBase, TableCodec, TableStore};
 use crate::subscribe::{ChangeHistory, Retention};
-use crate::types::{Epoch, Lsn, ObjectId, ZBatch};
+use crate::types::{Epoch, Lsn, ObjectId, TableWatermark, ZBatch};
 
 /// An epoch takes durable records until their changes reach this size (Arrow memory).
 const MAX_EPOCH_BYTES: usize = 16 << 20;
@@ -114,6 +114,8 @@ struct Record {
     changes: Arc<Vec<(ObjectId, ZBatch)>>,
     /// When it was committed.
     time: SystemTime,
+    /// The watermarks of the tables it wrote that have one, after it.
+    watermarks: Vec<TableWatermark>,
     /// Replayed at start-up: an epoch of its own (so every LSN a subscriber may have seen as an
     /// epoch before the restart is an epoch again).
     solo: bool,
@@ -226,6 +228,11 @@ impl Runtime {
         };
         shared.epochs.publish(committed);
         shared.memory.lock().budget = checkpoints.memory_budget;
+        let table_watermarks = checkpoints
+            .table_watermarks
+            .iter()
+            .map(|w| (w.table, *w))
+            .collect();
         let checkpoints = Checkpointer::start(checkpoints, lsn)?;
         *shared.checkpoint_stats.lock() = Some(checkpoints.stats_reader());
         let handle = std::thread::Builder::new()
@@ -238,6 +245,7 @@ impl Runtime {
                     committed,
                     checkpoints,
                     collecting: Duration::ZERO,
+                    table_watermarks,
                 }
                 .run()
             })
@@ -277,22 +285,36 @@ impl Runtime {
 
     /// Queues a committed record. Called in LSN order, usually before the record is durable —
     /// but the log writer may have synced it already, so then the runtime is woken here.
-    pub fn push(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>, time: SystemTime) {
+    pub fn push(
+        &self,
+        lsn: Lsn,
+        changes: Arc<Vec<(ObjectId, ZBatch)>>,
+        time: SystemTime,
+        watermarks: Vec<TableWatermark>,
+    ) {
         self.enqueue(Record {
             lsn,
             changes,
             time,
+            watermarks,
             solo: false,
         });
     }
 
     /// Queues a record replayed from the log at start-up (after [`Runtime::start`] at an
     /// earlier LSN): it is processed as an epoch of its own.
-    pub fn replay(&self, lsn: Lsn, changes: Arc<Vec<(ObjectId, ZBatch)>>, time: SystemTime) {
+    pub fn replay(
+        &self,
+        lsn: Lsn,
+        changes: Arc<Vec<(ObjectId, ZBatch)>>,
+        time: SystemTime,
+        watermarks: Vec<TableWatermark>,
+    ) {
         self.enqueue(Record {
             lsn,
             changes,
             time,
+            watermarks,
             solo: true,
         });
     }
@@ -603,6 +625,8 @@ struct Worker {
     checkpoints: Checkpointer,
     /// Time spent collecting checkpoints since the last epoch (counted into its cost).
     collecting: Duration,
+    /// Tables' watermarks as of the last committed epoch (stored with checkpoints).
+    table_watermarks: HashMap<ObjectId, TableWatermark>,
 }
 
 impl Worker {
@@ -688,6 +712,7 @@ impl Worker {
                     }
                     Command::Drop { id, name, reply } => {
                         self.drop(id, &name);
+                        self.table_watermarks.remove(&id);
                         let _ = reply.send(());
                     }
                 }
@@ -940,7 +965,10 @@ impl Worker {
             batch,
             tables,
             history,
-            meta: CheckpointMeta::new(lsn.0, views),
+            meta: CheckpointMeta {
+                table_watermarks: self.table_watermarks.values().copied().collect(),
+                ..CheckpointMeta::new(lsn.0, views)
+            },
             started,
             collect: started.elapsed(),
             full,
@@ -981,6 +1009,9 @@ impl Worker {
         self.checkpoints
             .records
             .extend(records.iter().map(|r| r.changes.clone()));
+        for w in records.iter().flat_map(|r| &r.watermarks) {
+            self.table_watermarks.insert(w.table, *w);
+        }
         self.checkpoints.changed = true;
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.

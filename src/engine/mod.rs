@@ -27,6 +27,7 @@ mod session;
 mod subscribe;
 mod system;
 mod views;
+pub mod watermark;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,8 +43,9 @@ use crate::error::{Error, Result, sqlstate};
 use crate::storage::log::{Durable, Log, LogRecord, encode_body};
 use crate::storage::state::{CheckpointMeta, StateStore, StoreSnapshot, TABLE_ROWS, part_prefix};
 use crate::subscribe::{Limits, Registry, Retention};
-use crate::types::{Lsn, ObjectId, ZBatch};
+use crate::types::{Lsn, ObjectId, TableWatermark, ZBatch};
 use admission::{AdmissionStats, CheckpointLag};
+use watermark::WatermarkTracker;
 
 pub use crate::storage::table::Snapshot;
 use crate::storage::table::{self, Spill, TableBase, TableCodec, TableStore};
@@ -99,6 +101,8 @@ pub struct Engine {
     log: Log,
     catalog: RwLock<Arc<Catalog>>,
     tables: RwLock<HashMap<ObjectId, table::TableStore>>,
+    /// The watermarks of tables that have one; changed under the commit lock.
+    watermarks: Mutex<HashMap<ObjectId, WatermarkTracker>>,
     /// Held while validating a commit and queueing its log record: LSN order = apply order.
     commit_lock: Mutex<()>,
     /// The dataflows of materialized views, and the read points (epochs) statements pin. Small
@@ -182,6 +186,17 @@ impl Engine {
             }
             tables.insert(def.id, store);
         }
+        let mut watermarks = HashMap::new();
+        for def in catalog.tables() {
+            let stored = checkpoint
+                .iter()
+                .flat_map(|c| &c.table_watermarks)
+                .find(|w| w.table == def.id)
+                .copied();
+            if let Some(tracker) = WatermarkTracker::new(def, stored)? {
+                watermarks.insert(def.id, tracker);
+            }
+        }
         // State of objects no longer in the catalog (dropped after the checkpoint), or of views
         // the checkpoint does not cover, is stale.
         let restorable: Vec<ObjectId> = checkpoint
@@ -237,6 +252,7 @@ impl Engine {
             log,
             catalog: RwLock::new(Arc::new(catalog)),
             tables: RwLock::new(tables),
+            watermarks: Mutex::new(watermarks),
             commit_lock: Mutex::new(()),
             runtime,
             write_lock: tokio::sync::RwLock::new(()),
@@ -276,7 +292,9 @@ impl Engine {
             .take()
             .ok_or_else(|| crate::internal!("the engine was started twice"))?;
         let from = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
-        let restorable = checkpoint.map(|c| c.views).unwrap_or_default();
+        let (restorable, table_watermarks) = checkpoint
+            .map(|c| (c.views, c.table_watermarks))
+            .unwrap_or_default();
         let log_dir = self.config.data_dir.join("log");
         let lag = self.lag.clone();
         self.runtime.start(
@@ -289,6 +307,7 @@ impl Engine {
                 memory_budget: self.config.memory_budget,
                 budget: self.budget.clone(),
                 views: restorable.clone(),
+                table_watermarks,
                 stale,
                 on_checkpoint: Box::new(move |lsn| {
                     lag.checkpointed(lsn);
@@ -356,17 +375,18 @@ impl Engine {
         let replayed = tail.len();
         let replay_started = std::time::Instant::now();
         for record in tail {
-            {
+            let watermarks = {
                 let _commit = self.commit_lock.lock();
                 replay(&mut self.tables.write(), &record, record.lsn)?;
-            }
+                self.advance_watermarks(&record.changes, record.lsn, record.lsn)?
+            };
             self.lag.record(
                 record.lsn,
                 crate::dataflow::runtime::changes_bytes(&record.changes),
             );
             let time = record.time.unwrap_or_else(SystemTime::now);
             self.runtime
-                .replay(record.lsn, Arc::new(record.changes), time);
+                .replay(record.lsn, Arc::new(record.changes), time, watermarks);
         }
         if replayed > 0 {
             self.runtime
@@ -580,7 +600,7 @@ impl Engine {
     /// readers of the latest rows (UPDATE and DELETE), which can go on while the log syncs:
     /// their own records come later in the log, so they are never durable without these.
     pub fn append(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Option<Durable>> {
-        let changes: Vec<(ObjectId, ZBatch)> = changes
+        let mut changes: Vec<(ObjectId, ZBatch)> = changes
             .into_iter()
             .filter(|(_, z)| z.num_rows() > 0)
             .collect();
@@ -588,8 +608,8 @@ impl Engine {
             return Ok(None);
         }
         let time = SystemTime::now();
-        let body = encode_body(&changes, time)?;
-        let bytes = crate::dataflow::runtime::changes_bytes(&changes);
+        let mut body = encode_body(&changes, time)?;
+        let mut bytes = crate::dataflow::runtime::changes_bytes(&changes);
         let durable = {
             let _commit = self.commit_lock.lock();
             let mut tables = self.tables.write();
@@ -598,8 +618,19 @@ impl Engine {
                 // again; if the disk is still full this append fails in turn.
                 self.undo_failed_writes(&mut tables)?;
             }
+            let late = self.drop_late_rows(&mut changes)?;
+            if !late.is_empty() {
+                // The record says how many rows it refused, so the counts are as durable as
+                // the rows (a write of late rows only still writes a record).
+                changes.push((watermark::LATE_ROWS, watermark::late_rows_change(&late)?));
+                body = encode_body(&changes, time)?;
+                bytes = crate::dataflow::runtime::changes_bytes(&changes);
+            }
             let mut plans = Vec::with_capacity(changes.len());
             for (id, change) in &changes {
+                if *id == watermark::LATE_ROWS {
+                    continue;
+                }
                 let table = tables.get_mut(id).ok_or_else(|| {
                     crate::err!(
                         sqlstate::UNDEFINED_TABLE,
@@ -616,10 +647,95 @@ impl Engine {
                     table.commit(plan, durable.lsn, horizon)?;
                 }
             }
-            self.runtime.push(durable.lsn, Arc::new(changes), time);
+            let watermarks = self.advance_watermarks(&changes, durable.lsn, horizon)?;
+            self.runtime
+                .push(durable.lsn, Arc::new(changes), time, watermarks);
             durable
         };
         Ok(Some(durable))
+    }
+
+    /// Takes the rows that are late (behind their table's watermark) out of `changes` and
+    /// returns how many each table had; changes left empty are removed. The caller holds the
+    /// commit lock.
+    fn drop_late_rows(
+        &self,
+        changes: &mut Vec<(ObjectId, ZBatch)>,
+    ) -> Result<HashMap<ObjectId, u64>> {
+        let mut late: HashMap<ObjectId, u64> = HashMap::new();
+        let watermarks = self.watermarks.lock();
+        if watermarks.is_empty() {
+            return Ok(late);
+        }
+        let catalog = self.catalog();
+        for (id, change) in changes.iter_mut() {
+            let Some(tracker) = watermarks.get(id) else {
+                continue;
+            };
+            let name = catalog.table_by_id(*id).map_or("?", |t| t.name.as_str());
+            let (on_time, n) = tracker.split(name, change)?;
+            if let Some(on_time) = on_time {
+                *change = on_time;
+                *late.entry(*id).or_default() += n;
+            }
+        }
+        if !late.is_empty() {
+            changes.retain(|(_, z)| z.num_rows() > 0);
+        }
+        Ok(late)
+    }
+
+    /// Moves the watermarks of the tables that `changes` (a record at `lsn`, on-time rows
+    /// only) wrote, adds the late rows it refused, and returns the new values of the tables it
+    /// touched. The caller holds the commit lock.
+    fn advance_watermarks(
+        &self,
+        changes: &[(ObjectId, ZBatch)],
+        lsn: Lsn,
+        horizon: Lsn,
+    ) -> Result<Vec<TableWatermark>> {
+        let mut watermarks = self.watermarks.lock();
+        if watermarks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut next: Vec<TableWatermark> = Vec::new();
+        let slot = |id: ObjectId, next: &mut Vec<TableWatermark>| {
+            let tracker = watermarks.get(&id)?;
+            Some(match next.iter().position(|w| w.table == id) {
+                Some(i) => i,
+                None => {
+                    next.push(tracker.current());
+                    next.len() - 1
+                }
+            })
+        };
+        for (id, change) in changes {
+            if *id == watermark::LATE_ROWS {
+                for (table, n) in watermark::late_rows_of(change)? {
+                    if let Some(i) = slot(table, &mut next) {
+                        next[i].late_rows += n;
+                    }
+                }
+            } else if let Some(i) = slot(*id, &mut next) {
+                let tracker = &watermarks[id];
+                next[i].micros = tracker.advanced(next[i].micros, change)?;
+            }
+        }
+        for w in &next {
+            if let Some(tracker) = watermarks.get_mut(&w.table) {
+                tracker.record(lsn, *w, horizon);
+            }
+        }
+        Ok(next)
+    }
+
+    /// The current watermark of every table that has one.
+    pub fn table_watermarks(&self) -> Vec<TableWatermark> {
+        self.watermarks
+            .lock()
+            .values()
+            .map(|t| t.current())
+            .collect()
     }
 
     /// After a failed log write: rolls the tables and the dataflow queue back to the durable
@@ -629,6 +745,9 @@ impl Engine {
         let durable = self.log.durable_lsn();
         for table in tables.values_mut() {
             table.rollback_after(durable)?;
+        }
+        for tracker in self.watermarks.lock().values_mut() {
+            tracker.rollback_after(durable);
         }
         self.runtime.discard_after(durable);
         self.lag.discard_after(durable);
@@ -643,9 +762,13 @@ impl Engine {
             return Ok(false);
         }
         let def = catalog.create_table(&self.state, def)?;
+        let tracker = WatermarkTracker::new(&def, None)?;
         self.tables
             .write()
             .insert(def.id, new_table_store(&def, None)?);
+        if let Some(tracker) = tracker {
+            self.watermarks.lock().insert(def.id, tracker);
+        }
         *self.catalog.write() = Arc::new(catalog);
         Ok(true)
     }
@@ -660,6 +783,7 @@ impl Engine {
         let mut catalog = (**self.catalog.read()).clone();
         let def = catalog.drop_table(&self.state, name)?;
         self.tables.write().remove(&def.id);
+        self.watermarks.lock().remove(&def.id);
         *self.catalog.write() = Arc::new(catalog);
         drop(_commit);
         self.runtime.drop_object(def.id, &def.name).await;

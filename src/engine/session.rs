@@ -729,6 +729,15 @@ impl Session {
                 w.column
             ));
         }
+        if !def.append_only {
+            // Rows behind the watermark are refused; updates and deletes could move event
+            // times behind it too, or take back rows windows already closed over.
+            return Err(crate::err!(
+                sqlstate::INVALID_TABLE_DEFINITION,
+                "WATERMARK FOR needs an APPEND ONLY table"
+            )
+            .with_hint("Add APPEND ONLY after the column list."));
+        }
         Ok(())
     }
 

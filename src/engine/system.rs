@@ -6,6 +6,9 @@
 //!   LSN, time, duration and size, failures, and the state store's size on disk.
 //! - `eddy_catalog.recovery`: one row about the last start-up: the checkpoint it loaded, rows
 //!   and log records it read, views restored or backfilled, and how long it took.
+//! - `eddy_catalog.watermarks`: one row per table with a `WATERMARK FOR`: its event-time
+//!   column, the watermark expression, the current watermark, and how many late rows (behind
+//!   the watermark when written) it refused.
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +26,13 @@ use datafusion::error::Result as DfResult;
 use super::Engine;
 
 pub const SCHEMA: &str = "eddy_catalog";
-const TABLES: &[&str] = &["subscriptions", "checkpoints", "recovery", "memory"];
+const TABLES: &[&str] = &[
+    "subscriptions",
+    "checkpoints",
+    "recovery",
+    "memory",
+    "watermarks",
+];
 
 struct System {
     engine: Arc<Engine>,
@@ -184,6 +193,52 @@ impl System {
     }
 }
 
+impl System {
+    fn watermarks(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, false),
+            Field::new("expression", DataType::Utf8, false),
+            Field::new(
+                "watermark",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+            Field::new("late_rows", DataType::Int64, false),
+        ]));
+        let catalog = self.engine.catalog();
+        let mut rows: Vec<_> = self
+            .engine
+            .table_watermarks()
+            .into_iter()
+            .filter_map(|w| {
+                let table = catalog.table_by_id(w.table)?;
+                let def = table.watermark.as_ref()?;
+                Some((table.name.clone(), def.clone(), w))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.1.column),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.1.expr),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.2.micros))
+                    .with_timezone("+00:00"),
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.2.late_rows as i64),
+            )),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for System {
     fn table_names(&self) -> Vec<String> {
@@ -196,6 +251,7 @@ impl SchemaProvider for System {
             "checkpoints" => self.checkpoints().map(Some),
             "recovery" => self.recovery().map(Some),
             "memory" => self.memory().map(Some),
+            "watermarks" => self.watermarks().map(Some),
             _ => Ok(None),
         }
     }

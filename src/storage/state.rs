@@ -32,7 +32,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, sqlstate};
-use crate::types::ObjectId;
+use crate::types::{ObjectId, TableWatermark};
 
 const CATALOG_CF: &str = "catalog";
 const ROWS_CF: &str = "rows";
@@ -77,6 +77,9 @@ pub struct CheckpointMeta {
     pub time_micros: u64,
     /// Materialized views whose dataflow state is stored.
     pub views: Vec<ViewCheckpoint>,
+    /// The watermark of every table that has one, at `lsn`.
+    #[serde(default)]
+    pub table_watermarks: Vec<TableWatermark>,
 }
 
 impl CheckpointMeta {
@@ -89,6 +92,7 @@ impl CheckpointMeta {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64),
             views,
+            table_watermarks: Vec::new(),
         }
     }
 }

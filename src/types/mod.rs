@@ -44,6 +44,17 @@ pub struct Epoch(pub u64);
 /// Identity of a catalog object; never reused, so log records of a dropped table are ignorable.
 pub type ObjectId = u64;
 
+/// A table's event-time watermark and how many late rows it refused, as of some log position
+/// (see `engine::watermark`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableWatermark {
+    pub table: ObjectId,
+    /// µs since 1970 UTC; `None` until the table's first row.
+    pub micros: Option<i64>,
+    /// Rows refused as late since the table was created.
+    pub late_rows: u64,
+}
+
 /// A duration with a unit, as PostgreSQL writes them: `250ms`, `10s`, `5min`, `1h`, `2d`
 /// (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
