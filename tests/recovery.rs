@@ -890,3 +890,42 @@ async fn watermark_of_bid(client: &Client) -> (String, i64, i64) {
         .get(0);
     (row.get(0), row.get(1), count)
 }
+
+/// An EMIT ON WINDOW CLOSE view keeps its open windows' pending rows across a crash (replayed
+/// from the log) and a clean restart (restored from the checkpoint): each window appears
+/// once, with all its rows counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_closed_after_a_restart_count_rows_from_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--checkpoint-interval", "1h"];
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (v int, ts timestamp, WATERMARK FOR ts AS ts) APPEND ONLY;
+             CREATE MATERIALIZED VIEW per_minute AS
+               SELECT window_start, count(*) AS n, sum(v) AS total
+               FROM TUMBLE(ev, ts, INTERVAL '1 minute') GROUP BY window_start
+               EMIT ON WINDOW CLOSE;",
+        )
+        .await
+        .unwrap();
+    let insert = |v: i32, ts: &str| format!("INSERT INTO ev VALUES ({v}, '2026-01-01 {ts}')");
+    client.batch_execute(&insert(1, "00:00:10")).await.unwrap();
+    server.kill();
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client.batch_execute(&insert(2, "00:00:20")).await.unwrap();
+    server.terminate();
+    let server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client.batch_execute(&insert(3, "00:00:30")).await.unwrap();
+    let windows = "SELECT window_start, n, total FROM per_minute";
+    assert!(rows(&client, windows).await.is_empty());
+    client.batch_execute(&insert(4, "00:01:00")).await.unwrap();
+    assert_eq!(
+        rows(&client, windows).await,
+        vec!["2026-01-01 00:00:00|3|6".to_string()]
+    );
+}

@@ -130,6 +130,9 @@ pub struct ViewDef {
     pub columns: Vec<String>,
     /// Tables and views the query reads.
     pub depends_on: Vec<ObjectId>,
+    /// `EMIT ON WINDOW CLOSE`: rows appear once, final, when the watermark passes them.
+    #[serde(default)]
+    pub emit_on_window_close: bool,
 }
 
 impl ViewDef {
@@ -145,7 +148,7 @@ impl ViewDef {
     pub fn create_sql(&self) -> String {
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         format!(
-            "CREATE {}VIEW {} ({}) AS {}",
+            "CREATE {}VIEW {} ({}) AS {}{}",
             if self.materialized {
                 "MATERIALIZED "
             } else {
@@ -153,7 +156,12 @@ impl ViewDef {
             },
             quote_ident(&self.name),
             cols.join(", "),
-            self.query
+            self.query,
+            if self.emit_on_window_close {
+                " EMIT ON WINDOW CLOSE"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -217,6 +225,24 @@ impl Catalog {
 
     pub fn table(&self, name: &str) -> Option<&Arc<TableDef>> {
         self.tables.get(name)
+    }
+
+    /// The tables view `id` reads, directly or through other views.
+    pub fn tables_read(&self, id: ObjectId) -> Vec<ObjectId> {
+        let mut out = Vec::new();
+        let mut todo = vec![id];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(next) = todo.pop() {
+            if !seen.insert(next) {
+                continue;
+            }
+            if self.table_by_id(next).is_some() {
+                out.push(next);
+            } else if let Some(v) = self.view_by_id(next) {
+                todo.extend(v.depends_on.iter().copied());
+            }
+        }
+        out
     }
 
     pub fn table_by_id(&self, id: ObjectId) -> Option<&Arc<TableDef>> {

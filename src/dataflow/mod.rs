@@ -31,6 +31,7 @@ pub mod replay_cost;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod watermark;
 
 use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
@@ -50,6 +51,16 @@ pub trait Operator: Send {
 
     /// The epoch's input is complete: emit whatever output was held back.
     fn on_barrier(&mut self, epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()>;
+
+    /// The watermarks of the operator's inputs (per port) and output as of this epoch (see
+    /// [`watermark`]), given before [`Operator::on_barrier`] to dataflows that have any: keys
+    /// below them are final.
+    fn on_watermarks(
+        &mut self,
+        _inputs: &[&watermark::Watermarks],
+        _output: &watermark::Watermarks,
+    ) {
+    }
 
     /// Rows of state the operator keeps (for observability).
     fn state_rows(&self) -> usize {

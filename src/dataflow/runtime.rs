@@ -40,6 +40,7 @@ use super::checkpoint::{
 use super::epochs::{Committed, Epochs};
 use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
+use super::watermark::Watermarks;
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::state::{CheckpointMeta, HISTORY, StoreSnapshot, ViewCheckpoint, part_prefix};
 use crate::storage::table::{Snapshot, Spill, TableBase, TableCodec, TableStore};
@@ -79,6 +80,19 @@ pub struct ViewState {
     /// The view's changes per epoch since it was created (within the retention window), for
     /// subscribers.
     pub history: Arc<ChangeHistory>,
+    /// Its output columns' watermarks as of the committed epoch (see [`super::watermark`]).
+    pub watermarks: Mutex<Watermarks>,
+    /// Rows and approximate bytes of state its operators hold (in memory and in the store,
+    /// as far as they know), as of its last epoch.
+    pub state: Mutex<OperatorState>,
+}
+
+/// What a view's operators hold, for `eddy_catalog.dataflows`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OperatorState {
+    pub operators: usize,
+    pub rows: u64,
+    pub bytes_in_memory: u64,
 }
 
 impl ViewState {
@@ -380,6 +394,8 @@ impl Runtime {
             store: Arc::new(RwLock::new(TableStore::new(name, schema, &[]))),
             status: Mutex::new(ViewStatus::Failed(epoch, error)),
             history,
+            watermarks: Mutex::new(Vec::new()),
+            state: Mutex::new(OperatorState::default()),
         };
         self.shared.views.write().insert(id, Arc::new(view));
     }
@@ -463,6 +479,10 @@ struct Dataflow {
     /// What the store holds for this dataflow is its own state (it was restored from it, or
     /// a checkpoint of it is durable) rather than a stale earlier dataflow's of the same view.
     stored_is_own: bool,
+    /// The plan, for carrying watermarks through it.
+    spec: DataflowSpec,
+    /// The watermarks its sources had at the last step.
+    source_watermarks: HashMap<Input, Watermarks>,
 }
 
 impl Dataflow {
@@ -529,7 +549,39 @@ impl Dataflow {
             history_saved: start,
             history_oldest_saved: start,
             stored_is_own: false,
+            spec: spec.clone(),
+            source_watermarks: HashMap::new(),
         })
+    }
+
+    /// Publishes what its operators hold (the view's contents excluded).
+    fn publish_state(&self) {
+        let ops = &self.nodes[..self.nodes.len() - 1];
+        *self.view.state.lock() = OperatorState {
+            operators: ops.len(),
+            rows: ops.iter().map(|n| n.op.state_rows() as u64).sum(),
+            bytes_in_memory: ops.iter().map(|n| n.op.state_bytes() as u64).sum(),
+        };
+    }
+
+    /// The watermarks of its sources now, if any of them has one.
+    fn current_source_watermarks(
+        &self,
+        sources: &WatermarkSource<'_>,
+    ) -> HashMap<Input, Watermarks> {
+        let mut out = HashMap::new();
+        for (input, node) in &self.sources {
+            if let Input::Table(id) = input
+                && !self.spec.table_watermarks.iter().any(|(t, _)| t == id)
+            {
+                continue;
+            }
+            let w = sources.of(*input, &self.spec, *node);
+            if w.iter().any(Option::is_some) {
+                out.insert(*input, w);
+            }
+        }
+        out
     }
 
     fn reads(&self, input: Input) -> bool {
@@ -538,12 +590,38 @@ impl Dataflow {
 
     /// Runs one epoch: feeds each source its input's changes, then every operator in order to
     /// its barrier. Returns the view's (consolidated) delta.
-    fn step(&mut self, epoch: Epoch, feed: &dyn Fn(Input) -> Vec<ZBatch>) -> Result<Vec<ZBatch>> {
+    fn step(
+        &mut self,
+        epoch: Epoch,
+        feed: &dyn Fn(Input) -> Vec<ZBatch>,
+        sources: &WatermarkSource<'_>,
+    ) -> Result<Vec<ZBatch>> {
         for (input, node) in &self.sources {
             for batch in feed(*input) {
                 self.nodes[*node].pending.push((0, batch));
             }
         }
+        // Watermarks, when a source has one: each operator learns its inputs' and its own.
+        self.source_watermarks = self.current_source_watermarks(sources);
+        let watermarks = if self.source_watermarks.is_empty() {
+            None
+        } else {
+            let known = &self.source_watermarks;
+            let width = |input: Input| {
+                self.sources
+                    .iter()
+                    .find(|(i, _)| *i == input)
+                    .map_or(0, |(_, n)| self.spec.nodes[*n].schema.fields().len())
+            };
+            let all = super::watermark::propagate_all(&self.spec, &|input| {
+                known
+                    .get(&input)
+                    .cloned()
+                    .unwrap_or_else(|| vec![None; width(input)])
+            })?;
+            *self.view.watermarks.lock() = all[self.spec.output()].clone();
+            Some(all)
+        };
         let last = self.nodes.len() - 1;
         for i in 0..self.nodes.len() {
             let pending = std::mem::take(&mut self.nodes[i].pending);
@@ -552,8 +630,16 @@ impl Dataflow {
             for (port, batch) in pending {
                 node.op.on_batch(port, batch, &mut out)?;
             }
+            if let Some(all) = &watermarks
+                && i < all.len()
+            {
+                let inputs: Vec<&Watermarks> =
+                    self.spec.nodes[i].inputs.iter().map(|n| &all[*n]).collect();
+                node.op.on_watermarks(&inputs, &all[i]);
+            }
             node.op.on_barrier(epoch, &mut out)?;
             if i == last {
+                self.publish_state();
                 return Ok(out);
             }
             let consumers = std::mem::take(&mut self.nodes[i].consumers);
@@ -565,6 +651,43 @@ impl Dataflow {
             self.nodes[i].consumers = consumers;
         }
         Ok(Vec::new())
+    }
+}
+
+/// Where sources' watermarks come from: tables' (as of the epoch being run) and upstream
+/// views' (already run in this epoch).
+struct WatermarkSource<'a> {
+    tables: &'a HashMap<ObjectId, TableWatermark>,
+    views: &'a RwLock<HashMap<ObjectId, Arc<ViewState>>>,
+}
+
+impl WatermarkSource<'_> {
+    /// The watermarks of `input`, read by source node `node` of `spec`.
+    fn of(&self, input: Input, spec: &DataflowSpec, node: NodeId) -> Watermarks {
+        let schema = &spec.nodes[node].schema;
+        match input {
+            Input::Table(id) => {
+                let mut w = vec![None; schema.fields().len()];
+                let column = spec
+                    .table_watermarks
+                    .iter()
+                    .find(|(t, _)| *t == id)
+                    .map(|(_, c)| *c);
+                if let (Some(c), Some(micros)) =
+                    (column, self.tables.get(&id).and_then(|t| t.micros))
+                    && c < w.len()
+                {
+                    w[c] = super::watermark::scalar_for(micros, schema.field(c).data_type());
+                }
+                w
+            }
+            Input::View(id) => self
+                .views
+                .read()
+                .get(&id)
+                .map(|v| v.watermarks.lock().clone())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -1030,6 +1153,10 @@ impl Worker {
         }
         let mut failed: Vec<ObjectId> = Vec::new();
         let mut changed: Vec<Arc<ChangeHistory>> = Vec::new();
+        let marks = WatermarkSource {
+            tables: &self.table_watermarks,
+            views: &self.shared.views,
+        };
         for df in &mut self.dataflows {
             let upstream_failed = failed.iter().any(|f| df.reads(Input::View(*f)));
             let result = if upstream_failed {
@@ -1038,12 +1165,13 @@ impl Worker {
                     "a view it reads stopped"
                 ))
             } else {
-                let active = df.sources.iter().any(|(i, _)| deltas.contains_key(i));
+                let active = df.sources.iter().any(|(i, _)| deltas.contains_key(i))
+                    || df.current_source_watermarks(&marks) != df.source_watermarks;
                 if !active {
                     continue;
                 }
                 let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
-                guarded(|| df.step(epoch, &feed))
+                guarded(|| df.step(epoch, &feed, &marks))
             };
             match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
                 Ok((whole, delta)) => {
@@ -1106,6 +1234,8 @@ impl Worker {
             store: Arc::new(RwLock::new(store)),
             status: Mutex::new(ViewStatus::Running),
             history,
+            watermarks: Mutex::new(Vec::new()),
+            state: Mutex::new(OperatorState::default()),
         });
         let mut df = Dataflow::build(
             id,
@@ -1211,7 +1341,11 @@ impl Worker {
             );
         }
         let feed = |input: Input| initial.get(&input).cloned().unwrap_or_default();
-        guarded(|| df.step(epoch, &feed))?;
+        let marks = WatermarkSource {
+            tables: &self.table_watermarks,
+            views: &self.shared.views,
+        };
+        guarded(|| df.step(epoch, &feed, &marks))?;
         Ok(())
     }
 }

@@ -102,6 +102,9 @@ pub enum NodeKind {
     },
     Join(JoinSpec),
     TopK(TopKSpec),
+    /// `EMIT ON WINDOW CLOSE`: the input's changes, held back until the watermark makes them
+    /// final (the view's last node).
+    EmitOnWindowClose,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,8 @@ pub struct DataflowSpec {
     /// The output only ever inserts (an APPEND ONLY table through filters, projections, unions
     /// and inner joins): the view's contents then move to the state store once checkpointed.
     pub append_only: bool,
+    /// The tables read that have a watermark, with the index of their event-time column.
+    pub table_watermarks: Vec<(ObjectId, usize)>,
 }
 
 impl DataflowSpec {
@@ -146,7 +151,8 @@ impl DataflowSpec {
         };
         match &node.kind {
             NodeKind::Source(input) => input_append_only(*input),
-            NodeKind::Constant(_) => true,
+            // Final rows only: nothing it emitted is ever taken back.
+            NodeKind::Constant(_) | NodeKind::EmitOnWindowClose => true,
             NodeKind::FilterProject { .. } | NodeKind::Union => inputs_ok(),
             NodeKind::Join(j) => j.kind == JoinKind::Inner && inputs_ok(),
             NodeKind::Aggregate { .. } | NodeKind::TopK(_) => false,
@@ -224,6 +230,7 @@ impl DataflowSpec {
                 }
             }
             NodeKind::Union => line.push_str("Union"),
+            NodeKind::EmitOnWindowClose => line.push_str("EmitOnWindowClose"),
             NodeKind::Aggregate {
                 group_by,
                 aggregates,

@@ -294,7 +294,7 @@ impl Session {
             Statement::Declare { .. } => self.declare(parsed).await,
             Statement::Fetch { .. } => self.fetch(parsed).await,
             Statement::Close { cursor } => self.close_cursor(cursor),
-            Statement::CreateView(cv) => self.create_view(cv).await,
+            Statement::CreateView(cv) => self.create_view(cv, parsed.emit_on_window_close).await,
             Statement::ShowViews { materialized, .. } => {
                 if !*materialized {
                     return Err(unsupported!("SHOW VIEWS (plain views)"));
@@ -303,7 +303,9 @@ impl Session {
             }
             Statement::Explain { statement, .. } => {
                 if let Statement::CreateView(cv) = statement.as_ref() {
-                    return self.explain_create_view(cv).await;
+                    return self
+                        .explain_create_view(cv, parsed.emit_on_window_close)
+                        .await;
                 }
                 self.pin_read_point(&parsed.stmt).await?;
                 let plan = self.plan_with_params(&parsed.stmt, params).await?;

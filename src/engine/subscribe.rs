@@ -108,7 +108,7 @@ impl Session {
             }
             None => {
                 // Anything else gets a dataflow of its own.
-                let compiled = self.compile_view(query, &[]).await.map_err(|e| {
+                let compiled = self.compile_view(query, &[], false).await.map_err(|e| {
                     if e.sqlstate == sqlstate::FEATURE_NOT_SUPPORTED {
                         Error {
                             message: format!("SUBSCRIBE: {}", e.message),

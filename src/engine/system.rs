@@ -9,6 +9,11 @@
 //! - `eddy_catalog.watermarks`: one row per table with a `WATERMARK FOR`: its event-time
 //!   column, the watermark expression, the current watermark, and how many late rows (behind
 //!   the watermark when written) it refused.
+//! - `eddy_catalog.dataflows`: one row per materialized view: its operators, and the rows and
+//!   bytes (in memory) of state they hold as of its last epoch.
+//! - `eddy_catalog.view_watermarks`: one row per column of a materialized view that has a
+//!   watermark (see `dataflow::watermark`): its value as of the view's last epoch, and the late
+//!   rows refused by the tables the view reads.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +37,8 @@ const TABLES: &[&str] = &[
     "recovery",
     "memory",
     "watermarks",
+    "view_watermarks",
+    "dataflows",
 ];
 
 struct System {
@@ -239,6 +246,117 @@ impl System {
     }
 }
 
+impl System {
+    fn view_watermarks(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("view_name", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, false),
+            Field::new(
+                "watermark",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+            Field::new("late_rows", DataType::Int64, false),
+        ]));
+        let catalog = self.engine.catalog();
+        let late: std::collections::HashMap<u64, u64> = self
+            .engine
+            .table_watermarks()
+            .into_iter()
+            .map(|w| (w.table, w.late_rows))
+            .collect();
+        let mut rows: Vec<(String, String, Option<i64>, u64)> = Vec::new();
+        let mut views: Vec<_> = catalog
+            .views()
+            .into_iter()
+            .filter(|v| v.materialized)
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        for view in views {
+            let Some(state) = self.engine.view_state(view.id) else {
+                continue;
+            };
+            let marks = state.watermarks.lock().clone();
+            let late_rows: u64 = catalog
+                .tables_read(view.id)
+                .iter()
+                .filter_map(|t| late.get(t))
+                .sum();
+            for (c, w) in marks.iter().enumerate() {
+                let (Some(w), Some(name)) = (w, view.columns.get(c)) else {
+                    continue;
+                };
+                rows.push((view.name.clone(), name.clone(), micros_of(w), late_rows));
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.2))
+                    .with_timezone("+00:00"),
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.3 as i64),
+            )),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
+impl System {
+    fn dataflows(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("view_name", DataType::Utf8, false),
+            Field::new("operators", DataType::Int64, false),
+            Field::new("state_rows", DataType::Int64, false),
+            Field::new("state_bytes_in_memory", DataType::Int64, false),
+        ]));
+        let catalog = self.engine.catalog();
+        let mut views: Vec<_> = catalog
+            .views()
+            .into_iter()
+            .filter(|v| v.materialized)
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        let rows: Vec<(String, crate::dataflow::runtime::OperatorState)> = views
+            .iter()
+            .filter_map(|v| {
+                let state = self.engine.view_state(v.id)?;
+                let s = *state.state.lock();
+                Some((v.name.clone(), s))
+            })
+            .collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.operators as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.rows as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.bytes_in_memory as i64),
+            )),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
+/// A timestamp or date watermark as µs since 1970 UTC.
+fn micros_of(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::Date32(Some(d)) => Some(i64::from(*d) * 86_400_000_000),
+        ScalarValue::TimestampMicrosecond(Some(us), _) => Some(*us),
+        other => match other.cast_to(&DataType::Timestamp(TimeUnit::Microsecond, None)) {
+            Ok(ScalarValue::TimestampMicrosecond(us, _)) => us,
+            _ => None,
+        },
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for System {
     fn table_names(&self) -> Vec<String> {
@@ -252,6 +370,8 @@ impl SchemaProvider for System {
             "recovery" => self.recovery().map(Some),
             "memory" => self.memory().map(Some),
             "watermarks" => self.watermarks().map(Some),
+            "view_watermarks" => self.view_watermarks().map(Some),
+            "dataflows" => self.dataflows().map(Some),
             _ => Ok(None),
         }
     }

@@ -19,9 +19,11 @@ use datafusion::sql::sqlparser::ast::{self, Statement, Visit, VisitMut, Visitor,
 use super::Output;
 use super::session::{Session, output_schema, rows_output, single_text_schema};
 use crate::catalog::{Catalog, ViewDef};
+use crate::dataflow::spec::NodeKind;
 use crate::dataflow::{DataflowSpec, Input, ViewStatus};
 use crate::error::{Result, sqlstate};
 use crate::sql;
+use crate::sql::lower::Resolved;
 use crate::types::ObjectId;
 use crate::unsupported;
 
@@ -35,11 +37,62 @@ pub(super) struct CompiledView {
 }
 
 impl Session {
+    /// Ends `spec` with an [`NodeKind::EmitOnWindowClose`], after checking that some output
+    /// column has a watermark (else no row would ever be final).
+    fn emit_on_window_close(&self, spec: &mut DataflowSpec) -> Result<()> {
+        if !self.view_has_watermark(spec)? {
+            return Err(unsupported!(
+                "EMIT ON WINDOW CLOSE on a view none of whose columns has a watermark: output a window bound (window_start, window_end) or the event-time column of a table with WATERMARK FOR, grouped or carried through unchanged"
+            ));
+        }
+        let output = spec.output();
+        let schema = spec.nodes[output].schema.clone();
+        spec.add(NodeKind::EmitOnWindowClose, vec![output], schema);
+        Ok(())
+    }
+
+    /// Whether an output column of `spec` has a watermark once its sources have one: carried
+    /// with a made-up watermark on every source's event-time column (an upstream view's are
+    /// those it has now).
+    fn view_has_watermark(&self, spec: &DataflowSpec) -> Result<bool> {
+        let all = crate::dataflow::watermark::propagate_all(spec, &|input| {
+            let node = spec
+                .nodes
+                .iter()
+                .find(|n| matches!(n.kind, NodeKind::Source(i) if i == input));
+            let Some(node) = node else {
+                return Vec::new();
+            };
+            let mut w = vec![None; node.schema.fields().len()];
+            match input {
+                Input::Table(id) => {
+                    if let Some((_, c)) = spec.table_watermarks.iter().find(|(t, _)| *t == id)
+                        && *c < w.len()
+                    {
+                        w[*c] = crate::dataflow::watermark::scalar_for(
+                            0,
+                            node.schema.field(*c).data_type(),
+                        );
+                    }
+                }
+                Input::View(id) => {
+                    if let Some(v) = self.engine.view_state(id) {
+                        w = v.watermarks.lock().clone();
+                        w.resize(node.schema.fields().len(), None);
+                    }
+                }
+            }
+            w
+        })?;
+        Ok(all[spec.output()].iter().any(Option::is_some))
+    }
+
     /// Plans `query` and lowers it into a dataflow; `names` overrides the column names.
     pub(super) async fn compile_view(
         &self,
         query: &ast::Query,
         names: &[String],
+        emit_on_window_close: bool,
     ) -> Result<CompiledView> {
         let stmt = Statement::Query(Box::new(query.clone()));
         let plan = self.plan(&stmt).await?;
@@ -58,20 +111,34 @@ impl Session {
         let optimized = sql::lower::optimize(plan, &state)?;
         tracing::debug!(plan = %optimized.display_indent(), "view plan");
         let catalog = self.engine.catalog();
-        let resolve = |t: &TableReference| -> Option<(Input, bool)> {
+        let resolve = |t: &TableReference| -> Option<Resolved> {
             if t.schema().is_some_and(|s| s != "public") {
                 return None;
             }
             let name = t.table();
             if let Some(table) = catalog.table(name) {
-                return Some((Input::Table(table.id), table.append_only));
+                return Some(Resolved {
+                    input: Input::Table(table.id),
+                    append_only: table.append_only,
+                    watermark_column: table
+                        .watermark
+                        .as_ref()
+                        .and_then(|w| table.column_index(&w.column)),
+                });
             }
             catalog
                 .view(name)
                 .filter(|v| v.materialized)
-                .map(|v| (Input::View(v.id), false))
+                .map(|v| Resolved {
+                    input: Input::View(v.id),
+                    append_only: false,
+                    watermark_column: None,
+                })
         };
-        let spec = sql::lower::lower(&optimized, &resolve)?;
+        let mut spec = sql::lower::lower(&optimized, &resolve)?;
+        if emit_on_window_close {
+            self.emit_on_window_close(&mut spec)?;
+        }
         let out = &spec.nodes[spec.output()].schema;
         if out.fields().len() != columns.len() {
             return Err(crate::internal!(
@@ -105,11 +172,17 @@ impl Session {
     /// Re-plans a stored materialized view (at start-up).
     pub async fn plan_view(&mut self, view: &ViewDef) -> Result<(DataflowSpec, SchemaRef)> {
         let query = parse_query(&view.query)?;
-        let compiled = self.compile_view(&query, &view.columns).await?;
+        let compiled = self
+            .compile_view(&query, &view.columns, view.emit_on_window_close)
+            .await?;
         Ok((compiled.spec, compiled.schema))
     }
 
-    pub(super) async fn create_view(&mut self, cv: &ast::CreateView) -> Result<Output> {
+    pub(super) async fn create_view(
+        &mut self,
+        cv: &ast::CreateView,
+        emit_on_window_close: bool,
+    ) -> Result<Output> {
         let tag = if cv.materialized {
             "CREATE MATERIALIZED VIEW"
         } else {
@@ -129,7 +202,9 @@ impl Session {
             .collect();
         let referenced = referenced_objects(&cv.query, &self.engine.catalog());
         let created = if cv.materialized {
-            let compiled = self.compile_view(&cv.query, &names).await?;
+            let compiled = self
+                .compile_view(&cv.query, &names, emit_on_window_close)
+                .await?;
             let mut depends_on = compiled.depends_on;
             for id in referenced {
                 if !depends_on.contains(&id) {
@@ -143,6 +218,7 @@ impl Session {
                 query: cv.query.to_string(),
                 columns: compiled.columns,
                 depends_on,
+                emit_on_window_close,
             };
             self.engine
                 .create_view(
@@ -164,6 +240,7 @@ impl Session {
                 query: cv.query.to_string(),
                 columns,
                 depends_on: referenced,
+                emit_on_window_close: false,
             };
             self.engine.create_view(def, None, cv.if_not_exists).await?
         };
@@ -280,7 +357,11 @@ impl Session {
     }
 
     /// `EXPLAIN CREATE MATERIALIZED VIEW …`: the dataflow, one operator per line.
-    pub(super) async fn explain_create_view(&mut self, cv: &ast::CreateView) -> Result<Output> {
+    pub(super) async fn explain_create_view(
+        &mut self,
+        cv: &ast::CreateView,
+        emit_on_window_close: bool,
+    ) -> Result<Output> {
         if !cv.materialized {
             return Err(unsupported!("EXPLAIN CREATE VIEW (plain views)"));
         }
@@ -289,7 +370,9 @@ impl Session {
             .iter()
             .map(|c| sql::normalize_ident(&c.name))
             .collect();
-        let compiled = self.compile_view(&cv.query, &names).await?;
+        let compiled = self
+            .compile_view(&cv.query, &names, emit_on_window_close)
+            .await?;
         let catalog = self.engine.catalog();
         let name_of = |input: Input| match input {
             Input::Table(id) => catalog

@@ -37,8 +37,16 @@ use crate::dataflow::spec::{
 use crate::error::Result;
 use crate::unsupported;
 
-/// Resolves a table reference of the plan to a table or view, and whether it is append-only.
-pub type Resolver<'a> = &'a dyn Fn(&TableReference) -> Option<(Input, bool)>;
+/// What a table reference of the plan reads.
+pub struct Resolved {
+    pub input: Input,
+    pub append_only: bool,
+    /// A table's event-time column (`WATERMARK FOR`).
+    pub watermark_column: Option<usize>,
+}
+
+/// Resolves a table reference of the plan to a table or view.
+pub type Resolver<'a> = &'a dyn Fn(&TableReference) -> Option<Resolved>;
 
 /// Runs the analyzer's type coercion and the curated optimizer rules over a planned query.
 pub fn optimize(plan: LogicalPlan, state: &SessionState) -> Result<LogicalPlan> {
@@ -517,7 +525,11 @@ impl Lowering<'_> {
                 if scan.fetch.is_some() {
                     return Err(unsupported!("LIMIT pushed into a scan"));
                 }
-                let (input, append_only) = (self.resolve)(&scan.table_name).ok_or_else(|| {
+                let Resolved {
+                    input,
+                    append_only,
+                    watermark_column,
+                } = (self.resolve)(&scan.table_name).ok_or_else(|| {
                     unsupported!(
                         "reading \"{}\" in a materialized view (only tables and materialized views can be read)",
                         scan.table_name
@@ -533,6 +545,11 @@ impl Lowering<'_> {
                 ));
                 if append_only && !self.append_only.contains(&input) {
                     self.append_only.push(input);
+                }
+                if let (Input::Table(id), Some(column)) = (input, watermark_column)
+                    && !self.spec.table_watermarks.contains(&(id, column))
+                {
+                    self.spec.table_watermarks.push((id, column));
                 }
                 let mut node =
                     self.spec

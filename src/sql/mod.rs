@@ -45,6 +45,8 @@ pub struct Parsed {
     pub subscribe: Option<Subscribe>,
     /// `FETCH … WITH (timeout = …)`.
     pub fetch_timeout: Option<std::time::Duration>,
+    /// `CREATE MATERIALIZED VIEW … EMIT ON WINDOW CLOSE` (also after EXPLAIN).
+    pub emit_on_window_close: bool,
 }
 
 fn is_trivia(t: &Token) -> bool {
@@ -218,6 +220,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
     } else {
         (tokens, false, None)
     };
+    let emit_on_window_close = strip_emit_on_window_close(&mut tokens, &significant);
     // SHOW CREATE MATERIALIZED VIEW v: sqlparser knows only SHOW CREATE VIEW (which shows
     // materialized views too).
     if significant.len() >= 4
@@ -250,7 +253,33 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         text,
         subscribe,
         fetch_timeout,
+        emit_on_window_close,
     })
+}
+
+/// Removes a trailing `EMIT ON WINDOW CLOSE` from a `[EXPLAIN] CREATE MATERIALIZED VIEW`;
+/// whether it was there. `significant` indexes the non-whitespace tokens.
+fn strip_emit_on_window_close(tokens: &mut Vec<TokenWithSpan>, significant: &[usize]) -> bool {
+    let words = |from: usize, expected: &[&str]| {
+        expected.len() <= significant.len().saturating_sub(from)
+            && expected
+                .iter()
+                .enumerate()
+                .all(|(k, w)| word_eq(&tokens[significant[from + k]].token, w))
+    };
+    let start = if words(0, &["explain"]) { 1 } else { 0 };
+    if !words(start, &["create", "materialized", "view"]) {
+        return false;
+    }
+    let mut end = significant.len();
+    if end > 0 && tokens[significant[end - 1]].token == Token::SemiColon {
+        end -= 1;
+    }
+    if end < 4 || !words(end - 4, &["emit", "on", "window", "close"]) {
+        return false;
+    }
+    tokens.truncate(significant[end - 4]);
+    true
 }
 
 /// Refuses query constructs that DataFusion would answer wrongly: `INTERSECT ALL` and

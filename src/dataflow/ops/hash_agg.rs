@@ -16,6 +16,10 @@
 //!   from which the group's value is recomputed with DataFusion's accumulator when it changes.
 //!   A checkpoint stores each group changed since the previous one as one value under its key
 //!   (and deletes the keys of groups that were freed).
+//! - watermarks: a group whose key is below the watermark of a group-by column (a window
+//!   that has closed) can no longer change; its state is freed at the barrier, here and in
+//!   the store, and its output row stays. Memory stays bounded on an unbounded stream grouped
+//!   by window;
 //! - memory: once attached to the store (views' dataflows), groups whose last change is durable
 //!   can be evicted, least recently used first ([`Operator::evict`]), and a restart loads none:
 //!   a key not in memory is looked up in the store (one batched read per input batch for all
@@ -33,6 +37,7 @@ use datafusion::arrow::array::{
     UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
@@ -42,6 +47,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::spec::AggregateCall;
 use crate::dataflow::state::{StateLookup, StateReader, StateWriter, ValueKey, ValueSet};
+use crate::dataflow::watermark::Watermarks;
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -83,6 +89,11 @@ pub struct HashAggregate {
     /// Approximate bytes of each group in memory, and of all of them.
     sizes: Vec<u32>,
     bytes: usize,
+    /// Watermarks of the group-by columns (see `dataflow::watermark`).
+    key_watermarks: Watermarks,
+    /// No group in memory has a key below this in the first watermarked group-by column (as
+    /// of the last sweep): until a watermark passes it, nothing is to be freed.
+    swept_below: Option<ScalarValue>,
 }
 
 /// Bytes of a group besides its key, output row and aggregate states: hash, count, flags,
@@ -238,6 +249,8 @@ impl HashAggregate {
             tick: 0,
             sizes: Vec::new(),
             bytes: 0,
+            key_watermarks: Vec::new(),
+            swept_below: None,
         };
         if this.global {
             // The one group exists from the start, so the first barrier emits its row.
@@ -483,22 +496,9 @@ impl HashAggregate {
     }
 }
 
-impl Operator for HashAggregate {
-    fn on_batch(&mut self, _port: usize, batch: ZBatch, _out: &mut Vec<ZBatch>) -> Result<()> {
-        // Inserts and deletes alike: fold the weight into the group's state; emit at the barrier.
-        let ids = self.group_ids(&batch.data)?;
-        let weights = batch.weights.values();
-        for (g, w) in ids.iter().zip(weights.iter()) {
-            self.row_count[*g as usize] += *w;
-            self.mark_dirty(*g);
-        }
-        for agg in &mut self.aggs {
-            agg.update(&batch.data, &ids, &batch.weights)?;
-        }
-        Ok(())
-    }
-
-    fn on_barrier(&mut self, _epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
+impl HashAggregate {
+    /// Emits the new output rows of the groups changed since the last barrier.
+    fn emit(&mut self, _epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
         if self.dirty.is_empty() {
             return Ok(());
         }
@@ -581,6 +581,81 @@ impl Operator for HashAggregate {
             out.push(ZBatch::uniform(data, 1));
         }
         Ok(())
+    }
+
+    /// Frees the groups in memory whose key is below a group-by column's watermark: no later
+    /// change can reach them (their output rows stay emitted). Groups the store holds but
+    /// memory does not are left there.
+    fn free_closed_groups(&mut self) -> Result<()> {
+        let Some((first, w)) = self
+            .key_watermarks
+            .iter()
+            .enumerate()
+            .find_map(|(c, w)| w.as_ref().map(|w| (c, w.clone())))
+        else {
+            return Ok(());
+        };
+        if self.swept_below.as_ref().is_some_and(|low| w <= *low) || self.groups.live == 0 {
+            return Ok(());
+        }
+        let Some(converter) = &self.groups.converter else {
+            return Ok(());
+        };
+        let ids: Vec<u32> = self.groups.table.iter().copied().collect();
+        let parser = converter.parser();
+        let keys = converter.convert_rows(
+            ids.iter()
+                .map(|g| parser.parse(&self.groups.keys[*g as usize])),
+        )?;
+        let mut closed = vec![false; ids.len()];
+        for (c, w) in self.key_watermarks.iter().enumerate() {
+            let Some(w) = w else { continue };
+            let below = lt(&keys[c], &w.to_scalar()?)?;
+            for (i, b) in below.iter().enumerate() {
+                closed[i] |= b == Some(true);
+            }
+        }
+        let mut low: Option<ScalarValue> = None;
+        for (i, g) in ids.iter().enumerate() {
+            if closed[i] {
+                self.free_group(*g);
+            } else {
+                let v = ScalarValue::try_from_array(&keys[first], i)?;
+                if !v.is_null() && low.as_ref().is_none_or(|l| v < *l) {
+                    low = Some(v);
+                }
+            }
+        }
+        // Nothing left below the first watermark, and nothing new can come below it.
+        self.swept_below = Some(low.map_or(w.clone(), |l| if l < w { w } else { l }));
+        Ok(())
+    }
+}
+
+impl Operator for HashAggregate {
+    fn on_batch(&mut self, _port: usize, batch: ZBatch, _out: &mut Vec<ZBatch>) -> Result<()> {
+        // Inserts and deletes alike: fold the weight into the group's state; emit at the barrier.
+        let ids = self.group_ids(&batch.data)?;
+        let weights = batch.weights.values();
+        for (g, w) in ids.iter().zip(weights.iter()) {
+            self.row_count[*g as usize] += *w;
+            self.mark_dirty(*g);
+        }
+        for agg in &mut self.aggs {
+            agg.update(&batch.data, &ids, &batch.weights)?;
+        }
+        Ok(())
+    }
+
+    fn on_watermarks(&mut self, _inputs: &[&Watermarks], output: &Watermarks) {
+        if !self.global {
+            self.key_watermarks = output[..self.group_by.len().min(output.len())].to_vec();
+        }
+    }
+
+    fn on_barrier(&mut self, epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
+        self.emit(epoch, out)?;
+        self.free_closed_groups()
     }
 
     fn state_rows(&self) -> usize {

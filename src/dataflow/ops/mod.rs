@@ -9,9 +9,11 @@
 //! | [`hash_agg::HashAggregate`] | `GROUP BY`, aggregates, `DISTINCT`, `UNION` |
 //! | [`join::Join`] | joins, `IN`/`EXISTS` subqueries, `INTERSECT`, `EXCEPT` |
 //! | [`topk::TopK`] | `ORDER BY … LIMIT`, `ROW_NUMBER() … <= k` |
+//! | [`eowc::EmitOnWindowClose`] | `EMIT ON WINDOW CLOSE` |
 //! | [`materialize::Materialize`] | the view's contents |
 
 pub mod constant;
+pub mod eowc;
 pub mod filter_project;
 pub mod hash_agg;
 pub mod join;
@@ -75,6 +77,7 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
                 node.schema.clone(),
             )?)
         }
+        NodeKind::EmitOnWindowClose => Box::new(eowc::EmitOnWindowClose::new(node.schema.clone())?),
         NodeKind::TopK(spec) => Box::new(topk::TopK::new(
             spec,
             input_schema(0)?,
