@@ -568,6 +568,11 @@ impl Arrangement {
         })
     }
 
+    /// Every key with rows, with its hash.
+    pub fn keys(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.table.iter().map(|b| (b.hash, b.key.as_bytes()))
+    }
+
     /// Every live row (for rare whole-side recomputations).
     pub fn all_rows(&self) -> impl Iterator<Item = RowId> + '_ {
         self.table.iter().flat_map(|b| BucketRows {

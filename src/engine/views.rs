@@ -48,6 +48,8 @@ impl Session {
         let output = spec.output();
         let schema = spec.nodes[output].schema.clone();
         spec.add(NodeKind::EmitOnWindowClose, vec![output], schema);
+        // Only final rows come out: the contents spill like an append-only view's.
+        spec.append_only = true;
         Ok(())
     }
 

@@ -19,6 +19,10 @@
 //!   join key, row), adding the rows' weight changes since the previous checkpoint; match counts
 //!   follow from the two sides, so they are recomputed on restore rather than stored;
 //! - barrier: nothing held back; every change is emitted as its batch is processed;
+//! - watermarks (inner joins): an equi-join key column with a watermark on both sides bounds
+//!   what can still match: a left row whose key is below the right side's watermark will
+//!   never meet another right row, and the other way round. Such rows are freed at the
+//!   barrier, here and in the store (window joins keep only open windows);
 //! - memory: once attached to the store (views' dataflows; not `NOT IN`, whose regime changes
 //!   look at every row), a join key unchanged since the last durable checkpoint can be evicted:
 //!   its rows on both sides leave memory together. A batch whose keys are not in memory reads
@@ -33,9 +37,11 @@ use datafusion::arrow::array::{
     UInt32Array, new_null_array,
 };
 use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::compute::{cast, filter, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -43,6 +49,7 @@ use crate::dataflow::spec::{JoinKind, JoinSpec};
 use crate::dataflow::state::{
     Arrangement, CountLog, RowId, StateLookup, StateReader, StateWriter, append_key, key_parts,
 };
+use crate::dataflow::watermark::Watermarks;
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -80,6 +87,15 @@ pub struct Join {
     unsaved_keys: Vec<Box<[u8]>>,
     in_flight_keys: Vec<Box<[u8]>>,
     tick: u32,
+    /// Per equi-join key (index into the key), the watermark below which left rows are dead
+    /// (the right side's) and right rows are (the left side's).
+    key_bounds: Vec<(usize, ScalarValue, ScalarValue)>,
+    /// `key_bounds` changed since the last sweep.
+    bounds_moved: bool,
+    /// Stored prefixes (side, key) of rows freed behind the watermarks: cleared by the next
+    /// checkpoint, and again by a full one until one is durable.
+    freed: Vec<Vec<u8>>,
+    freed_in_flight: Vec<Vec<u8>>,
 }
 
 /// A join key in memory.
@@ -178,7 +194,55 @@ impl Join {
             unsaved_keys: Vec::new(),
             in_flight_keys: Vec::new(),
             tick: 0,
+            key_bounds: Vec::new(),
+            bounds_moved: false,
+            freed: Vec::new(),
+            freed_in_flight: Vec::new(),
         })
+    }
+
+    /// Frees the rows that can no longer match (see `key_bounds`).
+    fn free_behind_watermarks(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.bounds_moved) || self.key_bounds.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<(u64, Box<[u8]>)> = Vec::new();
+        let mut seen = HashSet::new();
+        for side in [LEFT, RIGHT] {
+            for (hash, key) in self.sides[side].keys() {
+                if seen.insert(key) {
+                    keys.push((hash, key.into()));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let parser = self.key_converter.parser();
+        let columns = self
+            .key_converter
+            .convert_rows(keys.iter().map(|(_, k)| parser.parse(k)))?;
+        let mut dead = [vec![false; keys.len()], vec![false; keys.len()]];
+        for (i, left_below, right_below) in &self.key_bounds {
+            for (side, bound) in [(LEFT, left_below), (RIGHT, right_below)] {
+                let below = lt(&columns[*i], &bound.to_scalar()?)?;
+                for (k, b) in below.iter().enumerate() {
+                    dead[side][k] |= b == Some(true);
+                }
+            }
+        }
+        for (k, (hash, key)) in keys.iter().enumerate() {
+            for side in [LEFT, RIGHT] {
+                if dead[side][k] && self.sides[side].lookup(*hash, key).next().is_some() {
+                    self.sides[side].remove_key(*hash, key);
+                    self.freed.push(side_prefix(side, key));
+                }
+            }
+            if dead[LEFT][k] && dead[RIGHT][k] {
+                self.held.remove(key);
+            }
+        }
+        Ok(())
     }
 
     /// Records that join key `key` changed (while attached).
@@ -656,10 +720,33 @@ impl Operator for Join {
         Ok(())
     }
 
+    fn on_watermarks(&mut self, inputs: &[&Watermarks], _output: &Watermarks) {
+        if self.kind != JoinKind::Inner || inputs.len() < 2 {
+            return;
+        }
+        let column = |e: &Arc<dyn PhysicalExpr>| {
+            e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                .map(|c| c.index())
+        };
+        let mut bounds = Vec::new();
+        for (i, (l, r)) in self.keys[LEFT].iter().zip(&self.keys[RIGHT]).enumerate() {
+            let (Some(l), Some(r)) = (column(l), column(r)) else {
+                continue;
+            };
+            if let (Some(Some(wl)), Some(Some(wr))) = (inputs[0].get(l), inputs[1].get(r)) {
+                bounds.push((i, wr.clone(), wl.clone()));
+            }
+        }
+        if bounds != self.key_bounds {
+            self.key_bounds = bounds;
+            self.bounds_moved = true;
+        }
+    }
+
     fn on_barrier(&mut self, _epoch: Epoch, _out: &mut Vec<ZBatch>) -> Result<()> {
         // Every change was emitted with the batch that caused it.
         self.tick = self.tick.wrapping_add(1);
-        Ok(())
+        self.free_behind_watermarks()
     }
 
     /// Counted rows (side, join key, row) and, for a null-aware join, the right side's row
@@ -712,6 +799,21 @@ impl Operator for Join {
         } else {
             self.unsaved.drain_into(sink);
         }
+        // Rows freed behind the watermarks, after the adds that may have stored them.
+        if full {
+            let mut again = std::mem::take(&mut self.freed_in_flight);
+            again.append(&mut self.freed);
+            self.freed = again;
+        }
+        for prefix in &self.freed {
+            sink.clear_prefix(prefix);
+        }
+        if attached {
+            self.freed_in_flight.append(&mut self.freed);
+        } else {
+            // Never told when durable (temporary dataflows): a full checkpoint rewrites all.
+            self.freed.clear();
+        }
         for k in std::mem::take(&mut self.unsaved_keys) {
             if let Some(h) = self.held.get_mut(&k) {
                 h.unsaved = false;
@@ -734,6 +836,7 @@ impl Operator for Join {
     }
 
     fn checkpoint_durable(&mut self) {
+        self.freed_in_flight.clear();
         for k in std::mem::take(&mut self.in_flight_keys) {
             if let Some(h) = self.held.get_mut(&k) {
                 h.in_flight = false;
