@@ -4,6 +4,11 @@
 //! same data (the "oracle" query, run ad hoc), and a subscriber to each view, adding up the
 //! snapshot and every diff it received, must hold exactly the view's rows.
 //!
+//! The stream `ev` has a watermark (3 s behind its latest event) and gets events up to 8 s
+//! out of order, so some are late and refused: the windowed views over it must equal the
+//! batch recomputation over the rows that were on time (those in the table), and the EMIT ON
+//! WINDOW CLOSE view the recomputation of the windows the watermark has passed.
+//!
 //! `EDDY_DIFF_ROUNDS` (default 25) and `EDDY_DIFF_SEEDS` (default "1,2") make longer runs.
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -161,6 +166,31 @@ const VIEWS: &[(&str, &str, &str)] = &[
         "SELECT k, n * 10 AS n10, sv FROM (SELECT k, count(*) AS n, sum(v) AS sv FROM t1 GROUP BY k) v WHERE n > 1",
     ),
     (
+        "v_tumble",
+        "SELECT window_start, window_end, k, count(*) AS n, sum(v) AS sv, max(v) AS mx FROM TUMBLE(ev, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end, k",
+        "",
+    ),
+    (
+        "v_hop",
+        "SELECT window_start, count(*) AS n, min(v) AS mn FROM HOP(ev, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') GROUP BY window_start",
+        "",
+    ),
+    (
+        "v_window_close",
+        "SELECT window_start, window_end, count(*) AS n, sum(v) AS sv FROM TUMBLE(ev, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end EMIT ON WINDOW CLOSE",
+        "SELECT window_start, window_end, count(*) AS n, sum(v) AS sv FROM TUMBLE(ev, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end HAVING window_end <= (SELECT max(watermark)::timestamp FROM eddy_catalog.watermarks WHERE table_name = 'ev')",
+    ),
+    (
+        "v_window_top",
+        "SELECT * FROM (SELECT window_start, id, v, row_number() OVER (PARTITION BY window_start ORDER BY v DESC, id) AS r FROM TUMBLE(ev, ts, INTERVAL '5 seconds')) x WHERE r <= 2",
+        "",
+    ),
+    (
+        "v_window_join",
+        "SELECT a.window_start, a.id, b.id AS id2 FROM TUMBLE(ev, ts, INTERVAL '5 seconds') a JOIN TUMBLE(ev, ts, INTERVAL '5 seconds') b ON a.window_start = b.window_start AND a.k = b.k AND a.id < b.id",
+        "",
+    ),
+    (
         "v_values",
         "SELECT * FROM (VALUES (1, 'one'), (2, 'two')) AS c(n, name) WHERE n IN (SELECT k FROM t3)",
         "",
@@ -200,16 +230,39 @@ fn text(rng: &mut Rng) -> String {
 }
 
 /// One round of random writes as a list of statements.
+/// The stream's event clock: seconds after 2026-01-01 00:00.
+struct EventClock(u64);
+
 fn round(
     rng: &mut Rng,
     next_id: &mut i64,
     live1: &mut Vec<i64>,
     live2: &mut Vec<i64>,
+    clock: &mut EventClock,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let ops = 1 + rng.below(6);
     for _ in 0..ops {
-        match rng.below(12) {
+        match rng.below(14) {
+            12 | 13 => {
+                let n = 1 + rng.below(4);
+                let rows: Vec<String> = (0..n)
+                    .map(|_| {
+                        *next_id += 1;
+                        clock.0 += rng.below(3);
+                        // Up to 8 s out of order: behind the watermark (3 s) now and then.
+                        let secs = clock.0.saturating_sub(rng.below(9));
+                        format!(
+                            "({}, {}, {}, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{secs} seconds' + INTERVAL '{} milliseconds')",
+                            next_id,
+                            rng.below(3),
+                            rng.below(50) as i64 - 10,
+                            rng.below(1000)
+                        )
+                    })
+                    .collect();
+                out.push(format!("INSERT INTO ev VALUES {}", rows.join(", ")));
+            }
             0..=3 => {
                 let n = 1 + rng.below(4);
                 let rows: Vec<String> = (0..n)
@@ -421,14 +474,17 @@ async fn run(seed: u64, rounds: usize, evicting: bool) {
             "CREATE TABLE t1 (id int PRIMARY KEY, k int, v bigint, f double precision, s text, b boolean);
              CREATE TABLE t2 (id int PRIMARY KEY, k int, w bigint, s text);
              CREATE TABLE t3 (k int, label text);
+             CREATE TABLE ev (id int, k int, v bigint, ts timestamp,
+               WATERMARK FOR ts AS ts - INTERVAL '3 seconds') APPEND ONLY;
              INSERT INTO t3 VALUES (0, 'w'), (1, 'x'), (2, 'y'), (3, 'z'), (4, 'x'), (5, 'y');",
         )
         .await
         .unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let (mut next_id, mut live1, mut live2) = (0i64, Vec::new(), Vec::new());
+    let mut clock = EventClock(0);
     // Some data before the views exist, so backfill is tested too.
-    for stmt in round(&mut rng, &mut next_id, &mut live1, &mut live2) {
+    for stmt in round(&mut rng, &mut next_id, &mut live1, &mut live2, &mut clock) {
         client.batch_execute(&stmt).await.unwrap();
     }
     for (name, query, _) in VIEWS {
@@ -453,7 +509,7 @@ async fn run(seed: u64, rounds: usize, evicting: bool) {
         let stmts = if r == 0 {
             Vec::new()
         } else {
-            round(&mut rng, &mut next_id, &mut live1, &mut live2)
+            round(&mut rng, &mut next_id, &mut live1, &mut live2, &mut clock)
         };
         // Sometimes one atomic multi-statement transaction, sometimes statement by statement.
         if rng.chance(50) && !stmts.is_empty() {
@@ -503,6 +559,15 @@ async fn run(seed: u64, rounds: usize, evicting: bool) {
             );
         }
     }
+    let late: i64 = client
+        .query_one(
+            "SELECT late_rows FROM eddy_catalog.watermarks WHERE table_name = 'ev'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(late > 0, "seed {seed}: no event was ever late");
     if evicting {
         let evictions: i64 = client
             .query_one("SELECT evictions FROM eddy_catalog.memory", &[])

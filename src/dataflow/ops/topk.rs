@@ -13,6 +13,9 @@
 //!   store the rows as counted rows keyed (partition, sort key, row) so that a partition's rows
 //!   are one key range in sort order, adding the changes since the previous checkpoint; what was
 //!   emitted last is the top of those rows, so it is recomputed on restore;
+//! - watermarks: a partition whose key is below the watermark of a partition-by column (a
+//!   window that has closed) can no longer change; it is freed at the barrier, here and in
+//!   the store, and its emitted rows stay;
 //! - memory: once attached to the store (views' dataflows), a partition unchanged since the last
 //!   durable checkpoint can be trimmed to the rows near its top (the rest stays in the store, and
 //!   changes past the rows in memory are kept as deltas) or evicted whole. When the rows in
@@ -26,12 +29,15 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array};
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::dataflow::spec::{RankKind, TopKSpec};
 use crate::dataflow::state::{CountLog, StateLookup};
+use crate::dataflow::watermark::Watermarks;
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -186,6 +192,14 @@ pub struct TopK {
     in_flight_partitions: Vec<Box<[u8]>>,
     tick: u32,
     bytes: usize,
+    /// Per partition-by expression that is a watermarked column: its watermark.
+    partition_bounds: Vec<(usize, ScalarValue)>,
+    /// `partition_bounds` changed since the last sweep.
+    bounds_moved: bool,
+    /// Stored prefixes of partitions freed behind the watermark: cleared by the next
+    /// checkpoint, and again by a full one until one is durable.
+    freed: Vec<Vec<u8>>,
+    freed_in_flight: Vec<Vec<u8>>,
 }
 
 impl TopK {
@@ -249,7 +263,41 @@ impl TopK {
             in_flight_partitions: Vec::new(),
             tick: 0,
             bytes: 0,
+            partition_bounds: Vec::new(),
+            bounds_moved: false,
+            freed: Vec::new(),
+            freed_in_flight: Vec::new(),
         })
+    }
+
+    /// Frees the partitions whose key is below a partition-by watermark.
+    fn free_closed_partitions(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.bounds_moved) || self.partitions.is_empty() {
+            return Ok(());
+        }
+        let Some(converter) = &self.partition_converter else {
+            return Ok(());
+        };
+        let pkeys: Vec<Box<[u8]>> = self.partitions.keys().cloned().collect();
+        let parser = converter.parser();
+        let columns = converter.convert_rows(pkeys.iter().map(|k| parser.parse(k)))?;
+        let mut closed = vec![false; pkeys.len()];
+        for (i, w) in &self.partition_bounds {
+            let below = lt(&columns[*i], &w.to_scalar()?)?;
+            for (k, b) in below.iter().enumerate() {
+                closed[k] |= b == Some(true);
+            }
+        }
+        for (pkey, _) in pkeys.into_iter().zip(closed).filter(|(_, c)| *c) {
+            if let Some(p) = self.partitions.remove(&pkey) {
+                let rows: i64 = p.rows.values().sum::<i64>() + p.beyond.values().sum::<i64>();
+                self.rows = self.rows.saturating_sub(rows.max(0) as usize);
+                self.bytes = self.bytes.saturating_sub(p.bytes);
+                self.dirty.remove(&pkey);
+                self.freed.push(partition_prefix(&pkey));
+            }
+        }
+        Ok(())
     }
 
     /// Rows read from the store at a time when a partition's rows in memory run out.
@@ -582,7 +630,28 @@ impl Operator for TopK {
         if !added.is_empty() {
             out.push(self.output(&added, 1)?);
         }
-        Ok(())
+        self.free_closed_partitions()
+    }
+
+    fn on_watermarks(&mut self, inputs: &[&Watermarks], _output: &Watermarks) {
+        let Some(input) = inputs.first() else {
+            return;
+        };
+        let bounds: Vec<(usize, ScalarValue)> = self
+            .partition_by
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let c = e
+                    .downcast_ref::<datafusion::physical_expr::expressions::Column>()?
+                    .index();
+                input.get(c).cloned().flatten().map(|w| (i, w))
+            })
+            .collect();
+        if bounds != self.partition_bounds {
+            self.partition_bounds = bounds;
+            self.bounds_moved = true;
+        }
     }
 
     fn state_rows(&self) -> usize {
@@ -593,6 +662,8 @@ impl Operator for TopK {
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
         let mut key = Vec::new();
         if full && self.lookup.is_none() {
+            // Over a cleared part: freed partitions are simply not written.
+            self.freed.clear();
             self.unsaved.clear();
             for (pkey, partition) in &self.partitions {
                 for ((sort_key, row), n) in &partition.rows {
@@ -634,6 +705,20 @@ impl Operator for TopK {
         } else {
             self.unsaved.drain_into(sink);
         }
+        // Partitions freed behind the watermark, after the adds that may have stored rows.
+        if full {
+            let mut again = std::mem::take(&mut self.freed_in_flight);
+            again.append(&mut self.freed);
+            self.freed = again;
+        }
+        for prefix in &self.freed {
+            sink.clear_prefix(prefix);
+        }
+        if self.lookup.is_some() {
+            self.freed_in_flight.append(&mut self.freed);
+        } else {
+            self.freed.clear();
+        }
         for pkey in std::mem::take(&mut self.unsaved_partitions) {
             let Some(p) = self.partitions.get_mut(&pkey) else {
                 continue;
@@ -655,6 +740,7 @@ impl Operator for TopK {
     }
 
     fn checkpoint_durable(&mut self) {
+        self.freed_in_flight.clear();
         for pkey in std::mem::take(&mut self.in_flight_partitions) {
             if let Some(p) = self.partitions.get_mut(&pkey) {
                 p.in_flight = false;
