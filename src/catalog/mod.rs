@@ -39,6 +39,10 @@ pub struct TableDef {
     pub primary_key: Vec<usize>,
     pub append_only: bool,
     pub watermark: Option<WatermarkDef>,
+    /// `WITH (late_rows = 'keep')`: the table late rows go to (`<name>_late`, created with
+    /// it); without one they are dropped, and counted either way.
+    #[serde(default)]
+    pub late_rows_table: Option<ObjectId>,
 }
 
 impl TableDef {
@@ -94,6 +98,9 @@ impl TableDef {
             quote_ident(&self.name),
             parts.join(", ")
         );
+        if self.late_rows_table.is_some() {
+            sql.push_str(" WITH (late_rows = 'keep')");
+        }
         if self.append_only {
             sql.push_str(" APPEND ONLY");
         }

@@ -668,19 +668,27 @@ impl Engine {
             return Ok(late);
         }
         let catalog = self.catalog();
+        let mut kept: Vec<(ObjectId, ZBatch)> = Vec::new();
         for (id, change) in changes.iter_mut() {
             let Some(tracker) = watermarks.get(id) else {
                 continue;
             };
-            let name = catalog.table_by_id(*id).map_or("?", |t| t.name.as_str());
-            let (on_time, n) = tracker.split(name, change)?;
-            if let Some(on_time) = on_time {
+            let def = catalog.table_by_id(*id);
+            let name = def.map_or("?", |t| t.name.as_str());
+            if let Some((on_time, late_rows)) = tracker.split(name, change)? {
                 *change = on_time;
-                *late.entry(*id).or_default() += n;
+                *late.entry(*id).or_default() += late_rows.num_rows() as u64;
+                // Into its late-rows table, while that exists.
+                if let Some(to) = def.and_then(|d| d.late_rows_table)
+                    && catalog.table_by_id(to).is_some()
+                {
+                    kept.push((to, late_rows));
+                }
             }
         }
         if !late.is_empty() {
             changes.retain(|(_, z)| z.num_rows() > 0);
+            changes.extend(kept);
         }
         Ok(late)
     }
@@ -754,12 +762,36 @@ impl Engine {
         Ok(())
     }
 
-    async fn create_table(&self, def: TableDef, if_not_exists: bool) -> Result<bool> {
+    /// Creates a table; with `keep_late_rows`, also the table its late rows go to
+    /// (`<name>_late`: the same columns, APPEND ONLY).
+    async fn create_table(
+        &self,
+        mut def: TableDef,
+        if_not_exists: bool,
+        keep_late_rows: bool,
+    ) -> Result<bool> {
         let _w = self.write_lock.write().await;
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
         if !name_is_free(&catalog, &def.name, if_not_exists)? {
             return Ok(false);
+        }
+        if keep_late_rows {
+            let late = TableDef {
+                id: 0,
+                name: format!("{}_late", def.name),
+                columns: def.columns.clone(),
+                primary_key: Vec::new(),
+                append_only: true,
+                watermark: None,
+                late_rows_table: None,
+            };
+            name_is_free(&catalog, &late.name, false)?;
+            let late = catalog.create_table(&self.state, late)?;
+            self.tables
+                .write()
+                .insert(late.id, new_table_store(&late, None)?);
+            def.late_rows_table = Some(late.id);
         }
         let def = catalog.create_table(&self.state, def)?;
         let tracker = WatermarkTracker::new(&def, None)?;
@@ -778,15 +810,32 @@ impl Engine {
         let id = self.catalog().table(name).map(|t| t.id).ok_or_else(|| {
             crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist")
         })?;
+        // Its late-rows table goes with it.
+        let late = self
+            .catalog()
+            .table(name)
+            .and_then(|t| t.late_rows_table)
+            .and_then(|l| self.catalog().table_by_id(l).cloned());
         self.drop_dependents(id, "table", name, cascade).await?;
+        if let Some(late) = &late {
+            self.drop_dependents(late.id, "table", &late.name, cascade)
+                .await?;
+        }
         let _commit = self.commit_lock.lock();
         let mut catalog = (**self.catalog.read()).clone();
-        let def = catalog.drop_table(&self.state, name)?;
-        self.tables.write().remove(&def.id);
-        self.watermarks.lock().remove(&def.id);
+        let mut dropped = vec![catalog.drop_table(&self.state, name)?];
+        if let Some(late) = &late {
+            dropped.push(catalog.drop_table(&self.state, &late.name)?);
+        }
+        for def in &dropped {
+            self.tables.write().remove(&def.id);
+            self.watermarks.lock().remove(&def.id);
+        }
         *self.catalog.write() = Arc::new(catalog);
         drop(_commit);
-        self.runtime.drop_object(def.id, &def.name).await;
+        for def in dropped {
+            self.runtime.drop_object(def.id, &def.name).await;
+        }
         Ok(())
     }
 
@@ -1066,8 +1115,9 @@ mod tests {
             // checkpoint covers it).
             append_only: false,
             watermark: None,
+            late_rows_table: None,
         };
-        engine.create_table(def, false).await.unwrap();
+        engine.create_table(def, false, false).await.unwrap();
         let def = engine.catalog().table("t").unwrap().clone();
         let count = |snapshot| -> usize {
             engine

@@ -254,6 +254,7 @@ impl PgCatalog {
                     primary_key: vec![],
                     append_only: false,
                     watermark: None,
+                    late_rows_table: None,
                 }))
             })
             .collect();

@@ -367,9 +367,12 @@ impl Session {
                 if !self.ddl_allowed() {
                     return Err(ddl_in_transaction("CREATE TABLE"));
                 }
-                let def = sql::ddl::table_def(parsed, ct)?;
+                let (def, options) = sql::ddl::table_def(parsed, ct)?;
                 self.validate_watermark(&def).await?;
-                let created = self.engine.create_table(def, ct.if_not_exists).await?;
+                let created = self
+                    .engine
+                    .create_table(def, ct.if_not_exists, options.keep_late_rows)
+                    .await?;
                 if created {
                     Ok(Output::Command {
                         tag: "CREATE TABLE",

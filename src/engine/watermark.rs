@@ -107,9 +107,9 @@ impl WatermarkTracker {
         self.history.last().map(|(_, w)| *w).unwrap_or_default()
     }
 
-    /// Splits a write's rows (inserts only: the table is APPEND ONLY) into those on time —
-    /// `None` when all are — and the number that are late. A NULL event time is refused.
-    pub fn split(&self, table: &str, change: &ZBatch) -> Result<(Option<ZBatch>, u64)> {
+    /// Splits a write's rows (inserts only: the table is APPEND ONLY) into those on time and
+    /// those late — `None` when none is late. A NULL event time is refused.
+    pub fn split(&self, table: &str, change: &ZBatch) -> Result<Option<(ZBatch, ZBatch)>> {
         let column = change.data.column(self.column);
         if column.null_count() > 0 {
             let name = change.data.schema().field(self.column).name().clone();
@@ -122,15 +122,17 @@ impl WatermarkTracker {
             )));
         }
         let Some(w) = self.current().micros else {
-            return Ok((None, 0));
+            return Ok(None);
         };
         let late_mask = lt(&micros(column)?, &Int64Array::new_scalar(w))?;
-        let late = late_mask.true_count() as u64;
-        if late == 0 {
-            return Ok((None, 0));
+        if late_mask.true_count() == 0 {
+            return Ok(None);
         }
         let keep = datafusion::arrow::compute::not(&late_mask)?;
-        Ok((Some(filter_zbatch(change, &keep)?), late))
+        Ok(Some((
+            filter_zbatch(change, &keep)?,
+            filter_zbatch(change, &late_mask)?,
+        )))
     }
 
     /// The watermark after `rows` (on time) are written, from `current`.
@@ -210,6 +212,7 @@ mod tests {
                 column: "ts".into(),
                 expr: "ts - INTERVAL '5 seconds'".into(),
             }),
+            late_rows_table: None,
         }
     }
 
@@ -227,7 +230,7 @@ mod tests {
         let mut t = WatermarkTracker::new(&def(), None).unwrap().unwrap();
         // The first write sets the watermark; none of its rows can be late.
         let first = rows(&[100, 90]);
-        assert_eq!(t.split("t", &first).unwrap().1, 0);
+        assert!(t.split("t", &first).unwrap().is_none());
         let next = t.advanced(None, &first).unwrap();
         assert_eq!(next, Some(95_000_000));
         t.record(
@@ -239,9 +242,8 @@ mod tests {
             },
             Lsn(0),
         );
-        let (on_time, late) = t.split("t", &rows(&[94, 95, 200])).unwrap();
-        let on_time = on_time.unwrap();
-        assert_eq!((on_time.num_rows(), late), (2, 1));
+        let (on_time, late) = t.split("t", &rows(&[94, 95, 200])).unwrap().unwrap();
+        assert_eq!((on_time.num_rows(), late.num_rows()), (2, 1));
         let next = t.advanced(next, &on_time).unwrap();
         assert_eq!(next, Some(195_000_000));
         t.record(

@@ -9,8 +9,50 @@ use crate::unsupported;
 
 use super::{Parsed, normalize_ident, table_name};
 
-/// Builds the definition of a new table (its id is assigned by the catalog).
-pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<TableDef> {
+/// What `CREATE TABLE … WITH (…)` asks for besides the definition.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableOptions {
+    /// `late_rows = 'keep'`: late rows go to a table `<name>_late` instead of being dropped.
+    pub keep_late_rows: bool,
+}
+
+/// The options of `CREATE TABLE … WITH (late_rows = 'keep' | 'drop')`.
+fn table_options(ct: &ast::CreateTable) -> Result<TableOptions> {
+    let mut out = TableOptions::default();
+    let options = match &ct.table_options {
+        ast::CreateTableOptions::None => return Ok(out),
+        ast::CreateTableOptions::With(options) => options,
+        other => return Err(unsupported!("table options {other}")),
+    };
+    for option in options {
+        let ast::SqlOption::KeyValue { key, value } = option else {
+            return Err(unsupported!("table option {option}"));
+        };
+        let value = match value {
+            ast::Expr::Value(v) => match &v.value {
+                ast::Value::SingleQuotedString(s) => s.to_lowercase(),
+                other => other.to_string().to_lowercase(),
+            },
+            ast::Expr::Identifier(i) => i.value.to_lowercase(),
+            other => other.to_string(),
+        };
+        match (normalize_ident(key).as_str(), value.as_str()) {
+            ("late_rows", "keep") => out.keep_late_rows = true,
+            ("late_rows", "drop") => out.keep_late_rows = false,
+            ("late_rows", other) => {
+                return Err(crate::err!(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    "late_rows must be 'keep' or 'drop', not '{other}'"
+                ));
+            }
+            (other, _) => return Err(unsupported!("table option {other}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the definition of a new table (its id is assigned by the catalog) and its options.
+pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<(TableDef, TableOptions)> {
     if ct.query.is_some() {
         return Err(unsupported!("CREATE TABLE … AS"));
     }
@@ -115,14 +157,25 @@ pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<TableDef> {
             })
         }
     };
-    Ok(TableDef {
-        id: 0,
-        name,
-        columns,
-        primary_key,
-        append_only: parsed.append_only,
-        watermark,
-    })
+    let options = table_options(ct)?;
+    if options.keep_late_rows && watermark.is_none() {
+        return Err(crate::err!(
+            sqlstate::INVALID_TABLE_DEFINITION,
+            "late_rows = 'keep' needs a WATERMARK FOR: without one no row is late"
+        ));
+    }
+    Ok((
+        TableDef {
+            id: 0,
+            name,
+            columns,
+            primary_key,
+            append_only: parsed.append_only,
+            watermark,
+            late_rows_table: None,
+        },
+        options,
+    ))
 }
 
 fn multiple_pk(table: &str) -> crate::error::Error {

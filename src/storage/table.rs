@@ -1223,6 +1223,7 @@ mod tests {
             primary_key: if pk { vec![0] } else { vec![] },
             append_only: false,
             watermark: None,
+            late_rows_table: None,
         }
     }
 
