@@ -30,7 +30,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{EddyProcess, arg_list};
+use common::{EddyProcess, arg_list, status_mb};
 
 /// One row of a one-row system view, as text by column name.
 async fn system_row(client: &Client, view: &str) -> Vec<(String, String)> {
@@ -67,18 +67,6 @@ fn written_bytes(pid: u32) -> u64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// A field of `/proc/<pid>/status` in kB (`VmHWM`: peak RSS, `VmRSS`: RSS now), as MB.
-fn status_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(&format!("{field}:")))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1e3)
 }
 
 /// Server flags from the bench's command line (`--memory-budget X`).

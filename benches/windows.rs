@@ -28,7 +28,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{EddyProcess, arg_list};
+use common::{EddyProcess, arg_list, status_mb};
 
 const SETUP: &str = "
     CREATE TABLE bid (auction bigint, bidder bigint, price bigint, date_time timestamp,
@@ -49,17 +49,6 @@ fn updating() -> bool {
 
 /// 2026-01-01 00:00:00 UTC in ms.
 const START_MS: i64 = 1_767_225_600_000;
-
-fn status_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(&format!("{field}:")))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1e3)
-}
 
 async fn one_value(client: &Client, sql: &str) -> String {
     for m in client.simple_query(sql).await.unwrap() {

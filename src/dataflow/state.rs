@@ -832,3 +832,47 @@ mod tests {
         assert_eq!(small.first(), None);
     }
 }
+
+/// Key prefixes of state an operator freed (behind a watermark): each is cleared from the
+/// store by the next checkpoint, and again by every full one until a checkpoint is durable.
+#[derive(Default)]
+pub struct FreedPrefixes {
+    pending: Vec<Vec<u8>>,
+    in_flight: Vec<Vec<u8>>,
+}
+
+impl FreedPrefixes {
+    pub fn push(&mut self, prefix: Vec<u8>) {
+        self.pending.push(prefix);
+    }
+
+    /// Clears the freed prefixes in `sink`, after whatever the checkpoint already wrote.
+    /// `tracked`: the operator is told when checkpoints are durable ([`Self::durable`]);
+    /// otherwise (temporary dataflows) a full checkpoint rewrites everything anyway.
+    pub fn write(&mut self, full: bool, tracked: bool, sink: &mut dyn super::StateSink) {
+        if full {
+            let mut again = std::mem::take(&mut self.in_flight);
+            again.append(&mut self.pending);
+            self.pending = again;
+        }
+        for prefix in &self.pending {
+            sink.clear_prefix(prefix);
+        }
+        if tracked {
+            self.in_flight.append(&mut self.pending);
+        } else {
+            self.pending.clear();
+        }
+    }
+
+    /// Forgets what was written to a checkpoint that is durable.
+    pub fn durable(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Forgets everything (a full checkpoint over a cleared part).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.in_flight.clear();
+    }
+}

@@ -158,7 +158,7 @@ fn as_column(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
 /// The watermark of `expr`'s value over rows whose watermarked columns are at least their
 /// watermark: `expr` at the watermark when it is non-decreasing in the one column it reads and
 /// that column has one.
-fn at_watermark(
+pub fn at_watermark(
     expr: &Arc<dyn PhysicalExpr>,
     schema: &SchemaRef,
     input: &Watermarks,
@@ -195,7 +195,7 @@ fn at_watermark(
 }
 
 /// The one column `expr` reads, if `expr` never decreases when that column increases.
-fn monotone_in(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+pub fn monotone_in(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
     if let Some(c) = expr.downcast_ref::<Column>() {
         return Some(c.index());
     }

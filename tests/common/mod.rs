@@ -130,6 +130,18 @@ pub async fn connect_with_task(server: &Server) -> (Client, tokio::task::JoinHan
     (client, task)
 }
 
+/// A field of `/proc/<pid>/status` in kB (`VmHWM`: peak RSS, `VmRSS`: RSS now), as MB.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1e3)
+}
+
 /// The value after `name` on a benchmark's command line (`-- --rows 1000`), or `default`.
 pub fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -22,7 +22,10 @@
 //! - watermarks (inner joins): an equi-join key column with a watermark on both sides bounds
 //!   what can still match: a left row whose key is below the right side's watermark will
 //!   never meet another right row, and the other way round. Such rows are freed at the
-//!   barrier, here and in the store (window joins keep only open windows);
+//!   barrier, here and in the store (window joins keep only open windows). Likewise for
+//!   interval joins: a residual conjunct `x ≥ y` (or `y ≤ x`, so `BETWEEN` too) with `x`
+//!   non-decreasing in a column of one side and `y` in a column of the other frees the rows of
+//!   `x`'s side whose `x` is below `y` at the other side's watermark;
 //! - memory: once attached to the store (views' dataflows; not `NOT IN`, whose regime changes
 //!   look at every row), a join key unchanged since the last durable checkpoint can be evicted:
 //!   its rows on both sides leave memory together. A batch whose keys are not in memory reads
@@ -47,7 +50,8 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::dataflow::spec::{JoinKind, JoinSpec};
 use crate::dataflow::state::{
-    Arrangement, CountLog, RowId, StateLookup, StateReader, StateWriter, append_key, key_parts,
+    Arrangement, CountLog, FreedPrefixes, RowId, StateLookup, StateReader, StateWriter, append_key,
+    key_parts,
 };
 use crate::dataflow::watermark::Watermarks;
 use crate::dataflow::{Operator, StateSink, StateSource};
@@ -92,10 +96,68 @@ pub struct Join {
     key_bounds: Vec<(usize, ScalarValue, ScalarValue)>,
     /// `key_bounds` changed since the last sweep.
     bounds_moved: bool,
-    /// Stored prefixes (side, key) of rows freed behind the watermarks: cleared by the next
-    /// checkpoint, and again by a full one until one is durable.
-    freed: Vec<Vec<u8>>,
-    freed_in_flight: Vec<Vec<u8>>,
+    /// Stored prefixes (side, key) of rows freed behind the watermarks.
+    freed: FreedPrefixes,
+    /// Residual conjuncts `x ≥ y` across the sides (interval joins), see the module docs.
+    intervals: Vec<IntervalBound>,
+    /// Per interval bound: the value below which its side's rows are dead, as of the last
+    /// watermarks.
+    interval_limits: Vec<Option<ScalarValue>>,
+}
+
+/// A residual conjunct `x ≥ y`, `x` over the columns of side `side` only, `y` over the
+/// other side's column `other_column` (as a column of the pair schema) only.
+struct IntervalBound {
+    side: usize,
+    x: Arc<dyn PhysicalExpr>,
+    y: Arc<dyn PhysicalExpr>,
+    other_column: usize,
+}
+
+/// The interval bounds in `filter` (an inner join's residual over `left_width` left columns
+/// and then the right ones).
+fn interval_bounds(
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    left_width: usize,
+) -> Vec<IntervalBound> {
+    use datafusion::logical_expr::Operator as Op;
+    use datafusion::physical_expr::expressions::BinaryExpr;
+    let mut conjuncts = Vec::new();
+    let mut todo: Vec<Arc<dyn PhysicalExpr>> = filter.into_iter().cloned().collect();
+    while let Some(e) = todo.pop() {
+        match e.downcast_ref::<BinaryExpr>() {
+            Some(b) if *b.op() == Op::And => {
+                todo.push(b.left().clone());
+                todo.push(b.right().clone());
+            }
+            Some(b) => conjuncts.push((b.left().clone(), *b.op(), b.right().clone())),
+            None => {}
+        }
+    }
+    let side_of = |c: usize| if c < left_width { LEFT } else { RIGHT };
+    let mut out = Vec::new();
+    for (l, op, r) in conjuncts {
+        let (x, y) = match op {
+            Op::GtEq | Op::Gt => (l, r),
+            Op::LtEq | Op::Lt => (r, l),
+            _ => continue,
+        };
+        let (Some(xc), Some(yc)) = (
+            crate::dataflow::watermark::monotone_in(&x),
+            crate::dataflow::watermark::monotone_in(&y),
+        ) else {
+            continue;
+        };
+        if side_of(xc) != side_of(yc) {
+            out.push(IntervalBound {
+                side: side_of(xc),
+                x,
+                y,
+                other_column: yc,
+            });
+        }
+    }
+    out
 }
 
 /// A join key in memory.
@@ -149,6 +211,7 @@ impl Join {
         schema: SchemaRef,
     ) -> Result<Self> {
         let (lk, rk): (Vec<_>, Vec<_>) = spec.on.iter().cloned().unzip();
+        let left_width = left.fields().len();
         let key_types = lk
             .iter()
             .map(|e| Ok(e.data_type(&left)?))
@@ -196,14 +259,87 @@ impl Join {
             tick: 0,
             key_bounds: Vec::new(),
             bounds_moved: false,
-            freed: Vec::new(),
-            freed_in_flight: Vec::new(),
+            freed: FreedPrefixes::default(),
+            intervals: if spec.kind == JoinKind::Inner {
+                interval_bounds(spec.filter.as_ref(), left_width)
+            } else {
+                Vec::new()
+            },
+            interval_limits: Vec::new(),
         })
     }
 
-    /// Frees the rows that can no longer match (see `key_bounds`).
+    /// Removes the rows that can no longer satisfy an interval bound.
+    fn free_outside_intervals(&mut self) -> Result<()> {
+        for i in 0..self.intervals.len() {
+            let Some(limit) = self.interval_limits.get(i).cloned().flatten() else {
+                continue;
+            };
+            let b = &self.intervals[i];
+            let (side, x) = (b.side, b.x.clone());
+            let entries: Vec<(u64, Box<[u8]>, Box<[u8]>, i64, i64)> = self.sides[side]
+                .entries()
+                .map(|(hash, key, id)| {
+                    let a = &self.sides[side];
+                    (
+                        hash,
+                        key.into(),
+                        a.row(id).into(),
+                        a.weight(id),
+                        a.matches(id),
+                    )
+                })
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let converter = self.sides[side].converter();
+            let parser = converter.parser();
+            let columns = converter.convert_rows(entries.iter().map(|e| parser.parse(&e.2)))?;
+            // The pair schema's batch: this side's columns, NULLs for the other's.
+            let n = entries.len();
+            let mut pair: Vec<ArrayRef> = Vec::with_capacity(self.pair_schema.fields().len());
+            let left_width = self.schemas[LEFT].fields().len();
+            for (i, f) in self.pair_schema.fields().iter().enumerate() {
+                let mine = if side == LEFT {
+                    i < left_width
+                } else {
+                    i >= left_width
+                };
+                if mine {
+                    pair.push(columns[if side == LEFT { i } else { i - left_width }].clone());
+                } else {
+                    pair.push(new_null_array(f.data_type(), n));
+                }
+            }
+            let batch = RecordBatch::try_new_with_options(
+                self.pair_schema.clone(),
+                pair,
+                &RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
+            let x = x.evaluate(&batch)?.into_array(n)?;
+            let dead = lt(&x, &limit.to_scalar()?)?;
+            for (i, e) in entries.iter().enumerate() {
+                if dead.value(i) && !dead.is_null(i) {
+                    let (hash, key, row, w, m) = e;
+                    self.sides[side].update(*hash, key, row, -w, *m)?;
+                    self.unsaved.push(&[&[side as u8], key, row], -w);
+                    if self.lookup.is_some() {
+                        self.mark_changed(*hash, key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the rows that can no longer match (see `key_bounds` and `intervals`).
     fn free_behind_watermarks(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.bounds_moved) || self.key_bounds.is_empty() {
+        if !std::mem::take(&mut self.bounds_moved) {
+            return Ok(());
+        }
+        self.free_outside_intervals()?;
+        if self.key_bounds.is_empty() {
             return Ok(());
         }
         let mut keys: Vec<(u64, Box<[u8]>)> = Vec::new();
@@ -741,6 +877,29 @@ impl Operator for Join {
             self.key_bounds = bounds;
             self.bounds_moved = true;
         }
+        // Interval bounds: y at the other side's watermark (y reads one column of the pair).
+        let left_width = self.schemas[LEFT].fields().len();
+        let pair_marks: Watermarks = inputs[0]
+            .iter()
+            .cloned()
+            .chain(std::iter::repeat(None))
+            .take(left_width)
+            .chain(inputs[1].iter().cloned())
+            .collect();
+        let limits: Vec<Option<ScalarValue>> = self
+            .intervals
+            .iter()
+            .map(|b| {
+                pair_marks.get(b.other_column).cloned().flatten()?;
+                crate::dataflow::watermark::at_watermark(&b.y, &self.pair_schema, &pair_marks)
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        if limits != self.interval_limits {
+            self.interval_limits = limits;
+            self.bounds_moved = true;
+        }
     }
 
     fn on_barrier(&mut self, _epoch: Epoch, _out: &mut Vec<ZBatch>) -> Result<()> {
@@ -800,20 +959,7 @@ impl Operator for Join {
             self.unsaved.drain_into(sink);
         }
         // Rows freed behind the watermarks, after the adds that may have stored them.
-        if full {
-            let mut again = std::mem::take(&mut self.freed_in_flight);
-            again.append(&mut self.freed);
-            self.freed = again;
-        }
-        for prefix in &self.freed {
-            sink.clear_prefix(prefix);
-        }
-        if attached {
-            self.freed_in_flight.append(&mut self.freed);
-        } else {
-            // Never told when durable (temporary dataflows): a full checkpoint rewrites all.
-            self.freed.clear();
-        }
+        self.freed.write(full, attached, sink);
         for k in std::mem::take(&mut self.unsaved_keys) {
             if let Some(h) = self.held.get_mut(&k) {
                 h.unsaved = false;
@@ -836,7 +982,7 @@ impl Operator for Join {
     }
 
     fn checkpoint_durable(&mut self) {
-        self.freed_in_flight.clear();
+        self.freed.durable();
         for k in std::mem::take(&mut self.in_flight_keys) {
             if let Some(h) = self.held.get_mut(&k) {
                 h.in_flight = false;

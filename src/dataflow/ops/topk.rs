@@ -36,7 +36,7 @@ use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::dataflow::spec::{RankKind, TopKSpec};
-use crate::dataflow::state::{CountLog, StateLookup};
+use crate::dataflow::state::{CountLog, FreedPrefixes, StateLookup};
 use crate::dataflow::watermark::Watermarks;
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
@@ -196,10 +196,8 @@ pub struct TopK {
     partition_bounds: Vec<(usize, ScalarValue)>,
     /// `partition_bounds` changed since the last sweep.
     bounds_moved: bool,
-    /// Stored prefixes of partitions freed behind the watermark: cleared by the next
-    /// checkpoint, and again by a full one until one is durable.
-    freed: Vec<Vec<u8>>,
-    freed_in_flight: Vec<Vec<u8>>,
+    /// Stored prefixes of partitions freed behind the watermark.
+    freed: FreedPrefixes,
 }
 
 impl TopK {
@@ -265,8 +263,7 @@ impl TopK {
             bytes: 0,
             partition_bounds: Vec::new(),
             bounds_moved: false,
-            freed: Vec::new(),
-            freed_in_flight: Vec::new(),
+            freed: FreedPrefixes::default(),
         })
     }
 
@@ -706,19 +703,7 @@ impl Operator for TopK {
             self.unsaved.drain_into(sink);
         }
         // Partitions freed behind the watermark, after the adds that may have stored rows.
-        if full {
-            let mut again = std::mem::take(&mut self.freed_in_flight);
-            again.append(&mut self.freed);
-            self.freed = again;
-        }
-        for prefix in &self.freed {
-            sink.clear_prefix(prefix);
-        }
-        if self.lookup.is_some() {
-            self.freed_in_flight.append(&mut self.freed);
-        } else {
-            self.freed.clear();
-        }
+        self.freed.write(full, self.lookup.is_some(), sink);
         for pkey in std::mem::take(&mut self.unsaved_partitions) {
             let Some(p) = self.partitions.get_mut(&pkey) else {
                 continue;
@@ -740,7 +725,7 @@ impl Operator for TopK {
     }
 
     fn checkpoint_durable(&mut self) {
-        self.freed_in_flight.clear();
+        self.freed.durable();
         for pkey in std::mem::take(&mut self.in_flight_partitions) {
             if let Some(p) = self.partitions.get_mut(&pkey) {
                 p.in_flight = false;
