@@ -918,6 +918,15 @@ async fn windows_closed_after_a_restart_count_rows_from_before_it() {
         .unwrap();
     let insert = |v: i32, ts: &str| format!("INSERT INTO ev VALUES ({v}, '2026-01-01 {ts}')");
     client.batch_execute(&insert(1, "00:00:10")).await.unwrap();
+    // EMIT ON WINDOW CLOSE over a view (its watermarks known now that it has seen a row): it
+    // must be rebuilt at start-up, before that view has run an epoch.
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW busy_minutes AS
+               SELECT window_start, n FROM per_minute WHERE n >= 2 EMIT ON WINDOW CLOSE",
+        )
+        .await
+        .unwrap();
     server.kill();
     let mut server = EddyProcess::spawn(&data, &args, &[]);
     let client = server.connect().await;
@@ -932,6 +941,10 @@ async fn windows_closed_after_a_restart_count_rows_from_before_it() {
     assert_eq!(
         rows(&client, windows).await,
         vec!["2026-01-01 00:00:00|3|6".to_string()]
+    );
+    assert_eq!(
+        rows(&client, "SELECT window_start, n FROM busy_minutes").await,
+        vec!["2026-01-01 00:00:00|3".to_string()]
     );
     // The window join freed the closed minute's rows, here and (at the next checkpoint) in
     // the store; a restart from that checkpoint still joins the open minute's rows.

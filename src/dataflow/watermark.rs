@@ -14,6 +14,7 @@
 //! | union | per column, the smallest of the inputs' (all must have one) |
 //! | aggregate | group keys, as a projection; none on aggregate values |
 //! | inner and semi join | an equi-join key with a watermark on both sides: the smaller |
+//! | inner join, interval | a column `c` in a residual `c ≥ y` across the sides: the smaller of its own and `y` at the other side's watermark |
 //! | top-k | partition keys that are columns |
 //! | emit on window close | the input's |
 //!
@@ -134,6 +135,33 @@ pub fn propagate(
                     out[left_width + r] = Some(low);
                 }
             }
+            if j.kind == JoinKind::Inner {
+                // Interval joins: for a conjunct `c ≥ y` with `c` a column of one side, a
+                // later output row has c ≥ its side's watermark (a new row) or c ≥ y at the
+                // other side's watermark (an old row meeting a new partner).
+                let pair: Watermarks = inputs[0]
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::repeat(None))
+                    .take(left_width)
+                    .chain(inputs[1].iter().cloned())
+                    .collect();
+                for b in interval_bounds(j.filter.as_ref(), left_width) {
+                    let Some(c) = as_column(&b.x).filter(|c| *c < width) else {
+                        continue;
+                    };
+                    let Some(Some(own)) = pair.get(c) else {
+                        continue;
+                    };
+                    let Some(met) = at_watermark(&b.y, &node.schema, &pair)? else {
+                        continue;
+                    };
+                    let low = if *own <= met { own.clone() } else { met };
+                    if out[c].as_ref().is_none_or(|prev| *prev < low) {
+                        out[c] = Some(low);
+                    }
+                }
+            }
             out
         }
         NodeKind::Join(_) => none(),
@@ -149,6 +177,59 @@ pub fn propagate(
             out
         }
     })
+}
+
+/// A residual conjunct `x ≥ y`, `x` over the columns of side `side` only, `y` over the
+/// other side's column `other_column` (as a column of the pair schema) only.
+pub struct IntervalBound {
+    /// 0: left, 1: right.
+    pub side: usize,
+    pub x: Arc<dyn PhysicalExpr>,
+    pub y: Arc<dyn PhysicalExpr>,
+    pub other_column: usize,
+}
+
+/// The interval bounds in `filter` (an inner join's residual over `left_width` left columns
+/// and then the right ones).
+pub fn interval_bounds(
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    left_width: usize,
+) -> Vec<IntervalBound> {
+    use datafusion::logical_expr::Operator as Op;
+    use datafusion::physical_expr::expressions::BinaryExpr;
+    let mut conjuncts = Vec::new();
+    let mut todo: Vec<Arc<dyn PhysicalExpr>> = filter.into_iter().cloned().collect();
+    while let Some(e) = todo.pop() {
+        match e.downcast_ref::<BinaryExpr>() {
+            Some(b) if *b.op() == Op::And => {
+                todo.push(b.left().clone());
+                todo.push(b.right().clone());
+            }
+            Some(b) => conjuncts.push((b.left().clone(), *b.op(), b.right().clone())),
+            None => {}
+        }
+    }
+    let side_of = |c: usize| usize::from(c >= left_width);
+    let mut out = Vec::new();
+    for (l, op, r) in conjuncts {
+        let (x, y) = match op {
+            Op::GtEq | Op::Gt => (l, r),
+            Op::LtEq | Op::Lt => (r, l),
+            _ => continue,
+        };
+        let (Some(xc), Some(yc)) = (monotone_in(&x), monotone_in(&y)) else {
+            continue;
+        };
+        if side_of(xc) != side_of(yc) {
+            out.push(IntervalBound {
+                side: side_of(xc),
+                x,
+                y,
+                other_column: yc,
+            });
+        }
+    }
+    out
 }
 
 fn as_column(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {

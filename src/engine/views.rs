@@ -45,11 +45,7 @@ impl Session {
                 "EMIT ON WINDOW CLOSE on a view none of whose columns has a watermark: output a window bound (window_start, window_end) or the event-time column of a table with WATERMARK FOR, grouped or carried through unchanged"
             ));
         }
-        let output = spec.output();
-        let schema = spec.nodes[output].schema.clone();
-        spec.add(NodeKind::EmitOnWindowClose, vec![output], schema);
-        // Only final rows come out: the contents spill like an append-only view's.
-        spec.append_only = true;
+        end_with_emit_on_window_close(spec);
         Ok(())
     }
 
@@ -174,9 +170,12 @@ impl Session {
     /// Re-plans a stored materialized view (at start-up).
     pub async fn plan_view(&mut self, view: &ViewDef) -> Result<(DataflowSpec, SchemaRef)> {
         let query = parse_query(&view.query)?;
-        let compiled = self
-            .compile_view(&query, &view.columns, view.emit_on_window_close)
-            .await?;
+        let mut compiled = self.compile_view(&query, &view.columns, false).await?;
+        if view.emit_on_window_close {
+            // Checked when the view was created; an upstream view's watermarks are not known
+            // yet at start-up.
+            end_with_emit_on_window_close(&mut compiled.spec);
+        }
         Ok((compiled.spec, compiled.schema))
     }
 
@@ -568,6 +567,15 @@ pub(super) fn inline_views(stmt: &Statement, catalog: &Catalog) -> Result<Statem
         sqlstate::PROGRAM_LIMIT_EXCEEDED,
         "views are nested more than 64 levels deep"
     ))
+}
+
+/// Appends the [`NodeKind::EmitOnWindowClose`] node to `spec`.
+fn end_with_emit_on_window_close(spec: &mut DataflowSpec) {
+    let output = spec.output();
+    let schema = spec.nodes[output].schema.clone();
+    spec.add(NodeKind::EmitOnWindowClose, vec![output], schema);
+    // Only final rows come out: the contents spill like an append-only view's.
+    spec.append_only = true;
 }
 
 /// Columns of `SHOW MATERIALIZED VIEWS`.

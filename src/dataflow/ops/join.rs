@@ -53,7 +53,7 @@ use crate::dataflow::state::{
     Arrangement, CountLog, FreedPrefixes, RowId, StateLookup, StateReader, StateWriter, append_key,
     key_parts,
 };
-use crate::dataflow::watermark::Watermarks;
+use crate::dataflow::watermark::{IntervalBound, Watermarks, interval_bounds};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -103,61 +103,6 @@ pub struct Join {
     /// Per interval bound: the value below which its side's rows are dead, as of the last
     /// watermarks.
     interval_limits: Vec<Option<ScalarValue>>,
-}
-
-/// A residual conjunct `x ≥ y`, `x` over the columns of side `side` only, `y` over the
-/// other side's column `other_column` (as a column of the pair schema) only.
-struct IntervalBound {
-    side: usize,
-    x: Arc<dyn PhysicalExpr>,
-    y: Arc<dyn PhysicalExpr>,
-    other_column: usize,
-}
-
-/// The interval bounds in `filter` (an inner join's residual over `left_width` left columns
-/// and then the right ones).
-fn interval_bounds(
-    filter: Option<&Arc<dyn PhysicalExpr>>,
-    left_width: usize,
-) -> Vec<IntervalBound> {
-    use datafusion::logical_expr::Operator as Op;
-    use datafusion::physical_expr::expressions::BinaryExpr;
-    let mut conjuncts = Vec::new();
-    let mut todo: Vec<Arc<dyn PhysicalExpr>> = filter.into_iter().cloned().collect();
-    while let Some(e) = todo.pop() {
-        match e.downcast_ref::<BinaryExpr>() {
-            Some(b) if *b.op() == Op::And => {
-                todo.push(b.left().clone());
-                todo.push(b.right().clone());
-            }
-            Some(b) => conjuncts.push((b.left().clone(), *b.op(), b.right().clone())),
-            None => {}
-        }
-    }
-    let side_of = |c: usize| if c < left_width { LEFT } else { RIGHT };
-    let mut out = Vec::new();
-    for (l, op, r) in conjuncts {
-        let (x, y) = match op {
-            Op::GtEq | Op::Gt => (l, r),
-            Op::LtEq | Op::Lt => (r, l),
-            _ => continue,
-        };
-        let (Some(xc), Some(yc)) = (
-            crate::dataflow::watermark::monotone_in(&x),
-            crate::dataflow::watermark::monotone_in(&y),
-        ) else {
-            continue;
-        };
-        if side_of(xc) != side_of(yc) {
-            out.push(IntervalBound {
-                side: side_of(xc),
-                x,
-                y,
-                other_column: yc,
-            });
-        }
-    }
-    out
 }
 
 /// A join key in memory.
