@@ -42,7 +42,7 @@ impl Session {
     fn emit_on_window_close(&self, spec: &mut DataflowSpec) -> Result<()> {
         if !self.view_has_watermark(spec)? {
             return Err(unsupported!(
-                "EMIT ON WINDOW CLOSE on a view none of whose columns has a watermark: output a window bound (window_start, window_end) or the event-time column of a table with WATERMARK FOR, grouped or carried through unchanged"
+                "EMIT ON WINDOW CLOSE is not supported on a view none of whose columns has a watermark: output a window bound (window_start, window_end) or the event-time column of a table with WATERMARK FOR, grouped or carried through unchanged"
             ));
         }
         end_with_emit_on_window_close(spec);

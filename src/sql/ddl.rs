@@ -22,11 +22,17 @@ fn table_options(ct: &ast::CreateTable) -> Result<TableOptions> {
     let options = match &ct.table_options {
         ast::CreateTableOptions::None => return Ok(out),
         ast::CreateTableOptions::With(options) => options,
-        other => return Err(unsupported!("table options {other}")),
+        other => {
+            return Err(unsupported!(
+                "table options {other} are not supported (only WITH (late_rows = …))"
+            ));
+        }
     };
     for option in options {
         let ast::SqlOption::KeyValue { key, value } = option else {
-            return Err(unsupported!("table option {option}"));
+            return Err(unsupported!(
+                "table option {option} is not supported (only late_rows = 'keep' | 'drop')"
+            ));
         };
         let value = match value {
             ast::Expr::Value(v) => match &v.value {
@@ -45,7 +51,11 @@ fn table_options(ct: &ast::CreateTable) -> Result<TableOptions> {
                     "late_rows must be 'keep' or 'drop', not '{other}'"
                 ));
             }
-            (other, _) => return Err(unsupported!("table option {other}")),
+            (other, _) => {
+                return Err(unsupported!(
+                    "table option {other} is not supported (only late_rows = 'keep' | 'drop')"
+                ));
+            }
         }
     }
     Ok(out)

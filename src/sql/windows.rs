@@ -98,7 +98,7 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
     };
     if kind == Window::Session {
         return Err(unsupported!(
-            "SESSION windows; TUMBLE and HOP windows are supported"
+            "SESSION windows are not supported yet (TUMBLE and HOP windows are)"
         ));
     }
     let exprs = args
@@ -235,7 +235,7 @@ fn interval_nanos(e: &Expr, fname: &str, what: &str) -> Result<i64> {
     let iv = parse_interval_month_day_nano(&text).map_err(|_| bad())?;
     if iv.months != 0 {
         return Err(unsupported!(
-            "{fname} windows measured in months or years (their length varies); use GROUP BY date_trunc('month', …)"
+            "{fname} windows measured in months or years are not supported (their length varies); group by date_trunc('month', …) instead"
         ));
     }
     let nanos = i128::from(iv.days) * 86_400_000_000_000 + i128::from(iv.nanoseconds);
