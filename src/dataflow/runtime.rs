@@ -590,11 +590,12 @@ impl Dataflow {
 
     /// Runs one epoch: feeds each source its input's changes, then every operator in order to
     /// its barrier. Returns the view's (consolidated) delta.
+    /// `source_watermarks`: [`Dataflow::current_source_watermarks`] for this epoch.
     fn step(
         &mut self,
         epoch: Epoch,
         feed: &dyn Fn(Input) -> Vec<ZBatch>,
-        sources: &WatermarkSource<'_>,
+        source_watermarks: HashMap<Input, Watermarks>,
     ) -> Result<Vec<ZBatch>> {
         for (input, node) in &self.sources {
             for batch in feed(*input) {
@@ -602,7 +603,7 @@ impl Dataflow {
             }
         }
         // Watermarks, when a source has one: each operator learns its inputs' and its own.
-        self.source_watermarks = self.current_source_watermarks(sources);
+        self.source_watermarks = source_watermarks;
         let watermarks = if self.source_watermarks.is_empty() {
             None
         } else {
@@ -1165,13 +1166,14 @@ impl Worker {
                     "a view it reads stopped"
                 ))
             } else {
+                let watermarks = df.current_source_watermarks(&marks);
                 let active = df.sources.iter().any(|(i, _)| deltas.contains_key(i))
-                    || df.current_source_watermarks(&marks) != df.source_watermarks;
+                    || watermarks != df.source_watermarks;
                 if !active {
                     continue;
                 }
                 let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
-                guarded(|| df.step(epoch, &feed, &marks))
+                guarded(|| df.step(epoch, &feed, watermarks))
             };
             match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
                 Ok((whole, delta)) => {
@@ -1345,7 +1347,8 @@ impl Worker {
             tables: &self.table_watermarks,
             views: &self.shared.views,
         };
-        guarded(|| df.step(epoch, &feed, &marks))?;
+        let watermarks = df.current_source_watermarks(&marks);
+        guarded(|| df.step(epoch, &feed, watermarks))?;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Operator as BinaryOp;
@@ -139,13 +140,7 @@ pub fn propagate(
                 // Interval joins: for a conjunct `c ≥ y` with `c` a column of one side, a
                 // later output row has c ≥ its side's watermark (a new row) or c ≥ y at the
                 // other side's watermark (an old row meeting a new partner).
-                let pair: Watermarks = inputs[0]
-                    .iter()
-                    .cloned()
-                    .chain(std::iter::repeat(None))
-                    .take(left_width)
-                    .chain(inputs[1].iter().cloned())
-                    .collect();
+                let pair = pair_watermarks(inputs[0], inputs[1], left_width);
                 for b in interval_bounds(j.filter.as_ref(), left_width) {
                     let Some(c) = as_column(&b.x).filter(|c| *c < width) else {
                         continue;
@@ -230,6 +225,36 @@ pub fn interval_bounds(
         }
     }
     out
+}
+
+/// Per row of `columns`: whether some bounded column (index, watermark) is below its
+/// watermark, so the row (a group, a window, a key) is final.
+pub fn below_any<'a>(
+    columns: &[ArrayRef],
+    bounds: impl IntoIterator<Item = (usize, &'a ScalarValue)>,
+) -> Result<Vec<bool>> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let mut out = vec![false; rows];
+    for (c, w) in bounds {
+        let Some(column) = columns.get(c) else {
+            continue;
+        };
+        let below = lt(column, &w.to_scalar()?)?;
+        for (row, b) in below.iter().enumerate() {
+            out[row] |= b == Some(true);
+        }
+    }
+    Ok(out)
+}
+
+/// The watermarks of a join's pair of rows (the left side's columns, then the right's).
+pub fn pair_watermarks(left: &Watermarks, right: &Watermarks, left_width: usize) -> Watermarks {
+    left.iter()
+        .cloned()
+        .chain(std::iter::repeat(None))
+        .take(left_width)
+        .chain(right.iter().cloned())
+        .collect()
 }
 
 fn as_column(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {

@@ -14,12 +14,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::kernels::boolean::or;
-use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::RowConverter;
 
-use crate::dataflow::watermark::Watermarks;
+use crate::dataflow::watermark::{Watermarks, below_any};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
@@ -58,20 +56,13 @@ impl EmitOnWindowClose {
     }
 
     /// Which pending rows are final: one of their watermarked columns is below its watermark.
-    fn closed(&self, data: &RecordBatch) -> Result<Option<BooleanArray>> {
-        let mut closed: Option<BooleanArray> = None;
-        for (c, w) in self.watermarks.iter().enumerate() {
-            let Some(w) = w else { continue };
-            if c >= data.num_columns() {
-                continue;
-            }
-            let below = lt(data.column(c), &w.to_scalar()?)?;
-            closed = Some(match closed {
-                None => below,
-                Some(prev) => or(&prev, &below)?,
-            });
-        }
-        Ok(closed)
+    fn closed(&self, data: &RecordBatch) -> Result<BooleanArray> {
+        let bounds = self.watermarks.iter().enumerate();
+        let closed = below_any(
+            data.columns(),
+            bounds.filter_map(|(c, w)| Some((c, w.as_ref()?))),
+        )?;
+        Ok(BooleanArray::from(closed))
     }
 }
 
@@ -105,9 +96,7 @@ impl Operator for EmitOnWindowClose {
             .converter
             .convert_rows(keys.iter().map(|k| parser.parse(k)))?;
         let data = RecordBatch::try_new(self.schema.clone(), columns)?;
-        let Some(closed) = self.closed(&data)? else {
-            return Ok(());
-        };
+        let closed = self.closed(&data)?;
         if closed.true_count() == 0 {
             return Ok(());
         }

@@ -37,7 +37,6 @@ use datafusion::arrow::array::{
     UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
@@ -47,7 +46,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::spec::AggregateCall;
 use crate::dataflow::state::{StateLookup, StateReader, StateWriter, ValueKey, ValueSet};
-use crate::dataflow::watermark::Watermarks;
+use crate::dataflow::watermark::{Watermarks, below_any};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -607,14 +606,8 @@ impl HashAggregate {
             ids.iter()
                 .map(|g| parser.parse(&self.groups.keys[*g as usize])),
         )?;
-        let mut closed = vec![false; ids.len()];
-        for (c, w) in self.key_watermarks.iter().enumerate() {
-            let Some(w) = w else { continue };
-            let below = lt(&keys[c], &w.to_scalar()?)?;
-            for (i, b) in below.iter().enumerate() {
-                closed[i] |= b == Some(true);
-            }
-        }
+        let bounds = self.key_watermarks.iter().enumerate();
+        let closed = below_any(&keys, bounds.filter_map(|(c, w)| Some((c, w.as_ref()?))))?;
         let mut low: Option<ScalarValue> = None;
         for (i, g) in ids.iter().enumerate() {
             if closed[i] {

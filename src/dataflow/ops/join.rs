@@ -53,7 +53,9 @@ use crate::dataflow::state::{
     Arrangement, CountLog, FreedPrefixes, RowId, StateLookup, StateReader, StateWriter, append_key,
     key_parts,
 };
-use crate::dataflow::watermark::{IntervalBound, Watermarks, interval_bounds};
+use crate::dataflow::watermark::{
+    IntervalBound, Watermarks, below_any, interval_bounds, pair_watermarks,
+};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -303,15 +305,10 @@ impl Join {
         let columns = self
             .key_converter
             .convert_rows(keys.iter().map(|(_, k)| parser.parse(k)))?;
-        let mut dead = [vec![false; keys.len()], vec![false; keys.len()]];
-        for (i, left_below, right_below) in &self.key_bounds {
-            for (side, bound) in [(LEFT, left_below), (RIGHT, right_below)] {
-                let below = lt(&columns[*i], &bound.to_scalar()?)?;
-                for (k, b) in below.iter().enumerate() {
-                    dead[side][k] |= b == Some(true);
-                }
-            }
-        }
+        let dead = [
+            below_any(&columns, self.key_bounds.iter().map(|(i, l, _)| (*i, l)))?,
+            below_any(&columns, self.key_bounds.iter().map(|(i, _, r)| (*i, r)))?,
+        ];
         for (k, (hash, key)) in keys.iter().enumerate() {
             for side in [LEFT, RIGHT] {
                 if dead[side][k] && self.sides[side].lookup(*hash, key).next().is_some() {
@@ -824,13 +821,7 @@ impl Operator for Join {
         }
         // Interval bounds: y at the other side's watermark (y reads one column of the pair).
         let left_width = self.schemas[LEFT].fields().len();
-        let pair_marks: Watermarks = inputs[0]
-            .iter()
-            .cloned()
-            .chain(std::iter::repeat(None))
-            .take(left_width)
-            .chain(inputs[1].iter().cloned())
-            .collect();
+        let pair_marks = pair_watermarks(inputs[0], inputs[1], left_width);
         let limits: Vec<Option<ScalarValue>> = self
             .intervals
             .iter()

@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::compute::kernels::cmp::lt;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -37,7 +36,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::dataflow::spec::{RankKind, TopKSpec};
 use crate::dataflow::state::{CountLog, FreedPrefixes, StateLookup};
-use crate::dataflow::watermark::Watermarks;
+use crate::dataflow::watermark::{Watermarks, below_any};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::{Result, sqlstate};
 use crate::types::{Epoch, ZBatch};
@@ -278,13 +277,7 @@ impl TopK {
         let pkeys: Vec<Box<[u8]>> = self.partitions.keys().cloned().collect();
         let parser = converter.parser();
         let columns = converter.convert_rows(pkeys.iter().map(|k| parser.parse(k)))?;
-        let mut closed = vec![false; pkeys.len()];
-        for (i, w) in &self.partition_bounds {
-            let below = lt(&columns[*i], &w.to_scalar()?)?;
-            for (k, b) in below.iter().enumerate() {
-                closed[k] |= b == Some(true);
-            }
-        }
+        let closed = below_any(&columns, self.partition_bounds.iter().map(|(i, w)| (*i, w)))?;
         for (pkey, _) in pkeys.into_iter().zip(closed).filter(|(_, c)| *c) {
             if let Some(p) = self.partitions.remove(&pkey) {
                 let rows: i64 = p.rows.values().sum::<i64>() + p.beyond.values().sum::<i64>();
