@@ -61,4 +61,10 @@ pub struct Config {
     /// rate they are measured to process changes (never below 4MB; `0s` for no target).
     #[arg(long, default_value = "1s", value_parser = crate::types::parse_duration, env = "EDDY_TARGET_RECOVERY_TIME")]
     pub target_recovery_time: Duration,
+
+    /// What `now()` reads in materialized views' temporal filters: `system`, or a `manual`
+    /// clock that moves only with `ADVANCE CLOCK` (for tests), e.g.
+    /// `manual:2025-01-01T00:00:00Z` (`manual` alone starts at 1970-01-01).
+    #[arg(long, default_value = "system", env = "EDDY_CLOCK")]
+    pub clock: crate::engine::clock::ClockSetting,
 }

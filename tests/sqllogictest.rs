@@ -29,12 +29,14 @@ use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 use tokio::sync::Mutex;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-/// The server's settings for .slt files: no idle progress rows from `SUBSCRIBE … WITH
-/// (PROGRESS)` (they depend on timing; the progress row after each change stays), so FETCH
-/// output is deterministic.
+/// The server's settings for .slt files, so that output is deterministic: no idle progress
+/// rows from `SUBSCRIBE … WITH (PROGRESS)` (they depend on timing; the progress row after each
+/// change stays), and a manual clock starting at 2025-01-01 00:00:00 UTC that only
+/// `ADVANCE CLOCK` moves (`now()` in views' temporal filters).
 fn config(data_dir: &Path) -> EngineConfig {
     let mut config = EngineConfig::new(data_dir.to_path_buf());
     config.subscribe.progress_interval = std::time::Duration::from_secs(24 * 3600);
+    config.clock = eddy::engine::clock::ClockSetting::Manual(1_735_689_600_000_000);
     config
 }
 

@@ -59,6 +59,8 @@ pub struct CheckpointSetup {
     pub budget: Arc<ReplayBudget>,
     /// Tables' watermarks as of the last checkpoint (carried into the next ones).
     pub table_watermarks: Vec<TableWatermark>,
+    /// The clock as of the last checkpoint (`i64::MIN` without one: the log's records set it).
+    pub clock: i64,
 }
 
 impl CheckpointSetup {

@@ -49,6 +49,20 @@ pub trait Operator: Send {
     /// Consumes one input batch arriving on `port`; may emit output right away into `out`.
     fn on_batch(&mut self, port: usize, batch: ZBatch, out: &mut Vec<ZBatch>) -> Result<()>;
 
+    /// The epoch's time (the engine's clock, µs since 1970; never less than the last one),
+    /// given before its input batches. An operator whose output depends on time (a temporal
+    /// filter) emits what time alone changed since the last epoch.
+    fn on_time(&mut self, _now: i64, _out: &mut Vec<ZBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The earliest time at which the operator's output will change with no new input (a
+    /// temporal filter's next row to enter or leave), if any: the runtime runs an epoch by
+    /// then.
+    fn next_time(&self) -> Option<i64> {
+        None
+    }
+
     /// The epoch's input is complete: emit whatever output was held back.
     fn on_barrier(&mut self, epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()>;
 

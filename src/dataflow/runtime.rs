@@ -128,6 +128,8 @@ struct Record {
     changes: Arc<Vec<(ObjectId, ZBatch)>>,
     /// When it was committed.
     time: SystemTime,
+    /// The engine's clock then (µs since 1970): `now()` for temporal filters.
+    clock: i64,
     /// The watermarks of the tables it wrote that have one, after it.
     watermarks: Vec<TableWatermark>,
     /// Replayed at start-up: an epoch of its own (so every LSN a subscriber may have seen as an
@@ -183,6 +185,11 @@ struct Shared {
     /// Set once started.
     checkpoint_stats: Mutex<Option<Box<dyn Fn() -> CheckpointStats + Send + Sync>>>,
     memory: Mutex<MemoryStats>,
+    /// The clock as of the committed epoch.
+    clock: std::sync::atomic::AtomicI64,
+    /// The earliest time at which some operator's output changes by itself (a temporal
+    /// filter's row enters or leaves): an epoch is needed then even without writes.
+    wakeup: tokio::sync::watch::Sender<Option<i64>>,
 }
 
 /// Dataflow state in memory against the budget (observability, `eddy_catalog.memory`).
@@ -214,6 +221,8 @@ impl Runtime {
             retention,
             checkpoint_stats: Mutex::new(None),
             memory: Mutex::new(MemoryStats::default()),
+            clock: std::sync::atomic::AtomicI64::new(i64::MIN),
+            wakeup: tokio::sync::watch::Sender::new(None),
         });
         Runtime {
             shared,
@@ -247,6 +256,10 @@ impl Runtime {
             .iter()
             .map(|w| (w.table, *w))
             .collect();
+        shared
+            .clock
+            .store(checkpoints.clock, std::sync::atomic::Ordering::SeqCst);
+        let clock = checkpoints.clock;
         let checkpoints = Checkpointer::start(checkpoints, lsn)?;
         *shared.checkpoint_stats.lock() = Some(checkpoints.stats_reader());
         let handle = std::thread::Builder::new()
@@ -260,6 +273,7 @@ impl Runtime {
                     checkpoints,
                     collecting: Duration::ZERO,
                     table_watermarks,
+                    clock,
                 }
                 .run()
             })
@@ -297,6 +311,17 @@ impl Runtime {
         &self.shared.epochs
     }
 
+    /// The clock as of the committed epoch (µs since 1970; `i64::MIN` before any).
+    pub fn clock(&self) -> i64 {
+        self.shared.clock.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Watches the earliest time at which a view changes by itself (see
+    /// [`Operator::next_time`]): the engine makes an epoch then if no write does.
+    pub fn wakeups(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
+        self.shared.wakeup.subscribe()
+    }
+
     /// Queues a committed record. Called in LSN order, usually before the record is durable —
     /// but the log writer may have synced it already, so then the runtime is woken here.
     pub fn push(
@@ -304,12 +329,14 @@ impl Runtime {
         lsn: Lsn,
         changes: Arc<Vec<(ObjectId, ZBatch)>>,
         time: SystemTime,
+        clock: i64,
         watermarks: Vec<TableWatermark>,
     ) {
         self.enqueue(Record {
             lsn,
             changes,
             time,
+            clock,
             watermarks,
             solo: false,
         });
@@ -322,12 +349,14 @@ impl Runtime {
         lsn: Lsn,
         changes: Arc<Vec<(ObjectId, ZBatch)>>,
         time: SystemTime,
+        clock: i64,
         watermarks: Vec<TableWatermark>,
     ) {
         self.enqueue(Record {
             lsn,
             changes,
             time,
+            clock,
             watermarks,
             solo: true,
         });
@@ -588,12 +617,19 @@ impl Dataflow {
         self.sources.iter().any(|(i, _)| *i == input)
     }
 
+    /// The earliest time at which its output changes by itself (see [`Operator::next_time`]).
+    fn next_time(&self) -> Option<i64> {
+        self.nodes.iter().filter_map(|n| n.op.next_time()).min()
+    }
+
     /// Runs one epoch: feeds each source its input's changes, then every operator in order to
     /// its barrier. Returns the view's (consolidated) delta.
-    /// `source_watermarks`: [`Dataflow::current_source_watermarks`] for this epoch.
+    /// `clock`: the epoch's time. `source_watermarks`: [`Dataflow::current_source_watermarks`]
+    /// for this epoch.
     fn step(
         &mut self,
         epoch: Epoch,
+        clock: i64,
         feed: &dyn Fn(Input) -> Vec<ZBatch>,
         source_watermarks: HashMap<Input, Watermarks>,
     ) -> Result<Vec<ZBatch>> {
@@ -628,6 +664,7 @@ impl Dataflow {
             let pending = std::mem::take(&mut self.nodes[i].pending);
             let mut out = Vec::new();
             let node = &mut self.nodes[i];
+            node.op.on_time(clock, &mut out)?;
             for (port, batch) in pending {
                 node.op.on_batch(port, batch, &mut out)?;
             }
@@ -751,6 +788,9 @@ struct Worker {
     collecting: Duration,
     /// Tables' watermarks as of the last committed epoch (stored with checkpoints).
     table_watermarks: HashMap<ObjectId, TableWatermark>,
+    /// The clock as of the last committed epoch: the largest of its records' clocks and
+    /// those before (so it never goes back, and a replay computes the same values).
+    clock: i64,
 }
 
 impl Worker {
@@ -823,6 +863,7 @@ impl Worker {
                 self.checkpoints.budget.observe(bytes, busy);
                 self.checkpoints.records_bytes += bytes;
             }
+            let commanded = !commands.is_empty();
             for command in commands {
                 match command {
                     Command::Create {
@@ -840,6 +881,10 @@ impl Worker {
                         let _ = reply.send(());
                     }
                 }
+            }
+            if commanded {
+                // A view created or dropped may change what the clock must wake for.
+                self.publish_clock();
             }
             self.after_checkpoint();
             if stopping {
@@ -1091,6 +1136,7 @@ impl Worker {
             history,
             meta: CheckpointMeta {
                 table_watermarks: self.table_watermarks.values().copied().collect(),
+                clock: Some(self.clock),
                 ..CheckpointMeta::new(lsn.0, views)
             },
             started,
@@ -1130,6 +1176,8 @@ impl Worker {
         let lsn = records.last().map_or(self.committed.lsn, |r| r.lsn);
         let epoch = Epoch(lsn.0);
         let time = records.last().map_or_else(SystemTime::now, |r| r.time);
+        let clock = records.iter().map(|r| r.clock).fold(self.clock, i64::max);
+        self.clock = clock;
         self.checkpoints
             .records
             .extend(records.iter().map(|r| r.changes.clone()));
@@ -1140,6 +1188,7 @@ impl Worker {
         if self.dataflows.is_empty() {
             // No views: the epoch only moves the read point.
             self.committed = Committed { epoch, lsn };
+            self.publish_clock();
             self.shared.epochs.publish(self.committed);
             return;
         }
@@ -1168,12 +1217,13 @@ impl Worker {
             } else {
                 let watermarks = df.current_source_watermarks(&marks);
                 let active = df.sources.iter().any(|(i, _)| deltas.contains_key(i))
-                    || watermarks != df.source_watermarks;
+                    || watermarks != df.source_watermarks
+                    || df.next_time().is_some_and(|t| t <= clock);
                 if !active {
                     continue;
                 }
                 let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
-                guarded(|| df.step(epoch, &feed, watermarks))
+                guarded(|| df.step(epoch, clock, &feed, watermarks))
             };
             match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
                 Ok((whole, delta)) => {
@@ -1203,6 +1253,7 @@ impl Worker {
             .dropped
             .extend(failed.iter().filter(|id| **id < TEMP_IDS));
         self.committed = Committed { epoch, lsn };
+        self.publish_clock();
         self.shared.epochs.publish(self.committed);
         for history in changed {
             history.notify(epoch);
@@ -1348,7 +1399,19 @@ impl Worker {
             views: &self.shared.views,
         };
         let watermarks = df.current_source_watermarks(&marks);
-        guarded(|| df.step(epoch, &feed, watermarks))?;
+        guarded(|| df.step(epoch, self.clock, &feed, watermarks))?;
         Ok(())
+    }
+
+    /// Publishes the committed clock and the earliest time a dataflow waits for.
+    fn publish_clock(&self) {
+        use std::sync::atomic::Ordering;
+        self.shared.clock.store(self.clock, Ordering::SeqCst);
+        let next = self.dataflows.iter().filter_map(Dataflow::next_time).min();
+        self.shared.wakeup.send_if_modified(|w| {
+            let changed = *w != next;
+            *w = next;
+            changed
+        });
     }
 }

@@ -105,6 +105,37 @@ pub enum NodeKind {
     /// `EMIT ON WINDOW CLOSE`: the input's changes, held back until the watermark makes them
     /// final (the view's last node).
     EmitOnWindowClose,
+    /// Keeps the rows for which every bound holds at the epoch's time (`now()`); rows enter and
+    /// leave as time passes.
+    TemporalFilter(Vec<TemporalBound>),
+}
+
+/// One condition of a temporal filter: `now()` compared with `expr`, an expression of the row
+/// giving a timestamp or date.
+#[derive(Debug, Clone)]
+pub struct TemporalBound {
+    pub expr: Arc<dyn PhysicalExpr>,
+    pub kind: TemporalBoundKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemporalBoundKind {
+    /// The row is visible once `now() >= expr` (`now() > expr` when not inclusive).
+    After { inclusive: bool },
+    /// The row is visible while `now() < expr` (`now() <= expr` when inclusive).
+    Before { inclusive: bool },
+}
+
+impl std::fmt::Display for TemporalBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.kind {
+            TemporalBoundKind::After { inclusive: true } => ">=",
+            TemporalBoundKind::After { inclusive: false } => ">",
+            TemporalBoundKind::Before { inclusive: true } => "<=",
+            TemporalBoundKind::Before { inclusive: false } => "<",
+        };
+        write!(f, "now() {op} {}", self.expr)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +187,13 @@ impl DataflowSpec {
             NodeKind::FilterProject { .. } | NodeKind::Union => inputs_ok(),
             NodeKind::Join(j) => j.kind == JoinKind::Inner && inputs_ok(),
             NodeKind::Aggregate { .. } | NodeKind::TopK(_) => false,
+            // Rows that only enter (no upper bound) are never taken back.
+            NodeKind::TemporalFilter(bounds) => {
+                bounds
+                    .iter()
+                    .all(|b| matches!(b.kind, TemporalBoundKind::After { .. }))
+                    && inputs_ok()
+            }
         }
     }
 
@@ -231,6 +269,10 @@ impl DataflowSpec {
             }
             NodeKind::Union => line.push_str("Union"),
             NodeKind::EmitOnWindowClose => line.push_str("EmitOnWindowClose"),
+            NodeKind::TemporalFilter(bounds) => {
+                let conditions: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
+                let _ = write!(line, "TemporalFilter: {}", conditions.join(" AND "));
+            }
             NodeKind::Aggregate {
                 group_by,
                 aggregates,

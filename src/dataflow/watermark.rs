@@ -17,6 +17,7 @@
 //! | inner join, interval | a column `c` in a residual `c ≥ y` across the sides: the smaller of its own and `y` at the other side's watermark |
 //! | top-k | partition keys that are columns |
 //! | emit on window close | the input's |
+//! | temporal filter | none: its rows enter and leave with the clock, whatever their event time |
 //!
 //! At an epoch's barrier an operator may treat every key below its input's watermark as
 //! final: aggregates free those groups, EMIT ON WINDOW CLOSE emits those rows.
@@ -87,7 +88,8 @@ pub fn propagate(
             w.resize(width, None);
             w
         }
-        NodeKind::Constant(_) => none(),
+        // A temporal filter's rows enter and leave with the clock, at any event time.
+        NodeKind::Constant(_) | NodeKind::TemporalFilter(_) => none(),
         NodeKind::FilterProject { exprs: None, .. } | NodeKind::EmitOnWindowClose => {
             inputs[0].clone()
         }

@@ -19,6 +19,7 @@
 //! The server talks to the engine only through [`Session`] (and [`Engine::open`]/[`Engine::close`]).
 
 mod admission;
+pub mod clock;
 mod convert;
 mod dml;
 mod pg_catalog;
@@ -45,6 +46,7 @@ use crate::storage::state::{CheckpointMeta, StateStore, StoreSnapshot, TABLE_ROW
 use crate::subscribe::{Limits, Registry, Retention};
 use crate::types::{Lsn, ObjectId, TableWatermark, ZBatch};
 use admission::{AdmissionStats, CheckpointLag};
+use clock::{Clock, ClockSetting};
 use watermark::WatermarkTracker;
 
 pub use crate::storage::table::Snapshot;
@@ -71,6 +73,8 @@ pub struct EngineConfig {
     /// ... and lowered to what the views would replay within this long (zero: no target); see
     /// [`ReplayBudget`].
     pub target_recovery_time: Duration,
+    /// What `now()` reads in temporal filters (see [`clock`]).
+    pub clock: ClockSetting,
 }
 
 impl EngineConfig {
@@ -84,9 +88,14 @@ impl EngineConfig {
             memory_budget: crate::types::system_memory() / 2,
             max_checkpoint_lag: DEFAULT_MAX_CHECKPOINT_LAG,
             target_recovery_time: DEFAULT_TARGET_RECOVERY_TIME,
+            clock: ClockSetting::System,
         }
     }
 }
+
+/// Clock-driven epochs (see [`clock`]) are at least this far apart: a temporal filter's rows
+/// enter and leave within this long of their time when nothing else is written.
+pub const MIN_TICK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// See [`EngineConfig::max_checkpoint_lag`] (`--max-checkpoint-lag`).
 pub const DEFAULT_MAX_CHECKPOINT_LAG: usize = 64 << 20;
@@ -123,6 +132,8 @@ pub struct Engine {
     recovery: Mutex<RecoveryStats>,
     /// The log not yet covered by a durable checkpoint; writes wait while it is too large.
     lag: Arc<CheckpointLag>,
+    /// What `now()` is for temporal filters.
+    clock: Clock,
     /// The lag limit admission applies, from the flags and the measured replay rate.
     budget: Arc<ReplayBudget>,
 }
@@ -246,7 +257,9 @@ impl Engine {
             config.target_recovery_time,
         ));
         let lag = Arc::new(CheckpointLag::new(budget.clone()));
+        let clock = Clock::new(config.clock);
         Ok(Arc::new(Engine {
+            clock,
             config,
             state,
             log,
@@ -292,6 +305,10 @@ impl Engine {
             .take()
             .ok_or_else(|| crate::internal!("the engine was started twice"))?;
         let from = Lsn(checkpoint.as_ref().map_or(0, |c| c.lsn));
+        // Checkpoints written before the clock was stored: their own time is close.
+        let clock = checkpoint
+            .as_ref()
+            .map_or(i64::MIN, |c| c.clock.unwrap_or(c.time_micros as i64));
         let (restorable, table_watermarks) = checkpoint
             .map(|c| (c.views, c.table_watermarks))
             .unwrap_or_default();
@@ -308,6 +325,7 @@ impl Engine {
                 budget: self.budget.clone(),
                 views: restorable.clone(),
                 table_watermarks,
+                clock,
                 stale,
                 on_checkpoint: Box::new(move |lsn| {
                     lag.checkpointed(lsn);
@@ -385,8 +403,14 @@ impl Engine {
                 crate::dataflow::runtime::changes_bytes(&record.changes),
             );
             let time = record.time.unwrap_or_else(SystemTime::now);
-            self.runtime
-                .replay(record.lsn, Arc::new(record.changes), time, watermarks);
+            let clock = record.clock.unwrap_or_else(|| clock::micros_of(time));
+            self.runtime.replay(
+                record.lsn,
+                Arc::new(record.changes),
+                time,
+                clock,
+                watermarks,
+            );
         }
         if replayed > 0 {
             self.runtime
@@ -400,6 +424,8 @@ impl Engine {
                 "replayed the log after the checkpoint through the views"
             );
         }
+        self.clock.catch_up(self.runtime.clock());
+        self.spawn_ticker();
         let mut recovery = self.recovery.lock();
         recovery.views_restored = restored;
         recovery.views_backfilled = backfilled;
@@ -608,7 +634,9 @@ impl Engine {
             return Ok(None);
         }
         let time = SystemTime::now();
-        let mut body = encode_body(&changes, time)?;
+        let logged_clock = self.clock.logged();
+        let clock = logged_clock.unwrap_or_else(|| clock::micros_of(time));
+        let mut body = encode_body(&changes, time, logged_clock)?;
         let mut bytes = crate::dataflow::runtime::changes_bytes(&changes);
         let durable = {
             let _commit = self.commit_lock.lock();
@@ -623,7 +651,7 @@ impl Engine {
                 // The record says how many rows it refused, so the counts are as durable as
                 // the rows (a write of late rows only still writes a record).
                 changes.push((watermark::LATE_ROWS, watermark::late_rows_change(&late)?));
-                body = encode_body(&changes, time)?;
+                body = encode_body(&changes, time, logged_clock)?;
                 bytes = crate::dataflow::runtime::changes_bytes(&changes);
             }
             let mut plans = Vec::with_capacity(changes.len());
@@ -649,7 +677,7 @@ impl Engine {
             }
             let watermarks = self.advance_watermarks(&changes, durable.lsn, horizon)?;
             self.runtime
-                .push(durable.lsn, Arc::new(changes), time, watermarks);
+                .push(durable.lsn, Arc::new(changes), time, clock, watermarks);
             durable
         };
         Ok(Some(durable))
@@ -735,6 +763,86 @@ impl Engine {
             }
         }
         Ok(next)
+    }
+
+    /// Appends a record with no changes at the clock's time and waits until it is durable:
+    /// the epoch it makes lets temporal filters move on when nothing is written.
+    pub async fn tick(&self) -> Result<Lsn> {
+        let time = SystemTime::now();
+        let durable = {
+            let _commit = self.commit_lock.lock();
+            if self.log.failure().is_some() {
+                self.undo_failed_writes(&mut self.tables.write())?;
+            }
+            // Read under the commit lock: a manual clock advanced before this is in it.
+            let logged_clock = self.clock.logged();
+            let clock = logged_clock.unwrap_or_else(|| clock::micros_of(time));
+            let durable = self.log.append(encode_body(&[], time, logged_clock)?)?;
+            self.lag.record(durable.lsn, 0);
+            self.runtime
+                .push(durable.lsn, Arc::new(Vec::new()), time, clock, Vec::new());
+            durable
+        };
+        durable.wait().await
+    }
+
+    /// `ADVANCE CLOCK`: moves a manual clock to `to` (µs since 1970) and makes an epoch there.
+    pub async fn advance_clock(&self, to: i64) -> Result<Lsn> {
+        self.clock.advance_to(to)?;
+        self.tick().await
+    }
+
+    /// The clock now (µs since 1970).
+    pub fn clock_now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// With the system clock: makes an epoch whenever a view waits for a time that no write
+    /// reached (a temporal filter's row enters or leaves), at most every
+    /// [`MIN_TICK_INTERVAL`]. A manual clock makes its epochs in [`Engine::advance_clock`].
+    fn spawn_ticker(self: &Arc<Self>) {
+        if self.clock.is_manual() {
+            return;
+        }
+        let engine = Arc::downgrade(self);
+        let mut wakeups = self.runtime.wakeups();
+        tokio::spawn(async move {
+            let mut last_tick = tokio::time::Instant::now();
+            loop {
+                let Some(at) = *wakeups.borrow_and_update() else {
+                    if wakeups.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let until_due = (at - clock::micros_of(SystemTime::now())).max(0) as u64;
+                let due = (tokio::time::Instant::now() + Duration::from_micros(until_due))
+                    .max(last_tick + MIN_TICK_INTERVAL);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    changed = wakeups.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                if engine.runtime.clock() >= at {
+                    // A write's epoch got there first.
+                    continue;
+                }
+                last_tick = tokio::time::Instant::now();
+                if let Err(e) = engine.tick().await {
+                    tracing::warn!(error = %e, "could not write a clock tick");
+                }
+                drop(engine);
+                // Let the runtime run the tick's epoch before looking again.
+                let _ = tokio::time::timeout(MIN_TICK_INTERVAL, wakeups.changed()).await;
+            }
+        });
     }
 
     /// The current watermark of every table that has one.

@@ -210,6 +210,13 @@ impl Session {
 
     /// Parses and describes one statement for the extended protocol.
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
+        if parsed.advance_clock.is_some() {
+            return Ok(Prepared {
+                parsed,
+                param_types: vec![],
+                schema: None,
+            });
+        }
         if let (Statement::Query(query), Some(options)) = (&parsed.stmt, &parsed.subscribe) {
             let schema = self.subscribe_schema(query, options).await?;
             return Ok(Prepared {
@@ -288,6 +295,9 @@ impl Session {
     async fn execute_inner(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
         if let Some(options) = &parsed.subscribe {
             return self.execute_subscribe(parsed, options).await;
+        }
+        if let Some(step) = parsed.advance_clock {
+            return self.advance_clock(step).await;
         }
         match &parsed.stmt {
             Statement::Query(_) => self.run_query_with(parsed, params).await,
@@ -693,6 +703,26 @@ impl Session {
             .filter(|ms| *ms > 0)
             .unwrap_or(10_000);
         std::time::Duration::from_millis(ms)
+    }
+
+    /// `ADVANCE CLOCK`: moves the manual clock and waits until the epoch at the new time is
+    /// durable (reads after it wait for views to reach it, as after a write).
+    async fn advance_clock(&mut self, step: sql::temporal::ClockStep) -> Result<Output> {
+        if !self.ddl_allowed() {
+            return Err(crate::err!(
+                sqlstate::ACTIVE_SQL_TRANSACTION,
+                "ADVANCE CLOCK cannot run inside a transaction block"
+            ));
+        }
+        let to = match step {
+            sql::temporal::ClockStep::To(t) => t,
+            sql::temporal::ClockStep::By(d) => self.engine.clock_now().saturating_add(d),
+        };
+        self.engine.advance_clock(to).await?;
+        Ok(Output::Command {
+            tag: "ADVANCE CLOCK",
+            rows: None,
+        })
     }
 
     pub(super) fn ddl_allowed(&self) -> bool {

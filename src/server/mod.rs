@@ -86,6 +86,7 @@ impl Server {
             memory_budget: config.memory_budget,
             max_checkpoint_lag: config.max_checkpoint_lag,
             target_recovery_time: config.target_recovery_time,
+            clock: config.clock,
         };
         Self::start_with(engine_config, config.listen).await
     }

@@ -32,7 +32,8 @@ use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, create_physical_expr};
 
 use crate::dataflow::spec::{
-    AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind, RankKind, TopKSpec,
+    AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind, RankKind,
+    TemporalBound, TopKSpec,
 };
 use crate::error::Result;
 use crate::unsupported;
@@ -194,8 +195,9 @@ impl datafusion::optimizer::OptimizerConfig for ViewOptimizerConfig<'_> {
     }
 }
 
-/// `now()`, `random()` and other functions whose value is not fixed by their arguments cannot be
-/// maintained by replaying changes.
+/// `random()`, `current_date` and other functions whose value is not fixed by their arguments
+/// cannot be maintained by replaying changes. (`now()` can, in temporal filters: see
+/// [`super::temporal`].)
 fn reject_time_varying(plan: &LogicalPlan) -> Result<()> {
     let mut found: Option<String> = None;
     plan.apply_with_subqueries(|node| {
@@ -203,6 +205,7 @@ fn reject_time_varying(plan: &LogicalPlan) -> Result<()> {
             e.apply(|e| {
                 if let Expr::ScalarFunction(f) = e
                     && f.func.signature().volatility != Volatility::Immutable
+                    && !super::temporal::is_now(e)
                 {
                     found = Some(f.func.name().to_string());
                     return Ok(TreeNodeRecursion::Stop);
@@ -282,6 +285,37 @@ impl Lowering<'_> {
             vec![input],
             schema,
         ))
+    }
+
+    /// The nodes keeping the rows of `input` for which all of `conjuncts` are true: a filter,
+    /// then a temporal filter for those that compare with `now()`.
+    fn add_conditions(
+        &mut self,
+        input: NodeId,
+        conjuncts: &[&Expr],
+        input_schema: &DFSchema,
+        schema: SchemaRef,
+    ) -> Result<NodeId> {
+        let (plain, temporal) = super::temporal::split(conjuncts, input_schema)?;
+        let mut node = input;
+        if let Some(predicate) = plain.into_iter().reduce(Expr::and) {
+            node = self.add_filter(node, &predicate, input_schema, schema.clone())?;
+        }
+        if !temporal.is_empty() {
+            let bounds = temporal
+                .iter()
+                .map(|(e, kind)| {
+                    Ok(TemporalBound {
+                        expr: self.phys(e, input_schema)?,
+                        kind: *kind,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            node = self
+                .spec
+                .add(NodeKind::TemporalFilter(bounds), vec![node], schema);
+        }
+        Ok(node)
     }
 
     /// A filter node: the rows of `input` for which `predicate` is true.
@@ -510,6 +544,9 @@ impl Lowering<'_> {
                 "a subquery here in a materialized view (subqueries in the SELECT list and WHERE are supported): {e}"
             ));
         }
+        if super::temporal::contains_now(e) {
+            return Err(super::temporal::unsupported_now(e));
+        }
         Ok(create_physical_expr(
             e,
             schema,
@@ -559,21 +596,8 @@ impl Lowering<'_> {
                     &scan.source.schema(),
                 )?;
                 if !scan.filters.is_empty() {
-                    let predicate = scan
-                        .filters
-                        .iter()
-                        .cloned()
-                        .reduce(Expr::and)
-                        .map(|p| self.phys(&p, &full))
-                        .transpose()?;
-                    node = self.spec.add(
-                        NodeKind::FilterProject {
-                            filter: predicate,
-                            exprs: None,
-                        },
-                        vec![node],
-                        source_schema,
-                    );
+                    let conjuncts: Vec<&Expr> = scan.filters.iter().collect();
+                    node = self.add_conditions(node, &conjuncts, &full, source_schema)?;
                 }
                 if let Some(projection) = &scan.projection {
                     let exprs = projection
@@ -623,7 +647,11 @@ impl Lowering<'_> {
                     return Ok(node);
                 }
                 let input = self.lower(&f.input)?;
-                self.add_filter(input, &f.predicate, f.input.schema(), schema)
+                if !super::temporal::contains_now(&f.predicate) {
+                    return self.add_filter(input, &f.predicate, f.input.schema(), schema);
+                }
+                let conjuncts = split_conjunction(&f.predicate);
+                self.add_conditions(input, &conjuncts, f.input.schema(), schema)
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Aggregate(a) => {

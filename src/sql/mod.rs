@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod errors;
 pub mod lower;
 mod subscribe;
+pub mod temporal;
 pub mod windows;
 
 pub use subscribe::Subscribe;
@@ -47,6 +48,8 @@ pub struct Parsed {
     pub fetch_timeout: Option<std::time::Duration>,
     /// `CREATE MATERIALIZED VIEW … EMIT ON WINDOW CLOSE` (also after EXPLAIN).
     pub emit_on_window_close: bool,
+    /// `ADVANCE CLOCK …` (then `stmt` is a placeholder, `SELECT 1`).
+    pub advance_clock: Option<temporal::ClockStep>,
 }
 
 fn is_trivia(t: &Token) -> bool {
@@ -232,10 +235,25 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         tokens.remove(significant[2]);
     }
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
-    let stmt = parser
-        .parse_statement()
-        .map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
+    let advance_clock = significant.len() >= 2
+        && word_eq(&tokens[significant[0]].token, "advance")
+        && word_eq(&tokens[significant[1]].token, "clock");
+    let (stmt, advance_clock, parser) = if advance_clock {
+        let mut parser =
+            Parser::new(&dialect).with_tokens_with_locations(tokens[significant[1] + 1..].to_vec());
+        let step = temporal::parse_clock_step(&mut parser)?;
+        let placeholder = Parser::new(&dialect)
+            .try_with_sql("SELECT 1")
+            .and_then(|mut p| p.parse_statement())
+            .map_err(|e| crate::internal!("{e}"))?;
+        (placeholder, Some(step), parser)
+    } else {
+        let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let stmt = parser
+            .parse_statement()
+            .map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
+        (stmt, None, parser)
+    };
     if parser.peek_token().token != Token::EOF {
         return Err(syntax_error(format!(
             "unexpected {} at end of statement",
@@ -254,6 +272,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         subscribe,
         fetch_timeout,
         emit_on_window_close,
+        advance_clock,
     })
 }
 

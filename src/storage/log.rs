@@ -60,22 +60,35 @@ pub struct LogRecord {
     pub lsn: Lsn,
     /// When it was committed (None in records written before commit times were logged).
     pub time: Option<SystemTime>,
+    /// The engine's clock (µs since 1970) when it differs from `time`: a manual clock
+    /// (`--clock manual`). Temporal filters read it as `now()`.
+    pub clock: Option<i64>,
     pub changes: Vec<(ObjectId, ZBatch)>,
 }
 
 /// The count word's top bit: a commit time follows it.
 const HAS_TIME: u32 = 1 << 31;
+/// The count word's next bit: a clock value follows the commit time.
+const HAS_CLOCK: u32 = 1 << 30;
 
 /// Encodes the changes of one transaction into a record body (done by the committer, outside
-/// the commit lock).
-pub fn encode_body(changes: &[(ObjectId, ZBatch)], time: SystemTime) -> Result<Vec<u8>> {
+/// the commit lock). `clock`: the engine's clock, when it is not the system clock.
+pub fn encode_body(
+    changes: &[(ObjectId, ZBatch)],
+    time: SystemTime,
+    clock: Option<i64>,
+) -> Result<Vec<u8>> {
     let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(&(changes.len() as u32 | HAS_TIME).to_le_bytes());
+    let flags = HAS_TIME | if clock.is_some() { HAS_CLOCK } else { 0 };
+    body.extend_from_slice(&(changes.len() as u32 | flags).to_le_bytes());
     let micros = time
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     body.extend_from_slice(&micros.to_le_bytes());
+    if let Some(clock) = clock {
+        body.extend_from_slice(&clock.to_le_bytes());
+    }
     for (table, zbatch) in changes {
         let ipc = zbatch.to_ipc()?;
         body.extend_from_slice(&table.to_le_bytes());
@@ -102,10 +115,16 @@ fn decode_body(lsn: Lsn, body: &[u8]) -> std::result::Result<LogRecord, String> 
     };
     let mut count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad count")?);
     let mut time = None;
+    let mut clock = None;
     if count & HAS_TIME != 0 {
-        count &= !HAS_TIME;
         let micros = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "bad time")?);
         time = Some(UNIX_EPOCH + std::time::Duration::from_micros(micros));
+        if count & HAS_CLOCK != 0 {
+            clock = Some(i64::from_le_bytes(
+                take(8)?.try_into().map_err(|_| "bad clock")?,
+            ));
+        }
+        count &= !(HAS_TIME | HAS_CLOCK);
     }
     let mut changes = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -116,7 +135,12 @@ fn decode_body(lsn: Lsn, body: &[u8]) -> std::result::Result<LogRecord, String> 
             changes.push((table, zbatch));
         }
     }
-    Ok(LogRecord { lsn, time, changes })
+    Ok(LogRecord {
+        lsn,
+        time,
+        clock,
+        changes,
+    })
 }
 
 struct AppendRequest {
@@ -631,7 +655,7 @@ mod tests {
             .unwrap();
         for v in values {
             let d = log
-                .append(encode_body(&[change(*v, 1)], SystemTime::now()).unwrap())
+                .append(encode_body(&[change(*v, 1)], SystemTime::now(), None).unwrap())
                 .unwrap();
             rt.block_on(d.wait()).unwrap();
         }
@@ -654,7 +678,7 @@ mod tests {
 
     #[test]
     fn bodies_without_a_commit_time_still_decode() {
-        let with_time = encode_body(&[change(7, 1)], SystemTime::now()).unwrap();
+        let with_time = encode_body(&[change(7, 1)], SystemTime::now(), None).unwrap();
         // The same body as written before commit times: the count without its top bit, no time.
         let mut old = (1u32).to_le_bytes().to_vec();
         old.extend_from_slice(&with_time[12..]);
@@ -663,6 +687,22 @@ mod tests {
         assert_eq!(record.changes.len(), 1);
         let record = decode_body(Lsn(5), &with_time).unwrap();
         assert!(record.time.is_some());
+        assert_eq!(record.clock, None);
+    }
+
+    #[test]
+    fn a_manual_clock_value_travels_with_the_record() {
+        let body = encode_body(&[change(7, 1)], SystemTime::now(), Some(-42)).unwrap();
+        let record = decode_body(Lsn(9), &body).unwrap();
+        assert_eq!(record.clock, Some(-42));
+        assert_eq!(record.changes.len(), 1);
+        // A tick: no changes, only times.
+        let tick = decode_body(
+            Lsn(10),
+            &encode_body(&[], SystemTime::now(), Some(7)).unwrap(),
+        );
+        let tick = tick.unwrap();
+        assert_eq!((tick.clock, tick.changes.len()), (Some(7), 0));
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct CheckpointMeta {
     /// The watermark of every table that has one, at `lsn`.
     #[serde(default)]
     pub table_watermarks: Vec<TableWatermark>,
+    /// The engine's clock as of the committed epoch (µs since 1970; see `engine::clock`).
+    #[serde(default)]
+    pub clock: Option<i64>,
 }
 
 impl CheckpointMeta {
@@ -93,6 +96,7 @@ impl CheckpointMeta {
                 .map_or(0, |d| d.as_micros() as u64),
             views,
             table_watermarks: Vec::new(),
+            clock: None,
         }
     }
 }

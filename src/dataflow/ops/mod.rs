@@ -10,6 +10,7 @@
 //! | [`join::Join`] | joins, `IN`/`EXISTS` subqueries, `INTERSECT`, `EXCEPT` |
 //! | [`topk::TopK`] | `ORDER BY … LIMIT`, `ROW_NUMBER() … <= k` |
 //! | [`eowc::EmitOnWindowClose`] | `EMIT ON WINDOW CLOSE` |
+//! | [`temporal::TemporalFilter`] | `WHERE ts > now() - INTERVAL '1 hour'` |
 //! | [`materialize::Materialize`] | the view's contents |
 
 pub mod constant;
@@ -18,6 +19,7 @@ pub mod filter_project;
 pub mod hash_agg;
 pub mod join;
 pub mod materialize;
+pub mod temporal;
 pub mod topk;
 pub mod union;
 
@@ -78,6 +80,10 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
             )?)
         }
         NodeKind::EmitOnWindowClose => Box::new(eowc::EmitOnWindowClose::new(node.schema.clone())?),
+        NodeKind::TemporalFilter(bounds) => Box::new(temporal::TemporalFilter::new(
+            node.schema.clone(),
+            bounds.clone(),
+        )?),
         NodeKind::TopK(spec) => Box::new(topk::TopK::new(
             spec,
             input_schema(0)?,
