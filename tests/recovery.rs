@@ -969,3 +969,76 @@ async fn windows_closed_after_a_restart_count_rows_from_before_it() {
     ]);
     assert_eq!(rows(&client, pairs).await, expected);
 }
+
+#[tokio::test]
+async fn temporal_filters_survive_crashes_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--checkpoint-interval",
+        "1h",
+        "--clock",
+        "manual:2025-01-01T00:00:00Z",
+    ];
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (id int, ts timestamp) APPEND ONLY;
+             CREATE MATERIALIZED VIEW recent AS
+               SELECT id FROM ev WHERE ts > now() - INTERVAL '1 hour' AND ts <= now();",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO ev VALUES (1, '2024-12-31 23:30:00'), (2, '2025-01-01 00:00:00'),
+               (3, '2025-01-01 00:30:00')",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("ADVANCE CLOCK TO '2025-01-01 00:20:00'")
+        .await
+        .unwrap();
+    let recent = "SELECT id FROM recent ORDER BY id";
+    assert_eq!(rows(&client, recent).await, ["1", "2"]);
+    // From the log alone (no checkpoint yet): the clock and the view as they were.
+    server.kill();
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    assert_eq!(rows(&client, recent).await, ["1", "2"]);
+    let back = client
+        .batch_execute("ADVANCE CLOCK TO '2025-01-01 00:10:00'")
+        .await
+        .unwrap_err();
+    assert_eq!(back.code().unwrap().code(), "22023", "{back}");
+    client
+        .batch_execute("ADVANCE CLOCK TO '2025-01-01 00:30:00'")
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, recent).await, ["2", "3"]);
+    // From a checkpoint (a clean stop takes one).
+    server.terminate();
+    let mut server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    assert_eq!(rows(&client, recent).await, ["2", "3"]);
+    client
+        .batch_execute("ADVANCE CLOCK TO '2025-01-01 01:00:00'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO ev VALUES (4, '2025-01-01 01:00:00')")
+        .await
+        .unwrap();
+    // From the checkpoint and the log after it.
+    server.kill();
+    let server = EddyProcess::spawn(&data, &args, &[]);
+    let client = server.connect().await;
+    assert_eq!(rows(&client, recent).await, ["3", "4"]);
+    client
+        .batch_execute("ADVANCE CLOCK BY '30 minutes'")
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, recent).await, ["4"]);
+}

@@ -901,3 +901,45 @@ async fn subscribe_with_a_row_limit_per_execute_is_refused() {
     assert_eq!(subscriptions(&client).await, 0);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_row_leaves_a_temporal_filter_when_its_time_passes_with_nothing_written() {
+    // The system clock: the server makes the epoch of the retraction by itself.
+    let (server, _dir) = start().await;
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (id int, ts timestamptz) APPEND ONLY;
+             CREATE MATERIALIZED VIEW recent AS
+               SELECT id FROM ev WHERE ts > now() - INTERVAL '300 milliseconds';",
+        )
+        .await
+        .unwrap();
+    let reader = Reader::connect(&server).await;
+    let mut lines = Lines::open(
+        &reader.client,
+        "SUBSCRIBE recent WITH (SNAPSHOT false, PROGRESS)",
+    )
+    .await;
+    client
+        .batch_execute("INSERT INTO ev VALUES (1, now())")
+        .await
+        .unwrap();
+    let inserted = std::time::Instant::now();
+    let added = lines.until_change().await;
+    assert_eq!(split_epoch(&added[0]).1, "f\t1\t1");
+    let removed = lines.until_change().await;
+    let after = inserted.elapsed();
+    assert_eq!(split_epoch(&removed[0]).1, "f\t-1\t1");
+    assert!(
+        split_epoch(&removed[0]).0 > split_epoch(&added[0]).0,
+        "the retraction comes in a later epoch: {added:?} then {removed:?}"
+    );
+    // Not before its time (the row was stamped before the insert returned).
+    assert!(
+        after >= Duration::from_millis(250),
+        "the row left after {after:?}"
+    );
+    let rows = client.query("SELECT * FROM recent", &[]).await.unwrap();
+    assert!(rows.is_empty());
+}

@@ -5,7 +5,8 @@
 //! loaded from its saved state (a checkpoint and restore), which must carry on identically.
 //! Operators that can evict state run the same rounds attached to a store, evicting
 //! everything durable after every round and losing some checkpoints, as a server under a tight
-//! memory budget with failing disk writes would.
+//! memory budget with failing disk writes would. Time-dependent operators (the temporal filter)
+//! also see the clock move between rounds, and are recomputed at the round's time.
 
 use std::sync::Arc;
 
@@ -116,6 +117,18 @@ fn sized_rounds_strategy(
 
 /// Feeds `rounds` into an operator made by `make` and checks every round against a fresh one.
 fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>>) {
+    check_timed(make, ports, rounds, &[]);
+}
+
+/// [`check`], with the clock moving forward by `steps[r]` µs before round `r` (from 0; it stays
+/// put past the end of `steps`). A fresh operator recomputes at the round's time.
+fn check_timed(
+    make: &dyn Fn() -> Box<dyn Operator>,
+    ports: usize,
+    rounds: Vec<Vec<Op>>,
+    steps: &[i64],
+) {
+    let mut now = 0i64;
     let mut op = make();
     let mut emitted: Vec<ZBatch> = Vec::new();
     let mut live: Vec<Vec<Row>> = vec![Vec::new(); ports];
@@ -138,8 +151,10 @@ fn check(make: &dyn Fn() -> Box<dyn Operator>, ports: usize, rounds: Vec<Vec<Op>
             op.restore(&saved).unwrap();
         }
         let epoch = Epoch(r as u64 + 1);
+        now += steps.get(r).copied().unwrap_or(0);
+        op.on_time(now, &mut emitted).unwrap();
         emitted.extend(apply_round(op.as_mut(), round, &mut live, epoch));
-        compare(make, r, &emitted, &live);
+        compare(make, r, &emitted, &live, now);
     }
 }
 
@@ -175,9 +190,17 @@ fn apply_round(
 }
 
 /// Checks that the output so far equals what a fresh operator emits for `live` in one step.
-fn compare(make: &dyn Fn() -> Box<dyn Operator>, r: usize, emitted: &[ZBatch], live: &[Vec<Row>]) {
+/// `now`: the time the fresh operator computes at.
+fn compare(
+    make: &dyn Fn() -> Box<dyn Operator>,
+    r: usize,
+    emitted: &[ZBatch],
+    live: &[Vec<Row>],
+    now: i64,
+) {
     let mut fresh = make();
     let mut expected = Vec::new();
+    fresh.on_time(now, &mut expected).unwrap();
     for (port, rows) in live.iter().enumerate() {
         let rows: Vec<(Row, i64)> = rows.iter().map(|r| (r.clone(), 1)).collect();
         if !rows.is_empty() {
@@ -285,7 +308,7 @@ fn check_evicting(
         }
         let epoch = Epoch(r as u64 + 1);
         emitted.extend(apply_round(op.as_mut(), round, &mut live, epoch));
-        compare(make, r, &emitted, &live);
+        compare(make, r, &emitted, &live, 0);
     }
 }
 
@@ -481,6 +504,40 @@ proptest! {
         let offset = if rank.is_some() { 0 } else { offset };
         check(&|| topk(partitioned, rank, offset, limit), 1, rounds);
     }
+
+    #[test]
+    fn temporal_filter(rounds in rounds_strategy(1), steps in prop::collection::vec(0i64..4, 12), lower: bool, upper: bool, inclusive: bool) {
+        check_timed(&|| temporal(lower, upper, inclusive), 1, rounds, &steps);
+    }
+}
+
+/// A temporal filter over `v` (a time in µs) and `k` (a lifetime): visible from `v` (`lower`)
+/// and until `v + k` (`upper`), both ends inclusive or not.
+fn temporal(lower: bool, upper: bool, inclusive: bool) -> Box<dyn Operator> {
+    use crate::dataflow::spec::{TemporalBound, TemporalBoundKind};
+    use datafusion::arrow::datatypes::TimeUnit;
+    let micros = |e: Arc<dyn PhysicalExpr>| -> Arc<dyn PhysicalExpr> {
+        Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+            e,
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            None,
+        ))
+    };
+    let mut bounds = Vec::new();
+    if lower {
+        bounds.push(TemporalBound {
+            expr: micros(col("v", 1)),
+            kind: TemporalBoundKind::After { inclusive },
+        });
+    }
+    if upper {
+        let end = Arc::new(BinaryExpr::new(col("v", 1), BinOp::Plus, col("k", 0)));
+        bounds.push(TemporalBound {
+            expr: micros(end),
+            kind: TemporalBoundKind::Before { inclusive },
+        });
+    }
+    Box::new(super::temporal::TemporalFilter::new(schema(), bounds).unwrap())
 }
 
 proptest! {
