@@ -108,6 +108,19 @@ pub enum NodeKind {
     /// Keeps the rows for which every bound holds at the epoch's time (`now()`); rows enter and
     /// leave as time passes.
     TemporalFilter(Vec<TemporalBound>),
+    /// `SESSION(t, ts, gap, keys…)`: the input's rows with `window_start`, `window_end` of their
+    /// session appended.
+    SessionWindow(SessionSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    /// The time column (timestamp or date).
+    pub ts: usize,
+    /// The gap, in µs: a row less than this after the one before it is in its session.
+    pub gap: i64,
+    /// Sessions are per value of these columns.
+    pub keys: Vec<usize>,
 }
 
 /// One condition of a temporal filter: `now()` compared with `expr`, an expression of the row
@@ -186,7 +199,8 @@ impl DataflowSpec {
             NodeKind::Constant(_) | NodeKind::EmitOnWindowClose => true,
             NodeKind::FilterProject { .. } | NodeKind::Union => inputs_ok(),
             NodeKind::Join(j) => j.kind == JoinKind::Inner && inputs_ok(),
-            NodeKind::Aggregate { .. } | NodeKind::TopK(_) => false,
+            // Sessions merge: rows move to another window.
+            NodeKind::Aggregate { .. } | NodeKind::TopK(_) | NodeKind::SessionWindow(_) => false,
             // Rows that only enter (no upper bound) are never taken back.
             NodeKind::TemporalFilter(bounds) => {
                 bounds
@@ -269,6 +283,13 @@ impl DataflowSpec {
             }
             NodeKind::Union => line.push_str("Union"),
             NodeKind::EmitOnWindowClose => line.push_str("EmitOnWindowClose"),
+            NodeKind::SessionWindow(s) => {
+                let _ = write!(
+                    line,
+                    "SessionWindow: ts=#{} gap={}µs keys={:?}",
+                    s.ts, s.gap, s.keys
+                );
+            }
             NodeKind::TemporalFilter(bounds) => {
                 let conditions: Vec<String> = bounds.iter().map(|b| b.to_string()).collect();
                 let _ = write!(line, "TemporalFilter: {}", conditions.join(" AND "));

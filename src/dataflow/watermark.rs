@@ -18,6 +18,7 @@
 //! | top-k | partition keys that are columns |
 //! | emit on window close | the input's |
 //! | temporal filter | none: its rows enter and leave with the clock, whatever their event time |
+//! | session window | `window_end`: the time column's (a change only touches sessions a new row reaches) |
 //!
 //! At an epoch's barrier an operator may treat every key below its input's watermark as
 //! final: aggregates free those groups, EMIT ON WINDOW CLOSE emits those rows.
@@ -90,6 +91,16 @@ pub fn propagate(
         }
         // A temporal filter's rows enter and leave with the clock, at any event time.
         NodeKind::Constant(_) | NodeKind::TemporalFilter(_) => none(),
+        // A change touches only sessions a row at or above the time watermark joins or
+        // starts: their ends are above it. (Their rows and starts may be far older.)
+        NodeKind::SessionWindow(s) => {
+            let mut w = none();
+            let end_type = node.schema.field(width - 1).data_type();
+            if let Some(v) = inputs[0].get(s.ts).cloned().flatten() {
+                w[width - 1] = v.cast_to(end_type).ok();
+            }
+            w
+        }
         NodeKind::FilterProject { exprs: None, .. } | NodeKind::EmitOnWindowClose => {
             inputs[0].clone()
         }

@@ -33,7 +33,7 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr, create_physical_
 
 use crate::dataflow::spec::{
     AggregateCall, DataflowSpec, Input, JoinKind, JoinSpec, NodeId, NodeKind, RankKind,
-    TemporalBound, TopKSpec,
+    SessionSpec, TemporalBound, TopKSpec,
 };
 use crate::error::Result;
 use crate::unsupported;
@@ -52,6 +52,7 @@ pub type Resolver<'a> = &'a dyn Fn(&TableReference) -> Option<Resolved>;
 /// Runs the analyzer's type coercion and the curated optimizer rules over a planned query.
 pub fn optimize(plan: LogicalPlan, state: &SessionState) -> Result<LogicalPlan> {
     reject_time_varying(&plan)?;
+    let plan = super::session::replace_session_windows(plan)?;
     let plan = state
         .analyzer()
         .execute_and_check(plan, state.config_options(), |_, _| {})?;
@@ -654,6 +655,25 @@ impl Lowering<'_> {
                 self.add_conditions(input, &conjuncts, f.input.schema(), schema)
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
+            LogicalPlan::Extension(e) => {
+                let Some(session) = e
+                    .node
+                    .as_any()
+                    .downcast_ref::<super::session::SessionWindowNode>()
+                else {
+                    return Err(unsupported!("{} in a materialized view", e.node.name()));
+                };
+                let input = self.lower(&session.input)?;
+                Ok(self.spec.add(
+                    NodeKind::SessionWindow(SessionSpec {
+                        ts: session.ts,
+                        gap: session.gap,
+                        keys: session.keys.clone(),
+                    }),
+                    vec![input],
+                    schema,
+                ))
+            }
             LogicalPlan::Aggregate(a) => {
                 if a.group_expr
                     .iter()

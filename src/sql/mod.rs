@@ -13,6 +13,7 @@
 pub mod ddl;
 pub mod errors;
 pub mod lower;
+pub mod session;
 mod subscribe;
 pub mod temporal;
 pub mod windows;

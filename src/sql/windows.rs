@@ -1,4 +1,5 @@
-//! Window table functions in `FROM`: `TUMBLE(t, ts, size)` and `HOP(t, ts, slide, size)`.
+//! Window table functions in `FROM`: `TUMBLE(t, ts, size)`, `HOP(t, ts, slide, size)` and
+//! `SESSION(t, ts, gap [, key …])`.
 //!
 //! Each is rewritten, before planning, into a query over `t` that adds the columns
 //! `window_start` and `window_end`, so ad-hoc `SELECT`s and materialized views get the same
@@ -11,6 +12,9 @@
 //!  HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)   (size / slide = 5 windows a row)
 //!    ─► (SELECT *, date_bin(slide, date_time) - 0 × slide AS window_start, … FROM bid
 //!        UNION ALL … - 1 × slide …  UNION ALL … - 4 × slide …) AS bid
+//!  SESSION(clicks, ts, INTERVAL '30' SECOND, usr)
+//!    ─► window functions (lag → new-session flags → running sum → session id → min/max per
+//!       session), marked so that a view replaces them by one operator (`sql::session`)
 //! ```
 //!
 //! Windows are aligned to the Unix epoch (as `date_bin` with its default origin) and include
@@ -81,7 +85,6 @@ fn window_kind(name: &ast::ObjectName) -> Option<Window> {
 fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
     let TableFactor::Table {
         name,
-        alias,
         args: Some(args),
         ..
     } = factor
@@ -96,11 +99,6 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
         Window::Hop => "HOP",
         Window::Session => "SESSION",
     };
-    if kind == Window::Session {
-        return Err(unsupported!(
-            "SESSION windows are not supported yet (TUMBLE and HOP windows are)"
-        ));
-    }
     let exprs = args
         .args
         .iter()
@@ -112,6 +110,11 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
             )),
         })
         .collect::<Result<Vec<_>>>()?;
+    if kind == Window::Session {
+        let query = session_query(&exprs)?;
+        let table = table_arg(&exprs[0], fname)?;
+        return derived(factor, query, &table, fname);
+    }
     let expected = if kind == Window::Hop { 4 } else { 3 };
     if exprs.len() != expected {
         let usage = match kind {
@@ -123,16 +126,7 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
             "{fname} takes {expected} arguments: {usage}"
         ));
     }
-    let table = match &exprs[0] {
-        Expr::Identifier(i) => ast::ObjectName::from(vec![i.clone()]),
-        Expr::CompoundIdentifier(parts) => ast::ObjectName::from(parts.clone()),
-        other => {
-            return Err(crate::err!(
-                sqlstate::SYNTAX_ERROR,
-                "the first argument of {fname} must name a table or view, not {other}"
-            ));
-        }
-    };
+    let table = table_arg(&exprs[0], fname)?;
     let ts = &exprs[1];
     let bins = match kind {
         Window::Tumble => {
@@ -177,9 +171,41 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
         })
         .collect();
     let text = selects.join(" UNION ALL ");
-    let parsed = super::parse_all(&text)?;
-    let Some(Statement::Query(query)) = parsed.into_iter().next().map(|p| p.stmt) else {
-        return Err(crate::internal!("window rewrite produced no query: {text}"));
+    derived(factor, parse_query(&text)?, &table, fname)
+}
+
+/// The first argument of a window function: the table or view it reads.
+fn table_arg(e: &Expr, fname: &str) -> Result<ast::ObjectName> {
+    match e {
+        Expr::Identifier(i) => Ok(ast::ObjectName::from(vec![i.clone()])),
+        Expr::CompoundIdentifier(parts) => Ok(ast::ObjectName::from(parts.clone())),
+        other => Err(crate::err!(
+            sqlstate::SYNTAX_ERROR,
+            "the first argument of {fname} must name a table or view, not {other}"
+        )),
+    }
+}
+
+fn parse_query(text: &str) -> Result<Box<ast::Query>> {
+    let parsed = super::parse_all(text)?;
+    match parsed.into_iter().next().map(|p| p.stmt) {
+        Some(Statement::Query(query)) => Ok(query),
+        _ => Err(crate::internal!("window rewrite produced no query: {text}")),
+    }
+}
+
+/// Replaces `factor` by the derived table `query`, under the factor's alias or, without one,
+/// the name of `table`.
+fn derived(
+    factor: &mut TableFactor,
+    query: Box<ast::Query>,
+    table: &ast::ObjectName,
+    fname: &str,
+) -> Result<()> {
+    let TableFactor::Table { alias, .. } = factor else {
+        return Err(crate::internal!(
+            "a window function that is not a table factor"
+        ));
     };
     let alias = alias.clone().unwrap_or_else(|| ast::TableAlias {
         explicit: true,
@@ -199,6 +225,105 @@ fn rewrite_factor(factor: &mut TableFactor) -> Result<()> {
         sample: None,
     };
     Ok(())
+}
+
+/// The marker of a SESSION window's input in the rewritten query (see [`session_query`]).
+pub const SESSION_INPUT: &str = "__eddy_session_input";
+/// The marker of a SESSION window's output; its parameters follow, each after a
+/// [`SESSION_SEPARATOR`]: the gap (µs), the time column, the key columns.
+pub const SESSION_OUTPUT: &str = "__eddy_session";
+pub const SESSION_SEPARATOR: char = '\u{1f}';
+/// Helper columns of the rewritten query, not in its output.
+const SESSION_NEW: &str = "__eddy_session_new";
+const SESSION_ID: &str = "__eddy_session_id";
+
+/// `SESSION(t, ts, gap [, key …])`: the rows of `t` with the bounds of their session — a
+/// maximal run of rows (per key, by `ts`) each less than `gap` after the one before:
+/// `window_start` is its first `ts`, `window_end` its last plus `gap`. As SQL window functions,
+/// which ad-hoc queries run as they are; in a view the marked part becomes one incremental
+/// operator (see `sql::lower`).
+fn session_query(exprs: &[Expr]) -> Result<Box<ast::Query>> {
+    let fname = "SESSION";
+    if exprs.len() < 3 {
+        return Err(crate::err!(
+            sqlstate::UNDEFINED_FUNCTION,
+            "SESSION takes at least 3 arguments: SESSION(table, time_column, gap [, key_column …])"
+        ));
+    }
+    let table = table_arg(&exprs[0], fname)?;
+    let column = |e: &Expr, what: &str| match e {
+        Expr::Identifier(i) => Ok((e.to_string(), super::normalize_ident(i))),
+        other => Err(crate::err!(
+            sqlstate::SYNTAX_ERROR,
+            "the {what} of SESSION must be a column name, not {other}"
+        )),
+    };
+    let (ts, ts_name) = column(&exprs[1], "time column")?;
+    let gap = interval_nanos(&exprs[2], fname, "gap")?;
+    if gap % 1000 != 0 {
+        return Err(crate::err!(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            "the gap of SESSION must be a whole number of microseconds"
+        ));
+    }
+    let keys = exprs[3..]
+        .iter()
+        .map(|e| column(e, "key columns"))
+        .collect::<Result<Vec<_>>>()?;
+    let gap_sql = interval_sql(gap);
+    let key_list: Vec<&str> = keys.iter().map(|(sql, _)| sql.as_str()).collect();
+    let by_key = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("PARTITION BY {} ", key_list.join(", "))
+    };
+    let session_partition = key_list
+        .iter()
+        .copied()
+        .chain(std::iter::once(SESSION_ID))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut marker = format!("{SESSION_OUTPUT}{SESSION_SEPARATOR}{}", gap / 1000);
+    for name in std::iter::once(&ts_name).chain(keys.iter().map(|(_, n)| n)) {
+        marker.push(SESSION_SEPARATOR);
+        marker.push_str(name);
+    }
+    let marker = marker.replace('"', "\"\"");
+    let text = format!(
+        "SELECT * FROM (SELECT * FROM (\
+           SELECT *, min({ts}) OVER (PARTITION BY {session_partition}) AS window_start, \
+             max({ts}) OVER (PARTITION BY {session_partition}) + {gap_sql} AS window_end \
+           FROM (\
+             SELECT *, sum({SESSION_NEW}) OVER ({by_key}ORDER BY {ts} \
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS {SESSION_ID} \
+             FROM (\
+               SELECT *, CASE WHEN lag({ts}) OVER ({by_key}ORDER BY {ts}) + {gap_sql} > {ts} \
+                 THEN 0 ELSE 1 END AS {SESSION_NEW} \
+               FROM (SELECT * FROM {table}) AS {SESSION_INPUT}\
+             ) AS __eddy_session_a\
+           ) AS __eddy_session_b\
+         ) AS __eddy_session_c) AS \"{marker}\""
+    );
+    let mut query = parse_query(&text)?;
+    // The helper columns stay out of the marked part's `*` (sqlparser's PostgreSQL dialect has
+    // no EXCLUDE to parse, but DataFusion plans it).
+    let ast::SetExpr::Select(outer) = query.body.as_mut() else {
+        return Err(crate::internal!("SESSION rewrite: unexpected query shape"));
+    };
+    let Some(ast::TableFactor::Derived { subquery, .. }) =
+        outer.from.first_mut().map(|t| &mut t.relation)
+    else {
+        return Err(crate::internal!("SESSION rewrite: unexpected query shape"));
+    };
+    if let ast::SetExpr::Select(select) = subquery.body.as_mut()
+        && let Some(ast::SelectItem::Wildcard(options)) = select.projection.first_mut()
+    {
+        options.opt_exclude = Some(ast::ExcludeSelectItem::Multiple(vec![
+            ast::Ident::new(SESSION_NEW).into(),
+            ast::Ident::new(SESSION_ID).into(),
+        ]));
+    }
+    Ok(query)
 }
 
 /// An interval literal of `nanos` nanoseconds.
@@ -298,6 +423,7 @@ mod tests {
         assert!(err("SELECT * FROM TUMBLE(t, ts, INTERVAL '1 month')").contains("months"));
         assert!(err("SELECT * FROM TUMBLE(t, ts, 10)").contains("interval literal"));
         assert!(err("SELECT * FROM TUMBLE(t, ts)").contains("3 arguments"));
-        assert!(err("SELECT * FROM SESSION(t, ts, INTERVAL '1 minute')").contains("SESSION"));
+        assert!(err("SELECT * FROM SESSION(t, ts)").contains("at least 3 arguments"));
+        assert!(err("SELECT * FROM SESSION(t, ts, INTERVAL '1 minute', k + 1)").contains("key"));
     }
 }

@@ -11,6 +11,7 @@
 //! | [`topk::TopK`] | `ORDER BY … LIMIT`, `ROW_NUMBER() … <= k` |
 //! | [`eowc::EmitOnWindowClose`] | `EMIT ON WINDOW CLOSE` |
 //! | [`temporal::TemporalFilter`] | `WHERE ts > now() - INTERVAL '1 hour'` |
+//! | [`session::SessionWindow`] | `SESSION(t, ts, gap, keys…)` |
 //! | [`materialize::Materialize`] | the view's contents |
 
 pub mod constant;
@@ -19,6 +20,7 @@ pub mod filter_project;
 pub mod hash_agg;
 pub mod join;
 pub mod materialize;
+pub mod session;
 pub mod temporal;
 pub mod topk;
 pub mod union;
@@ -80,6 +82,11 @@ pub fn build(spec: &DataflowSpec, id: NodeId) -> Result<Box<dyn Operator>> {
             )?)
         }
         NodeKind::EmitOnWindowClose => Box::new(eowc::EmitOnWindowClose::new(node.schema.clone())?),
+        NodeKind::SessionWindow(s) => Box::new(session::SessionWindow::new(
+            s.clone(),
+            input_schema(0)?.clone(),
+            node.schema.clone(),
+        )?),
         NodeKind::TemporalFilter(bounds) => Box::new(temporal::TemporalFilter::new(
             node.schema.clone(),
             bounds.clone(),

@@ -509,6 +509,33 @@ proptest! {
     fn temporal_filter(rounds in rounds_strategy(1), steps in prop::collection::vec(0i64..4, 12), lower: bool, upper: bool, inclusive: bool) {
         check_timed(&|| temporal(lower, upper, inclusive), 1, rounds, &steps);
     }
+
+    #[test]
+    fn session_window(rounds in rounds_strategy(1), keyed: bool, gap in 1i64..4) {
+        check(&|| session(keyed, gap), 1, rounds);
+    }
+}
+
+/// Sessions over `v` (as µs), per `k` when `keyed`, with a gap of `gap` µs.
+fn session(keyed: bool, gap: i64) -> Box<dyn Operator> {
+    use crate::dataflow::spec::SessionSpec;
+    use datafusion::arrow::datatypes::TimeUnit;
+    let time = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let mut fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("window_start", time.clone(), true));
+    fields.push(Field::new("window_end", time, true));
+    let spec = SessionSpec {
+        ts: 1,
+        gap,
+        keys: if keyed { vec![0] } else { vec![] },
+    };
+    Box::new(
+        super::session::SessionWindow::new(spec, schema(), Arc::new(Schema::new(fields))).unwrap(),
+    )
 }
 
 /// A temporal filter over `v` (a time in µs) and `k` (a lifetime): visible from `v` (`lower`)
