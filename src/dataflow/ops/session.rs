@@ -37,6 +37,10 @@ use crate::types::{Epoch, ZBatch};
 
 /// One key's rows by time: (ts µs, row) → weight.
 type Timeline = BTreeMap<(i64, Box<[u8]>), i64>;
+/// A row to emit: its bytes, its session's bounds (µs; `None` for a NULL time), its weight.
+type Emitted = (Box<[u8]>, Option<(i64, i64)>, i64);
+/// A change held until the barrier: (ts µs, row, weight).
+type Change = (i64, Box<[u8]>, i64);
 
 /// See the module documentation.
 pub struct SessionWindow {
@@ -48,7 +52,7 @@ pub struct SessionWindow {
     keys: Option<RowConverter>,
     timelines: HashMap<Box<[u8]>, Timeline>,
     /// This epoch's changes, per key: (ts, row, weight).
-    pending: HashMap<Box<[u8]>, Vec<(i64, Box<[u8]>, i64)>>,
+    pending: HashMap<Box<[u8]>, Vec<Change>>,
     /// Rows with a NULL time changed this epoch (emitted as they are, with NULL bounds).
     untimed: Vec<(Box<[u8]>, i64)>,
     /// Change of weight per row since the last checkpoint.
@@ -135,13 +139,7 @@ impl SessionWindow {
 
     /// Emits (into `out`) the rows of the sessions of `timeline` within reach of the times
     /// `changed`, with weight `sign` × theirs.
-    fn reached(
-        timeline: &Timeline,
-        gap: i64,
-        changed: &[i64],
-        sign: i64,
-        out: &mut Vec<(Box<[u8]>, Option<(i64, i64)>, i64)>,
-    ) {
+    fn reached(timeline: &Timeline, gap: i64, changed: &[i64], sign: i64, out: &mut Vec<Emitted>) {
         let mut seen: Vec<i64> = Vec::new();
         for &c in changed {
             let before = timeline
@@ -168,7 +166,7 @@ impl SessionWindow {
         }
     }
 
-    fn output(&self, rows: Vec<(Box<[u8]>, Option<(i64, i64)>, i64)>) -> Result<Option<ZBatch>> {
+    fn output(&self, rows: Vec<Emitted>) -> Result<Option<ZBatch>> {
         if rows.is_empty() {
             return Ok(None);
         }
@@ -201,7 +199,7 @@ impl SessionWindow {
         }
         self.swept = Some(wm);
         let gap = self.spec.gap;
-        let mut freed: Vec<(Box<[u8]>, i64, Box<[u8]>)> = Vec::new();
+        let mut freed: Vec<(Box<[u8]>, Change)> = Vec::new();
         for (key, timeline) in &self.timelines {
             let mut cursor = timeline.keys().next().map(|(t, _)| *t);
             while let Some(t) = cursor {
@@ -211,21 +209,14 @@ impl SessionWindow {
                 }
                 let from = (start, Box::<[u8]>::from([]));
                 let to = (last.saturating_add(1), Box::<[u8]>::from([]));
-                for ((ts, row), _) in timeline.range(from..to.clone()) {
-                    freed.push((key.clone(), *ts, row.clone()));
+                for ((ts, row), w) in timeline.range(from..to.clone()) {
+                    freed.push((key.clone(), (*ts, row.clone(), *w)));
                 }
                 cursor = timeline.range(to..).next().map(|((t, _), _)| *t);
             }
         }
-        for (key, ts, row) in freed {
-            if let Some(w) = self
-                .timelines
-                .get(&key)
-                .and_then(|t| t.get(&(ts, row.clone())))
-                .copied()
-            {
-                self.apply(&key, ts, row, -w);
-            }
+        for (key, (ts, row, w)) in freed {
+            self.apply(&key, ts, row, -w);
         }
     }
 }
@@ -308,7 +299,7 @@ impl Operator for SessionWindow {
 
     fn on_barrier(&mut self, _epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
         let gap = self.spec.gap;
-        let mut changes: Vec<(Box<[u8]>, Option<(i64, i64)>, i64)> = self
+        let mut changes: Vec<Emitted> = self
             .untimed
             .drain(..)
             .map(|(row, w)| (row, None, w))
