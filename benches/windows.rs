@@ -11,13 +11,18 @@
 //!   EMIT ON WINDOW CLOSE; with `--updating`, updated as bids arrive instead (its contents,
 //!   one row per auction and window, then stay in memory and grow with the stream).
 //!
+//! With `--temporal`, the server runs on a manual clock moved to the last event's time after
+//! each transaction, and a third view keeps bids per auction over the last 10 seconds with a
+//! temporal filter (`WHERE date_time > now() - INTERVAL '10 seconds'`): its rows leave as the
+//! clock passes, so its state (the last 10 s of bids, 10,000 rows) must stay flat too.
+//!
 //! One server takes the whole stream; at each milestone (1M, 5M, 10M, 20M events by default)
 //! the load pauses for a measurement: load rate, the server's RSS at rest (`VmRSS`, once the
 //! last checkpoint is written) and peak RSS so far (`VmHWM`), the operators' state rows
 //! (`eddy_catalog.dataflows`: closed windows are freed) and the views' rows. Constant memory
 //! shows as RSS and state rows that stop growing while the events go on.
 //!
-//! Run: `cargo bench --bench windows` (options: `-- --events 1000000,5000000,10000000,20000000 --updating`).
+//! Run: `cargo bench --bench windows` (options: `-- --events 1000000,5000000,10000000,20000000 --updating --temporal`).
 //! Prints a Markdown table for docs/benchmarks.md.
 
 use std::time::{Duration, Instant};
@@ -46,6 +51,16 @@ const SETUP: &str = "
 fn updating() -> bool {
     std::env::args().any(|a| a == "--updating")
 }
+
+fn temporal() -> bool {
+    std::env::args().any(|a| a == "--temporal")
+}
+
+const TEMPORAL_VIEW: &str = "
+    CREATE MATERIALIZED VIEW recent AS
+        SELECT auction, count(*) AS bids FROM bid
+        WHERE date_time > now() - INTERVAL '10 seconds' GROUP BY auction;
+";
 
 /// 2026-01-01 00:00:00 UTC in ms.
 const START_MS: i64 = 1_767_225_600_000;
@@ -83,9 +98,15 @@ async fn run(milestones: &[u64]) -> Vec<Milestone> {
     let dir =
         tempfile::tempdir_in(std::env::var("EDDY_BENCH_DIR").unwrap_or("/tmp".into())).unwrap();
     let data = dir.path().join("data");
-    let server = EddyProcess::spawn(&data, &[], &[]);
+    let clock = format!("manual:{}", timestamp(START_MS));
+    let args: Vec<&str> = if temporal() {
+        vec!["--clock", &clock]
+    } else {
+        vec![]
+    };
+    let server = EddyProcess::spawn(&data, &args, &[]);
     let client = server.connect().await;
-    let setup = if updating() {
+    let mut setup = if updating() {
         SETUP.replace(
             "GROUP BY auction, window_start\n        EMIT ON WINDOW CLOSE;",
             "GROUP BY auction, window_start;",
@@ -94,6 +115,9 @@ async fn run(milestones: &[u64]) -> Vec<Milestone> {
         SETUP.to_string()
     };
     assert!(updating() != setup.contains("auction, window_start\n        EMIT"));
+    if temporal() {
+        setup.push_str(TEMPORAL_VIEW);
+    }
     client.batch_execute(&setup).await.unwrap();
     client
         .batch_execute("SET statement_timeout = '600s'")
@@ -130,6 +154,13 @@ async fn run(milestones: &[u64]) -> Vec<Milestone> {
             sink.send(bytes::Bytes::from(text)).await.unwrap();
             sink.finish().await.unwrap();
             next += n;
+            if temporal() {
+                let now = timestamp(START_MS + next as i64 - 1);
+                client
+                    .batch_execute(&format!("ADVANCE CLOCK TO '{now}'"))
+                    .await
+                    .unwrap();
+            }
         }
         // A SELECT of a view waits until the views have caught up.
         let per_second_rows = one_value(&client, "SELECT count(*) FROM per_second").await;
@@ -175,7 +206,11 @@ fn main() {
         println!(
             "| {} | {} | {:.0} events/s | {:.0} MB | {:.0} MB | {} | {} | {} | {} |",
             m.events,
-            if updating() { "updating" } else { "EOWC" },
+            match (updating(), temporal()) {
+                (true, _) => "updating",
+                (false, true) => "EOWC, + recent (temporal)",
+                _ => "EOWC",
+            },
             m.rate,
             m.rss_mb,
             m.peak_rss_mb,
