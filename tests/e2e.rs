@@ -628,3 +628,91 @@ async fn a_cancelled_statement_aborts_its_transaction() {
     assert_eq!(r.get(0), Some("0"));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn late_rows_are_left_out_of_the_command_tag_with_a_notice() {
+    let (server, _dir) = start().await;
+    let (client, mut conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=eddy dbname=eddy",
+            server.local_addr().port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    // The connection's messages: NOTICEs go to a channel.
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "CREATE TABLE bid (id int, ts timestamp,
+               WATERMARK FOR ts AS ts - INTERVAL '10 seconds') APPEND ONLY;
+             CREATE TABLE kept (id int, ts timestamp,
+               WATERMARK FOR ts AS ts - INTERVAL '10 seconds') WITH (late_rows = 'keep') APPEND ONLY;
+             INSERT INTO bid VALUES (1, '2026-01-01 00:01:00');
+             INSERT INTO kept VALUES (1, '2026-01-01 00:01:00');",
+        )
+        .await
+        .unwrap();
+    // Two of three rows are behind the watermark (00:00:50): INSERT 0 1, and a NOTICE.
+    let n = client
+        .execute(
+            "INSERT INTO bid VALUES (2, '2026-01-01 00:00:00'), (3, '2026-01-01 00:00:55'), \
+             (4, '2026-01-01 00:00:01')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        notice,
+        "2 rows of \"bid\" behind its watermark (2026-01-01 00:00:50): not written (counted in eddy_catalog.watermarks)"
+    );
+    let n = client
+        .execute("INSERT INTO kept VALUES (2, '2026-01-01 00:00:00')", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let notice = notices.recv().await.unwrap();
+    assert!(
+        notice.ends_with("written to \"kept_late\" instead"),
+        "{notice}"
+    );
+    // In a transaction block, rows are judged at COMMIT: the NOTICE comes then.
+    client
+        .batch_execute("BEGIN; INSERT INTO bid VALUES (5, '2026-01-01 00:00:00'); COMMIT")
+        .await
+        .unwrap();
+    let notice = notices.recv().await.unwrap();
+    assert!(notice.starts_with("1 row of \"bid\""), "{notice}");
+    // COPY: the count is of the rows written.
+    let sink = client.copy_in("COPY bid FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"6\t2026-01-01 00:00:00\n7\t2026-01-01 00:02:00\n",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    let notice = notices.recv().await.unwrap();
+    assert!(notice.starts_with("1 row of \"bid\""), "{notice}");
+    let rows = client
+        .query("SELECT id FROM bid ORDER BY id", &[])
+        .await
+        .unwrap();
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [1, 3, 7]);
+    assert!(notices.try_recv().is_err(), "one NOTICE per late write");
+}

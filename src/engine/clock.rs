@@ -129,7 +129,7 @@ impl Clock {
 /// `2025-01-01 00:00:00.000000` (UTC) for messages.
 pub fn format_micros(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.f").to_string())
         .unwrap_or_else(|| format!("{micros} µs"))
 }
 

@@ -97,6 +97,45 @@ impl EngineConfig {
 /// enter and leave within this long of their time when nothing else is written.
 pub const MIN_TICK_INTERVAL: Duration = Duration::from_millis(10);
 
+/// What [`Engine::append`] did.
+#[derive(Default)]
+pub struct Appended {
+    /// The record to wait for (`None` when there was nothing to write).
+    pub durable: Option<Durable>,
+    /// The tables whose rows in the write were late (behind their watermark): not written.
+    pub late: Vec<LateRows>,
+}
+
+/// Rows of one table refused by one write for being late.
+#[derive(Debug, Clone)]
+pub struct LateRows {
+    pub table: String,
+    pub rows: u64,
+    /// The watermark they were behind (µs since 1970).
+    pub watermark: Option<i64>,
+    /// The table they were written to instead (`WITH (late_rows = 'keep')`).
+    pub kept_in: Option<String>,
+}
+
+impl LateRows {
+    /// The NOTICE a client gets.
+    pub fn notice(&self) -> String {
+        let rows = if self.rows == 1 { "row" } else { "rows" };
+        let behind = self
+            .watermark
+            .map(|w| format!(" ({})", clock::format_micros(w)))
+            .unwrap_or_default();
+        let fate = match &self.kept_in {
+            Some(t) => format!("written to \"{t}\" instead"),
+            None => "not written (counted in eddy_catalog.watermarks)".into(),
+        };
+        format!(
+            "{} {rows} of \"{}\" behind its watermark{behind}: {fate}",
+            self.rows, self.table
+        )
+    }
+}
+
 /// See [`EngineConfig::max_checkpoint_lag`] (`--max-checkpoint-lag`).
 pub const DEFAULT_MAX_CHECKPOINT_LAG: usize = 64 << 20;
 
@@ -601,7 +640,7 @@ impl Engine {
     /// Makes `changes` durable and visible, atomically. Returns once the log record is synced.
     pub async fn commit(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Lsn> {
         self.admit().await?;
-        match self.append(changes)? {
+        match self.append(changes)?.durable {
             Some(durable) => durable.wait().await,
             None => Ok(self.log.durable_lsn()),
         }
@@ -625,14 +664,15 @@ impl Engine {
     /// result; `None` when there is nothing to write). Applied changes are visible at once to
     /// readers of the latest rows (UPDATE and DELETE), which can go on while the log syncs:
     /// their own records come later in the log, so they are never durable without these.
-    pub fn append(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Option<Durable>> {
+    pub fn append(&self, changes: Vec<(ObjectId, ZBatch)>) -> Result<Appended> {
         let mut changes: Vec<(ObjectId, ZBatch)> = changes
             .into_iter()
             .filter(|(_, z)| z.num_rows() > 0)
             .collect();
         if changes.is_empty() {
-            return Ok(None);
+            return Ok(Appended::default());
         }
+        let late_rows;
         let time = SystemTime::now();
         let logged_clock = self.clock.logged();
         let clock = logged_clock.unwrap_or_else(|| clock::micros_of(time));
@@ -647,6 +687,7 @@ impl Engine {
                 self.undo_failed_writes(&mut tables)?;
             }
             let late = self.drop_late_rows(&mut changes)?;
+            late_rows = self.describe_late_rows(&late);
             if !late.is_empty() {
                 // The record says how many rows it refused, so the counts are as durable as
                 // the rows (a write of late rows only still writes a record).
@@ -680,7 +721,37 @@ impl Engine {
                 .push(durable.lsn, Arc::new(changes), time, clock, watermarks);
             durable
         };
-        Ok(Some(durable))
+        Ok(Appended {
+            durable: Some(durable),
+            late: late_rows,
+        })
+    }
+
+    /// Names the tables whose late rows `late` counts, with their watermarks (before the
+    /// write) and where the rows were kept.
+    fn describe_late_rows(&self, late: &HashMap<ObjectId, u64>) -> Vec<LateRows> {
+        if late.is_empty() {
+            return Vec::new();
+        }
+        let catalog = self.catalog();
+        let watermarks = self.watermarks.lock();
+        let mut out: Vec<LateRows> = late
+            .iter()
+            .map(|(id, n)| {
+                let def = catalog.table_by_id(*id);
+                LateRows {
+                    table: def.map_or_else(|| "?".into(), |d| d.name.clone()),
+                    rows: *n,
+                    watermark: watermarks.get(id).and_then(|t| t.current().micros),
+                    kept_in: def
+                        .and_then(|d| d.late_rows_table)
+                        .and_then(|t| catalog.table_by_id(t))
+                        .map(|t| t.name.clone()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.table.cmp(&b.table));
+        out
     }
 
     /// Takes the rows that are late (behind their table's watermark) out of `changes` and

@@ -159,6 +159,8 @@ pub struct Session {
     pub(super) pid: i32,
     /// Open cursors (DECLARE), closed at the end of the transaction.
     pub(super) cursors: HashMap<String, super::subscribe::Cursor>,
+    /// NOTICEs for the client from the last statements (see [`Session::take_notices`]).
+    notices: Vec<String>,
 }
 
 impl Session {
@@ -193,7 +195,23 @@ impl Session {
             client,
             pid: backend_pid,
             cursors: HashMap::new(),
+            notices: Vec::new(),
         })
+    }
+
+    /// The NOTICEs the statements run since the last call have for the client (late rows a
+    /// write refused).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Notes what a write did that the client should hear of; returns how many rows were
+    /// refused as late.
+    fn note_appended(&mut self, appended: super::Appended) -> (Option<Durable>, usize) {
+        let late = appended.late.iter().map(|l| l.rows as usize).sum();
+        self.notices
+            .extend(appended.late.iter().map(super::LateRows::notice));
+        (appended.durable, late)
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -325,10 +343,11 @@ impl Session {
             Statement::Insert(insert) => {
                 let (table, change) = dml::insert(self, insert, params).await?;
                 let n = change.num_rows();
-                self.write(table, change).await?;
+                // Late rows are not inserted (a NOTICE says so).
+                let late = self.write(table, change).await?;
                 Ok(Output::Command {
                     tag: "INSERT",
-                    rows: Some(n),
+                    rows: Some(n - late),
                 })
             }
             Statement::Update(_) | Statement::Delete(_) => {
@@ -357,7 +376,7 @@ impl Session {
                     let (table, change, n) =
                         dml::update_or_delete(self, &parsed.stmt, params).await?;
                     match self.stage(table, change) {
-                        Ok(durable) => break (durable, n),
+                        Ok((durable, _)) => break (durable, n),
                         Err(e)
                             if autocommit
                                 && e.sqlstate == sqlstate::SERIALIZATION_FAILURE
@@ -669,11 +688,11 @@ impl Session {
         }
         // Shared with autocommit UPDATE/DELETE (one that fails against this commit runs again,
         // its last attempt alone); held until the record is queued, not until it is durable.
-        let durable = {
+        let appended = {
             let _shared = engine.write_lock.read().await;
             engine.append(changes)?
         };
-        if let Some(durable) = durable {
+        if let (Some(durable), _) = self.note_appended(appended) {
             durable.wait().await?;
         }
         Ok("COMMIT")
@@ -835,30 +854,33 @@ impl Session {
         Ok((schema, batches))
     }
 
-    /// Applies a change now (autocommit) or adds it to the open transaction.
-    async fn write(&mut self, table: ObjectId, change: ZBatch) -> Result<()> {
+    /// Applies a change now (autocommit) or adds it to the open transaction. Returns how many
+    /// of its rows were refused as late (in a transaction, that is known at COMMIT).
+    async fn write(&mut self, table: ObjectId, change: ZBatch) -> Result<usize> {
         if self.tx.is_none() && change.num_rows() > 0 {
             self.engine.admit().await?;
         }
-        if let Some(durable) = self.stage(table, change)? {
+        let (durable, late) = self.stage(table, change)?;
+        if let Some(durable) = durable {
             durable.wait().await?;
         }
-        Ok(())
+        Ok(late)
     }
 
     /// [`Session::write`] without waiting: in a transaction block the change joins the
     /// transaction; outside one it is committed and its record queued to the log, and the
     /// caller waits for it to be durable.
-    fn stage(&mut self, table: ObjectId, change: ZBatch) -> Result<Option<Durable>> {
+    fn stage(&mut self, table: ObjectId, change: ZBatch) -> Result<(Option<Durable>, usize)> {
         if change.num_rows() == 0 {
-            return Ok(None);
+            return Ok((None, 0));
         }
         if self.tx.is_some() {
             dml::check_in_transaction(self, table, &change)?;
             self.read.push_overlay(table, change);
-            Ok(None)
+            Ok((None, 0))
         } else {
-            self.engine.append(vec![(table, change)])
+            let appended = self.engine.append(vec![(table, change)])?;
+            Ok(self.note_appended(appended))
         }
     }
 
@@ -887,7 +909,7 @@ impl Session {
         if result.is_err() {
             self.fail_transaction();
         }
-        result.map(|_| n)
+        result.map(|late| n - late)
     }
 
     fn set(&mut self, set: &ast::Set) -> Result<Output> {

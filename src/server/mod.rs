@@ -250,6 +250,19 @@ fn notice(severity: &str, code: &str, message: String) -> PgWireBackendMessage {
     )))
 }
 
+/// Sends the NOTICEs the session's last statement left (before its response).
+async fn send_notices<C>(client: &mut C, cell: &SessionCell) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let notices = cell.lock().await.take_notices();
+    for message in notices {
+        client.feed(notice("NOTICE", "00000", message)).await?;
+    }
+    Ok(())
+}
+
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionCell>> {
     client
         .session_extensions()
@@ -492,6 +505,7 @@ impl SimpleQueryHandler for Handlers {
         let mut responses = Vec::with_capacity(statements.len());
         for parsed in &statements {
             let output = cell.lock().await.execute(parsed, &[]).await;
+            send_notices(client, &cell).await?;
             match output {
                 Ok(output) => {
                     let is_copy = matches!(output, Output::CopyIn(_));
@@ -523,6 +537,7 @@ impl SimpleQueryHandler for Handlers {
         if implicit && let Err(e) = cell.lock().await.end_implicit().await {
             responses.push(Response::Error(Box::new(error_info(e))));
         }
+        send_notices(client, &cell).await?;
         Ok(responses)
     }
 }
@@ -625,14 +640,15 @@ impl ExtendedQueryHandler for Handlers {
                 return Err(user_error(e));
             }
         };
-        let output = cell
-            .lock()
-            .await
-            .execute(&prepared.parsed, &params)
-            .await
-            .map_err(user_error)?;
-        self.respond(client, output, &portal.result_column_format, false)
-            .await
+        let output = cell.lock().await.execute(&prepared.parsed, &params).await;
+        send_notices(client, &cell).await?;
+        self.respond(
+            client,
+            output.map_err(user_error)?,
+            &portal.result_column_format,
+            false,
+        )
+        .await
     }
 }
 
@@ -737,11 +753,13 @@ impl CopyHandler for Handlers {
             session.fail_transaction();
             return Err(user_error(e));
         }
-        let n = session
-            .copy_commit(&state.copy, state.batches)
-            .await
-            .map_err(user_error)?;
+        let n = session.copy_commit(&state.copy, state.batches).await;
+        let notices = session.take_notices();
         drop(session);
+        for message in notices {
+            client.feed(notice("NOTICE", "00000", message)).await?;
+        }
+        let n = n.map_err(user_error)?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(n).into(),
