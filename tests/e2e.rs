@@ -716,3 +716,25 @@ async fn late_rows_are_left_out_of_the_command_tag_with_a_notice() {
     assert_eq!(ids, [1, 3, 7]);
     assert!(notices.try_recv().is_err(), "one NOTICE per late write");
 }
+
+#[tokio::test]
+async fn a_parameter_inside_a_values_expression_is_counted_and_typed() {
+    let (server, _dir) = start().await;
+    let client = connect(&server).await;
+    client
+        .batch_execute("CREATE TABLE t (id int, v bigint)")
+        .await
+        .unwrap();
+    // $2 is not a cell of its own: its type comes from the expression (bigint).
+    let n = client
+        .execute("INSERT INTO t VALUES ($1, $2 + 1)", &[&7i32, &41i64])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let v: i64 = client
+        .query_one("SELECT v FROM t WHERE id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 42);
+}

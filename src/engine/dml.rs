@@ -57,30 +57,35 @@ pub async fn insert_param_types(
     insert: &ast::Insert,
 ) -> Result<Vec<Option<DataType>>> {
     let (table, columns) = insert_target(session, insert)?;
+    let Some(source) = &insert.source else {
+        return Ok(Vec::new());
+    };
+    // Parameters inside expressions (`$2 + 1`), or in a SELECT: what DataFusion infers.
     let mut types: Vec<Option<DataType>> = Vec::new();
-    if let Some(source) = &insert.source {
-        if let SetExpr::Values(values) = source.body.as_ref() {
-            for row in &values.rows {
-                for (i, cell) in row.content.iter().enumerate() {
-                    if let Some(n) = placeholder_index(cell) {
-                        if types.len() <= n {
-                            types.resize(n + 1, None);
-                        }
-                        if let Some(col) = columns.get(i) {
-                            types[n] = Some(table.columns[*col].sql_type.to_arrow());
-                        }
-                    }
-                }
-            }
-            return Ok(types);
-        }
+    let values = match source.body.as_ref() {
+        SetExpr::Values(values) => Some(values),
+        _ => None,
+    };
+    if values.is_none() || values_with_nested_placeholders(source.body.as_ref()) {
         session.read_state().read_latest();
         let plan = session.plan(&Statement::Query(source.clone())).await?;
         let inferred = plan.get_parameter_types()?;
-        let n = inferred.len();
-        return Ok((1..=n)
+        types = (1..=inferred.len())
             .map(|i| inferred.get(&format!("${i}")).cloned().flatten())
-            .collect());
+            .collect();
+    }
+    // A VALUES cell that is a parameter: its column's type.
+    for row in values.iter().flat_map(|v| &v.rows) {
+        for (i, cell) in row.content.iter().enumerate() {
+            if let Some(n) = placeholder_index(cell) {
+                if types.len() <= n {
+                    types.resize(n + 1, None);
+                }
+                if let Some(col) = columns.get(i) {
+                    types[n] = Some(table.columns[*col].sql_type.to_arrow());
+                }
+            }
+        }
     }
     Ok(types)
 }
@@ -95,6 +100,24 @@ pub async fn param_types(session: &Session, stmt: &Statement) -> Result<Vec<Opti
     };
     let plan = session.plan(&p.stmt).await?;
     super::session::param_types_of(&plan)
+}
+
+/// Whether `body` is a VALUES list with a parameter inside an expression.
+fn values_with_nested_placeholders(body: &SetExpr) -> bool {
+    let SetExpr::Values(values) = body else {
+        return false;
+    };
+    values.rows.iter().flat_map(|r| &r.content).any(|cell| {
+        placeholder_index(cell).is_none()
+            && ast::visit_expressions(cell, |e| {
+                if placeholder_index(e).is_some() {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })
+            .is_break()
+    })
 }
 
 fn placeholder_index(e: &ast::Expr) -> Option<usize> {
