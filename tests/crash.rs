@@ -302,3 +302,144 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     assert_eq!(n, 1);
     drop(first);
 }
+
+/// A watermarked stream under `kill -9`: each acknowledged insert either wrote its row (tag
+/// `INSERT 0 1`) or refused it as late (`INSERT 0 0`); after every restart the written ones are
+/// all there, the refused ones are not, the late-row count covers the refusals, and the
+/// windowed views (EMIT ON WINDOW CLOSE tumbling windows, SESSION windows) equal their batch
+/// recomputation over the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermarked_stream_and_its_windows_survive_kill_dash_nine() {
+    let cycles: usize = std::env::var("EDDY_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn(dir.path(), port);
+    let closed = "SELECT window_start, count(*) AS n, sum(v) AS sv \
+                  FROM TUMBLE(ev, ts, INTERVAL '1 second') GROUP BY window_start";
+    let sessions = "SELECT k, window_start, window_end, count(*) AS n \
+                    FROM SESSION(ev, ts, INTERVAL '500 milliseconds', k) \
+                    GROUP BY k, window_start, window_end";
+    connect(port)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE ev (writer int, seq int, k int, v int, ts timestamp,
+               WATERMARK FOR ts AS ts - INTERVAL '1 second') APPEND ONLY;
+             CREATE MATERIALIZED VIEW closed AS {closed} EMIT ON WINDOW CLOSE;
+             CREATE MATERIALIZED VIEW sessions AS {sessions};"
+        ))
+        .await
+        .unwrap();
+    // (writer, seq) of every insert acknowledged as written, as refused, and attempted.
+    let written: Arc<Mutex<HashSet<(i32, i32)>>> = Arc::default();
+    let refused: Arc<Mutex<HashSet<(i32, i32)>>> = Arc::default();
+    let attempted: Arc<Mutex<HashSet<(i32, i32)>>> = Arc::default();
+    let mut next_seq = 0i32;
+    for cycle in 0..cycles {
+        let mut writers = Vec::new();
+        for writer in 0..2i32 {
+            let (written, refused, attempted) =
+                (written.clone(), refused.clone(), attempted.clone());
+            let start = next_seq;
+            writers.push(tokio::spawn(async move {
+                let client = connect(port).await;
+                for seq in start.. {
+                    attempted.lock().unwrap().insert((writer, seq));
+                    // 100 ms of event time per row; every 7th row 3 s back: late.
+                    let back = if seq % 7 == 3 { 3000 } else { 0 };
+                    let ms = i64::from(seq) * 100 - back;
+                    let ts = chrono::DateTime::from_timestamp_millis(1_767_225_600_000 + ms)
+                        .unwrap()
+                        .naive_utc();
+                    let r = client
+                        .execute(
+                            "INSERT INTO ev VALUES ($1, $2, $3, $4, $5)",
+                            &[&writer, &seq, &(seq % 3), &(seq % 100), &ts],
+                        )
+                        .await;
+                    match r {
+                        Ok(1) => written.lock().unwrap().insert((writer, seq)),
+                        Ok(_) => refused.lock().unwrap().insert((writer, seq)),
+                        Err(e) => {
+                            // The crash, normally.
+                            eprintln!("writer {writer} stops at {seq}: {e:?}");
+                            break;
+                        }
+                    };
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300 + (cycle as u64 * 41) % 300)).await;
+        child.kill();
+        for w in writers {
+            w.await.unwrap();
+        }
+        next_seq += 100_000;
+
+        child = spawn(dir.path(), port);
+        let client = connect(port).await;
+        let rows = client
+            .query("SELECT writer, seq FROM ev", &[])
+            .await
+            .unwrap();
+        let present: HashSet<(i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let written_now = written.lock().unwrap().clone();
+        let refused_now = refused.lock().unwrap().clone();
+        let lost: Vec<_> = written_now.difference(&present).take(5).collect();
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle}: written rows lost: {lost:?}"
+        );
+        let kept: Vec<_> = refused_now.intersection(&present).take(5).collect();
+        assert!(
+            kept.is_empty(),
+            "cycle {cycle}: refused rows present: {kept:?}"
+        );
+        let phantom = present.difference(&attempted.lock().unwrap()).count();
+        assert_eq!(phantom, 0, "cycle {cycle}: rows nobody wrote");
+        let late: i64 = client
+            .query_one("SELECT late_rows FROM eddy_catalog.watermarks", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // Refusals acknowledged, plus those of unacknowledged writes that committed.
+        let unacknowledged =
+            attempted.lock().unwrap().len() - written_now.len() - refused_now.len();
+        assert!(
+            late as usize >= refused_now.len()
+                && late as usize <= refused_now.len() + unacknowledged,
+            "cycle {cycle}: {late} late rows counted, {} refusals acknowledged",
+            refused_now.len()
+        );
+        let view = common::sorted_rows(&client, "SELECT * FROM closed").await;
+        let batch = common::sorted_rows(
+            &client,
+            &format!(
+                "{closed} HAVING window_start + INTERVAL '1 second' <= \
+                 (SELECT watermark::timestamp FROM eddy_catalog.watermarks)"
+            ),
+        )
+        .await;
+        assert_eq!(view, batch, "cycle {cycle}: closed windows");
+        assert!(
+            !view.is_empty(),
+            "cycle {cycle}: no window closed ({} rows written, {} refused)",
+            written_now.len(),
+            refused_now.len()
+        );
+        let closed_windows = view.len();
+        let view = common::sorted_rows(&client, "SELECT * FROM sessions").await;
+        let batch = common::sorted_rows(&client, sessions).await;
+        assert_eq!(view, batch, "cycle {cycle}: sessions");
+        eprintln!(
+            "cycle {cycle}: {} rows written, {} refused as late ({late} counted), \
+             {closed_windows} windows closed, {} sessions",
+            written_now.len(),
+            refused_now.len(),
+            view.len()
+        );
+    }
+    drop(child);
+}
