@@ -16,6 +16,12 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
 use crate::error::{Result, sqlstate};
 use crate::sql::temporal::parse_timestamp;
 
@@ -64,6 +70,7 @@ pub fn micros_of(time: SystemTime) -> i64 {
 }
 
 /// See the module documentation.
+#[derive(Debug)]
 pub struct Clock {
     /// The manual clock's value; `None` for the system clock.
     manual: Option<AtomicI64>,
@@ -124,6 +131,74 @@ impl Clock {
             m.fetch_max(logged, Ordering::SeqCst);
         }
     }
+}
+
+/// `now()` (and `current_timestamp`) in ad-hoc queries on a manual clock: its time, so that
+/// `INSERT … VALUES (now())` stamps rows with the clock the views' temporal filters read.
+#[derive(Debug)]
+pub struct ManualNow {
+    clock: std::sync::Arc<Clock>,
+    signature: Signature,
+    aliases: Vec<String>,
+}
+
+impl ManualNow {
+    pub fn new(clock: std::sync::Arc<Clock>) -> ManualNow {
+        ManualNow {
+            clock,
+            // Not Stable: the optimizer folds stable functions it can evaluate, which would turn
+            // a view's temporal filter into a constant.
+            signature: Signature::nullary(Volatility::Volatile),
+            aliases: vec!["current_timestamp".into()],
+        }
+    }
+}
+
+impl PartialEq for ManualNow {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.clock, &other.clock)
+    }
+}
+
+impl Eq for ManualNow {}
+
+impl std::hash::Hash for ManualNow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "now".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ManualNow {
+    fn name(&self) -> &str {
+        "now"
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(now_type())
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
+            Some(self.clock.now().saturating_mul(1000)),
+            Some("+00:00".into()),
+        )))
+    }
+}
+
+/// What `now()` returns: a UTC timestamp in nanoseconds, as DataFusion's own.
+fn now_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
 }
 
 /// `2025-01-01 00:00:00.000000` (UTC) for messages.

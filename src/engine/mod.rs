@@ -172,7 +172,7 @@ pub struct Engine {
     /// The log not yet covered by a durable checkpoint; writes wait while it is too large.
     lag: Arc<CheckpointLag>,
     /// What `now()` is for temporal filters.
-    clock: Clock,
+    clock: Arc<Clock>,
     /// The lag limit admission applies, from the flags and the measured replay rate.
     budget: Arc<ReplayBudget>,
 }
@@ -296,7 +296,7 @@ impl Engine {
             config.target_recovery_time,
         ));
         let lag = Arc::new(CheckpointLag::new(budget.clone()));
-        let clock = Clock::new(config.clock);
+        let clock = Arc::new(Clock::new(config.clock));
         Ok(Arc::new(Engine {
             clock,
             config,
@@ -866,6 +866,11 @@ impl Engine {
     /// The clock now (µs since 1970).
     pub fn clock_now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// The clock, when it is manual (ad-hoc `now()` reads it then).
+    pub fn manual_clock(&self) -> Option<Arc<Clock>> {
+        self.clock.is_manual().then(|| self.clock.clone())
     }
 
     /// With the system clock: makes an epoch whenever a view waits for a time that no write

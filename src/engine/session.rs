@@ -178,6 +178,11 @@ impl Session {
             .cloned()
             .unwrap_or_else(|| "eddy".into());
         super::pg_catalog::register_session_functions(&ctx, &user, backend_pid);
+        if let Some(clock) = engine.manual_clock() {
+            ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
+                super::clock::ManualNow::new(clock),
+            ));
+        }
         let mut settings = default_settings();
         if let Some(app) = startup.get("application_name") {
             settings.insert("application_name".into(), app.clone());
