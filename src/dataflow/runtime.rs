@@ -311,6 +311,11 @@ impl Runtime {
         &self.shared.epochs
     }
 
+    /// Whether [`Runtime::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.shared.queue.lock().stop
+    }
+
     /// The clock as of the committed epoch (µs since 1970; `i64::MIN` before any).
     pub fn clock(&self) -> i64 {
         self.shared.clock.load(std::sync::atomic::Ordering::SeqCst)

@@ -912,7 +912,14 @@ impl Engine {
                 }
                 last_tick = tokio::time::Instant::now();
                 if let Err(e) = engine.tick().await {
+                    if engine.runtime.stopped() {
+                        // Shut down.
+                        return;
+                    }
                     tracing::warn!(error = %e, "could not write a clock tick");
+                    drop(engine);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
                 drop(engine);
                 // Let the runtime run the tick's epoch before looking again.
