@@ -943,3 +943,30 @@ async fn a_row_leaves_a_temporal_filter_when_its_time_passes_with_nothing_writte
     let rows = client.query("SELECT * FROM recent", &[]).await.unwrap();
     assert!(rows.is_empty());
 }
+
+#[tokio::test]
+async fn a_temporal_view_created_after_a_quiet_spell_starts_at_the_current_time() {
+    let (server, _dir) = start().await;
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (id int, ts timestamptz) APPEND ONLY;
+             INSERT INTO ev VALUES (1, now());",
+        )
+        .await
+        .unwrap();
+    // Nothing is written for longer than the view's window: its row is already out when the
+    // view is created, though the last epoch is older than that. (Without the epoch made at
+    // creation the ticker would still retract it within ~10 ms, so this mostly guards the
+    // result, not the race.)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW recent AS
+               SELECT id FROM ev WHERE ts > now() - INTERVAL '400 milliseconds'",
+        )
+        .await
+        .unwrap();
+    let rows = client.query("SELECT * FROM recent", &[]).await.unwrap();
+    assert!(rows.is_empty(), "{} rows", rows.len());
+}

@@ -857,6 +857,19 @@ impl Engine {
         durable.wait().await
     }
 
+    /// Before a dataflow with a temporal filter starts on the system clock: an epoch now, so
+    /// that it is backfilled at the current time rather than at the last write's.
+    pub async fn tick_for(&self, spec: &DataflowSpec) -> Result<()> {
+        let temporal = spec
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, crate::dataflow::spec::NodeKind::TemporalFilter(_)));
+        if temporal && !self.clock.is_manual() {
+            self.tick().await?;
+        }
+        Ok(())
+    }
+
     /// `ADVANCE CLOCK`: moves a manual clock to `to` (µs since 1970) and makes an epoch there.
     pub async fn advance_clock(&self, to: i64) -> Result<Lsn> {
         self.clock.advance_to(to)?;
@@ -1089,6 +1102,7 @@ impl Engine {
         def.id = catalog.reserve_id(&self.state)?;
         *self.catalog.write() = Arc::new(catalog.clone());
         if let Some((spec, schema)) = dataflow {
+            self.tick_for(&spec).await?;
             self.runtime
                 .create_view(def.id, &def.name, spec, schema)
                 .await?;

@@ -123,6 +123,7 @@ impl Session {
                     Some(name) => name.to_string(),
                     None => shorten(&query.to_string()),
                 };
+                engine.tick_for(&compiled.spec).await?;
                 engine
                     .runtime()
                     .create_view(id, &target, compiled.spec, compiled.schema)
