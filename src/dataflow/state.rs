@@ -228,6 +228,29 @@ pub trait StateLookup: Send {
     }
 }
 
+/// Writes the counted rows of an operator that keeps its state as rows with weights: with
+/// `full`, every row of `all` (over a part the runtime cleared); else each row's change of
+/// weight since the last checkpoint, drained from `unsaved`.
+pub fn checkpoint_counted_rows<'a>(
+    full: bool,
+    unsaved: &mut std::collections::HashMap<Box<[u8]>, i64>,
+    all: impl Iterator<Item = (&'a [u8], i64)>,
+    sink: &mut dyn StateSink,
+) {
+    if full {
+        unsaved.clear();
+        for (row, w) in all {
+            sink.add(row, w);
+        }
+        return;
+    }
+    for (row, n) in unsaved.drain() {
+        if n != 0 {
+            sink.add(&row, n);
+        }
+    }
+}
+
 /// A [`MemoryState`] shared with an operator that reads it back (tests).
 impl StateLookup for std::sync::Arc<parking_lot::Mutex<MemoryState>> {
     fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -17,6 +17,7 @@ use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::RowConverter;
 
+use crate::dataflow::state::checkpoint_counted_rows;
 use crate::dataflow::watermark::{Watermarks, below_any};
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::Result;
@@ -125,18 +126,8 @@ impl Operator for EmitOnWindowClose {
 
     /// Counted rows: each pending row with its weight.
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
-        if full {
-            self.unsaved.clear();
-            for (row, w) in &self.pending {
-                sink.add(row, *w);
-            }
-            return Ok(());
-        }
-        for (row, n) in self.unsaved.drain() {
-            if n != 0 {
-                sink.add(&row, n);
-            }
-        }
+        let all = self.pending.iter().map(|(row, w)| (row.as_ref(), *w));
+        checkpoint_counted_rows(full, &mut self.unsaved, all, sink);
         Ok(())
     }
 

@@ -30,6 +30,7 @@ use datafusion::arrow::row::RowConverter;
 use datafusion::common::ScalarValue;
 
 use crate::dataflow::spec::SessionSpec;
+use crate::dataflow::state::checkpoint_counted_rows;
 use crate::dataflow::watermark::Watermarks;
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::Result;
@@ -335,20 +336,12 @@ impl Operator for SessionWindow {
 
     /// Counted rows: every row kept, with its weight.
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
-        if full {
-            self.unsaved.clear();
-            for timeline in self.timelines.values() {
-                for ((_, row), w) in timeline {
-                    sink.add(row, *w);
-                }
-            }
-            return Ok(());
-        }
-        for (row, n) in self.unsaved.drain() {
-            if n != 0 {
-                sink.add(&row, n);
-            }
-        }
+        let all = self
+            .timelines
+            .values()
+            .flatten()
+            .map(|((_, row), w)| (row.as_ref(), *w));
+        checkpoint_counted_rows(full, &mut self.unsaved, all, sink);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::{
 use datafusion::arrow::row::RowConverter;
 
 use crate::dataflow::spec::{TemporalBound, TemporalBoundKind};
+use crate::dataflow::state::checkpoint_counted_rows;
 use crate::dataflow::{Operator, StateSink, StateSource};
 use crate::error::Result;
 use crate::types::{Epoch, ZBatch};
@@ -302,19 +303,9 @@ impl Operator for TemporalFilter {
 
     /// Counted rows (each remembered row with its weight) and the time of the last epoch.
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
-        if full {
-            self.unsaved.clear();
-            for ((_, row), (_, w)) in &self.waiting {
-                sink.add(row, *w);
-            }
-            for ((_, row), w) in &self.leaving {
-                sink.add(row, *w);
-            }
-        } else {
-            for (row, n) in self.unsaved.drain() {
-                sink.add(&row, n);
-            }
-        }
+        let waiting = self.waiting.iter().map(|((_, r), (_, w))| (r.as_ref(), *w));
+        let leaving = self.leaving.iter().map(|((_, r), w)| (r.as_ref(), *w));
+        checkpoint_counted_rows(full, &mut self.unsaved, waiting.chain(leaving), sink);
         if full || self.now_saved != Some(self.now) {
             sink.put(NOW_KEY, &self.now.to_be_bytes());
             self.now_saved = Some(self.now);
