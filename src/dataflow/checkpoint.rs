@@ -451,6 +451,15 @@ impl StateLookup for PartLookup {
         snapshot.get_values(&self.prefix, keys)
     }
 
+    fn values_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<crate::dataflow::state::StoredValues> {
+        let snapshot = self.durable.read().clone();
+        snapshot.values_after(&self.prefix, after, limit)
+    }
+
     fn counts_after(
         &self,
         start: &[u8],

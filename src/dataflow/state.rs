@@ -22,6 +22,9 @@ use datafusion::arrow::row::{Row, RowConverter};
 use hashbrown::HashTable;
 
 use crate::error::Result;
+
+/// Stored values read back: (key after the prefix, value).
+pub type StoredValues = Vec<(Vec<u8>, Vec<u8>)>;
 pub use crate::storage::state::{CountVisitor, CountedRows, ValueVisitor};
 
 /// A value in Arrow's row format, stored inline when short (numbers, dates, short strings), so
@@ -213,6 +216,10 @@ pub trait StateLookup: Send {
     /// The values stored under `keys`, in order; `None` where there is none.
     fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
 
+    /// Up to `limit` values (key, value) whose keys come after `after` (all from the first
+    /// when `None`), in key order: for sweeping what is stored.
+    fn values_after(&self, after: Option<&[u8]>, limit: usize) -> Result<StoredValues>;
+
     /// Up to `limit` counted rows with a positive count whose keys start with `start` and, if
     /// `after` is given, come after it, in key order.
     fn counts_after(&self, start: &[u8], after: Option<&[u8]>, limit: usize)
@@ -256,6 +263,21 @@ impl StateLookup for std::sync::Arc<parking_lot::Mutex<MemoryState>> {
     fn values(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let state = self.lock();
         Ok(keys.iter().map(|k| state.values.get(*k).cloned()).collect())
+    }
+
+    fn values_after(&self, after: Option<&[u8]>, limit: usize) -> Result<StoredValues> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let low = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Unbounded,
+        };
+        Ok(state
+            .values
+            .range((low, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn counts_after(

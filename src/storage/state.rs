@@ -580,6 +580,41 @@ impl StoreSnapshot {
         Ok(out)
     }
 
+    /// Up to `limit` values under `prefix` whose keys (after `prefix`) come after `after` (from
+    /// the first when `None`), in key order; keys after `prefix`.
+    pub fn values_after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = self.store.cf(STATE_CF)?;
+        let mut options = self.read_options();
+        options.set_iterate_upper_bound(range_end(prefix));
+        options.fill_cache(false);
+        let mut it = self.store.db.raw_iterator_cf_opt(cf, options);
+        match after {
+            Some(after) => {
+                let after = [prefix, after].concat();
+                it.seek(&after);
+                if it.key() == Some(after.as_slice()) {
+                    it.next();
+                }
+            }
+            None => it.seek(prefix),
+        }
+        let mut out = Vec::new();
+        while out.len() < limit
+            && let (Some(k), Some(v)) = (it.key(), it.value())
+        {
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()
+            .map_err(|e| rocks_err("reading state from the state store", e))?;
+        Ok(out)
+    }
+
     /// Up to `limit` counted rows with a positive count whose keys (after `prefix`) start with
     /// `start` and, if `after` is given, come after it; in key order, keys after `prefix`.
     pub fn counts_after(

@@ -93,7 +93,21 @@ pub struct HashAggregate {
     /// No group in memory has a key below this in the first watermarked group-by column (as
     /// of the last sweep): until a watermark passes it, nothing is to be freed.
     swept_below: Option<ScalarValue>,
+    /// The pass over the stored groups in progress (see `sweep_store`), and the first
+    /// watermark value at which the last pass began.
+    store_sweep: Option<StoreSweep>,
+    store_swept_at: Option<ScalarValue>,
 }
+
+/// A pass over the stored groups freeing those behind the watermarks it started with.
+struct StoreSweep {
+    /// The last stored key read.
+    after: Option<Vec<u8>>,
+    watermarks: Watermarks,
+}
+
+/// Stored groups a barrier reads at most while a pass over the store is in progress.
+const STORE_SWEEP_BATCH: usize = 2048;
 
 /// Bytes of a group besides its key, output row and aggregate states: hash, count, flags,
 /// slots in the per-group vectors and the hash table.
@@ -244,6 +258,8 @@ impl HashAggregate {
             is_in_flight: Vec::new(),
             freed_in_flight: Vec::new(),
             pending_deletes: HashSet::new(),
+            store_sweep: None,
+            store_swept_at: None,
             last_used: Vec::new(),
             tick: 0,
             sizes: Vec::new(),
@@ -625,6 +641,68 @@ impl HashAggregate {
     }
 }
 
+impl HashAggregate {
+    /// Groups that were evicted (or left in the store at a restart) before their keys fell
+    /// behind the watermark are not in memory for `free_closed_groups` to find. When the
+    /// watermark has moved since the last pass, a pass over the stored groups — at most
+    /// [`STORE_SWEEP_BATCH`] a barrier — frees those below the watermarks it started with (as
+    /// freed groups: deleted at the next checkpoint, never read back).
+    fn sweep_store(&mut self) -> Result<()> {
+        if self.complete || self.global {
+            return Ok(());
+        }
+        let (Some(lookup), Some(converter)) = (&self.lookup, &self.groups.converter) else {
+            return Ok(());
+        };
+        if self.store_sweep.is_none() {
+            let Some(first) = self.key_watermarks.iter().find_map(|w| w.clone()) else {
+                return Ok(());
+            };
+            if self.store_swept_at.as_ref().is_some_and(|at| first <= *at) {
+                return Ok(());
+            }
+            self.store_swept_at = Some(first);
+            self.store_sweep = Some(StoreSweep {
+                after: None,
+                watermarks: self.key_watermarks.clone(),
+            });
+        }
+        let Some(sweep) = &mut self.store_sweep else {
+            return Ok(());
+        };
+        let stored = lookup.values_after(sweep.after.as_deref(), STORE_SWEEP_BATCH)?;
+        let keys: Vec<&[u8]> = stored
+            .iter()
+            .map(|(k, _)| k.as_slice())
+            .filter(|k| !k.is_empty() && !self.pending_deletes.contains(*k))
+            .collect();
+        let closed = if keys.is_empty() {
+            Vec::new()
+        } else {
+            let parser = converter.parser();
+            let columns = converter.convert_rows(keys.iter().map(|k| parser.parse(k)))?;
+            let bounds = sweep.watermarks.iter().enumerate();
+            below_any(&columns, bounds.filter_map(|(c, w)| Some((c, w.as_ref()?))))?
+        };
+        sweep.after = match stored.last() {
+            Some((last, _)) if stored.len() == STORE_SWEEP_BATCH => Some(last.clone()),
+            _ => None,
+        };
+        let done = sweep.after.is_none();
+        for (key, closed) in keys.into_iter().zip(closed) {
+            if closed {
+                let key: Box<[u8]> = key.into();
+                self.pending_deletes.insert(key.clone());
+                self.freed.push(key);
+            }
+        }
+        if done {
+            self.store_sweep = None;
+        }
+        Ok(())
+    }
+}
+
 impl Operator for HashAggregate {
     fn on_batch(&mut self, _port: usize, batch: ZBatch, _out: &mut Vec<ZBatch>) -> Result<()> {
         // Inserts and deletes alike: fold the weight into the group's state; emit at the barrier.
@@ -648,7 +726,8 @@ impl Operator for HashAggregate {
 
     fn on_barrier(&mut self, epoch: Epoch, out: &mut Vec<ZBatch>) -> Result<()> {
         self.emit(epoch, out)?;
-        self.free_closed_groups()
+        self.free_closed_groups()?;
+        self.sweep_store()
     }
 
     fn state_rows(&self) -> usize {

@@ -579,3 +579,45 @@ proptest! {
         check_evicting(&|| topk(partitioned, rank, offset, limit), 1, rounds, fates, 0);
     }
 }
+
+#[test]
+fn groups_evicted_before_their_window_closed_are_freed_from_the_store() {
+    let store = Arc::new(parking_lot::Mutex::new(MemoryState::default()));
+    let mut op = HashAggregate::new(
+        vec![col("k", 0)],
+        aggregates(),
+        &schema(),
+        agg_schema(true),
+        false,
+    )
+    .unwrap();
+    op.attach(Box::new(store.clone()));
+    let rows: Vec<(Row, i64)> = (0..4)
+        .map(|k| ((Some(k), Some(1), Some("a".to_string())), 1))
+        .collect();
+    let mut out = Vec::new();
+    op.on_batch(0, batch(&rows), &mut out).unwrap();
+    op.on_barrier(Epoch(1), &mut out).unwrap();
+    op.checkpoint(false, &mut *store.lock()).unwrap();
+    op.checkpoint_durable();
+    op.evict(0);
+    assert_eq!(op.state_rows(), 0, "everything evicted");
+    assert_eq!(store.lock().values.len(), 4);
+    // The watermark passes keys 0 and 1: not in memory, but in the store.
+    let mut watermarks = vec![None; agg_schema(true).fields().len()];
+    watermarks[0] = Some(ScalarValue::Int64(Some(2)));
+    op.on_watermarks(&[], &watermarks);
+    op.on_barrier(Epoch(2), &mut out).unwrap();
+    op.checkpoint(false, &mut *store.lock()).unwrap();
+    op.checkpoint_durable();
+    let left: Vec<Vec<u8>> = store.lock().values.keys().cloned().collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the closed groups are deleted from the store"
+    );
+    // The open ones are still read back when their keys come up.
+    op.on_batch(0, batch(&rows[2..3]), &mut out).unwrap();
+    op.on_barrier(Epoch(3), &mut out).unwrap();
+    assert_eq!(op.state_rows(), 1);
+}
