@@ -621,3 +621,32 @@ fn groups_evicted_before_their_window_closed_are_freed_from_the_store() {
     op.on_barrier(Epoch(3), &mut out).unwrap();
     assert_eq!(op.state_rows(), 1);
 }
+
+#[test]
+fn top_k_partitions_evicted_before_they_closed_are_freed_from_the_store() {
+    let store = Arc::new(parking_lot::Mutex::new(MemoryState::default()));
+    let mut op = topk(true, None, 0, 2);
+    op.attach(Box::new(store.clone()));
+    let rows: Vec<(Row, i64)> = (0..4)
+        .flat_map(|k| (0..3).map(move |v| ((Some(k), Some(v), None), 1)))
+        .collect();
+    let mut out = Vec::new();
+    op.on_batch(0, batch(&rows), &mut out).unwrap();
+    op.on_barrier(Epoch(1), &mut out).unwrap();
+    op.checkpoint(false, &mut *store.lock()).unwrap();
+    op.checkpoint_durable();
+    op.evict(0);
+    assert_eq!(store.lock().counts.len(), 12);
+    // The watermark on the partition key passes partitions 0 and 1, which are only stored.
+    let mut watermarks = vec![None; schema().fields().len()];
+    watermarks[0] = Some(ScalarValue::Int64(Some(2)));
+    op.on_watermarks(&[&watermarks], &watermarks);
+    op.on_barrier(Epoch(2), &mut out).unwrap();
+    op.checkpoint(false, &mut *store.lock()).unwrap();
+    op.checkpoint_durable();
+    assert_eq!(
+        store.lock().counts.len(),
+        6,
+        "the closed partitions' rows are cleared from the store"
+    );
+}

@@ -142,6 +142,9 @@ fn write_key(out: &mut Vec<u8>, pkey: &[u8], sort_key: &[u8], row: &[u8]) {
 }
 
 /// The key prefix of partition `pkey`'s rows.
+/// Stored rows a barrier reads at most while a pass over the store is in progress.
+const STORE_SWEEP_BATCH: usize = 4096;
+
 fn partition_prefix(pkey: &[u8]) -> Vec<u8> {
     let mut out = (pkey.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(pkey);
@@ -195,6 +198,10 @@ pub struct TopK {
     partition_bounds: Vec<(usize, ScalarValue)>,
     /// `partition_bounds` changed since the last sweep.
     bounds_moved: bool,
+    /// The pass over the stored partitions in progress (see `sweep_store`): the last stored
+    /// key read and the bounds it frees below; and the bounds the last pass began with.
+    store_sweep: Option<(Option<Vec<u8>>, Vec<(usize, ScalarValue)>)>,
+    store_swept_at: Vec<(usize, ScalarValue)>,
     /// Stored prefixes of partitions freed behind the watermark.
     freed: FreedPrefixes,
 }
@@ -262,6 +269,8 @@ impl TopK {
             bytes: 0,
             partition_bounds: Vec::new(),
             bounds_moved: false,
+            store_sweep: None,
+            store_swept_at: Vec::new(),
             freed: FreedPrefixes::default(),
         })
     }
@@ -286,6 +295,60 @@ impl TopK {
                 self.dirty.remove(&pkey);
                 self.freed.push(partition_prefix(&pkey));
             }
+        }
+        Ok(())
+    }
+
+    /// Partitions evicted to the store (or left there by a restart) before they fell behind
+    /// the watermark are not in memory for `free_closed_partitions` to find. When the bounds
+    /// have moved since the last pass, a pass over the stored rows — at most
+    /// [`STORE_SWEEP_BATCH`] a barrier — frees the closed partitions not in memory (cleared from
+    /// the store at the next checkpoint; no row can come to them again).
+    fn sweep_store(&mut self) -> Result<()> {
+        let (Some(lookup), Some(converter)) = (&self.lookup, &self.partition_converter) else {
+            return Ok(());
+        };
+        if self.store_sweep.is_none() {
+            if self.partition_bounds.is_empty() || self.partition_bounds == self.store_swept_at {
+                return Ok(());
+            }
+            self.store_swept_at = self.partition_bounds.clone();
+            self.store_sweep = Some((None, self.partition_bounds.clone()));
+        }
+        let Some((after, bounds)) = &mut self.store_sweep else {
+            return Ok(());
+        };
+        let stored = lookup.counts_after(&[], after.as_deref(), STORE_SWEEP_BATCH)?;
+        let mut pkeys: Vec<&[u8]> = Vec::new();
+        for (key, _) in &stored {
+            let (pkey, _, _) = split_key(key)?;
+            if pkeys.last() != Some(&pkey) && !self.partitions.contains_key(pkey) {
+                pkeys.push(pkey);
+            }
+        }
+        pkeys.dedup();
+        let closed = if pkeys.is_empty() {
+            Vec::new()
+        } else {
+            let parser = converter.parser();
+            let columns = converter.convert_rows(pkeys.iter().map(|k| parser.parse(k)))?;
+            below_any(&columns, bounds.iter().map(|(i, w)| (*i, w)))?
+        };
+        let freed: Vec<Vec<u8>> = pkeys
+            .iter()
+            .zip(closed)
+            .filter(|(_, c)| *c)
+            .map(|(k, _)| partition_prefix(k))
+            .collect();
+        *after = match stored.last() {
+            Some((last, _)) if stored.len() == STORE_SWEEP_BATCH => Some(last.clone()),
+            _ => None,
+        };
+        if after.is_none() {
+            self.store_sweep = None;
+        }
+        for prefix in freed {
+            self.freed.push(prefix);
         }
         Ok(())
     }
@@ -620,7 +683,8 @@ impl Operator for TopK {
         if !added.is_empty() {
             out.push(self.output(&added, 1)?);
         }
-        self.free_closed_partitions()
+        self.free_closed_partitions()?;
+        self.sweep_store()
     }
 
     fn on_watermarks(&mut self, inputs: &[&Watermarks], _output: &Watermarks) {
