@@ -100,6 +100,10 @@ pub struct Join {
     bounds_moved: bool,
     /// Stored prefixes (side, key) of rows freed behind the watermarks.
     freed: FreedPrefixes,
+    /// The pass over the stored rows in progress (see `sweep_store`): the last stored key read
+    /// and the key bounds it frees below; and the bounds the last pass began with.
+    store_sweep: Option<(Option<Vec<u8>>, Vec<(usize, ScalarValue, ScalarValue)>)>,
+    store_swept_at: Vec<(usize, ScalarValue, ScalarValue)>,
     /// Residual conjuncts `x ≥ y` across the sides (interval joins), see the module docs.
     intervals: Vec<IntervalBound>,
     /// Per interval bound: the value below which its side's rows are dead, as of the last
@@ -119,6 +123,9 @@ struct HeldKey {
 
 /// A join key with its hash.
 type HashedKey = (u64, Box<[u8]>);
+
+/// Stored rows a barrier reads at most while a pass over the store is in progress.
+const STORE_SWEEP_BATCH: usize = 4096;
 
 /// Bytes per join key held, besides its rows.
 const HELD_KEY_BYTES: usize = 96;
@@ -207,6 +214,8 @@ impl Join {
             key_bounds: Vec::new(),
             bounds_moved: false,
             freed: FreedPrefixes::default(),
+            store_sweep: None,
+            store_swept_at: Vec::new(),
             intervals: if spec.kind == JoinKind::Inner {
                 interval_bounds(spec.filter.as_ref(), left_width)
             } else {
@@ -319,6 +328,71 @@ impl Join {
             if dead[LEFT][k] && dead[RIGHT][k] {
                 self.held.remove(key);
             }
+        }
+        Ok(())
+    }
+
+    /// Join keys evicted to the store (or left there by a restart) before they fell behind the
+    /// watermarks are not in memory for `free_behind_watermarks` to find. When the key bounds
+    /// have moved since the last pass, a pass over the stored rows — at most
+    /// [`STORE_SWEEP_BATCH`] a barrier — frees them the same way (window joins; the rows of
+    /// interval joins that were evicted are not swept).
+    fn sweep_store(&mut self) -> Result<()> {
+        let Some(lookup) = &self.lookup else {
+            return Ok(());
+        };
+        if self.complete {
+            return Ok(());
+        }
+        if self.store_sweep.is_none() {
+            if self.key_bounds.is_empty() || self.key_bounds == self.store_swept_at {
+                return Ok(());
+            }
+            self.store_swept_at = self.key_bounds.clone();
+            self.store_sweep = Some((None, self.key_bounds.clone()));
+        }
+        let Some((after, bounds)) = &mut self.store_sweep else {
+            return Ok(());
+        };
+        let stored = lookup.counts_after(&[], after.as_deref(), STORE_SWEEP_BATCH)?;
+        // (side, key) of the stored rows whose key is not in memory.
+        let mut found: Vec<(usize, &[u8])> = Vec::new();
+        for (stored_key, _) in &stored {
+            let [side, key, _] = key_parts::<3>(stored_key)?;
+            let side = side.first().copied().unwrap_or(u8::MAX) as usize;
+            if (side == LEFT || side == RIGHT)
+                && found.last() != Some(&(side, key))
+                && !self.held.contains_key(key)
+            {
+                found.push((side, key));
+            }
+        }
+        let mut freed: Vec<Vec<u8>> = Vec::new();
+        if !found.is_empty() {
+            let parser = self.key_converter.parser();
+            let columns = self
+                .key_converter
+                .convert_rows(found.iter().map(|(_, k)| parser.parse(k)))?;
+            let dead = [
+                below_any(&columns, bounds.iter().map(|(i, l, _)| (*i, l)))?,
+                below_any(&columns, bounds.iter().map(|(i, _, r)| (*i, r)))?,
+            ];
+            for (k, (side, key)) in found.iter().enumerate() {
+                if dead[*side][k] {
+                    freed.push(side_prefix(*side, key));
+                }
+            }
+        }
+        *after = match stored.last() {
+            Some((last, _)) if stored.len() == STORE_SWEEP_BATCH => Some(last.clone()),
+            _ => None,
+        };
+        if after.is_none() {
+            self.store_sweep = None;
+        }
+        freed.dedup();
+        for prefix in freed {
+            self.freed.push(prefix);
         }
         Ok(())
     }
@@ -841,7 +915,8 @@ impl Operator for Join {
     fn on_barrier(&mut self, _epoch: Epoch, _out: &mut Vec<ZBatch>) -> Result<()> {
         // Every change was emitted with the batch that caused it.
         self.tick = self.tick.wrapping_add(1);
-        self.free_behind_watermarks()
+        self.free_behind_watermarks()?;
+        self.sweep_store()
     }
 
     /// Counted rows (side, join key, row) and, for a null-aware join, the right side's row

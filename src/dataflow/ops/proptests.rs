@@ -650,3 +650,31 @@ fn top_k_partitions_evicted_before_they_closed_are_freed_from_the_store() {
         "the closed partitions' rows are cleared from the store"
     );
 }
+
+#[test]
+fn window_join_keys_evicted_before_they_closed_are_freed_from_the_store() {
+    let store = Arc::new(parking_lot::Mutex::new(MemoryState::default()));
+    let mut op = join(JoinKind::Inner, false, false, false);
+    op.attach(Box::new(store.clone()));
+    let rows: Vec<(Row, i64)> = (0..4).map(|k| ((Some(k), Some(k), None), 1)).collect();
+    let mut out = Vec::new();
+    op.on_batch(0, batch(&rows), &mut out).unwrap();
+    op.on_batch(1, batch(&rows), &mut out).unwrap();
+    op.on_barrier(Epoch(1), &mut out).unwrap();
+    op.checkpoint(false, &mut *store.lock()).unwrap();
+    op.checkpoint_durable();
+    op.evict(0);
+    assert_eq!(store.lock().counts.len(), 8);
+    // Both sides' watermarks on the join key pass keys 0 and 1, which are only stored.
+    let mut watermarks = vec![None; schema().fields().len()];
+    watermarks[0] = Some(ScalarValue::Int64(Some(2)));
+    op.on_watermarks(&[&watermarks, &watermarks], &vec![]);
+    op.on_barrier(Epoch(2), &mut out).unwrap();
+    op.checkpoint(false, &mut *store.lock()).unwrap();
+    op.checkpoint_durable();
+    assert_eq!(
+        store.lock().counts.len(),
+        4,
+        "the closed keys' rows are cleared from the store"
+    );
+}
