@@ -593,16 +593,7 @@ impl StoreSnapshot {
         options.set_iterate_upper_bound(range_end(prefix));
         options.fill_cache(false);
         let mut it = self.store.db.raw_iterator_cf_opt(cf, options);
-        match after {
-            Some(after) => {
-                let after = [prefix, after].concat();
-                it.seek(&after);
-                if it.key() == Some(after.as_slice()) {
-                    it.next();
-                }
-            }
-            None => it.seek(prefix),
-        }
+        seek_after(&mut it, prefix, after, prefix);
         let mut out = Vec::new();
         while out.len() < limit
             && let (Some(k), Some(v)) = (it.key(), it.value())
@@ -629,18 +620,29 @@ impl StoreSnapshot {
         let mut options = self.read_options();
         options.set_iterate_upper_bound(range_end(&low));
         let mut it = self.store.db.raw_iterator_cf_opt(cf, options);
-        match after {
-            Some(after) => {
-                let after = [prefix, after].concat();
-                it.seek(&after);
-                if it.key() == Some(after.as_slice()) {
-                    it.next();
-                }
-            }
-            None => it.seek(&low),
-        }
+        seek_after(&mut it, prefix, after, &low);
         read_counts(&mut it, prefix, &low, limit)
             .map_err(|e| rocks_err("reading state from the state store", e))
+    }
+}
+
+/// Positions `it` on the first key after `prefix` + `after` (exclusive), or at `start` when
+/// there is no `after`.
+fn seek_after(
+    it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    start: &[u8],
+) {
+    match after {
+        Some(after) => {
+            let after = [prefix, after].concat();
+            it.seek(&after);
+            if it.key() == Some(after.as_slice()) {
+                it.next();
+            }
+        }
+        None => it.seek(start),
     }
 }
 
