@@ -918,8 +918,8 @@ async fn windows_closed_after_a_restart_count_rows_from_before_it() {
         .unwrap();
     let insert = |v: i32, ts: &str| format!("INSERT INTO ev VALUES ({v}, '2026-01-01 {ts}')");
     client.batch_execute(&insert(1, "00:00:10")).await.unwrap();
-    // EMIT ON WINDOW CLOSE over a view (its watermarks known now that it has seen a row): it
-    // must be rebuilt at start-up, before that view has run an epoch.
+    // EMIT ON WINDOW CLOSE over a view: it must be rebuilt at start-up, before that view has
+    // run an epoch.
     client
         .batch_execute(
             "CREATE MATERIALIZED VIEW busy_minutes AS

@@ -82,6 +82,9 @@ pub struct ViewState {
     pub history: Arc<ChangeHistory>,
     /// Its output columns' watermarks as of the committed epoch (see [`super::watermark`]).
     pub watermarks: Mutex<Watermarks>,
+    /// Which output columns have a watermark once its sources have one, even before it has
+    /// seen a row ([`super::watermark::watermarked_columns`]).
+    pub watermarked: Vec<bool>,
     /// Rows and approximate bytes of state its operators hold (in memory and in the store,
     /// as far as they know), as of its last epoch.
     pub state: Mutex<OperatorState>,
@@ -429,6 +432,7 @@ impl Runtime {
             status: Mutex::new(ViewStatus::Failed(epoch, error)),
             history,
             watermarks: Mutex::new(Vec::new()),
+            watermarked: Vec::new(),
             state: Mutex::new(OperatorState::default()),
         };
         self.shared.views.write().insert(id, Arc::new(view));
@@ -1287,12 +1291,19 @@ impl Worker {
             None => ChangeHistory::new(self.committed.epoch, self.shared.retention),
         };
         let store = self.view_store(id, &name, spec, schema, stored.is_some())?;
+        let watermarked = {
+            let views = self.shared.views.read();
+            super::watermark::watermarked_columns(spec, &|v| {
+                views.get(&v).map(|v| v.watermarked.clone()).unwrap_or_default()
+            })?
+        };
         let view = Arc::new(ViewState {
             name,
             store: Arc::new(RwLock::new(store)),
             status: Mutex::new(ViewStatus::Running),
             history,
             watermarks: Mutex::new(Vec::new()),
+            watermarked,
             state: Mutex::new(OperatorState::default()),
         });
         let mut df = Dataflow::build(

@@ -35,6 +35,7 @@ use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 
 use super::spec::{DataflowSpec, Input, JoinKind, NodeId, NodeKind};
 use crate::error::Result;
+use crate::types::ObjectId;
 
 /// Per output column: its watermark, if it has one.
 pub type Watermarks = Vec<Option<ScalarValue>>;
@@ -56,6 +57,44 @@ pub fn scalar_for(micros: i64, data_type: &DataType) -> Option<ScalarValue> {
         ))),
         _ => None,
     }
+}
+
+/// Which output columns of `spec` have a watermark once its sources have one (whatever their
+/// values now): a table's `WATERMARK FOR` column, and the columns `views` names for an upstream
+/// view (its own [`watermarked_columns`]).
+pub fn watermarked_columns(
+    spec: &DataflowSpec,
+    views: &dyn Fn(ObjectId) -> Vec<bool>,
+) -> Result<Vec<bool>> {
+    let all = propagate_all(spec, &|input| {
+        let Some(node) = spec
+            .nodes
+            .iter()
+            .find(|n| matches!(n.kind, NodeKind::Source(i) if i == input))
+        else {
+            return Vec::new();
+        };
+        let fields = node.schema.fields();
+        let marked: Vec<bool> = match input {
+            Input::Table(id) => (0..fields.len())
+                .map(|c| spec.table_watermarks.contains(&(id, c)))
+                .collect(),
+            Input::View(id) => views(id),
+        };
+        fields
+            .iter()
+            .enumerate()
+            .map(|(c, f)| {
+                marked
+                    .get(c)
+                    .copied()
+                    .unwrap_or(false)
+                    .then(|| scalar_for(0, f.data_type()))
+                    .flatten()
+            })
+            .collect()
+    })?;
+    Ok(all[spec.output()].iter().map(Option::is_some).collect())
 }
 
 /// The output watermarks of every node of `spec`, in node order, given those of its sources.

@@ -49,40 +49,16 @@ impl Session {
         Ok(())
     }
 
-    /// Whether an output column of `spec` has a watermark once its sources have one: carried
-    /// with a made-up watermark on every source's event-time column (an upstream view's are
-    /// those it has now).
+    /// Whether an output column of `spec` has a watermark once its sources have one (an
+    /// upstream view's watermarked columns count even before it has run an epoch).
     fn view_has_watermark(&self, spec: &DataflowSpec) -> Result<bool> {
-        let all = crate::dataflow::watermark::propagate_all(spec, &|input| {
-            let node = spec
-                .nodes
-                .iter()
-                .find(|n| matches!(n.kind, NodeKind::Source(i) if i == input));
-            let Some(node) = node else {
-                return Vec::new();
-            };
-            let mut w = vec![None; node.schema.fields().len()];
-            match input {
-                Input::Table(id) => {
-                    if let Some((_, c)) = spec.table_watermarks.iter().find(|(t, _)| *t == id)
-                        && *c < w.len()
-                    {
-                        w[*c] = crate::dataflow::watermark::scalar_for(
-                            0,
-                            node.schema.field(*c).data_type(),
-                        );
-                    }
-                }
-                Input::View(id) => {
-                    if let Some(v) = self.engine.view_state(id) {
-                        w = v.watermarks.lock().clone();
-                        w.resize(node.schema.fields().len(), None);
-                    }
-                }
-            }
-            w
+        let columns = crate::dataflow::watermark::watermarked_columns(spec, &|id| {
+            self.engine
+                .view_state(id)
+                .map(|v| v.watermarked.clone())
+                .unwrap_or_default()
         })?;
-        Ok(all[spec.output()].iter().any(Option::is_some))
+        Ok(columns.contains(&true))
     }
 
     /// Plans `query` and lowers it into a dataflow; `names` overrides the column names.
