@@ -98,6 +98,18 @@ impl Error {
 
     /// An I/O failure of the data directory: writes fail with 53100 when the disk is full, 58030
     /// otherwise.
+    /// SQLSTATE 0A000 for `what`, a construct that is not implemented. A bare name
+    /// ("temporary tables") reads "not supported: temporary tables"; a message that already
+    /// says what is (not) supported is kept as it is.
+    pub fn unsupported(what: String) -> Self {
+        let message = if what.contains("support") {
+            what
+        } else {
+            format!("not supported: {what}")
+        };
+        Error::new(sqlstate::FEATURE_NOT_SUPPORTED, message)
+    }
+
     pub fn io(context: impl fmt::Display, err: &std::io::Error) -> Self {
         let code = if err.raw_os_error() == Some(28) {
             sqlstate::DISK_FULL
@@ -116,11 +128,12 @@ macro_rules! err {
     };
 }
 
-/// `unsupported!("what")`: SQLSTATE 0A000, naming the construct that is not implemented.
+/// `unsupported!("what")`: SQLSTATE 0A000, naming the construct that is not implemented (see
+/// [`Error::unsupported`]).
 #[macro_export]
 macro_rules! unsupported {
     ($($arg:tt)*) => {
-        $crate::error::Error::new($crate::error::sqlstate::FEATURE_NOT_SUPPORTED, format!($($arg)*))
+        $crate::error::Error::unsupported(format!($($arg)*))
     };
 }
 
