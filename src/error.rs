@@ -35,6 +35,7 @@ pub mod sqlstate {
     pub const UNDEFINED_FUNCTION: &str = "42883";
     pub const DUPLICATE_TABLE: &str = "42P07";
     pub const DUPLICATE_COLUMN: &str = "42701";
+    pub const DUPLICATE_OBJECT: &str = "42710";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const INVALID_TABLE_DEFINITION: &str = "42P16";

@@ -7,6 +7,7 @@
 //!  engine   sessions, statements, commits, DataFusion integration
 //!  subscribe  SUBSCRIBE: snapshot, per-epoch changes, progress; each view's change history
 //!  dataflow the incremental operators, the runtime, epochs
+//!  connectors what feeds sources' tables (the Nexmark generator)
 //!  sql      parsing (sqlparser + Eddy's clauses), DDL lowering, error mapping
 //!  catalog  tables and their definitions, persisted
 //!  storage  the internal log (group commit, replay) and RocksDB state
@@ -15,6 +16,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod connectors;
 pub mod dataflow;
 pub mod engine;
 pub mod error;

@@ -43,6 +43,9 @@ pub struct TableDef {
     /// it); without one they are dropped, and counted either way.
     #[serde(default)]
     pub late_rows_table: Option<ObjectId>,
+    /// The source that feeds it (then SQL cannot write it, and it goes with the source).
+    #[serde(default)]
+    pub source: Option<ObjectId>,
 }
 
 impl TableDef {
@@ -173,11 +176,51 @@ impl ViewDef {
     }
 }
 
+/// `CREATE SOURCE … FROM NEXMARK WITH (…)`, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NexmarkOptions {
+    /// Stop after this many events (all three streams together); `None`: endless.
+    pub max_events: Option<u64>,
+    /// Events generated per second of wall time; 0: as fast as they can be written.
+    pub events_per_second: u64,
+    /// Which stream: each seed gives different (reproducible) data; 1 is Nexmark's own.
+    pub seed: u64,
+    /// Event time of the first event, ms since 1970 (default: when the source was created).
+    pub start_time_ms: i64,
+}
+
+/// `CREATE SOURCE name FROM connector WITH (…)`: a connector feeding tables of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceDef {
+    pub id: ObjectId,
+    pub name: String,
+    pub connector: Connector,
+    /// The tables it feeds, in the connector's order.
+    pub tables: Vec<ObjectId>,
+}
+
+/// What feeds a source, with its options resolved (defaults filled in at CREATE time, so a
+/// restart goes on with the same ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "connector", rename_all = "snake_case")]
+pub enum Connector {
+    Nexmark(NexmarkOptions),
+}
+
+impl Connector {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Connector::Nexmark(_) => "nexmark",
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Entry {
     Table(TableDef),
     View(ViewDef),
+    Source(SourceDef),
     NextId { next: ObjectId },
 }
 
@@ -185,6 +228,10 @@ const NEXT_ID_KEY: &[u8] = b"meta/next_id";
 
 fn table_key(id: ObjectId) -> Vec<u8> {
     format!("table/{id:020}").into_bytes()
+}
+
+fn source_key(id: ObjectId) -> Vec<u8> {
+    format!("source/{id:020}").into_bytes()
 }
 
 fn view_key(id: ObjectId) -> Vec<u8> {
@@ -197,6 +244,7 @@ fn view_key(id: ObjectId) -> Vec<u8> {
 pub struct Catalog {
     tables: BTreeMap<String, Arc<TableDef>>,
     views: BTreeMap<String, Arc<ViewDef>>,
+    sources: BTreeMap<String, Arc<SourceDef>>,
     next_id: ObjectId,
 }
 
@@ -205,6 +253,7 @@ impl Catalog {
         let mut catalog = Catalog {
             tables: BTreeMap::new(),
             views: BTreeMap::new(),
+            sources: BTreeMap::new(),
             next_id: 1,
         };
         for (key, value) in store.catalog_entries()? {
@@ -223,6 +272,10 @@ impl Catalog {
                 Entry::View(v) => {
                     catalog.next_id = catalog.next_id.max(v.id + 1);
                     catalog.views.insert(v.name.clone(), Arc::new(v));
+                }
+                Entry::Source(s) => {
+                    catalog.next_id = catalog.next_id.max(s.id + 1);
+                    catalog.sources.insert(s.name.clone(), Arc::new(s));
                 }
                 Entry::NextId { next } => catalog.next_id = catalog.next_id.max(next),
             }
@@ -258,6 +311,19 @@ impl Catalog {
 
     pub fn tables(&self) -> impl Iterator<Item = &Arc<TableDef>> {
         self.tables.values()
+    }
+
+    pub fn source(&self, name: &str) -> Option<&Arc<SourceDef>> {
+        self.sources.get(name)
+    }
+
+    pub fn source_by_id(&self, id: ObjectId) -> Option<&Arc<SourceDef>> {
+        self.sources.values().find(|s| s.id == id)
+    }
+
+    /// Sources by name.
+    pub fn sources(&self) -> impl Iterator<Item = &Arc<SourceDef>> {
+        self.sources.values()
     }
 
     pub fn view(&self, name: &str) -> Option<&Arc<ViewDef>> {
@@ -363,4 +429,66 @@ impl Catalog {
         self.tables.remove(name);
         Ok(def)
     }
+
+    /// Assigns ids to a source and its tables, persists them all in one write and adds them.
+    pub fn create_source(
+        &mut self,
+        store: &StateStore,
+        mut def: SourceDef,
+        tables: Vec<TableDef>,
+    ) -> Result<(Arc<SourceDef>, Vec<Arc<TableDef>>)> {
+        def.id = self.next_id;
+        let mut next = def.id + 1;
+        let mut entries = Vec::new();
+        let mut tables: Vec<TableDef> = tables;
+        for t in &mut tables {
+            t.id = next;
+            t.source = Some(def.id);
+            next += 1;
+            def.tables.push(t.id);
+            entries.push((table_key(t.id), to_json(&Entry::Table(t.clone()))?));
+        }
+        entries.push((source_key(def.id), to_json(&Entry::Source(def.clone()))?));
+        entries.push((NEXT_ID_KEY.to_vec(), to_json(&Entry::NextId { next })?));
+        store.write_catalog(&entries, &[])?;
+        self.next_id = next;
+        let def = Arc::new(def);
+        self.sources.insert(def.name.clone(), def.clone());
+        let tables: Vec<Arc<TableDef>> = tables.into_iter().map(Arc::new).collect();
+        for t in &tables {
+            self.tables.insert(t.name.clone(), t.clone());
+        }
+        Ok((def, tables))
+    }
+
+    /// Removes a source and its tables in one write (views reading them must be gone).
+    pub fn drop_source(
+        &mut self,
+        store: &StateStore,
+        name: &str,
+    ) -> Result<(Arc<SourceDef>, Vec<Arc<TableDef>>)> {
+        let def = self.sources.get(name).cloned().ok_or_else(|| {
+            crate::err!(
+                sqlstate::UNDEFINED_OBJECT,
+                "source \"{name}\" does not exist"
+            )
+        })?;
+        let tables: Vec<Arc<TableDef>> = def
+            .tables
+            .iter()
+            .filter_map(|id| self.table_by_id(*id).cloned())
+            .collect();
+        let mut keys: Vec<Vec<u8>> = tables.iter().map(|t| table_key(t.id)).collect();
+        keys.push(source_key(def.id));
+        store.write_catalog(&[], &keys)?;
+        for t in &tables {
+            self.tables.remove(&t.name);
+        }
+        self.sources.remove(name);
+        Ok((def, tables))
+    }
+}
+
+fn to_json(entry: &Entry) -> Result<Vec<u8>> {
+    serde_json::to_vec(entry).map_err(|e| crate::internal!("serializing the catalog: {e}"))
 }

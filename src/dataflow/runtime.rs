@@ -1294,7 +1294,10 @@ impl Worker {
         let watermarked = {
             let views = self.shared.views.read();
             super::watermark::watermarked_columns(spec, &|v| {
-                views.get(&v).map(|v| v.watermarked.clone()).unwrap_or_default()
+                views
+                    .get(&v)
+                    .map(|v| v.watermarked.clone())
+                    .unwrap_or_default()
             })?
         };
         let view = Arc::new(ViewState {

@@ -36,7 +36,7 @@ fn insert_target(session: &Session, insert: &ast::Insert) -> Result<(Arc<TableDe
     let ast::TableObject::TableName(name) = &insert.table else {
         return Err(unsupported!("INSERT INTO a table function"));
     };
-    let table = session.table(&sql::table_name(name)?)?;
+    let table = session.table_to_write(&sql::table_name(name)?)?;
     let idents: Vec<ast::Ident> = insert
         .columns
         .iter()
@@ -422,7 +422,7 @@ fn rewrite_as_select(
     let ast::TableFactor::Table { name, alias, .. } = &relation.relation else {
         return Err(unsupported!("UPDATE/DELETE of {}", relation.relation));
     };
-    let table = session.table(&sql::table_name(name)?)?;
+    let table = session.table_to_write(&sql::table_name(name)?)?;
     let verb = if matches!(stmt, Statement::Update(_)) {
         "UPDATE"
     } else {

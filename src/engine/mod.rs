@@ -25,6 +25,7 @@ mod dml;
 mod pg_catalog;
 mod provider;
 mod session;
+mod sources;
 mod subscribe;
 mod system;
 mod views;
@@ -175,6 +176,8 @@ pub struct Engine {
     clock: Arc<Clock>,
     /// The lag limit admission applies, from the flags and the measured replay rate.
     budget: Arc<ReplayBudget>,
+    /// The running sources (see [`sources`]).
+    sources: Mutex<HashMap<ObjectId, Arc<sources::SourceRun>>>,
 }
 
 /// What `open` found, for `start`: the checkpoint, and the log records after it (applied to the
@@ -318,6 +321,7 @@ impl Engine {
             recovery: Mutex::new(recovery),
             lag,
             budget,
+            sources: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -465,6 +469,7 @@ impl Engine {
         }
         self.clock.catch_up(self.runtime.clock());
         self.spawn_ticker();
+        self.start_sources();
         let mut recovery = self.recovery.lock();
         recovery.views_restored = restored;
         recovery.views_backfilled = backfilled;
@@ -989,6 +994,7 @@ impl Engine {
                 append_only: true,
                 watermark: None,
                 late_rows_table: None,
+                source: None,
             };
             name_is_free(&catalog, &late.name, false)?;
             let late = catalog.create_table(&self.state, late)?;
@@ -998,15 +1004,22 @@ impl Engine {
             def.late_rows_table = Some(late.id);
         }
         let def = catalog.create_table(&self.state, def)?;
-        let tracker = WatermarkTracker::new(&def, None)?;
+        self.add_table_state(&def)?;
+        *self.catalog.write() = Arc::new(catalog);
+        Ok(true)
+    }
+
+    /// Adds the rows (none yet) and watermark tracker of a new table. The caller holds the
+    /// commit lock.
+    fn add_table_state(&self, def: &TableDef) -> Result<()> {
+        let tracker = WatermarkTracker::new(def, None)?;
         self.tables
             .write()
-            .insert(def.id, new_table_store(&def, None)?);
+            .insert(def.id, new_table_store(def, None)?);
         if let Some(tracker) = tracker {
             self.watermarks.lock().insert(def.id, tracker);
         }
-        *self.catalog.write() = Arc::new(catalog);
-        Ok(true)
+        Ok(())
     }
 
     async fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
@@ -1014,6 +1027,22 @@ impl Engine {
         let id = self.catalog().table(name).map(|t| t.id).ok_or_else(|| {
             crate::err!(sqlstate::UNDEFINED_TABLE, "table \"{name}\" does not exist")
         })?;
+        if let Some(source) = self
+            .catalog()
+            .table(name)
+            .and_then(|t| t.source)
+            .and_then(|s| self.catalog().source_by_id(s).cloned())
+        {
+            return Err(crate::err!(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                "cannot drop table {name} because source {} feeds it",
+                source.name
+            )
+            .with_hint(format!(
+                "DROP SOURCE {} drops the source with its tables.",
+                source.name
+            )));
+        }
         // Its late-rows table goes with it.
         let late = self
             .catalog()
@@ -1321,6 +1350,7 @@ mod tests {
             append_only: false,
             watermark: None,
             late_rows_table: None,
+            source: None,
         };
         engine.create_table(def, false, false).await.unwrap();
         let def = engine.catalog().table("t").unwrap().clone();

@@ -255,6 +255,7 @@ impl PgCatalog {
                     append_only: false,
                     watermark: None,
                     late_rows_table: None,
+                    source: None,
                 }))
             })
             .collect();

@@ -233,11 +233,13 @@ impl Session {
 
     /// Parses and describes one statement for the extended protocol.
     pub async fn prepare(&mut self, parsed: Parsed) -> Result<Prepared> {
-        if parsed.advance_clock.is_some() {
+        if parsed.advance_clock.is_some() || parsed.source.is_some() {
+            let schema = matches!(parsed.source, Some(sql::source::SourceStatement::Show))
+                .then(super::sources::show_sources_schema);
             return Ok(Prepared {
                 parsed,
                 param_types: vec![],
-                schema: None,
+                schema,
             });
         }
         if let (Statement::Query(query), Some(options)) = (&parsed.stmt, &parsed.subscribe) {
@@ -251,6 +253,17 @@ impl Session {
         let (param_types, schema) = match &parsed.stmt {
             Statement::Fetch { .. } => (vec![], Some(self.fetch_schema(&parsed.stmt)?)),
             Statement::Copy { .. } | Statement::Declare { .. } if parsed.subscribe.is_some() => {
+                (vec![], None)
+            }
+            Statement::Copy {
+                source: ast::CopySource::Table { table_name, .. },
+                to: false,
+                ..
+            } => {
+                // Refused at Parse already: tokio-postgres's copy_in pipelines a Sync behind
+                // its Execute, so a COPY refused at Execute leaves it out of step (two
+                // ReadyForQuery) and it closes the connection.
+                self.table_to_write(&sql::table_name(table_name)?)?;
                 (vec![], None)
             }
             Statement::Explain { statement, .. }
@@ -321,6 +334,16 @@ impl Session {
         }
         if let Some(step) = parsed.advance_clock {
             return self.advance_clock(step).await;
+        }
+        if let Some(stmt) = &parsed.source {
+            if !matches!(stmt, sql::source::SourceStatement::Show) && !self.ddl_allowed() {
+                let tag = match stmt {
+                    sql::source::SourceStatement::Create { .. } => "CREATE SOURCE",
+                    _ => "DROP SOURCE",
+                };
+                return Err(ddl_in_transaction(tag));
+            }
+            return self.engine.source_statement(stmt).await;
         }
         match &parsed.stmt {
             Statement::Query(_) => self.run_query_with(parsed, params).await,
@@ -542,7 +565,7 @@ impl Session {
                     return Err(unsupported!("COPY (query) FROM"));
                 };
                 let name = sql::table_name(table_name)?;
-                let table = self.table(&name)?;
+                let table = self.table_to_write(&name)?;
                 let columns = target_columns(&table, columns)?;
                 let format = copy_format(options, legacy_options)?;
                 Ok(Output::CopyIn(CopyIn {
@@ -807,6 +830,14 @@ impl Session {
                 "relation \"{name}\" does not exist"
             )
         })
+    }
+
+    /// Table `name`, to be written by INSERT, UPDATE, DELETE or COPY (a source's tables are
+    /// written only by the source).
+    pub(super) fn table_to_write(&self, name: &str) -> Result<Arc<TableDef>> {
+        let table = self.table(name)?;
+        self.engine.check_writable(&table)?;
+        Ok(table)
     }
 
     pub(super) fn read_state(&self) -> &Arc<ReadState> {

@@ -213,6 +213,7 @@ mod tests {
                 expr: "ts - INTERVAL '5 seconds'".into(),
             }),
             late_rows_table: None,
+            source: None,
         }
     }
 

@@ -183,6 +183,7 @@ pub fn table_def(parsed: &Parsed, ct: &ast::CreateTable) -> Result<(TableDef, Ta
             append_only: parsed.append_only,
             watermark,
             late_rows_table: None,
+            source: None,
         },
         options,
     ))

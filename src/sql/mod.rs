@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod errors;
 pub mod lower;
 pub mod session;
+pub mod source;
 mod subscribe;
 pub mod temporal;
 pub mod windows;
@@ -51,6 +52,8 @@ pub struct Parsed {
     pub emit_on_window_close: bool,
     /// `ADVANCE CLOCK …` (then `stmt` is a placeholder, `SELECT 1`).
     pub advance_clock: Option<temporal::ClockStep>,
+    /// `CREATE SOURCE`, `DROP SOURCE`, `SHOW SOURCES` (then `stmt` is a placeholder).
+    pub source: Option<source::SourceStatement>,
 }
 
 fn is_trivia(t: &Token) -> bool {
@@ -236,6 +239,19 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         tokens.remove(significant[2]);
     }
     let dialect = PostgreSqlDialect {};
+    if let Some(source) = source::parse(&tokens, &significant)? {
+        return Ok(Parsed {
+            stmt: placeholder()?,
+            append_only,
+            watermark,
+            text,
+            subscribe,
+            fetch_timeout,
+            emit_on_window_close,
+            advance_clock: None,
+            source: Some(source),
+        });
+    }
     let advance_clock = significant.len() >= 2
         && word_eq(&tokens[significant[0]].token, "advance")
         && word_eq(&tokens[significant[1]].token, "clock");
@@ -243,11 +259,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         let mut parser =
             Parser::new(&dialect).with_tokens_with_locations(tokens[significant[1] + 1..].to_vec());
         let step = temporal::parse_clock_step(&mut parser)?;
-        let placeholder = Parser::new(&dialect)
-            .try_with_sql("SELECT 1")
-            .and_then(|mut p| p.parse_statement())
-            .map_err(|e| crate::internal!("{e}"))?;
-        (placeholder, Some(step), parser)
+        (placeholder()?, Some(step), parser)
     } else {
         let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
         let stmt = parser
@@ -274,7 +286,16 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         fetch_timeout,
         emit_on_window_close,
         advance_clock,
+        source: None,
     })
+}
+
+/// The statement beside an Eddy statement sqlparser does not know (`SELECT 1`).
+fn placeholder() -> Result<Statement> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql("SELECT 1")
+        .and_then(|mut p| p.parse_statement())
+        .map_err(|e| crate::internal!("{e}"))
 }
 
 /// Removes a trailing `EMIT ON WINDOW CLOSE` from a `[EXPLAIN] CREATE MATERIALIZED VIEW`;

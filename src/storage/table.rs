@@ -1224,6 +1224,7 @@ mod tests {
             append_only: false,
             watermark: None,
             late_rows_table: None,
+            source: None,
         }
     }
 
