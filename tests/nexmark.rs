@@ -33,6 +33,18 @@ async fn wait_done(client: &Client, name: &str) -> i64 {
     panic!("source {name} did not finish in a minute");
 }
 
+/// Waits until a checkpoint covers all of the source's `events`: none is left in memory.
+async fn wait_checkpointed(client: &Client, events: u64) {
+    let memory = "SELECT table_rows_in_memory, table_rows_in_store FROM eddy_catalog.memory";
+    for _ in 0..3000 {
+        if sorted_rows(client, memory).await == [format!("0|{events}")] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no checkpoint took the events out of memory");
+}
+
 #[tokio::test]
 async fn a_nexmark_source_feeds_its_tables_and_no_one_else_writes_them() {
     let (server, _dir) = start().await;
@@ -45,6 +57,7 @@ async fn a_nexmark_source_feeds_its_tables_and_no_one_else_writes_them() {
         .await
         .unwrap();
     assert_eq!(wait_done(&client, "nexmark").await, 5000);
+    wait_checkpointed(&client, 5000).await;
     // 1 person, 3 auctions and 46 bids of every 50 events, 10,000 events per second of
     // event time (rounded to the millisecond).
     assert_eq!(
@@ -184,6 +197,9 @@ async fn every_nexmark_query_as_a_view_equals_the_query_run_ad_hoc() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     wait_done(&client, "nexmark").await;
+    // Once a checkpoint covers them the events leave memory, and are made anew when read:
+    // the views created now backfill from those rows, and the ad-hoc queries read them.
+    wait_checkpointed(&client, 20_000).await;
     for (name, sql) in &queries[queries.len() / 2..] {
         client
             .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}"))

@@ -14,7 +14,7 @@ use datafusion::arrow::array::TimestampMicrosecondBuilder;
 use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use nexmark::config::{NexmarkConfig, RateShape};
-use nexmark::event::Event;
+use nexmark::event::{Event, EventType};
 
 use crate::catalog::{ColumnDef, NexmarkOptions, TableDef, WatermarkDef};
 use crate::error::{Result, sqlstate};
@@ -202,41 +202,37 @@ impl Generator {
             .with_offset(from)
             .take(to.saturating_sub(from) as usize);
         for event in events {
-            match event {
-                Event::Person(p) => {
-                    person.int(0, p.id);
-                    person.text(1, &p.name);
-                    person.text(2, &p.email_address);
-                    person.text(3, &p.credit_card);
-                    person.text(4, &p.city);
-                    person.text(5, &p.state);
-                    person.time(6, p.date_time);
-                    person.text(7, &p.extra);
-                }
-                Event::Auction(a) => {
-                    auction.int(0, a.id);
-                    auction.text(1, &a.item_name);
-                    auction.text(2, &a.description);
-                    auction.int(3, a.initial_bid);
-                    auction.int(4, a.reserve);
-                    auction.time(5, a.date_time);
-                    auction.time(6, a.expires);
-                    auction.int(7, a.seller);
-                    auction.int(8, a.category);
-                    auction.text(9, &a.extra);
-                }
-                Event::Bid(b) => {
-                    bid.int(0, b.auction);
-                    bid.int(1, b.bidder);
-                    bid.int(2, b.price);
-                    bid.text(3, &b.channel);
-                    bid.text(4, &b.url);
-                    bid.time(5, b.date_time);
-                    bid.text(6, &b.extra);
-                }
+            match &event {
+                Event::Person(_) => person.push(event),
+                Event::Auction(_) => auction.push(event),
+                Event::Bid(_) => bid.push(event),
             }
         }
         Ok([person.finish()?, auction.finish()?, bid.finish()?])
+    }
+
+    /// The first `rows` rows of table `table` (0 person, 1 auction, 2 bid), as
+    /// [`Generator::generate`] made them, in batches of at most 65,536 rows.
+    pub fn table_rows(&self, table: usize, rows: u64) -> Result<Vec<RecordBatch>> {
+        const BATCH: u64 = 65_536;
+        let kind = match table {
+            0 => EventType::Person,
+            1 => EventType::Auction,
+            _ => EventType::Bid,
+        };
+        let mut events = nexmark::EventGenerator::new(self.config.clone()).with_type_filter(kind);
+        let mut out = Vec::new();
+        let mut made = 0;
+        while made < rows {
+            let n = (rows - made).min(BATCH);
+            let mut batch = Rows::new(&self.schemas[table]);
+            for event in events.by_ref().take(n as usize) {
+                batch.push(event);
+            }
+            out.push(batch.finish()?);
+            made += n;
+        }
+        Ok(out)
     }
 
     /// Event `n`'s time, ms since 1970.
@@ -272,6 +268,43 @@ impl Rows {
         Rows {
             schema: schema.clone(),
             columns,
+        }
+    }
+
+    /// Appends `event` (of this table's kind) as a row.
+    fn push(&mut self, event: Event) {
+        match event {
+            Event::Person(p) => {
+                self.int(0, p.id);
+                self.text(1, &p.name);
+                self.text(2, &p.email_address);
+                self.text(3, &p.credit_card);
+                self.text(4, &p.city);
+                self.text(5, &p.state);
+                self.time(6, p.date_time);
+                self.text(7, &p.extra);
+            }
+            Event::Auction(a) => {
+                self.int(0, a.id);
+                self.text(1, &a.item_name);
+                self.text(2, &a.description);
+                self.int(3, a.initial_bid);
+                self.int(4, a.reserve);
+                self.time(5, a.date_time);
+                self.time(6, a.expires);
+                self.int(7, a.seller);
+                self.int(8, a.category);
+                self.text(9, &a.extra);
+            }
+            Event::Bid(b) => {
+                self.int(0, b.auction);
+                self.int(1, b.bidder);
+                self.int(2, b.price);
+                self.text(3, &b.channel);
+                self.text(4, &b.url);
+                self.time(5, b.date_time);
+                self.text(6, &b.extra);
+            }
         }
     }
 
@@ -341,6 +374,18 @@ mod tests {
             whole.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
             [10, 30, 460]
         );
+    }
+
+    #[test]
+    fn a_table_made_alone_has_the_rows_the_stream_gave_it() {
+        let g = Generator::new(&options(3));
+        let whole = g.generate(0, 5_000).unwrap();
+        for (t, rows) in [(0, 100), (1, 300), (2, 4_600), (2, 17)] {
+            let alone = g.table_rows(t, rows).unwrap();
+            let alone =
+                datafusion::arrow::compute::concat_batches(&whole[t].schema(), &alone).unwrap();
+            assert_eq!(alone, whole[t].slice(0, rows as usize), "table {t}");
+        }
     }
 
     #[test]

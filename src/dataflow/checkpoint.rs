@@ -276,6 +276,16 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
                 .push(change);
         }
         for (id, (codec, changes)) in per_table {
+            let prefix = part_prefix(id, TABLE_ROWS);
+            if codec.stores_counts_only() {
+                // Its source makes the rows anew when they are read: the count is enough.
+                let n: i64 = changes
+                    .iter()
+                    .map(|c| c.weights.values().iter().sum::<i64>())
+                    .sum();
+                batch.add(&prefix, &[], n);
+                continue;
+            }
             let change = match changes.len() {
                 1 => changes
                     .into_iter()
@@ -283,7 +293,6 @@ fn write(store: &StateStore, shared: &Shared, job: Job, on_checkpoint: &dyn Fn(L
                     .ok_or_else(|| crate::internal!("no change"))?,
                 _ => ZBatch::consolidate(&changes, codec.schema())?,
             };
-            let prefix = part_prefix(id, TABLE_ROWS);
             let rows = codec.encode(&change.data)?;
             for (i, w) in change.weights.values().iter().enumerate() {
                 batch.add(&prefix, rows.row(i).as_ref(), *w);

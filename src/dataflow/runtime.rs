@@ -59,6 +59,11 @@ pub trait TableScanner: Send + Sync {
     fn scan_table(&self, id: ObjectId, lsn: Lsn) -> Result<Vec<RecordBatch>>;
     /// Every table: its id, columns and primary key (column indices).
     fn tables(&self) -> Vec<(ObjectId, SchemaRef, Vec<usize>)>;
+    /// Whether table `id`'s rows are made anew by its source when read (then checkpoints
+    /// store only its row count).
+    fn is_generated(&self, _id: ObjectId) -> bool {
+        false
+    }
     /// The checkpoint at `lsn` is durable and `snapshot` reads it: tables that keep their
     /// checkpointed rows in the state store may drop them from memory.
     fn rebase(&self, snapshot: &Arc<StoreSnapshot>, lsn: Lsn) -> Result<()>;
@@ -1044,7 +1049,11 @@ impl Worker {
         let Some((_, schema, pk)) = self.scanner.tables().into_iter().find(|t| t.0 == id) else {
             return Ok(None);
         };
-        let codec = Arc::new(TableCodec::new(schema, &pk)?);
+        let mut codec = TableCodec::new(schema, &pk)?;
+        if self.scanner.is_generated(id) {
+            codec = codec.counts_only();
+        }
+        let codec = Arc::new(codec);
         self.checkpoints.codecs.insert(id, codec.clone());
         Ok(Some(codec))
     }
@@ -1382,6 +1391,7 @@ impl Worker {
         let spill = Spill {
             prefix,
             codec: Arc::new(TableCodec::new(schema.clone(), &[])?),
+            generated: None,
         };
         Ok(TableStore::spilling(name, schema, &[], spill, base))
     }

@@ -228,10 +228,10 @@ impl Engine {
                     lsn: floor,
                     rows: stored_row_count(&state, &snapshot, checkpoint.as_ref(), def.id)?,
                 };
-                tables.insert(def.id, new_table_store(def, Some(base))?);
+                tables.insert(def.id, new_table_store(&catalog, def, Some(base))?);
                 continue;
             }
-            let mut store = new_table_store(def, None)?;
+            let mut store = new_table_store(&catalog, def, None)?;
             let codec = TableCodec::new(def.schema(), &def.primary_key)?;
             for batch in codec.load(&state, def.id)? {
                 rows += batch.weights.values().iter().sum::<i64>() as u64;
@@ -1000,22 +1000,22 @@ impl Engine {
             let late = catalog.create_table(&self.state, late)?;
             self.tables
                 .write()
-                .insert(late.id, new_table_store(&late, None)?);
+                .insert(late.id, new_table_store(&catalog, &late, None)?);
             def.late_rows_table = Some(late.id);
         }
         let def = catalog.create_table(&self.state, def)?;
-        self.add_table_state(&def)?;
+        self.add_table_state(&catalog, &def)?;
         *self.catalog.write() = Arc::new(catalog);
         Ok(true)
     }
 
     /// Adds the rows (none yet) and watermark tracker of a new table. The caller holds the
-    /// commit lock.
-    fn add_table_state(&self, def: &TableDef) -> Result<()> {
+    /// commit lock; `catalog` has it.
+    fn add_table_state(&self, catalog: &Catalog, def: &TableDef) -> Result<()> {
         let tracker = WatermarkTracker::new(def, None)?;
         self.tables
             .write()
-            .insert(def.id, new_table_store(def, None)?);
+            .insert(def.id, new_table_store(catalog, def, None)?);
         if let Some(tracker) = tracker {
             self.watermarks.lock().insert(def.id, tracker);
         }
@@ -1172,14 +1172,25 @@ fn spills(def: &TableDef) -> bool {
 }
 
 /// The rows of table `def`: in memory, except for tables that spill, whose checkpointed rows
-/// move to the state store (`base`: those of the checkpoint at start-up).
-fn new_table_store(def: &TableDef, base: Option<TableBase>) -> Result<TableStore> {
+/// move to the state store (`base`: those of the checkpoint at start-up) — or, for a source's
+/// table, are made anew by its connector when read.
+fn new_table_store(
+    catalog: &Catalog,
+    def: &TableDef,
+    base: Option<TableBase>,
+) -> Result<TableStore> {
     if !spills(def) {
         return Ok(TableStore::new(&def.name, def.schema(), &def.primary_key));
     }
+    let mut codec = TableCodec::new(def.schema(), &def.primary_key)?;
+    let generated = generated_rows(catalog, def);
+    if generated.is_some() {
+        codec = codec.counts_only();
+    }
     let spill = Spill {
         prefix: part_prefix(def.id, TABLE_ROWS),
-        codec: Arc::new(TableCodec::new(def.schema(), &def.primary_key)?),
+        codec: Arc::new(codec),
+        generated,
     };
     Ok(TableStore::spilling(
         &def.name,
@@ -1188,6 +1199,15 @@ fn new_table_store(def: &TableDef, base: Option<TableBase>) -> Result<TableStore
         spill,
         base,
     ))
+}
+
+/// For a table of a source: its first `n` rows, made anew by the source's connector.
+fn generated_rows(catalog: &Catalog, def: &TableDef) -> Option<table::GeneratedRows> {
+    let source = catalog.source_by_id(def.source?)?;
+    let index = source.tables.iter().position(|t| *t == def.id)?;
+    let crate::catalog::Connector::Nexmark(options) = &source.connector;
+    let generator = crate::connectors::nexmark::Generator::new(options);
+    Some(Arc::new(move |n| generator.table_rows(index, n as u64)))
 }
 
 /// How many rows the last checkpoint holds for table `id`, as the checkpoints count them
@@ -1280,6 +1300,14 @@ impl TableScanner for Scanner {
             .tables()
             .map(|t| (t.id, t.schema(), t.primary_key.clone()))
             .collect()
+    }
+
+    fn is_generated(&self, id: ObjectId) -> bool {
+        self.0.upgrade().is_some_and(|e| {
+            e.catalog()
+                .table_by_id(id)
+                .is_some_and(|t| t.source.is_some())
+        })
     }
 }
 

@@ -151,7 +151,7 @@ impl Engine {
             };
             let (def, tables) = catalog.create_source(&self.state, source, tables)?;
             for t in &tables {
-                self.add_table_state(t)?;
+                self.add_table_state(&catalog, t)?;
             }
             *self.catalog.write() = Arc::new(catalog);
             def

@@ -107,7 +107,14 @@ pub struct Spill {
     /// The part holding the rows, as counted rows ([`super::state::part_prefix`]).
     pub prefix: [u8; super::state::PREFIX_LEN],
     pub codec: Arc<TableCodec>,
+    /// For a source's table whose rows its connector can make again: the first `n` rows of
+    /// the table, in the order they were written. The state store then holds only the row
+    /// count ([`TableCodec::counts_only`]), and reads of the stored part make the rows anew.
+    pub generated: Option<GeneratedRows>,
 }
+
+/// The first `n` rows of a table, made anew by its source's connector.
+pub type GeneratedRows = Arc<dyn Fn(usize) -> Result<Vec<RecordBatch>> + Send + Sync>;
 
 /// The rows a spilling table had at checkpoint `lsn`, read from `snapshot` (`rows` of them).
 pub struct TableBase {
@@ -350,7 +357,11 @@ impl TableStore {
         low: Option<&ArrayRef>,
         high: Option<(&ArrayRef, bool)>,
     ) -> Result<Option<Vec<RecordBatch>>> {
-        let Some(spill) = self.spill.as_ref().filter(|_| self.base.is_some()) else {
+        let Some(spill) = self
+            .spill
+            .as_ref()
+            .filter(|s| self.base.is_some() && s.generated.is_none())
+        else {
             return Ok(None);
         };
         let encode = |bound: &ArrayRef| spill.codec.encode_first_key(bound);
@@ -392,16 +403,22 @@ impl TableStore {
                     base.lsn
                 ));
             }
-            let stored = spill.codec.decode(|f| {
-                base.snapshot
-                    .scan_counts_between(&spill.prefix, low, high, &mut |key, n| {
-                        if self.tombstoned(key, snapshot) {
-                            Ok(())
-                        } else {
-                            f(key, n)
-                        }
-                    })
-            })?;
+            let stored = if let Some(generate) = &spill.generated {
+                // Rows are only ever appended to a source's table: no tombstones.
+                out.extend(generate(base.rows)?);
+                Vec::new()
+            } else {
+                spill.codec.decode(|f| {
+                    base.snapshot
+                        .scan_counts_between(&spill.prefix, low, high, &mut |key, n| {
+                            if self.tombstoned(key, snapshot) {
+                                Ok(())
+                            } else {
+                                f(key, n)
+                            }
+                        })
+                })?
+            };
             for rows in stored {
                 if rows.weights.values().iter().all(|w| *w == 1) {
                     out.push(rows.data);
@@ -1069,6 +1086,8 @@ pub struct TableCodec {
     order: Vec<usize>,
     stored: SchemaRef,
     schema: SchemaRef,
+    /// Checkpoints store the table's row count only (see [`Spill::generated`]).
+    counts_only: bool,
 }
 
 impl TableCodec {
@@ -1098,7 +1117,20 @@ impl TableCodec {
             order,
             stored,
             schema,
+            counts_only: false,
         })
+    }
+
+    /// The same, for a table whose checkpoints store only its row count (its rows are made
+    /// anew when read: [`Spill::generated`]).
+    pub fn counts_only(mut self) -> TableCodec {
+        self.counts_only = true;
+        self
+    }
+
+    /// Whether checkpoints store only the table's row count.
+    pub fn stores_counts_only(&self) -> bool {
+        self.counts_only
     }
 
     /// The table's columns.
@@ -1382,6 +1414,7 @@ mod tests {
             let def = def(pk);
             let codec = Arc::new(TableCodec::new(def.schema(), &def.primary_key).unwrap());
             let spill = Spill {
+                generated: None,
                 prefix: crate::storage::state::part_prefix(
                     def.id,
                     crate::storage::state::TABLE_ROWS,

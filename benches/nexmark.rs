@@ -1,0 +1,448 @@
+//! Nexmark: each query of `benches/nexmark/*.sql` as a materialized view fed by the built-in
+//! Nexmark source, measured in a fresh process per query and mode:
+//!
+//! - `embedded`: the engine in-process, statements run on a `Session` (no wire);
+//! - `e2e`: the release `eddy` server as a child process, the statements sent by psql's
+//!   protocol (tokio-postgres), and a subscriber reading the view's changes with
+//!   `COPY (SUBSCRIBE q) TO STDOUT` the whole time.
+//!
+//! Each run creates the source (`max_events = N`, unlimited rate, seed 1, start time
+//! 2025-01-01) and the view, waits until the source has written every event and the view has
+//! caught up, and reports: events per CPU-second (user + system CPU of the process that runs
+//! the engine, generator included, as DESIGN.md defines it), events per wall second, peak RSS
+//! (`VmHWM`), the view's operator state (rows, and bytes held in memory) and rows. Then it
+//! runs the same query ad hoc, which DataFusion computes from the tables in one batch (what a
+//! user would do without Eddy), timing it the same way, and compares checksums of the two
+//! results (an order-insensitive hash of the rows as text, floats rounded to 9 significant
+//! digits); a mismatch fails the run.
+//!
+//! `--generator` first measures the generator alone (events per CPU-second of making the
+//! Arrow rows), the ceiling for every query.
+//!
+//! Run: `cargo bench --bench nexmark -- --events 1000000 [--queries q0,q4] [--modes
+//! embedded,e2e] [--checkpoint-interval 1s] [--generator]`. Prints a Markdown table for
+//! docs/benchmarks.md.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{EddyProcess, arg, status_mb};
+use eddy::engine::{Engine, EngineConfig, Output, Session};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What one run of one query measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measured {
+    query: String,
+    mode: String,
+    events: u64,
+    cpu_s: f64,
+    wall_s: f64,
+    peak_rss_mb: f64,
+    state_rows: i64,
+    state_bytes: i64,
+    view: Checksum,
+    batch: Checksum,
+    batch_cpu_s: f64,
+    batch_wall_s: f64,
+    /// Changes the subscriber received: the sum of their diffs' sizes (`e2e` only).
+    subscribed_rows: Option<u64>,
+}
+
+/// An order-insensitive checksum of a multiset of rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Checksum {
+    rows: u64,
+    hash: u64,
+}
+
+impl Checksum {
+    fn of(rows: impl IntoIterator<Item = Vec<String>>) -> Checksum {
+        let mut out = Checksum { rows: 0, hash: 0 };
+        for row in rows {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for field in row {
+                normalize(&field).hash(&mut h);
+            }
+            out.rows += 1;
+            out.hash = out.hash.wrapping_add(h.finish());
+        }
+        out
+    }
+}
+
+/// A float rounded to 9 significant digits (an incremental average and a batch one may differ
+/// in the last bits); anything else as it is.
+fn normalize(field: &str) -> String {
+    if field.contains('.')
+        && let Ok(v) = field.parse::<f64>()
+    {
+        return format!("{v:.8e}");
+    }
+    field.to_string()
+}
+
+fn queries() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort_by_key(|(name, _)| name[1..].parse::<u32>().unwrap_or(u32::MAX));
+    out
+}
+
+fn create_source(events: u64) -> String {
+    format!(
+        "CREATE SOURCE nexmark FROM NEXMARK WITH (max_events = {events}, seed = 1, \
+         start_time = '2025-01-01 00:00:00')"
+    )
+}
+
+/// User + system CPU seconds of process `pid` (`self` for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses): utime is field 14, stime 15, in 1/100 s.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn batches_to_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters: Vec<ArrayFormatter> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for r in 0..batch.num_rows() {
+            rows.push(formatters.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    rows
+}
+
+/// Runs `sql` on `session`; the rows it returns.
+async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    for parsed in eddy::sql::parse_all(sql).unwrap() {
+        match session.execute(&parsed, &[]).await {
+            Ok(Output::Rows { mut stream, .. }) => {
+                while let Some(batch) = stream.next().await {
+                    out.push(batch.unwrap());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+    out
+}
+
+async fn embedded(query: &str, sql: &str, events: u64, checkpoint: &str) -> Measured {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path().to_path_buf());
+    config.checkpoint_interval = eddy::types::parse_duration(checkpoint).unwrap();
+    let engine = Engine::open(config).unwrap();
+    engine.start().await.unwrap();
+    let mut session = Session::new(engine.clone(), &HashMap::new(), 1).unwrap();
+    let cpu = cpu_seconds("self");
+    let wall = Instant::now();
+    exec(&mut session, &create_source(events)).await;
+    exec(
+        &mut session,
+        &format!("CREATE MATERIALIZED VIEW {query} AS {sql}"),
+    )
+    .await;
+    engine.wait_for_source("nexmark").await.unwrap();
+    drop(engine.pin_views(Duration::from_secs(3600)).await.unwrap());
+    let (cpu_s, wall_s) = (cpu_seconds("self") - cpu, wall.elapsed().as_secs_f64());
+    let peak_rss_mb = status_mb(std::process::id(), "VmHWM");
+    let state = exec(
+        &mut session,
+        &format!(
+            "SELECT state_rows, state_bytes_in_memory FROM eddy_catalog.dataflows WHERE view_name = '{query}'"
+        ),
+    )
+    .await;
+    let state = batches_to_rows(&state);
+    let view = Checksum::of(batches_to_rows(
+        &exec(&mut session, &format!("SELECT * FROM {query}")).await,
+    ));
+    let cpu = cpu_seconds("self");
+    let wall = Instant::now();
+    let batch_rows = exec(&mut session, sql).await;
+    let (batch_cpu_s, batch_wall_s) = (cpu_seconds("self") - cpu, wall.elapsed().as_secs_f64());
+    let batch = Checksum::of(batches_to_rows(&batch_rows));
+    engine.close();
+    Measured {
+        query: query.into(),
+        mode: "embedded".into(),
+        events,
+        cpu_s,
+        wall_s,
+        peak_rss_mb,
+        state_rows: state[0][0].parse().unwrap(),
+        state_bytes: state[0][1].parse().unwrap(),
+        view,
+        batch,
+        batch_cpu_s,
+        batch_wall_s,
+        subscribed_rows: None,
+    }
+}
+
+/// The rows of a query over the wire, as text.
+async fn wire_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Measured {
+    let dir = tempfile::tempdir().unwrap();
+    let server = EddyProcess::spawn(
+        &dir.path().join("data"),
+        &["--checkpoint-interval", checkpoint],
+        &[],
+    );
+    let pid = server.pid().to_string();
+    let client = server.connect().await;
+    let cpu = cpu_seconds(&pid);
+    let wall = Instant::now();
+    client
+        .batch_execute(&format!(
+            "{}; CREATE MATERIALIZED VIEW {query} AS {sql}",
+            create_source(events)
+        ))
+        .await
+        .unwrap();
+    let subscriber = server.connect().await;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let subscribe = format!("COPY (SUBSCRIBE {query}) TO STDOUT");
+    let reader = tokio::spawn(async move {
+        let stream = subscriber.copy_out(subscribe.as_str()).await.unwrap();
+        futures::pin_mut!(stream);
+        // Each line is `epoch <tab> diff <tab> columns…`: count the rows the diffs add up to.
+        let mut pending = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            pending.extend_from_slice(&chunk);
+            let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
+            let mut rows = 0u64;
+            for line in pending[..end].split(|b| *b == b'\n') {
+                let diff = line.split(|b| *b == b'\t').nth(1).unwrap_or(b"0");
+                rows += std::str::from_utf8(diff)
+                    .ok()
+                    .and_then(|d| d.parse::<i64>().ok())
+                    .unwrap_or(0)
+                    .unsigned_abs();
+            }
+            pending.drain(..=end);
+            counter.fetch_add(rows, Ordering::Relaxed);
+        }
+    });
+    loop {
+        let rows = wire_rows(&client, "SHOW SOURCES").await;
+        assert_eq!(rows[0][4], "NULL", "the source stopped: {rows:?}");
+        if rows[0][3] == "t" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A read of the view waits (bounded) for it to cover every write.
+    while client
+        .simple_query(&format!("SELECT 1 FROM {query} LIMIT 1"))
+        .await
+        .is_err()
+    {}
+    let (cpu_s, wall_s) = (cpu_seconds(&pid) - cpu, wall.elapsed().as_secs_f64());
+    let peak_rss_mb = status_mb(server.pid(), "VmHWM");
+    // The subscriber has the view's changes once its count stops moving.
+    let mut last = u64::MAX;
+    while received.load(Ordering::Relaxed) != last {
+        last = received.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    reader.abort();
+    let state = wire_rows(
+        &client,
+        &format!(
+            "SELECT state_rows, state_bytes_in_memory FROM eddy_catalog.dataflows WHERE view_name = '{query}'"
+        ),
+    )
+    .await;
+    let view = Checksum::of(wire_rows(&client, &format!("SELECT * FROM {query}")).await);
+    let cpu = cpu_seconds(&pid);
+    let wall = Instant::now();
+    let batch = Checksum::of(wire_rows(&client, sql).await);
+    let (batch_cpu_s, batch_wall_s) = (cpu_seconds(&pid) - cpu, wall.elapsed().as_secs_f64());
+    Measured {
+        query: query.into(),
+        mode: "e2e".into(),
+        events,
+        cpu_s,
+        wall_s,
+        peak_rss_mb,
+        state_rows: state[0][0].parse().unwrap(),
+        state_bytes: state[0][1].parse().unwrap(),
+        view,
+        batch,
+        batch_cpu_s,
+        batch_wall_s,
+        subscribed_rows: Some(last),
+    }
+}
+
+/// The generator alone: Arrow rows for `events` events, in chunks as the source makes them.
+fn generator(events: u64) {
+    let options = eddy::catalog::NexmarkOptions {
+        max_events: Some(events),
+        events_per_second: 0,
+        seed: 1,
+        start_time_ms: 1_735_689_600_000,
+    };
+    let generator = eddy::connectors::nexmark::Generator::new(&options);
+    let cpu = cpu_seconds("thread-self");
+    let mut next = 0;
+    while next < events {
+        let to = (next + 10_000).min(events);
+        std::hint::black_box(generator.generate(next, to).unwrap());
+        next = to;
+    }
+    let cpu = cpu_seconds("thread-self") - cpu;
+    println!(
+        "Generator alone: {events} events in {cpu:.2} CPU s = {:.2} M events per CPU-second\n",
+        events as f64 / cpu / 1e6
+    );
+}
+
+fn child(args: &[String]) {
+    let (mode, query, events, checkpoint) =
+        (&args[0], &args[1], args[2].parse().unwrap(), &args[3]);
+    let sql = queries()
+        .into_iter()
+        .find(|(name, _)| name == query)
+        .unwrap_or_else(|| panic!("no query {query}"))
+        .1;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let measured = runtime.block_on(async {
+        match mode.as_str() {
+            "embedded" => embedded(query, &sql, events, checkpoint).await,
+            "e2e" => end_to_end(query, &sql, events, checkpoint).await,
+            other => panic!("no mode {other}"),
+        }
+    });
+    println!("RESULT {}", serde_json::to_string(&measured).unwrap());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(&args[i + 1..]);
+        return;
+    }
+    let events = arg("--events", 1_000_000);
+    let list = |name: &str| -> Option<Vec<String>> {
+        let i = args.iter().position(|a| a == name)?;
+        Some(args.get(i + 1)?.split(',').map(String::from).collect())
+    };
+    let all = queries();
+    let selected: Vec<String> =
+        list("--queries").unwrap_or_else(|| all.iter().map(|(name, _)| name.clone()).collect());
+    let modes = list("--modes").unwrap_or_else(|| vec!["embedded".into(), "e2e".into()]);
+    let checkpoint = list("--checkpoint-interval")
+        .and_then(|v| v.into_iter().next())
+        .unwrap_or_else(|| "1s".into());
+    if args.iter().any(|a| a == "--generator") {
+        generator(events);
+    }
+    let mut results = Vec::new();
+    for query in &selected {
+        for mode in &modes {
+            eprintln!("{query} {mode} …");
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--child", mode, query, &events.to_string(), &checkpoint])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+                panic!("{query} {mode} failed: {stdout}");
+            };
+            let m: Measured = serde_json::from_str(line).unwrap();
+            eprintln!(
+                "  {:.2} M events per CPU-second, checksum {}",
+                m.events as f64 / m.cpu_s / 1e6,
+                if m.view == m.batch { "ok" } else { "MISMATCH" }
+            );
+            results.push(m);
+        }
+    }
+    println!(
+        "| query | mode | events | CPU s | events / CPU-s | wall s | events / s | peak RSS MB | state rows | state MB in memory | view rows | changes to the subscriber | DataFusion batch: CPU s | batch events / CPU-s | checksum |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for m in &results {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.0} k | {:.2} | {:.0} k | {:.0} | {} | {:.1} | {} | {} | {:.2} | {:.0} k | {} |",
+            m.query,
+            m.mode,
+            m.events,
+            m.cpu_s,
+            m.events as f64 / m.cpu_s / 1e3,
+            m.wall_s,
+            m.events as f64 / m.wall_s / 1e3,
+            m.peak_rss_mb,
+            m.state_rows,
+            m.state_bytes as f64 / 1e6,
+            m.view.rows,
+            m.subscribed_rows.map_or("–".to_string(), |n| n.to_string()),
+            m.batch_cpu_s,
+            m.events as f64 / m.batch_cpu_s.max(0.01) / 1e3,
+            if m.view == m.batch { "ok" } else { "MISMATCH" },
+        );
+    }
+    if results.iter().any(|m| m.view != m.batch) {
+        eprintln!("a view differs from its query run in batch");
+        std::process::exit(1);
+    }
+}
