@@ -16,6 +16,10 @@
 //! results (an order-insensitive hash of the rows as text, floats rounded to 9 significant
 //! digits); a mismatch fails the run.
 //!
+//! `--freshness RATE [--seconds S] --queries q0` runs instead a freshness test: the source at
+//! RATE events per second, and a subscriber measuring each change's delay from its event's
+//! generation (see [`freshness`]).
+//!
 //! `--generator` first measures the generator alone (events per CPU-second of making the
 //! Arrow rows), the ceiling for every query.
 //!
@@ -329,6 +333,73 @@ async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Me
     }
 }
 
+/// The freshness run: the source at a fixed `rate` (events per second of wall time, its event
+/// times following the wall clock) for `seconds`, the release server, and a subscriber to
+/// `query`'s `date_time` column measuring, for each row it receives, now − `date_time`: the time
+/// from the event's generation to its change reaching the client. The first second is left out
+/// (start-up).
+async fn freshness(query: &str, sql: &str, rate: u64, seconds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = EddyProcess::spawn(&dir.path().join("data"), &[], &[]);
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE nexmark FROM NEXMARK WITH (max_events = {}, events_per_second = {rate});
+             CREATE MATERIALIZED VIEW {query} AS {sql}",
+            rate * seconds
+        ))
+        .await
+        .unwrap();
+    let started = chrono::Utc::now().naive_utc();
+    let subscriber = server.connect().await;
+    let stream = subscriber
+        .copy_out(format!("COPY (SUBSCRIBE (SELECT date_time FROM {query})) TO STDOUT").as_str())
+        .await
+        .unwrap();
+    futures::pin_mut!(stream);
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut pending = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds + 5);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline.into(), stream.next()).await {
+        let now = chrono::Utc::now().naive_utc();
+        pending.extend_from_slice(&chunk);
+        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        for line in pending[..end].split(|b| *b == b'\n') {
+            // `epoch <tab> diff <tab> date_time`: rows with the same time (to the ms) in one
+            // epoch come as one line whose diff counts them.
+            let line = String::from_utf8_lossy(line);
+            let fields: Vec<&str> = line.split('\t').collect();
+            let (Some(diff), Some(at)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            let Ok(at) = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M:%S%.f") else {
+                continue;
+            };
+            if (at - started).num_milliseconds() >= 1000 {
+                let latency = (now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                let rows = diff.parse::<i64>().unwrap_or(1).unsigned_abs() as usize;
+                latencies.extend(std::iter::repeat_n(latency, rows));
+            }
+        }
+        pending.drain(..=end);
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "| {query} | {rate} events/s | {seconds} s | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+        latencies.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+}
+
 /// The generator alone: Arrow rows for `events` events, in chunks as the source makes them.
 fn generator(events: u64) {
     let options = eddy::catalog::NexmarkOptions {
@@ -394,6 +465,22 @@ fn main() {
         .unwrap_or_else(|| "1s".into());
     if args.iter().any(|a| a == "--generator") {
         generator(events);
+    }
+    let rate = arg("--freshness", 0);
+    if rate > 0 {
+        let seconds = arg("--seconds", 20);
+        println!(
+            "| query | source rate | run | rows measured | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|---|---|"
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for query in &selected {
+            let sql = &all.iter().find(|(name, _)| name == query).unwrap().1;
+            runtime.block_on(freshness(query, sql, rate, seconds));
+        }
+        return;
     }
     let mut results = Vec::new();
     for query in &selected {
