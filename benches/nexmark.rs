@@ -16,9 +16,15 @@
 //! results (an order-insensitive hash of the rows as text, floats rounded to 9 significant
 //! digits); a mismatch fails the run.
 //!
+//! With `--features peers`, `--modes …,peer` also runs the peer engine, differential-dataflow
+//! (one worker), on the same events for the queries written for it (`benches/nexmark/dd.rs`),
+//! timed the same way; its results must equal Eddy's view.
+//!
 //! `--freshness RATE [--seconds S] --queries q0` runs instead a freshness test: the source at
 //! RATE events per second, and a subscriber measuring each change's delay from its event's
 //! generation (see [`freshness`]).
+//!
+//! `--chart FILE.svg` also draws the events per CPU-second as a bar chart.
 //!
 //! `--generator` first measures the generator alone (events per CPU-second of making the
 //! Arrow rows), the ceiling for every query.
@@ -40,6 +46,10 @@ use serde::{Deserialize, Serialize};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+#[cfg(feature = "peers")]
+#[path = "nexmark/dd.rs"]
+mod dd;
 
 use common::{EddyProcess, arg, status_mb};
 use eddy::engine::{Engine, EngineConfig, Output, Session};
@@ -400,6 +410,114 @@ async fn freshness(query: &str, sql: &str, rate: u64, seconds: u64) {
     );
 }
 
+/// The peer engine (differential-dataflow) on the same events, if it has a version of `query`.
+#[cfg(feature = "peers")]
+fn peer(query: &str, events: u64) -> Option<Measured> {
+    let options = eddy::catalog::NexmarkOptions {
+        max_events: Some(events),
+        events_per_second: 0,
+        seed: 1,
+        start_time_ms: 1_735_689_600_000,
+    };
+    let cpu = cpu_seconds("self");
+    let wall = Instant::now();
+    let rows = dd::run(query, &options, events)?;
+    let (cpu_s, wall_s) = (cpu_seconds("self") - cpu, wall.elapsed().as_secs_f64());
+    let view = Checksum::of(batches_to_rows(&rows));
+    Some(Measured {
+        query: query.into(),
+        mode: "differential-dataflow".into(),
+        events,
+        cpu_s,
+        wall_s,
+        peak_rss_mb: status_mb(std::process::id(), "VmHWM"),
+        state_rows: 0,
+        state_bytes: 0,
+        view,
+        batch: view,
+        batch_cpu_s: 0.0,
+        batch_wall_s: 0.0,
+        subscribed_rows: None,
+    })
+}
+
+#[cfg(not(feature = "peers"))]
+fn peer(_: &str, _: u64) -> Option<Measured> {
+    None
+}
+
+/// A horizontal bar chart (SVG) of events per CPU-second, per query and mode, with the goals
+/// as marks: written by hand, a few lines of SVG, rather than a plotting dependency.
+fn chart(results: &[Measured], path: &str) {
+    const ROW: f64 = 16.0;
+    const LEFT: f64 = 90.0;
+    const WIDTH: f64 = 560.0;
+    let modes: Vec<&str> = {
+        let mut m: Vec<&str> = results.iter().map(|r| r.mode.as_str()).collect();
+        m.dedup();
+        m.sort();
+        m.dedup();
+        m
+    };
+    let colors = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
+    let rate = |m: &Measured| m.events as f64 / m.cpu_s.max(1e-9) / 1e6;
+    let top = results.iter().map(rate).fold(2.5, f64::max) * 1.05;
+    let x = |v: f64| LEFT + v / top * WIDTH;
+    let mut queries: Vec<&str> = results.iter().map(|r| r.query.as_str()).collect();
+    queries.dedup();
+    let height = 40.0 + queries.len() as f64 * ROW * modes.len() as f64 + 40.0;
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='11'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='{LEFT}' y='16' font-size='13'>Nexmark: million events per CPU-second ({} events per run)</text>\n",
+        LEFT + WIDTH + 120.0,
+        results.first().map_or(0, |r| r.events)
+    );
+    let mut y = 30.0;
+    for q in &queries {
+        svg += &format!(
+            "<text x='4' y='{}'>{q}</text>\n",
+            y + ROW * modes.len() as f64 / 2.0 + 4.0
+        );
+        for (i, mode) in modes.iter().enumerate() {
+            if let Some(m) = results.iter().find(|r| r.query == *q && r.mode == *mode) {
+                let v = rate(m);
+                svg += &format!(
+                    "<rect x='{LEFT}' y='{y}' width='{:.1}' height='{}' fill='{}'/>\n<text x='{:.1}' y='{}'>{v:.2}</text>\n",
+                    x(v) - LEFT,
+                    ROW - 3.0,
+                    colors[i % colors.len()],
+                    x(v) + 3.0,
+                    y + ROW - 5.0
+                );
+            }
+            y += ROW;
+        }
+        y += 4.0;
+    }
+    for (goal, label) in [(1.0, "goal, stateful: 1 M"), (2.5, "goal, q0–q2: 2.5 M")] {
+        svg += &format!(
+            "<line x1='{0:.1}' y1='26' x2='{0:.1}' y2='{y}' stroke='#c53030' stroke-dasharray='4 3'/>\n\
+             <text x='{0:.1}' y='{1}' fill='#c53030' text-anchor='middle'>{label}</text>\n",
+            x(goal),
+            y + 14.0
+        );
+    }
+    for (i, mode) in modes.iter().enumerate() {
+        svg += &format!(
+            "<rect x='{}' y='{}' width='10' height='10' fill='{}'/><text x='{}' y='{}'>{mode}</text>\n",
+            LEFT + WIDTH + 10.0,
+            40.0 + i as f64 * 16.0,
+            colors[i % colors.len()],
+            LEFT + WIDTH + 24.0,
+            49.0 + i as f64 * 16.0
+        );
+    }
+    svg += "</svg>\n";
+    std::fs::write(path, svg).unwrap();
+    eprintln!("chart written to {path}");
+}
+
 /// The generator alone: Arrow rows for `events` events, in chunks as the source makes them.
 fn generator(events: u64) {
     let options = eddy::catalog::NexmarkOptions {
@@ -431,6 +549,12 @@ fn child(args: &[String]) {
         .find(|(name, _)| name == query)
         .unwrap_or_else(|| panic!("no query {query}"))
         .1;
+    if mode == "peer" {
+        if let Some(measured) = peer(query, events) {
+            println!("RESULT {}", serde_json::to_string(&measured).unwrap());
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -493,6 +617,10 @@ fn main() {
                 .unwrap();
             let stdout = String::from_utf8_lossy(&output.stdout);
             let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+                if mode == "peer" && output.status.success() {
+                    eprintln!("  (the peer has no version of {query})");
+                    continue;
+                }
                 panic!("{query} {mode} failed: {stdout}");
             };
             let m: Measured = serde_json::from_str(line).unwrap();
@@ -509,8 +637,10 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for m in &results {
+        let peer = m.mode == "differential-dataflow";
+        let dash = |v: String| if peer { "–".to_string() } else { v };
         println!(
-            "| {} | {} | {} | {:.2} | {:.0} k | {:.2} | {:.0} k | {:.0} | {} | {:.1} | {} | {} | {:.2} | {:.0} k | {} |",
+            "| {} | {} | {} | {:.2} | {:.0} k | {:.2} | {:.0} k | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             m.query,
             m.mode,
             m.events,
@@ -519,14 +649,41 @@ fn main() {
             m.wall_s,
             m.events as f64 / m.wall_s / 1e3,
             m.peak_rss_mb,
-            m.state_rows,
-            m.state_bytes as f64 / 1e6,
+            dash(m.state_rows.to_string()),
+            dash(format!("{:.1}", m.state_bytes as f64 / 1e6)),
             m.view.rows,
             m.subscribed_rows.map_or("–".to_string(), |n| n.to_string()),
-            m.batch_cpu_s,
-            m.events as f64 / m.batch_cpu_s.max(0.01) / 1e3,
-            if m.view == m.batch { "ok" } else { "MISMATCH" },
+            dash(format!("{:.2}", m.batch_cpu_s)),
+            dash(format!(
+                "{:.0} k",
+                m.events as f64 / m.batch_cpu_s.max(0.01) / 1e3
+            )),
+            if peer {
+                "= Eddy's view"
+            } else if m.view == m.batch {
+                "ok"
+            } else {
+                "MISMATCH"
+            },
         );
+    }
+    if let Some(path) = list("--chart").and_then(|v| v.into_iter().next()) {
+        chart(&results, &path);
+    }
+    // The peer's contents against Eddy's view of the same query.
+    let peer_mismatch: Vec<&str> = results
+        .iter()
+        .filter(|p| p.mode == "differential-dataflow")
+        .filter(|p| {
+            results
+                .iter()
+                .any(|m| m.query == p.query && m.mode != p.mode && m.view != p.view)
+        })
+        .map(|p| p.query.as_str())
+        .collect();
+    if !peer_mismatch.is_empty() {
+        eprintln!("the peer's results differ from Eddy's for {peer_mismatch:?}");
+        std::process::exit(1);
     }
     if results.iter().any(|m| m.view != m.batch) {
         eprintln!("a view differs from its query run in batch");
