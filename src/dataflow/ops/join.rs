@@ -63,6 +63,13 @@ use crate::types::{Epoch, ZBatch};
 const LEFT: usize = 0;
 const RIGHT: usize = 1;
 
+/// An equi-join key column (its index in the key) with the watermark below which left rows
+/// are dead and the one below which right rows are (see `Join::key_bounds`).
+type KeyBound = (usize, ScalarValue, ScalarValue);
+
+/// An arranged row taken out for an interval check: (hash, key, row, weight, matches).
+type StoredEntry = (u64, Box<[u8]>, Box<[u8]>, i64, i64);
+
 pub struct Join {
     kind: JoinKind,
     keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
@@ -95,15 +102,15 @@ pub struct Join {
     tick: u32,
     /// Per equi-join key (index into the key), the watermark below which left rows are dead
     /// (the right side's) and right rows are (the left side's).
-    key_bounds: Vec<(usize, ScalarValue, ScalarValue)>,
+    key_bounds: Vec<KeyBound>,
     /// `key_bounds` changed since the last sweep.
     bounds_moved: bool,
     /// Stored prefixes (side, key) of rows freed behind the watermarks.
     freed: FreedPrefixes,
     /// The pass over the stored rows in progress (see `sweep_store`): the last stored key read
     /// and the key bounds it frees below; and the bounds the last pass began with.
-    store_sweep: Option<(Option<Vec<u8>>, Vec<(usize, ScalarValue, ScalarValue)>)>,
-    store_swept_at: Vec<(usize, ScalarValue, ScalarValue)>,
+    store_sweep: Option<(Option<Vec<u8>>, Vec<KeyBound>)>,
+    store_swept_at: Vec<KeyBound>,
     /// Residual conjuncts `x ≥ y` across the sides (interval joins), see the module docs.
     intervals: Vec<IntervalBound>,
     /// Per interval bound: the value below which its side's rows are dead, as of the last
@@ -233,7 +240,7 @@ impl Join {
             };
             let b = &self.intervals[i];
             let (side, x) = (b.side, b.x.clone());
-            let entries: Vec<(u64, Box<[u8]>, Box<[u8]>, i64, i64)> = self.sides[side]
+            let entries: Vec<StoredEntry> = self.sides[side]
                 .entries()
                 .map(|(hash, key, id)| {
                     let a = &self.sides[side];

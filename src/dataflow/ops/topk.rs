@@ -169,6 +169,9 @@ fn split_key(key: &[u8]) -> Result<(&[u8], &[u8], &[u8])> {
     Ok((pkey, sort_key, row))
 }
 
+/// A partition column and the bound the store sweep frees below.
+type PartitionBound = (usize, ScalarValue);
+
 pub struct TopK {
     partition_by: Vec<Arc<dyn PhysicalExpr>>,
     partition_converter: Option<RowConverter>,
@@ -200,7 +203,7 @@ pub struct TopK {
     bounds_moved: bool,
     /// The pass over the stored partitions in progress (see `sweep_store`): the last stored
     /// key read and the bounds it frees below; and the bounds the last pass began with.
-    store_sweep: Option<(Option<Vec<u8>>, Vec<(usize, ScalarValue)>)>,
+    store_sweep: Option<(Option<Vec<u8>>, Vec<PartitionBound>)>,
     store_swept_at: Vec<(usize, ScalarValue)>,
     /// Stored prefixes of partitions freed behind the watermark.
     freed: FreedPrefixes,
