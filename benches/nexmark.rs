@@ -51,7 +51,7 @@ mod common;
 #[path = "nexmark/dd.rs"]
 mod dd;
 
-use common::{EddyProcess, arg, status_mb};
+use common::{EddyProcess, arg, nexmark_queries, query_rows, status_mb};
 use eddy::engine::{Engine, EngineConfig, Output, Session};
 
 #[global_allocator]
@@ -107,21 +107,6 @@ fn normalize(field: &str) -> String {
         return format!("{v:.8e}");
     }
     field.to_string()
-}
-
-fn queries() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).unwrap())
-        })
-        .collect();
-    out.sort_by_key(|(name, _)| name[1..].parse::<u32>().unwrap_or(u32::MAX));
-    out
 }
 
 fn create_source(events: u64) -> String {
@@ -228,24 +213,6 @@ async fn embedded(query: &str, sql: &str, events: u64, checkpoint: &str) -> Meas
     }
 }
 
-/// The rows of a query over the wire, as text.
-async fn wire_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
 async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let server = EddyProcess::spawn(
@@ -292,7 +259,7 @@ async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Me
         }
     });
     loop {
-        let rows = wire_rows(&client, "SHOW SOURCES").await;
+        let rows = query_rows(&client, "SHOW SOURCES").await;
         assert_eq!(rows[0][4], "NULL", "the source stopped: {rows:?}");
         if rows[0][3] == "t" {
             break;
@@ -314,17 +281,17 @@ async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Me
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     reader.abort();
-    let state = wire_rows(
+    let state = query_rows(
         &client,
         &format!(
             "SELECT state_rows, state_bytes_in_memory FROM eddy_catalog.dataflows WHERE view_name = '{query}'"
         ),
     )
     .await;
-    let view = Checksum::of(wire_rows(&client, &format!("SELECT * FROM {query}")).await);
+    let view = Checksum::of(query_rows(&client, &format!("SELECT * FROM {query}")).await);
     let cpu = cpu_seconds(&pid);
     let wall = Instant::now();
-    let batch = Checksum::of(wire_rows(&client, sql).await);
+    let batch = Checksum::of(query_rows(&client, sql).await);
     let (batch_cpu_s, batch_wall_s) = (cpu_seconds(&pid) - cpu, wall.elapsed().as_secs_f64());
     Measured {
         query: query.into(),
@@ -544,7 +511,7 @@ fn generator(events: u64) {
 fn child(args: &[String]) {
     let (mode, query, events, checkpoint) =
         (&args[0], &args[1], args[2].parse().unwrap(), &args[3]);
-    let sql = queries()
+    let sql = nexmark_queries()
         .into_iter()
         .find(|(name, _)| name == query)
         .unwrap_or_else(|| panic!("no query {query}"))
@@ -580,7 +547,7 @@ fn main() {
         let i = args.iter().position(|a| a == name)?;
         Some(args.get(i + 1)?.split(',').map(String::from).collect())
     };
-    let all = queries();
+    let all = nexmark_queries();
     let selected: Vec<String> =
         list("--queries").unwrap_or_else(|| all.iter().map(|(name, _)| name.clone()).collect());
     let modes = list("--modes").unwrap_or_else(|| vec!["embedded".into(), "e2e".into()]);

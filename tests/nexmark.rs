@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 mod common;
-use common::{connect, sorted_rows, start};
+use common::{connect, nexmark_queries, sorted_rows, start};
 
 fn code(e: &tokio_postgres::Error) -> String {
     e.code()
@@ -160,27 +160,11 @@ async fn a_nexmark_source_feeds_its_tables_and_no_one_else_writes_them() {
     }
 }
 
-/// The queries of `benches/nexmark/`, by name.
-fn queries() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-        .map(|p| {
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).unwrap())
-        })
-        .collect();
-    out.sort_by_key(|(name, _)| name[1..].parse::<u32>().unwrap_or(u32::MAX));
-    out
-}
-
 #[tokio::test]
 async fn every_nexmark_query_as_a_view_equals_the_query_run_ad_hoc() {
     let (server, _dir) = start().await;
     let client = connect(&server).await;
-    let queries = queries();
+    let queries = nexmark_queries();
     assert!(queries.len() >= 8, "{queries:?}");
     // Views created before the events (kept current) and after them (backfilled).
     client

@@ -1054,18 +1054,34 @@ impl Engine {
             self.drop_dependents(late.id, "table", &late.name, cascade)
                 .await?;
         }
-        let _commit = self.commit_lock.lock();
-        let mut catalog = (**self.catalog.read()).clone();
-        let mut dropped = vec![catalog.drop_table(&self.state, name)?];
-        if let Some(late) = &late {
-            dropped.push(catalog.drop_table(&self.state, &late.name)?);
-        }
-        for def in &dropped {
-            self.tables.write().remove(&def.id);
-            self.watermarks.lock().remove(&def.id);
-        }
-        *self.catalog.write() = Arc::new(catalog);
-        drop(_commit);
+        self.remove_tables(|catalog| {
+            let mut dropped = vec![catalog.drop_table(&self.state, name)?];
+            if let Some(late) = &late {
+                dropped.push(catalog.drop_table(&self.state, &late.name)?);
+            }
+            Ok(dropped)
+        })
+        .await
+    }
+
+    /// Removes from the catalog (with `remove`, which persists it) the tables it returns, then
+    /// their rows, watermarks and dataflow state. The caller holds the write lock, and no view
+    /// reads them any more.
+    async fn remove_tables(
+        &self,
+        remove: impl FnOnce(&mut Catalog) -> Result<Vec<Arc<TableDef>>>,
+    ) -> Result<()> {
+        let dropped = {
+            let _commit = self.commit_lock.lock();
+            let mut catalog = (**self.catalog.read()).clone();
+            let dropped = remove(&mut catalog)?;
+            for def in &dropped {
+                self.tables.write().remove(&def.id);
+                self.watermarks.lock().remove(&def.id);
+            }
+            *self.catalog.write() = Arc::new(catalog);
+            dropped
+        };
         for def in dropped {
             self.runtime.drop_object(def.id, &def.name).await;
         }

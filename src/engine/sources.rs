@@ -179,19 +179,8 @@ impl Engine {
         if let Some(run) = self.sources.lock().remove(&def.id) {
             run.stop.store(true, Ordering::SeqCst);
         }
-        let _commit = self.commit_lock.lock();
-        let mut catalog = (**self.catalog.read()).clone();
-        let (_, tables) = catalog.drop_source(&self.state, name)?;
-        for t in &tables {
-            self.tables.write().remove(&t.id);
-            self.watermarks.lock().remove(&t.id);
-        }
-        *self.catalog.write() = Arc::new(catalog);
-        drop(_commit);
-        for t in tables {
-            self.runtime.drop_object(t.id, &t.name).await;
-        }
-        Ok(())
+        self.remove_tables(|catalog| Ok(catalog.drop_source(&self.state, name)?.1))
+            .await
     }
 
     /// Starts feeding every source of the catalog (at start-up, after recovery).

@@ -87,9 +87,9 @@ pub async fn restart(dir: &std::path::Path, configure: impl FnOnce(&mut EngineCo
         .unwrap()
 }
 
-/// The rows of a query as text, sorted (a multiset to compare).
-pub async fn sorted_rows(client: &Client, sql: &str) -> Vec<String> {
-    let mut out: Vec<String> = client
+/// The rows of a query, each a list of its values as text (`NULL` for null).
+pub async fn query_rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    client
         .simple_query(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -98,13 +98,37 @@ pub async fn sorted_rows(client: &Client, sql: &str) -> Vec<String> {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(
                 (0..r.len())
                     .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
+                    .collect(),
             ),
             _ => None,
         })
+        .collect()
+}
+
+/// The rows of a query as text, sorted (a multiset to compare).
+pub async fn sorted_rows(client: &Client, sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = query_rows(client, sql)
+        .await
+        .into_iter()
+        .map(|r| r.join("|"))
         .collect();
     out.sort();
+    out
+}
+
+/// The Nexmark queries of `benches/nexmark/*.sql`, by name, in query order.
+pub fn nexmark_queries() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort_by_key(|(name, _)| name[1..].parse::<u32>().unwrap_or(u32::MAX));
     out
 }
 
