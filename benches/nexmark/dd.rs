@@ -204,34 +204,23 @@ fn to_batches(rows: HashMap<Row, isize>) -> Vec<RecordBatch> {
     let Some(first) = rows.keys().next().cloned() else {
         return Vec::new();
     };
-    let mut columns: Vec<Box<dyn FnMut(&Value)>> = Vec::new();
-    let builders: Vec<Rc<RefCell<Column>>> = first
+    let mut columns: Vec<Column> = first
         .iter()
-        .map(|v| {
-            Rc::new(RefCell::new(match v {
-                Value::Int(_) => Column::Int(Int64Builder::new()),
-                Value::Text(_) => Column::Text(StringBuilder::new()),
-                Value::Time(_) => Column::Time(TimestampMicrosecondBuilder::new()),
-                Value::Avg(..) | Value::Euros(_) => Column::Float(Float64Builder::new()),
-            }))
+        .map(|v| match v {
+            Value::Int(_) => Column::Int(Int64Builder::new()),
+            Value::Text(_) => Column::Text(StringBuilder::new()),
+            Value::Time(_) => Column::Time(TimestampMicrosecondBuilder::new()),
+            Value::Avg(..) | Value::Euros(_) => Column::Float(Float64Builder::new()),
         })
         .collect();
-    for b in &builders {
-        let b = b.clone();
-        columns.push(Box::new(move |v| b.borrow_mut().push(v)));
-    }
     for (row, n) in rows {
         for _ in 0..n.max(0) {
-            for (c, v) in row.iter().enumerate() {
-                columns[c](v);
+            for (column, v) in columns.iter_mut().zip(&row) {
+                column.push(v);
             }
         }
     }
-    drop(columns);
-    let arrays: Vec<ArrayRef> = builders
-        .into_iter()
-        .map(|b| Rc::try_unwrap(b).ok().unwrap().into_inner().finish())
-        .collect();
+    let arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
     let schema = Arc::new(Schema::new(
         arrays
             .iter()

@@ -234,12 +234,6 @@ impl Generator {
         }
         Ok(out)
     }
-
-    /// Event `n`'s time, ms since 1970.
-    pub fn event_time_ms(&self, n: u64) -> i64 {
-        let per_event_us = 1_000_000.0 / self.config.first_rate as f64;
-        self.config.base_time as i64 + (n as f64 * per_event_us / 1000.0) as i64
-    }
 }
 
 /// Column builders of one table; each column is a bigint, a text or a timestamp.
@@ -393,9 +387,16 @@ mod tests {
         let a = Generator::new(&options(1)).generate(0, 100).unwrap();
         let b = Generator::new(&options(2)).generate(0, 100).unwrap();
         assert_ne!(a[2], b[2]);
+        // Event 10,000 (a person) happens 1 s after the start, at 10,000 events per second.
         let g = Generator::new(&options(1));
-        assert_eq!(g.event_time_ms(0), 1_735_689_600_000);
-        assert_eq!(g.event_time_ms(10_000), 1_735_689_601_000);
+        let person = &g.generate(10_000, 10_001).unwrap()[0];
+        let at = person
+            .column(6)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::TimestampMicrosecondArray>()
+            .unwrap()
+            .value(0);
+        assert_eq!(at, 1_735_689_601_000_000);
     }
 
     #[test]

@@ -319,14 +319,6 @@ impl Engine {
         ))
     }
 
-    /// Events written by source `id` so far (None if it is not running).
-    pub fn source_events(&self, id: ObjectId) -> Option<u64> {
-        self.sources
-            .lock()
-            .get(&id)
-            .map(|r| r.events.load(Ordering::SeqCst))
-    }
-
     /// Waits until source `name` has written all its events (`max_events`), or fails if it
     /// stopped with an error. For benchmarks and tests.
     pub async fn wait_for_source(&self, name: &str) -> Result<u64> {

@@ -219,6 +219,8 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
     let significant: Vec<usize> = (0..tokens.len())
         .filter(|i| !is_trivia(&tokens[*i].token))
         .collect();
+    // CREATE SOURCE, DROP SOURCE, SHOW SOURCES (then `stmt` is a placeholder).
+    let source = source::parse(&tokens, &significant)?;
     let is_create_table = significant.len() >= 2
         && word_is(&tokens[significant[0]].token, Keyword::CREATE)
         && word_is(&tokens[significant[1]].token, Keyword::TABLE);
@@ -239,35 +241,26 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         tokens.remove(significant[2]);
     }
     let dialect = PostgreSqlDialect {};
-    if let Some(source) = source::parse(&tokens, &significant)? {
-        return Ok(Parsed {
-            stmt: placeholder()?,
-            append_only,
-            watermark,
-            text,
-            subscribe,
-            fetch_timeout,
-            emit_on_window_close,
-            advance_clock: None,
-            source: Some(source),
-        });
-    }
     let advance_clock = significant.len() >= 2
         && word_eq(&tokens[significant[0]].token, "advance")
         && word_eq(&tokens[significant[1]].token, "clock");
-    let (stmt, advance_clock, parser) = if advance_clock {
+    let (stmt, advance_clock, parser) = if source.is_some() {
+        (placeholder()?, None, None)
+    } else if advance_clock {
         let mut parser =
             Parser::new(&dialect).with_tokens_with_locations(tokens[significant[1] + 1..].to_vec());
         let step = temporal::parse_clock_step(&mut parser)?;
-        (placeholder()?, Some(step), parser)
+        (placeholder()?, Some(step), Some(parser))
     } else {
         let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
         let stmt = parser
             .parse_statement()
             .map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
-        (stmt, None, parser)
+        (stmt, None, Some(parser))
     };
-    if parser.peek_token().token != Token::EOF {
+    if let Some(parser) = parser
+        && parser.peek_token().token != Token::EOF
+    {
         return Err(syntax_error(format!(
             "unexpected {} at end of statement",
             parser.peek_token().token
@@ -286,7 +279,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         fetch_timeout,
         emit_on_window_close,
         advance_clock,
-        source: None,
+        source,
     })
 }
 
