@@ -74,6 +74,18 @@ struct Measured {
     batch_wall_s: f64,
     /// Changes the subscriber received: the sum of their diffs' sizes (`e2e` only).
     subscribed_rows: Option<u64>,
+    /// Dataflow worker threads (`--workers` of the server).
+    workers: usize,
+}
+
+impl Measured {
+    /// The mode, and the workers when more than one.
+    fn label(&self) -> String {
+        match self.workers {
+            1 => self.mode.clone(),
+            n => format!("{}, {n} workers", self.mode),
+        }
+    }
 }
 
 /// An order-insensitive checksum of a multiset of rows.
@@ -160,10 +172,17 @@ async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
     out
 }
 
-async fn embedded(query: &str, sql: &str, events: u64, checkpoint: &str) -> Measured {
+async fn embedded(
+    query: &str,
+    sql: &str,
+    events: u64,
+    checkpoint: &str,
+    workers: usize,
+) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(dir.path().to_path_buf());
     config.checkpoint_interval = eddy::types::parse_duration(checkpoint).unwrap();
+    config.workers = workers;
     let engine = Engine::open(config).unwrap();
     engine.start().await.unwrap();
     let mut session = Session::new(engine.clone(), &HashMap::new(), 1).unwrap();
@@ -210,14 +229,26 @@ async fn embedded(query: &str, sql: &str, events: u64, checkpoint: &str) -> Meas
         batch_cpu_s,
         batch_wall_s,
         subscribed_rows: None,
+        workers,
     }
 }
 
-async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Measured {
+async fn end_to_end(
+    query: &str,
+    sql: &str,
+    events: u64,
+    checkpoint: &str,
+    workers: usize,
+) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let server = EddyProcess::spawn(
         &dir.path().join("data"),
-        &["--checkpoint-interval", checkpoint],
+        &[
+            "--checkpoint-interval",
+            checkpoint,
+            "--workers",
+            &workers.to_string(),
+        ],
         &[],
     );
     let pid = server.pid().to_string();
@@ -307,6 +338,7 @@ async fn end_to_end(query: &str, sql: &str, events: u64, checkpoint: &str) -> Me
         batch_cpu_s,
         batch_wall_s,
         subscribed_rows: Some(last),
+        workers,
     }
 }
 
@@ -405,6 +437,7 @@ fn peer(query: &str, events: u64) -> Option<Measured> {
         batch_cpu_s: 0.0,
         batch_wall_s: 0.0,
         subscribed_rows: None,
+        workers: 1,
     })
 }
 
@@ -419,14 +452,15 @@ fn chart(results: &[Measured], path: &str) {
     const ROW: f64 = 16.0;
     const LEFT: f64 = 90.0;
     const WIDTH: f64 = 560.0;
-    let modes: Vec<&str> = {
-        let mut m: Vec<&str> = results.iter().map(|r| r.mode.as_str()).collect();
-        m.dedup();
+    let modes: Vec<String> = {
+        let mut m: Vec<String> = results.iter().map(Measured::label).collect();
         m.sort();
         m.dedup();
         m
     };
-    let colors = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
+    let colors = [
+        "#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#718096",
+    ];
     let rate = |m: &Measured| m.events as f64 / m.cpu_s.max(1e-9) / 1e6;
     let top = results.iter().map(rate).fold(2.5, f64::max) * 1.05;
     let x = |v: f64| LEFT + v / top * WIDTH;
@@ -447,7 +481,7 @@ fn chart(results: &[Measured], path: &str) {
             y + ROW * modes.len() as f64 / 2.0 + 4.0
         );
         for (i, mode) in modes.iter().enumerate() {
-            if let Some(m) = results.iter().find(|r| r.query == *q && r.mode == *mode) {
+            if let Some(m) = results.iter().find(|r| r.query == *q && r.label() == *mode) {
                 let v = rate(m);
                 svg += &format!(
                     "<rect x='{LEFT}' y='{y}' width='{:.1}' height='{}' fill='{}'/>\n<text x='{:.1}' y='{}'>{v:.2}</text>\n",
@@ -485,6 +519,40 @@ fn chart(results: &[Measured], path: &str) {
     eprintln!("chart written to {path}");
 }
 
+/// Per query and mode run with several worker counts: events per wall second and per
+/// CPU-second with each, against one worker.
+fn scaling(results: &[Measured]) {
+    let mut lines = Vec::new();
+    for one in results.iter().filter(|m| m.workers == 1) {
+        for more in results.iter().filter(|m| {
+            m.workers > 1 && m.query == one.query && m.mode == one.mode && m.events == one.events
+        }) {
+            let wall = |m: &Measured| m.events as f64 / m.wall_s / 1e3;
+            let cpu = |m: &Measured| m.events as f64 / m.cpu_s / 1e3;
+            lines.push(format!(
+                "| {} | {} | {:.0} k | {} | {:.0} k | {:.2}× | {:.0} k | {:.0} k |",
+                one.query,
+                one.mode,
+                wall(one),
+                more.workers,
+                wall(more),
+                wall(more) / wall(one),
+                cpu(one),
+                cpu(more),
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    println!(
+        "\n| query | mode | events / s, 1 worker | workers | events / s | speed-up | events / CPU-s, 1 worker | events / CPU-s |\n|---|---|---|---|---|---|---|---|"
+    );
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 /// The generator alone: Arrow rows for `events` events, in chunks as the source makes them.
 fn generator(events: u64) {
     let options = eddy::catalog::NexmarkOptions {
@@ -511,6 +579,7 @@ fn generator(events: u64) {
 fn child(args: &[String]) {
     let (mode, query, events, checkpoint) =
         (&args[0], &args[1], args[2].parse().unwrap(), &args[3]);
+    let workers: usize = args[4].parse().unwrap();
     let sql = nexmark_queries()
         .into_iter()
         .find(|(name, _)| name == query)
@@ -528,8 +597,8 @@ fn child(args: &[String]) {
         .unwrap();
     let measured = runtime.block_on(async {
         match mode.as_str() {
-            "embedded" => embedded(query, &sql, events, checkpoint).await,
-            "e2e" => end_to_end(query, &sql, events, checkpoint).await,
+            "embedded" => embedded(query, &sql, events, checkpoint, workers).await,
+            "e2e" => end_to_end(query, &sql, events, checkpoint, workers).await,
             other => panic!("no mode {other}"),
         }
     });
@@ -550,7 +619,20 @@ fn main() {
     let all = nexmark_queries();
     let selected: Vec<String> =
         list("--queries").unwrap_or_else(|| all.iter().map(|(name, _)| name.clone()).collect());
-    let modes = list("--modes").unwrap_or_else(|| vec!["embedded".into(), "e2e".into()]);
+    let modes = list("--modes").unwrap_or_else(|| {
+        let mut modes = vec!["embedded".to_string(), "e2e".to_string()];
+        if cfg!(feature = "peers") {
+            modes.push("peer".into());
+        }
+        modes
+    });
+    // Dataflow workers to run Eddy with: by default one, then one per core.
+    let workers: Vec<usize> = list("--workers")
+        .map(|w| w.iter().map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_else(|| {
+            let cores = eddy::engine::default_workers();
+            if cores > 1 { vec![1, cores] } else { vec![1] }
+        });
     let checkpoint = list("--checkpoint-interval")
         .and_then(|v| v.into_iter().next())
         .unwrap_or_else(|| "1s".into());
@@ -574,11 +656,26 @@ fn main() {
         return;
     }
     let mut results = Vec::new();
+    let mut runs = Vec::new();
     for query in &selected {
         for mode in &modes {
-            eprintln!("{query} {mode} …");
+            // The peer runs one worker, once.
+            let counts: &[usize] = if mode == "peer" { &[1] } else { &workers };
+            runs.extend(counts.iter().map(|w| (query, mode, *w)));
+        }
+    }
+    for (query, mode, workers) in runs {
+        {
+            eprintln!("{query} {mode} ({workers} workers) …");
             let output = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--child", mode, query, &events.to_string(), &checkpoint])
+                .args([
+                    "--child",
+                    mode,
+                    query,
+                    &events.to_string(),
+                    &checkpoint,
+                    &workers.to_string(),
+                ])
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .unwrap();
@@ -609,7 +706,7 @@ fn main() {
         println!(
             "| {} | {} | {} | {:.2} | {:.0} k | {:.2} | {:.0} k | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             m.query,
-            m.mode,
+            m.label(),
             m.events,
             m.cpu_s,
             m.events as f64 / m.cpu_s / 1e3,
@@ -634,6 +731,7 @@ fn main() {
             },
         );
     }
+    scaling(&results);
     if let Some(path) = list("--chart").and_then(|v| v.into_iter().next()) {
         chart(&results, &path);
     }
@@ -644,7 +742,7 @@ fn main() {
         .filter(|p| {
             results
                 .iter()
-                .any(|m| m.query == p.query && m.mode != p.mode && m.view != p.view)
+                .any(|m| m.query == p.query && m.label() != p.label() && m.view != p.view)
         })
         .map(|p| p.query.as_str())
         .collect();

@@ -67,4 +67,10 @@ pub struct Config {
     /// `manual:2025-01-01T00:00:00Z` (`manual` alone starts at 1970-01-01).
     #[arg(long, default_value = "system", env = "EDDY_CLOCK")]
     pub clock: crate::engine::clock::ClockSetting,
+
+    /// Threads that run materialized views' dataflows; each view's state is split by key
+    /// across them. `0` (the default): one per core. Changing it rebuilds views' state at the
+    /// next start (from their inputs), since it is stored split as it was.
+    #[arg(long, default_value_t = 0, env = "EDDY_WORKERS")]
+    pub workers: usize,
 }

@@ -32,9 +32,11 @@ use tokio_postgres::{NoTls, SimpleQueryMessage};
 /// The server's settings for .slt files, so that output is deterministic: no idle progress
 /// rows from `SUBSCRIBE … WITH (PROGRESS)` (they depend on timing; the progress row after each
 /// change stays), and a manual clock starting at 2025-01-01 00:00:00 UTC that only
-/// `ADVANCE CLOCK` moves (`now()` in views' temporal filters).
+/// `ADVANCE CLOCK` moves (`now()` in views' temporal filters). Dataflows run as three shards
+/// whatever the machine, so every view is checked split by key across workers.
 fn config(data_dir: &Path) -> EngineConfig {
     let mut config = EngineConfig::new(data_dir.to_path_buf());
+    config.workers = 3;
     config.subscribe.progress_interval = std::time::Duration::from_secs(24 * 3600);
     config.clock = eddy::engine::clock::ClockSetting::Manual(1_735_689_600_000_000);
     config

@@ -26,6 +26,7 @@
 
 pub mod checkpoint;
 pub mod epochs;
+pub mod exchange;
 pub mod ops;
 pub mod replay_cost;
 pub mod runtime;

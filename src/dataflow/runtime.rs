@@ -38,6 +38,7 @@ use super::checkpoint::{
     load_history,
 };
 use super::epochs::{Committed, Epochs};
+use super::exchange::{self, Route};
 use super::ops;
 use super::spec::{DataflowSpec, Input, NodeId};
 use super::watermark::Watermarks;
@@ -49,6 +50,10 @@ use crate::types::{Epoch, Lsn, ObjectId, TableWatermark, ZBatch};
 
 /// An epoch takes durable records until their changes reach this size (Arrow memory).
 const MAX_EPOCH_BYTES: usize = 16 << 20;
+
+/// A node's shards run in parallel when they have at least this many input rows in all;
+/// below it, handing the work to other threads costs more than it saves.
+const PARALLEL_ROWS: usize = 1024;
 
 /// Dataflows with ids from here up are temporary (subscriptions' queries): never checkpointed.
 pub const TEMP_IDS: ObjectId = 1 << 62;
@@ -190,6 +195,8 @@ struct Shared {
     epochs: Arc<Epochs>,
     views: RwLock<HashMap<ObjectId, Arc<ViewState>>>,
     retention: Retention,
+    /// Shards per dataflow: the threads dataflows run on.
+    workers: usize,
     /// Set once started.
     checkpoint_stats: Mutex<Option<Box<dyn Fn() -> CheckpointStats + Send + Sync>>>,
     memory: Mutex<MemoryStats>,
@@ -219,14 +226,16 @@ pub struct Runtime {
 
 impl Runtime {
     /// A runtime that is not running yet: records pushed before [`Runtime::start`] wait. Each
-    /// view keeps its changes for subscribers as `retention` says.
-    pub fn new(retention: Retention) -> Runtime {
+    /// view keeps its changes for subscribers as `retention` says. Dataflows run on `workers`
+    /// threads, their state sharded by key across them (see [`exchange`]); at least one.
+    pub fn new(retention: Retention, workers: usize) -> Runtime {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             epochs: Epochs::new(Committed::default()),
             views: RwLock::new(HashMap::new()),
             retention,
+            workers: workers.max(1),
             checkpoint_stats: Mutex::new(None),
             memory: Mutex::new(MemoryStats::default()),
             clock: std::sync::atomic::AtomicI64::new(i64::MIN),
@@ -270,6 +279,16 @@ impl Runtime {
         let clock = checkpoints.clock;
         let checkpoints = Checkpointer::start(checkpoints, lsn)?;
         *shared.checkpoint_stats.lock() = Some(checkpoints.stats_reader());
+        let pool = match shared.workers {
+            1 => None,
+            n => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("eddy-shard-{i}"))
+                    .build()
+                    .map_err(|e| crate::internal!("starting the dataflow workers: {e}"))?,
+            )),
+        };
         let handle = std::thread::Builder::new()
             .name("eddy-dataflow".into())
             .spawn(move || {
@@ -282,12 +301,18 @@ impl Runtime {
                     collecting: Duration::ZERO,
                     table_watermarks,
                     clock,
+                    pool,
                 }
                 .run()
             })
             .map_err(|e| Error::io("starting the dataflow runtime", &e))?;
         *self.thread.lock() = Some(handle);
         Ok(())
+    }
+
+    /// Shards per dataflow.
+    pub fn workers(&self) -> usize {
+        self.shared.workers
     }
 
     /// Dataflow state in memory against the budget.
@@ -497,7 +522,7 @@ impl Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime::new(Retention::default())
+        Runtime::new(Retention::default(), 1)
     }
 }
 
@@ -534,18 +559,155 @@ impl Dataflow {
     }
 }
 
+/// A node of a running dataflow, as shards (see [`exchange`]).
 struct NodeRt {
-    op: Box<dyn Operator>,
+    /// One operator per shard; one only for a node that runs alone.
+    shards: Vec<Box<dyn Operator>>,
+    /// How each input port's rows are spread over the shards (`None`: all to the one).
+    routes: Option<Vec<Route>>,
+    /// Per input port, its schema when the port merges the output of several shards into an
+    /// operator with state (see [`NodeRt::run`]).
+    merges: Vec<Option<SchemaRef>>,
     consumers: Vec<(NodeId, usize)>,
-    pending: Vec<(usize, ZBatch)>,
+    /// The epoch's input so far, per shard: (port, batch).
+    pending: Vec<Vec<(usize, ZBatch)>>,
+}
+
+impl NodeRt {
+    fn new(shards: Vec<Box<dyn Operator>>, routes: Option<Vec<Route>>) -> NodeRt {
+        NodeRt {
+            pending: (0..shards.len()).map(|_| Vec::new()).collect(),
+            shards,
+            routes,
+            merges: Vec::new(),
+            consumers: Vec::new(),
+        }
+    }
+
+    fn ops(&self) -> impl Iterator<Item = &dyn Operator> {
+        self.shards.iter().map(|op| op.as_ref())
+    }
+
+    /// Queues `batch`, produced on shard `from` (of the producer), for input `port`.
+    fn receive(&mut self, port: usize, from: usize, batch: ZBatch) -> Result<()> {
+        let shards = self.shards.len();
+        match self.routes.as_ref().and_then(|r| r.get(port)) {
+            _ if shards == 1 => self.pending[0].push((port, batch)),
+            None | Some(Route::Local) => self.pending[from % shards].push((port, batch)),
+            Some(Route::Hash(key)) => {
+                for (s, part) in exchange::partition(&batch, key, shards)?
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let Some(part) = part {
+                        self.pending[s].push((port, part));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every shard through the epoch — in parallel on `pool` when there is enough input
+    /// to be worth it — and returns each shard's output.
+    ///
+    /// A port fed by several shards gets their batches shard after shard, not in the order
+    /// the changes were made: a row's delete can come before its insert. Operators with state
+    /// expect a valid collection after every batch, so such a port's batches are consolidated
+    /// into the epoch's net change first when any of them deletes (inserts alone cannot make
+    /// a collection invalid in any order).
+    fn run(
+        &mut self,
+        pool: Option<&rayon::ThreadPool>,
+        epoch: Epoch,
+        clock: i64,
+        watermarks: Option<(&[&Watermarks], &Watermarks)>,
+    ) -> Result<Vec<Vec<ZBatch>>> {
+        let mut pending: Vec<Vec<(usize, ZBatch)>> =
+            self.pending.iter_mut().map(std::mem::take).collect();
+        for (port, schema) in self.merges.iter().enumerate() {
+            let Some(schema) = schema else { continue };
+            for input in &mut pending {
+                let mut batches = input.iter().filter(|(p, _)| *p == port);
+                let deletes = batches
+                    .clone()
+                    .any(|(_, b)| b.weights.values().iter().any(|w| *w < 0));
+                if !deletes || batches.nth(1).is_none() {
+                    continue;
+                }
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(input)
+                    .into_iter()
+                    .partition(|(p, _)| *p == port);
+                let mine: Vec<ZBatch> = mine.into_iter().map(|(_, b)| b).collect();
+                *input = rest;
+                input.push((port, consolidate(&mine, schema)?));
+            }
+        }
+        let run_shard = |op: &mut Box<dyn Operator>, input: Vec<(usize, ZBatch)>| {
+            let mut out = Vec::new();
+            op.on_time(clock, &mut out)?;
+            for (port, batch) in input {
+                op.on_batch(port, batch, &mut out)?;
+            }
+            if let Some((inputs, output)) = watermarks {
+                op.on_watermarks(inputs, output);
+            }
+            op.on_barrier(epoch, &mut out)?;
+            Ok(out)
+        };
+        let rows: usize = pending.iter().flatten().map(|(_, b)| b.num_rows()).sum();
+        match pool {
+            Some(pool) if self.shards.len() > 1 && rows >= PARALLEL_ROWS => {
+                use rayon::prelude::*;
+                pool.install(|| {
+                    self.shards
+                        .par_iter_mut()
+                        .zip(pending)
+                        .map(|(op, input)| run_shard(op, input))
+                        .collect()
+                })
+            }
+            _ => self
+                .shards
+                .iter_mut()
+                .zip(pending)
+                .map(|(op, input)| run_shard(op, input))
+                .collect(),
+        }
+    }
+}
+
+/// [`ZBatch::consolidate`], also of rows without columns (`count(*)`'s input): all alike, so
+/// one row with the weights' sum.
+fn consolidate(batches: &[ZBatch], schema: &SchemaRef) -> Result<ZBatch> {
+    if !schema.fields().is_empty() {
+        return ZBatch::consolidate(batches, schema);
+    }
+    let sum: i64 = batches.iter().flat_map(|b| b.weights.values().iter()).sum();
+    let rows = usize::from(sum != 0);
+    let data = RecordBatch::try_new_with_options(
+        schema.clone(),
+        Vec::new(),
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?;
+    let weights = if rows == 0 { vec![] } else { vec![sum] };
+    Ok(ZBatch::new(data, weights.into()))
+}
+
+/// The key of shard `shard` of node `node`'s stored state (shard 0's is the node's, as it was
+/// before dataflows had shards).
+fn shard_part(node: usize, shard: usize) -> u32 {
+    (node | shard << 16) as u32
 }
 
 impl Dataflow {
     /// `fingerprint` is `spec`'s ([`DataflowSpec::fingerprint`]).
+    /// Each node that can runs as `shards` shards.
     fn build(
         id: ObjectId,
         spec: &DataflowSpec,
         fingerprint: u64,
+        shards: usize,
         view: Arc<ViewState>,
         epochs: Arc<Epochs>,
     ) -> Result<Dataflow> {
@@ -558,11 +720,28 @@ impl Dataflow {
             if let super::spec::NodeKind::Source(input) = node.kind {
                 sources.push((input, i));
             }
-            nodes.push(NodeRt {
-                op: ops::build(spec, i)?,
-                consumers: Vec::new(),
-                pending: Vec::new(),
-            });
+            let routes = exchange::routes(spec, i);
+            let n = if routes.is_some() { shards } else { 1 };
+            let ops = (0..n)
+                .map(|_| ops::build(spec, i))
+                .collect::<Result<Vec<_>>>()?;
+            let mut rt = NodeRt::new(ops, routes);
+            rt.merges = node
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(port, input)| {
+                    let several = nodes
+                        .get(*input)
+                        .is_some_and(|n: &NodeRt| n.shards.len() > 1);
+                    let local = matches!(
+                        rt.routes.as_ref().and_then(|r| r.get(port)),
+                        Some(Route::Local)
+                    );
+                    (several && !local).then(|| spec.nodes[*input].schema.clone())
+                })
+                .collect();
+            nodes.push(rt);
         }
         for (i, node) in spec.nodes.iter().enumerate() {
             for (port, input) in node.inputs.iter().enumerate() {
@@ -574,14 +753,13 @@ impl Dataflow {
         }
         let sink = nodes.len();
         nodes[spec.output()].consumers.push((sink, 0));
-        nodes.push(NodeRt {
-            op: Box::new(ops::materialize::Materialize::new(
+        nodes.push(NodeRt::new(
+            vec![Box::new(ops::materialize::Materialize::new(
                 view.store.clone(),
                 epochs,
-            )?),
-            consumers: Vec::new(),
-            pending: Vec::new(),
-        });
+            )?)],
+            None,
+        ));
         let start = view.history.oldest();
         Ok(Dataflow {
             id,
@@ -602,8 +780,16 @@ impl Dataflow {
         let ops = &self.nodes[..self.nodes.len() - 1];
         *self.view.state.lock() = OperatorState {
             operators: ops.len(),
-            rows: ops.iter().map(|n| n.op.state_rows() as u64).sum(),
-            bytes_in_memory: ops.iter().map(|n| n.op.state_bytes() as u64).sum(),
+            rows: ops
+                .iter()
+                .flat_map(NodeRt::ops)
+                .map(|op| op.state_rows() as u64)
+                .sum(),
+            bytes_in_memory: ops
+                .iter()
+                .flat_map(NodeRt::ops)
+                .map(|op| op.state_bytes() as u64)
+                .sum(),
         };
     }
 
@@ -633,23 +819,31 @@ impl Dataflow {
 
     /// The earliest time at which its output changes by itself (see [`Operator::next_time`]).
     fn next_time(&self) -> Option<i64> {
-        self.nodes.iter().filter_map(|n| n.op.next_time()).min()
+        self.nodes
+            .iter()
+            .flat_map(NodeRt::ops)
+            .filter_map(|op| op.next_time())
+            .min()
     }
 
     /// Runs one epoch: feeds each source its input's changes, then every operator in order to
     /// its barrier. Returns the view's (consolidated) delta.
     /// `clock`: the epoch's time. `source_watermarks`: [`Dataflow::current_source_watermarks`]
     /// for this epoch.
+    /// `pool`: the workers that run a node's shards in parallel.
     fn step(
         &mut self,
+        pool: Option<&rayon::ThreadPool>,
         epoch: Epoch,
         clock: i64,
         feed: &dyn Fn(Input) -> Vec<ZBatch>,
         source_watermarks: HashMap<Input, Watermarks>,
     ) -> Result<Vec<ZBatch>> {
         for (input, node) in &self.sources {
-            for batch in feed(*input) {
-                self.nodes[*node].pending.push((0, batch));
+            let node = &mut self.nodes[*node];
+            let shards = node.shards.len();
+            for (shard, part) in exchange::spread(feed(*input), shards) {
+                node.pending[shard].push((0, part));
             }
         }
         // Watermarks, when a source has one: each operator learns its inputs' and its own.
@@ -675,29 +869,27 @@ impl Dataflow {
         };
         let last = self.nodes.len() - 1;
         for i in 0..self.nodes.len() {
-            let pending = std::mem::take(&mut self.nodes[i].pending);
-            let mut out = Vec::new();
-            let node = &mut self.nodes[i];
-            node.op.on_time(clock, &mut out)?;
-            for (port, batch) in pending {
-                node.op.on_batch(port, batch, &mut out)?;
-            }
-            if let Some(all) = &watermarks
-                && i < all.len()
-            {
-                let inputs: Vec<&Watermarks> =
-                    self.spec.nodes[i].inputs.iter().map(|n| &all[*n]).collect();
-                node.op.on_watermarks(&inputs, &all[i]);
-            }
-            node.op.on_barrier(epoch, &mut out)?;
+            let inputs: Vec<&Watermarks> = match &watermarks {
+                Some(all) if i < all.len() => {
+                    self.spec.nodes[i].inputs.iter().map(|n| &all[*n]).collect()
+                }
+                _ => Vec::new(),
+            };
+            let marks = match &watermarks {
+                Some(all) if i < all.len() => Some((inputs.as_slice(), &all[i])),
+                _ => None,
+            };
+            let out = self.nodes[i].run(pool, epoch, clock, marks)?;
             if i == last {
                 self.publish_state();
-                return Ok(out);
+                return Ok(out.into_iter().flatten().collect());
             }
             let consumers = std::mem::take(&mut self.nodes[i].consumers);
             for (c, port) in &consumers {
-                for batch in &out {
-                    self.nodes[*c].pending.push((*port, batch.clone()));
+                for (shard, batches) in out.iter().enumerate() {
+                    for batch in batches {
+                        self.nodes[*c].receive(*port, shard, batch.clone())?;
+                    }
                 }
             }
             self.nodes[i].consumers = consumers;
@@ -770,8 +962,9 @@ fn evictable_bytes(dataflows: &[Dataflow]) -> usize {
     dataflows
         .iter()
         .flat_map(|d| d.nodes.iter())
-        .filter(|n| n.op.evicts())
-        .map(|n| n.op.state_bytes())
+        .flat_map(NodeRt::ops)
+        .filter(|op| op.evicts())
+        .map(|op| op.state_bytes())
         .sum()
 }
 
@@ -805,6 +998,8 @@ struct Worker {
     /// The clock as of the last committed epoch: the largest of its records' clocks and
     /// those before (so it never goes back, and a replay computes the same values).
     clock: i64,
+    /// Threads running dataflows' shards in parallel (none with one worker).
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Worker {
@@ -1000,8 +1195,8 @@ impl Worker {
                 tracing::error!(error = %e, view = df.id, "moving checkpointed view rows to the state store");
             }
             df.stored_is_own = true;
-            for node in &mut df.nodes {
-                node.op.checkpoint_durable();
+            for op in df.nodes.iter_mut().flat_map(|n| n.shards.iter_mut()) {
+                op.checkpoint_durable();
             }
         }
         self.evict();
@@ -1020,9 +1215,11 @@ impl Worker {
         let keep = (budget as f64 * 0.9) / held as f64;
         let started = Instant::now();
         for df in &mut self.dataflows {
-            for node in df.nodes.iter_mut().filter(|n| n.op.evicts()) {
-                let target = (node.op.state_bytes() as f64 * keep) as usize;
-                node.op.evict(target);
+            for op in df.nodes.iter_mut().flat_map(|n| n.shards.iter_mut()) {
+                if op.evicts() {
+                    let target = (op.state_bytes() as f64 * keep) as usize;
+                    op.evict(target);
+                }
             }
         }
         let after = evictable_bytes(&self.dataflows);
@@ -1078,9 +1275,16 @@ impl Worker {
                 .iter()
                 .filter(|d| d.persistent() && d.stored_is_own)
             {
-                let evicting: Vec<u32> = (0..df.nodes.len() as u32)
-                    .filter(|i| df.nodes[*i as usize].op.evicts())
-                    .collect();
+                let mut evicting: Vec<u32> = Vec::new();
+                for (i, node) in df.nodes.iter().enumerate() {
+                    for (shard, op) in node.shards.iter().enumerate() {
+                        if op.evicts() {
+                            evicting.push(shard_part(i, shard));
+                        }
+                    }
+                }
+                // In key order, as clearing around them needs.
+                evicting.sort_unstable();
                 kept.insert(df.id, evicting);
             }
             for id in store.stored_objects()? {
@@ -1117,17 +1321,19 @@ impl Worker {
         // last checkpoint are emptied all the same, or they would grow for as long as the
         // subscription runs.
         for df in self.dataflows.iter_mut().filter(|d| !d.persistent()) {
-            for node in &mut df.nodes {
-                guarded(|| node.op.checkpoint(false, &mut Discard))?;
+            for op in df.nodes.iter_mut().flat_map(|n| n.shards.iter_mut()) {
+                guarded(|| op.checkpoint(false, &mut Discard))?;
             }
         }
         for df in self.dataflows.iter_mut().filter(|d| d.persistent()) {
             for (i, node) in df.nodes.iter_mut().enumerate() {
-                let mut sink = PrefixSink {
-                    batch: &mut batch,
-                    prefix: part_prefix(df.id, i as u32),
-                };
-                guarded(|| node.op.checkpoint(full, &mut sink))?;
+                for (shard, op) in node.shards.iter_mut().enumerate() {
+                    let mut sink = PrefixSink {
+                        batch: &mut batch,
+                        prefix: part_prefix(df.id, shard_part(i, shard)),
+                    };
+                    guarded(|| op.checkpoint(full, &mut sink))?;
+                }
             }
             self.checkpoints.collected.push(df.id);
             let after = if full { Epoch(0) } else { df.history_saved };
@@ -1225,6 +1431,7 @@ impl Worker {
             tables: &self.table_watermarks,
             views: &self.shared.views,
         };
+        let pool = self.pool.clone();
         for df in &mut self.dataflows {
             let upstream_failed = failed.iter().any(|f| df.reads(Input::View(*f)));
             let result = if upstream_failed {
@@ -1241,7 +1448,7 @@ impl Worker {
                     continue;
                 }
                 let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
-                guarded(|| df.step(epoch, clock, &feed, watermarks))
+                guarded(|| df.step(pool.as_deref(), epoch, clock, &feed, watermarks))
             };
             match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
                 Ok((whole, delta)) => {
@@ -1285,7 +1492,7 @@ impl Worker {
         spec: &DataflowSpec,
         schema: SchemaRef,
     ) -> Result<()> {
-        let fingerprint = spec.fingerprint();
+        let fingerprint = spec.fingerprint(self.shared.workers);
         let stored = self
             .checkpoints
             .restorable
@@ -1322,15 +1529,18 @@ impl Worker {
             id,
             spec,
             fingerprint,
+            self.shared.workers,
             view.clone(),
             self.shared.epochs.clone(),
         )?;
         if id < TEMP_IDS {
             for (i, node) in df.nodes.iter_mut().enumerate() {
-                node.op.attach(Box::new(PartLookup {
-                    durable: self.checkpoints.durable.clone(),
-                    prefix: part_prefix(id, i as u32),
-                }));
+                for (shard, op) in node.shards.iter_mut().enumerate() {
+                    op.attach(Box::new(PartLookup {
+                        durable: self.checkpoints.durable.clone(),
+                        prefix: part_prefix(id, shard_part(i, shard)),
+                    }));
+                }
             }
         }
         if stored.is_some() {
@@ -1338,12 +1548,14 @@ impl Worker {
             // runtime starts.
             let store = self.checkpoints.store.clone();
             for (i, node) in df.nodes.iter_mut().enumerate() {
-                let source = StoreSource {
-                    store: &store,
-                    id,
-                    part: i as u32,
-                };
-                guarded(|| node.op.restore(&source))?;
+                for (shard, op) in node.shards.iter_mut().enumerate() {
+                    let source = StoreSource {
+                        store: &store,
+                        id,
+                        part: shard_part(i, shard),
+                    };
+                    guarded(|| op.restore(&source))?;
+                }
             }
             df.stored_is_own = true;
             df.history_saved = self.committed.epoch;
@@ -1428,7 +1640,8 @@ impl Worker {
             views: &self.shared.views,
         };
         let watermarks = df.current_source_watermarks(&marks);
-        guarded(|| df.step(epoch, self.clock, &feed, watermarks))?;
+        let pool = self.pool.as_deref();
+        guarded(|| df.step(pool, epoch, self.clock, &feed, watermarks))?;
         Ok(())
     }
 

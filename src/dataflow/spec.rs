@@ -226,12 +226,17 @@ impl DataflowSpec {
 
     /// Identifies the dataflow's shape — operators, expressions, schemas — so that state
     /// checkpointed by one dataflow is loaded only into an identical one (the same view planned
-    /// again by the same server version). FNV-1a over the spec's debug form.
-    pub fn fingerprint(&self) -> u64 {
+    /// again by the same server version), run as as many `shards` (state is split by them).
+    /// FNV-1a over the spec's debug form.
+    pub fn fingerprint(&self, shards: usize) -> u64 {
         let mut text = format!("state format {STATE_FORMAT}: {:?}", self.nodes);
         if self.append_only {
             // Its stored contents also hold their row count (see `Materialize`).
             text.push_str(", append only");
+        }
+        if shards > 1 {
+            let probe = super::exchange::placement_probe();
+            let _ = write!(text, ", {shards} shards placed as {probe}");
         }
         text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

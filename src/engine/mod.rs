@@ -76,6 +76,8 @@ pub struct EngineConfig {
     pub target_recovery_time: Duration,
     /// What `now()` reads in temporal filters (see [`clock`]).
     pub clock: ClockSetting,
+    /// Threads that run dataflows, each view's state sharded by key across them.
+    pub workers: usize,
 }
 
 impl EngineConfig {
@@ -90,8 +92,14 @@ impl EngineConfig {
             max_checkpoint_lag: DEFAULT_MAX_CHECKPOINT_LAG,
             target_recovery_time: DEFAULT_TARGET_RECOVERY_TIME,
             clock: ClockSetting::System,
+            workers: default_workers(),
         }
     }
+}
+
+/// One dataflow worker per core the process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Clock-driven epochs (see [`clock`]) are at least this far apart: a temporal filter's rows
@@ -266,7 +274,7 @@ impl Engine {
             })
             .collect();
         let mut tail: Vec<LogRecord> = Vec::new();
-        let runtime = Arc::new(Runtime::new(config.retention));
+        let runtime = Arc::new(Runtime::new(config.retention, config.workers));
         let notify = runtime.clone();
         let log = Log::open(
             &dir.join("log"),
@@ -394,9 +402,9 @@ impl Engine {
             // why, and it can be dropped. Corrupt stored state does stop it.
             let outcome = match session.plan_view(&view).await {
                 Ok((spec, schema)) => {
-                    let from_checkpoint = restorable
-                        .iter()
-                        .any(|v| v.id == view.id && v.fingerprint == spec.fingerprint());
+                    let from_checkpoint = restorable.iter().any(|v| {
+                        v.id == view.id && v.fingerprint == spec.fingerprint(self.runtime.workers())
+                    });
                     self.runtime
                         .create_view(view.id, &view.name, spec, schema.clone())
                         .await

@@ -87,6 +87,10 @@ impl Server {
             max_checkpoint_lag: config.max_checkpoint_lag,
             target_recovery_time: config.target_recovery_time,
             clock: config.clock,
+            workers: match config.workers {
+                0 => crate::engine::default_workers(),
+                n => n,
+            },
         };
         Self::start_with(engine_config, config.listen).await
     }
