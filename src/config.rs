@@ -70,7 +70,7 @@ pub struct Config {
 
     /// Threads that run materialized views' dataflows; each view's state is split by key
     /// across them. `0` (the default): one per core. Changing it rebuilds views' state at the
-    /// next start (from their inputs), since it is stored split as it was.
-    #[arg(long, default_value_t = 0, env = "EDDY_WORKERS")]
-    pub workers: usize,
+    /// next start (from their inputs), since it is stored split as it was. At most 1024.
+    #[arg(long, default_value_t = 0, env = "EDDY_WORKERS", value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub workers: u64,
 }

@@ -89,7 +89,7 @@ impl Server {
             clock: config.clock,
             workers: match config.workers {
                 0 => crate::engine::default_workers(),
-                n => n,
+                n => n as usize,
             },
         };
         Self::start_with(engine_config, config.listen).await
