@@ -19,10 +19,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::CastOptions;
 use datafusion::arrow::compute::{take, take_record_batch};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
 
 use super::spec::{DataflowSpec, NodeId, NodeKind};
 use crate::error::Result;
@@ -79,18 +80,29 @@ pub fn routes(spec: &DataflowSpec, id: NodeId) -> Option<Vec<Route>> {
                 &spec.nodes[node.inputs[0]].schema,
                 &spec.nodes[node.inputs[1]].schema,
             );
-            // Equal keys must hash alike on both sides: only keys of one type are spread.
-            let same_types = j.on.iter().all(|(l, r)| {
-                matches!((l.data_type(left), r.data_type(right)), (Ok(a), Ok(b)) if a == b)
-            });
             // `NOT IN` looks at the whole right side (does it hold a NULL?).
-            let whole = j.null_aware;
-            (!j.on.is_empty() && same_types && !whole).then(|| {
-                vec![
-                    Route::Hash(j.on.iter().map(|(l, _)| l.clone()).collect()),
-                    Route::Hash(j.on.iter().map(|(_, r)| r.clone()).collect()),
-                ]
-            })
+            if j.on.is_empty() || j.null_aware {
+                return None;
+            }
+            // Equal keys must hash alike on both sides: a right key of another type is cast
+            // to the left one's, as the join compares them.
+            let mut rights = Vec::with_capacity(j.on.len());
+            for (l, r) in &j.on {
+                let (Ok(lt), Ok(rt)) = (l.data_type(left), r.data_type(right)) else {
+                    return None;
+                };
+                rights.push(if lt == rt {
+                    r.clone()
+                } else {
+                    // Arrow's default options, as the join's `cast`.
+                    Arc::new(CastExpr::new(r.clone(), lt, Some(CastOptions::default())))
+                        as Arc<dyn PhysicalExpr>
+                });
+            }
+            Some(vec![
+                Route::Hash(j.on.iter().map(|(l, _)| l.clone()).collect()),
+                Route::Hash(rights),
+            ])
         }
         // State per row: a row's insert and its delete must meet on one shard.
         NodeKind::EmitOnWindowClose | NodeKind::TemporalFilter(_) => Some(vec![all_columns(0)]),
