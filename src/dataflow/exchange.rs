@@ -5,14 +5,14 @@
 //! core. Between nodes, rows move as the consumer's [`Route`] says:
 //!
 //! ```text
-//!  source batch ─slices─► shard 0 … n-1 ─► FilterProject (stays on its shard: Local)
+//!  source rows ─a run each─► shard 0 … n-1 ─► FilterProject (stays on its shard: Local)
 //!     ─► HashAggregate (Hash of the group keys: every row of a group meets on one shard)
 //!     ─► … ─► Materialize (one, fed by every shard)
 //! ```
 //!
 //! A node whose result depends on all of its input together — a global aggregate, `ORDER BY …
 //! LIMIT` without partitions, a join without equi-keys, `NOT IN` — runs once, on shard 0, and
-//! receives every row ([`routes`] returns `None`). Rows are hashed with fixed seeds, so a key
+//! receives every row ([`routes`] returns `None`). Rows are hashed with a fixed seed, so a key
 //! lands on the same shard after a restart and the shards' checkpointed state stays valid for
 //! the same number of shards.
 
@@ -115,7 +115,7 @@ fn hasher() -> RandomState {
     RandomState::with_seed(0x6564_6479_7368_6172)
 }
 
-/// The shards of a few fixed keys, as text: part of a sharded dataflow's fingerprint, so that
+/// The hashes of a few fixed keys, as text: part of a sharded dataflow's fingerprint, so that
 /// if a new version of the hash function moved keys to other shards, state stored split by the
 /// old one would be rebuilt rather than read from the wrong shards.
 pub fn placement_probe() -> String {
