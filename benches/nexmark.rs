@@ -83,6 +83,8 @@ struct Measured {
     workers: usize,
     /// The view created again once every event is written (`embedded` only).
     backfill: Option<Backfill>,
+    /// CPU seconds by kind of thread (`embedded` only), most first.
+    threads: Vec<(String, f64)>,
 }
 
 /// A view's backfill from tables already written.
@@ -141,6 +143,36 @@ fn create_source(events: u64) -> String {
         "CREATE SOURCE nexmark FROM NEXMARK WITH (max_events = {events}, seed = 1, \
          start_time = '2025-01-01 00:00:00')"
     )
+}
+
+/// CPU seconds of this process's threads so far, summed by name with trailing numbers dropped
+/// (`eddy-shard-0` and `eddy-shard-1` are `eddy-shard`), most first.
+fn cpu_by_thread() -> Vec<(String, f64)> {
+    let mut by_name: HashMap<String, f64> = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = name
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches(['-', ':', ' '])
+            .to_string();
+        let id = path.file_name().unwrap().to_string_lossy().to_string();
+        *by_name.entry(name).or_default() += cpu_seconds(&format!("self/task/{id}"));
+    }
+    // Threads that ended (the source's, once it has written every event) are only in the
+    // process's total.
+    let gone = cpu_seconds("self") - by_name.values().sum::<f64>();
+    if gone > 0.0 {
+        by_name.insert("ended threads (the source)".into(), gone);
+    }
+    let mut out: Vec<(String, f64)> = by_name.into_iter().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }
 
 /// User + system CPU seconds of process `pid` (`self` for this one).
@@ -213,6 +245,7 @@ async fn embedded(
     drop(engine.pin_views(Duration::from_secs(3600)).await.unwrap());
     let (cpu_s, wall_s) = (cpu_seconds("self") - cpu, wall.elapsed().as_secs_f64());
     let peak_rss_mb = status_mb(std::process::id(), "VmHWM");
+    let threads = cpu_by_thread();
     let state = exec(
         &mut session,
         &format!(
@@ -262,6 +295,7 @@ async fn embedded(
         subscribed_rows: None,
         workers,
         backfill: Some(backfill),
+        threads,
     }
 }
 
@@ -372,6 +406,7 @@ async fn end_to_end(
         subscribed_rows: Some(last),
         workers,
         backfill: None,
+        threads: Vec::new(),
     }
 }
 
@@ -472,6 +507,7 @@ fn peer(query: &str, events: u64) -> Option<Measured> {
         subscribed_rows: None,
         workers: 1,
         backfill: None,
+        threads: Vec::new(),
     })
 }
 
@@ -593,6 +629,26 @@ fn scaling(results: &[Measured]) {
     );
     for line in lines {
         println!("{line}");
+    }
+}
+
+/// Where each embedded run's CPU went, by thread.
+fn threads(results: &[Measured]) {
+    let runs: Vec<&Measured> = results.iter().filter(|m| !m.threads.is_empty()).collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "\n| query | mode | CPU s by thread (whole run, batch query excluded) |\n|---|---|---|"
+    );
+    for m in runs {
+        let list: Vec<String> = m
+            .threads
+            .iter()
+            .filter(|(_, s)| *s >= 0.05)
+            .map(|(name, s)| format!("{name} {s:.2}"))
+            .collect();
+        println!("| {} | {} | {} |", m.query, m.label(), list.join(", "));
     }
 }
 
@@ -775,6 +831,7 @@ fn main() {
         );
     }
     scaling(&results);
+    threads(&results);
     if let Some(path) = list("--chart").and_then(|v| v.into_iter().next()) {
         chart(&results, &path);
     }
