@@ -69,8 +69,9 @@ pub struct Config {
     pub clock: crate::engine::clock::ClockSetting,
 
     /// Threads that run materialized views' dataflows; each view's state is split by key
-    /// across them. `0` (the default): one per core. Changing it rebuilds views' state at the
-    /// next start (from their inputs), since it is stored split as it was. At most 1024.
+    /// across them. `0` (the default): one per core. Changing it rebuilds views' operator
+    /// state at the next start (from their inputs), since it is stored split as it was; their
+    /// contents and change history are kept. At most 1024.
     #[arg(long, default_value_t = 0, env = "EDDY_WORKERS", value_parser = clap::value_parser!(u64).range(0..=1024))]
     pub workers: u64,
 }

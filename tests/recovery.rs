@@ -19,7 +19,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{EddyProcess, free_port, sorted_rows as rows};
+use common::{EddyProcess, free_port, query_rows, sorted_rows as rows};
 use futures::StreamExt;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -1102,9 +1102,11 @@ async fn a_nexmark_source_resumes_after_kill_9_with_no_event_lost_or_repeated() 
 
 #[tokio::test]
 async fn views_stay_exact_when_the_number_of_workers_changes() {
-    // State is stored split by shard, so a restart with another `--workers` rebuilds each
-    // view from its tables, and one with the same number restores it (after kill -9 or a
-    // clean stop). Either way every view equals its query, before and after more writes.
+    // Operator state is stored split by shard, so a restart with another `--workers` rebuilds
+    // it from the tables and keeps the views' contents and change history; one with the same
+    // number restores everything (after kill -9 or a clean stop). Either way every view
+    // equals its query, before and after more writes, and a subscription resumes `AS OF` an
+    // epoch from before the restart.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let views = [
@@ -1153,7 +1155,32 @@ async fn views_stay_exact_when_the_number_of_workers_changes() {
         "UPDATE t SET g = g + 1 WHERE v > 500",
     ]
     .into_iter();
+    // The epoch of v1's contents now (the first column of its snapshot's rows), and their
+    // rows as a subscription from that epoch sends them: epoch, diff, columns.
+    let as_of = |client: Client, epoch: Option<String>| async move {
+        let from = epoch.map_or(String::new(), |e| format!(" AS OF {e}"));
+        let mut rows = query_rows(
+            &client,
+            &format!(
+                "BEGIN; DECLARE c CURSOR FOR SUBSCRIBE v1 WITH (SNAPSHOT){from};
+                 FETCH ALL c WITH (timeout = '1s'); COMMIT"
+            ),
+        )
+        .await;
+        rows.sort();
+        (client, rows)
+    };
     for (workers, kill) in [("1", true), ("1", false), ("3", true)] {
+        // An epoch, then a write after it: a subscription AS OF that epoch gets its snapshot
+        // and the write's changes, before the restart and after.
+        let (client, now) = as_of(server.connect().await, None).await;
+        let epoch = now[0][0].clone();
+        client.batch_execute(writes.next().unwrap()).await.unwrap();
+        check(client).await;
+        // Let a checkpoint cover it, so the restart restores from it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, before) = as_of(server.connect().await, Some(epoch.clone())).await;
+        assert!(before.iter().any(|r| r[0] != epoch), "{before:?}");
         if kill {
             server.kill();
         } else {
@@ -1161,7 +1188,7 @@ async fn views_stay_exact_when_the_number_of_workers_changes() {
         }
         server = EddyProcess::spawn(&data, &["--workers", workers], &[]);
         let client = check(server.connect().await).await;
-        client.batch_execute(writes.next().unwrap()).await.unwrap();
-        check(client).await;
+        let (_, after) = as_of(client, Some(epoch)).await;
+        assert_eq!(after, before, "v1 AS OF an epoch before the restart");
     }
 }

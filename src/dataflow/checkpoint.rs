@@ -137,6 +137,8 @@ pub struct Checkpointer {
     pub budget: Arc<ReplayBudget>,
     /// Objects whose stored state is to be deleted.
     pub dropped: Vec<ObjectId>,
+    /// Objects whose stored state is to be deleted except these parts (ascending).
+    pub stale_parts: Vec<(ObjectId, Vec<u32>)>,
     /// Encoders of tables' rows.
     pub codecs: HashMap<ObjectId, Arc<TableCodec>>,
     /// Whether anything changed since the last checkpoint.
@@ -186,6 +188,7 @@ impl Checkpointer {
             budget: setup.budget,
             changed: !setup.stale.is_empty(),
             dropped: setup.stale,
+            stale_parts: Vec::new(),
             codecs: HashMap::new(),
             lsn,
             restorable: setup.views.into_iter().map(|v| (v.id, v)).collect(),

@@ -830,7 +830,8 @@ impl Dataflow {
     /// its barrier. Returns the view's (consolidated) delta.
     /// `clock`: the epoch's time. `source_watermarks`: [`Dataflow::current_source_watermarks`]
     /// for this epoch.
-    /// `pool`: the workers that run a node's shards in parallel.
+    /// `pool`: the workers that run a node's shards in parallel. `into_view`: false to stop
+    /// before the view's Materialize node (its output is then dropped).
     fn step(
         &mut self,
         pool: Option<&rayon::ThreadPool>,
@@ -838,6 +839,7 @@ impl Dataflow {
         clock: i64,
         feed: &dyn Fn(Input) -> Vec<ZBatch>,
         source_watermarks: HashMap<Input, Watermarks>,
+        into_view: bool,
     ) -> Result<Vec<ZBatch>> {
         for (input, node) in &self.sources {
             let node = &mut self.nodes[*node];
@@ -867,8 +869,8 @@ impl Dataflow {
             *self.view.watermarks.lock() = all[self.spec.output()].clone();
             Some(all)
         };
-        let last = self.nodes.len() - 1;
-        for i in 0..self.nodes.len() {
+        let last = self.nodes.len() - if into_view { 1 } else { 2 };
+        for i in 0..=last {
             let inputs: Vec<&Watermarks> = match &watermarks {
                 Some(all) if i < all.len() => {
                     self.spec.nodes[i].inputs.iter().map(|n| &all[*n]).collect()
@@ -1307,6 +1309,9 @@ impl Worker {
             for id in dropped {
                 batch.clear_object(id);
             }
+            for (id, keep) in std::mem::take(&mut self.checkpoints.stale_parts) {
+                batch.clear_object_except(id, &keep);
+            }
             for record in records {
                 for (id, change) in record.iter() {
                     if let Some(codec) = self.codec(*id)? {
@@ -1351,6 +1356,7 @@ impl Worker {
                 id: df.id,
                 fingerprint: df.fingerprint,
                 history_oldest: oldest.0,
+                shards: self.shared.workers as u32,
             });
         }
         debug_assert_eq!(epoch.0, lsn.0);
@@ -1448,7 +1454,7 @@ impl Worker {
                     continue;
                 }
                 let feed = |input: Input| deltas.get(&input).cloned().unwrap_or_default();
-                guarded(|| df.step(pool.as_deref(), epoch, clock, &feed, watermarks))
+                guarded(|| df.step(pool.as_deref(), epoch, clock, &feed, watermarks, true))
             };
             match result.and_then(|delta| Ok((one_batch(&delta, &df.view)?, delta))) {
                 Ok((whole, delta)) => {
@@ -1492,12 +1498,16 @@ impl Worker {
         spec: &DataflowSpec,
         schema: SchemaRef,
     ) -> Result<()> {
-        let fingerprint = spec.fingerprint(self.shared.workers);
-        let stored = self
-            .checkpoints
-            .restorable
-            .remove(&id)
-            .filter(|v| v.fingerprint == fingerprint);
+        let workers = self.shared.workers;
+        let fingerprint = spec.fingerprint(workers);
+        // The same dataflow checkpointed with another number of shards: its view's contents
+        // and history are kept, its operators' state is rebuilt (it is split differently).
+        let mut resharded = false;
+        let stored = self.checkpoints.restorable.remove(&id).filter(|v| {
+            resharded = v.shards as usize != workers
+                && v.fingerprint == spec.fingerprint(v.shards as usize);
+            v.fingerprint == fingerprint || resharded
+        });
         let history = match &stored {
             Some(v) => ChangeHistory::restored(
                 Epoch(v.history_oldest),
@@ -1543,7 +1553,25 @@ impl Worker {
                 }
             }
         }
-        if stored.is_some() {
+        if resharded {
+            // The view's contents as of the checkpoint (where the runtime starts), and the
+            // operators' state from the tables at that same point: the backfill's output is
+            // those contents, so it is not applied again. The operators' old parts go at the
+            // next checkpoint; until their own state is durable they read nothing stored.
+            let last = df.nodes.len() - 1;
+            let source = StoreSource {
+                store: &self.checkpoints.store.clone(),
+                id,
+                part: last as u32,
+            };
+            guarded(|| df.nodes[last].shards[0].restore(&source))?;
+            self.backfill_operators(&mut df, false)?;
+            df.history_saved = self.committed.epoch;
+            self.checkpoints
+                .stale_parts
+                .push((id, vec![last as u32, HISTORY]));
+            self.checkpoints.changed = true;
+        } else if stored.is_some() {
             // Restore: every operator's state as of the checkpoint, which is where the
             // runtime starts.
             let store = self.checkpoints.store.clone();
@@ -1560,7 +1588,7 @@ impl Worker {
             df.stored_is_own = true;
             df.history_saved = self.committed.epoch;
         } else {
-            self.backfill(&mut df)?;
+            self.backfill_operators(&mut df, true)?;
             if id < TEMP_IDS {
                 // Whatever an earlier dataflow of this view stored is stale.
                 self.checkpoints.dropped.push(id);
@@ -1608,8 +1636,9 @@ impl Worker {
         Ok(TableStore::spilling(name, schema, &[], spill, base))
     }
 
-    /// Feeds a new dataflow its inputs' contents at the committed epoch, as inserts.
-    fn backfill(&mut self, df: &mut Dataflow) -> Result<()> {
+    /// Feeds a new dataflow its inputs' contents at the committed epoch, as inserts; their
+    /// result goes into the view unless `into_view` is false (it is there already).
+    fn backfill_operators(&mut self, df: &mut Dataflow, into_view: bool) -> Result<()> {
         let Committed { epoch, lsn } = self.committed;
         let mut initial: HashMap<Input, Vec<ZBatch>> = HashMap::new();
         for (input, _) in &df.sources {
@@ -1641,7 +1670,7 @@ impl Worker {
         };
         let watermarks = df.current_source_watermarks(&marks);
         let pool = self.pool.as_deref();
-        guarded(|| df.step(pool, epoch, self.clock, &feed, watermarks))?;
+        guarded(|| df.step(pool, epoch, self.clock, &feed, watermarks, into_view))?;
         Ok(())
     }
 

@@ -402,8 +402,10 @@ impl Engine {
             // why, and it can be dropped. Corrupt stored state does stop it.
             let outcome = match session.plan_view(&view).await {
                 Ok((spec, schema)) => {
+                    // With another number of workers the contents are restored and the
+                    // operators' state is rebuilt (see `Worker::create`).
                     let from_checkpoint = restorable.iter().any(|v| {
-                        v.id == view.id && v.fingerprint == spec.fingerprint(self.runtime.workers())
+                        v.id == view.id && v.fingerprint == spec.fingerprint(v.shards as usize)
                     });
                     self.runtime
                         .create_view(view.id, &view.name, spec, schema.clone())

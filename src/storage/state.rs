@@ -109,6 +109,14 @@ pub struct ViewCheckpoint {
     pub fingerprint: u64,
     /// Changes after this epoch are in the stored history.
     pub history_oldest: u64,
+    /// How many shards its operators' state is split into (see `dataflow::exchange`).
+    #[serde(default = "one_shard")]
+    pub shards: u32,
+}
+
+/// Checkpoints from before dataflows had shards.
+fn one_shard() -> u32 {
+    1
 }
 
 pub struct StateStore {
