@@ -1266,6 +1266,9 @@ impl Worker {
         let records = std::mem::take(&mut self.checkpoints.records);
         self.checkpoints.records_bytes = 0;
         let dropped = std::mem::take(&mut self.checkpoints.dropped);
+        // A full checkpoint clears them with the rest of their objects (their dataflows'
+        // stored state is not their own yet).
+        let stale_parts = std::mem::take(&mut self.checkpoints.stale_parts);
         if full {
             // Everything is rewritten except what operators that evict keep stored (they
             // rewrite their own changes since the last durable checkpoint over it) — unless
@@ -1309,7 +1312,7 @@ impl Worker {
             for id in dropped {
                 batch.clear_object(id);
             }
-            for (id, keep) in std::mem::take(&mut self.checkpoints.stale_parts) {
+            for (id, keep) in stale_parts {
                 batch.clear_object_except(id, &keep);
             }
             for record in records {
