@@ -640,7 +640,7 @@ impl NodeRt {
                     .partition(|(p, _)| *p == port);
                 let mine: Vec<ZBatch> = mine.into_iter().map(|(_, b)| b).collect();
                 *input = rest;
-                input.push((port, consolidate(&mine, schema)?));
+                input.push((port, ZBatch::consolidate(&mine, schema)?));
             }
         }
         let run_shard = |op: &mut Box<dyn Operator>, input: Vec<(usize, ZBatch)>| {
@@ -675,23 +675,6 @@ impl NodeRt {
                 .collect(),
         }
     }
-}
-
-/// [`ZBatch::consolidate`], also of rows without columns (`count(*)`'s input): all alike, so
-/// one row with the weights' sum.
-fn consolidate(batches: &[ZBatch], schema: &SchemaRef) -> Result<ZBatch> {
-    if !schema.fields().is_empty() {
-        return ZBatch::consolidate(batches, schema);
-    }
-    let sum: i64 = batches.iter().flat_map(|b| b.weights.values().iter()).sum();
-    let rows = usize::from(sum != 0);
-    let data = RecordBatch::try_new_with_options(
-        schema.clone(),
-        Vec::new(),
-        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?;
-    let weights = if rows == 0 { vec![] } else { vec![sum] };
-    Ok(ZBatch::new(data, weights.into()))
 }
 
 /// The key of shard `shard` of node `node`'s stored state (shard 0's is the node's, as it was
@@ -1505,12 +1488,11 @@ impl Worker {
         let fingerprint = spec.fingerprint(workers);
         // The same dataflow checkpointed with another number of shards: its view's contents
         // and history are kept, its operators' state is rebuilt (it is split differently).
-        let mut resharded = false;
-        let stored = self.checkpoints.restorable.remove(&id).filter(|v| {
-            resharded = v.shards as usize != workers
-                && v.fingerprint == spec.fingerprint(v.shards as usize);
-            v.fingerprint == fingerprint || resharded
+        let stored = self.checkpoints.restorable.remove(&id);
+        let resharded = stored.as_ref().is_some_and(|v| {
+            v.shards as usize != workers && v.fingerprint == spec.fingerprint(v.shards as usize)
         });
+        let stored = stored.filter(|v| v.fingerprint == fingerprint || resharded);
         let history = match &stored {
             Some(v) => ChangeHistory::restored(
                 Epoch(v.history_oldest),

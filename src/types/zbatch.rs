@@ -170,8 +170,20 @@ impl ZBatch {
     }
 
     /// Sums the weights of identical rows and drops rows whose weight is zero, so that
-    /// `(row, +1)` and `(row, -1)` cancel. Output order follows first appearance.
+    /// `(row, +1)` and `(row, -1)` cancel. Output order follows first appearance. Rows without
+    /// columns (`count(*)`'s input) are all alike: one row with the weights' sum.
     pub fn consolidate(batches: &[ZBatch], schema: &SchemaRef) -> Result<ZBatch> {
+        if schema.fields().is_empty() {
+            let sum: i64 = batches.iter().flat_map(|b| b.weights.values().iter()).sum();
+            let rows = usize::from(sum != 0);
+            let data = RecordBatch::try_new_with_options(
+                schema.clone(),
+                Vec::new(),
+                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+            )?;
+            let weights = if rows == 0 { vec![] } else { vec![sum] };
+            return Ok(ZBatch::new(data, weights.into()));
+        }
         let data = concat_batches(schema, batches.iter().map(|b| &b.data))?;
         let weights: Vec<i64> = batches
             .iter()
@@ -248,6 +260,22 @@ mod tests {
         assert_eq!(names.iter().collect::<Vec<_>>(), vec![Some("x"), Some("z")]);
         assert_eq!(c.weights.values().to_vec(), vec![2, 1]);
         assert_eq!(c.expand_positive().unwrap().num_rows(), 3);
+    }
+
+    #[test]
+    fn consolidate_rows_without_columns_sums_their_weights() {
+        let schema = Arc::new(Schema::empty());
+        let rows = |weights: &[i64]| {
+            let options = datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(weights.len()));
+            let data =
+                RecordBatch::try_new_with_options(schema.clone(), Vec::new(), &options).unwrap();
+            ZBatch::new(data, Int64Array::from(weights.to_vec()))
+        };
+        let c = ZBatch::consolidate(&[rows(&[1, 1, -1]), rows(&[1])], &schema).unwrap();
+        assert_eq!((c.num_rows(), c.weights.values().to_vec()), (1, vec![2]));
+        let gone = ZBatch::consolidate(&[rows(&[1]), rows(&[-1])], &schema).unwrap();
+        assert_eq!(gone.num_rows(), 0);
     }
 
     #[test]
