@@ -50,6 +50,8 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const IO_ERROR: &str = "58030";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+    pub const INVALID_SCHEMA_NAME: &str = "3F000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const DATA_CORRUPTED: &str = "XX001";

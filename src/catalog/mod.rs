@@ -138,6 +138,11 @@ pub struct ViewDef {
     pub query: String,
     /// Output column names (from the query, or the column list of the CREATE statement).
     pub columns: Vec<String>,
+    /// Output column types, fixed when the view is created (as in PostgreSQL), for the
+    /// catalogs (`pg_attribute`, `information_schema.columns`). Empty for views created before
+    /// Eddy recorded them: those report their running schema (materialized) or `text`.
+    #[serde(default)]
+    pub column_types: Vec<SqlType>,
     /// Tables and views the query reads.
     pub depends_on: Vec<ObjectId>,
     /// `EMIT ON WINDOW CLOSE`: rows appear once, final, when the watermark passes them.

@@ -22,7 +22,9 @@ mod admission;
 pub mod clock;
 mod convert;
 mod dml;
+mod information_schema;
 mod pg_catalog;
+mod pg_functions;
 mod provider;
 mod session;
 mod sources;
@@ -216,6 +218,7 @@ impl Engine {
     /// Opens the data directory: loads the catalog and the last checkpoint's tables, and reads
     /// the log after it (applied by [`Engine::start`]).
     pub fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        pg_functions::note_start();
         let started = std::time::Instant::now();
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)

@@ -1,47 +1,66 @@
-//! `pg_catalog`: the PostgreSQL system catalogs that psql and drivers read, generated from
-//! Eddy's catalog each time they are scanned, plus the catalog functions they call
-//! (`pg_get_userbyid`, `pg_table_is_visible`, `format_type`, …).
+//! `pg_catalog`: the PostgreSQL system catalogs that psql, drivers, GUI clients and Grafana
+//! read, generated from Eddy's catalog each time they are scanned. The functions they call
+//! (`format_type`, `pg_get_viewdef`, …) are in `pg_functions`; `information_schema` is built
+//! from the same [`Relation`]s.
 //!
-//! Object ids: namespace `pg_catalog` = 11, `public` = 2200; table `id` has oid
-//! `16384 + 2·id` and its primary key index `16385 + 2·id`; type oids are PostgreSQL's.
+//! Object ids: namespaces `pg_catalog` = 11, `public` = 2200, `information_schema` = 13000,
+//! `eddy_catalog` = 13500; a table, view or materialized view `id` has oid `16384 + 2·id` and a
+//! table's primary key index `16385 + 2·id`; catalog tables keep PostgreSQL's oids where they
+//! have fixed ones; type oids are PostgreSQL's.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
-use datafusion::common::{ScalarValue, cast::as_int64_array};
+use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
-use datafusion::prelude::SessionContext;
+use parking_lot::Mutex;
 
 use super::Engine;
-use crate::catalog::{ColumnDef, TableDef};
+use crate::catalog::TableDef;
 use crate::types::SqlType;
 
 pub const PG_CATALOG_NS: i64 = 11;
 pub const PUBLIC_NS: i64 = 2200;
 pub const INFORMATION_SCHEMA_NS: i64 = 13_000;
-const OWNER: i64 = 10;
+pub const EDDY_CATALOG_NS: i64 = 13_500;
+pub const OWNER: i64 = 10;
+pub const DATABASE_OID: i64 = 16_383;
+pub const DATABASE: &str = "eddy";
+
+/// A session's settings (`SET`, `SHOW`, `current_setting`, `pg_settings`), shared by the
+/// session and its catalog.
+pub type Settings = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// The namespaces, by oid.
+pub const NAMESPACES: &[(i64, &str)] = &[
+    (PG_CATALOG_NS, "pg_catalog"),
+    (PUBLIC_NS, "public"),
+    (INFORMATION_SCHEMA_NS, "information_schema"),
+    (EDDY_CATALOG_NS, super::system::SCHEMA),
+];
+
+pub fn namespace_name(oid: i64) -> &'static str {
+    NAMESPACES
+        .iter()
+        .find(|(o, _)| *o == oid)
+        .map_or("public", |(_, n)| n)
+}
 
 pub fn table_oid(def: &TableDef) -> i64 {
-    16_384 + 2 * def.id as i64
+    object_oid(def.id)
+}
+
+pub fn object_oid(id: crate::types::ObjectId) -> i64 {
+    16_384 + 2 * id as i64
 }
 
 fn index_oid(def: &TableDef) -> i64 {
     table_oid(def) + 1
-}
-
-/// The primary key's column numbers (1-based, as pg_index.indkey and pg_constraint.conkey).
-fn key_attnums(def: &TableDef) -> Vec<String> {
-    def.primary_key
-        .iter()
-        .map(|k| (k + 1).to_string())
-        .collect()
 }
 
 /// PostgreSQL's type oid and typmod for a column type.
@@ -69,31 +88,49 @@ pub fn type_oid(t: SqlType) -> (i64, i32) {
     }
 }
 
-/// (oid, name, len, category) of the types Eddy has, for pg_type.
-const TYPES: &[(i64, &str, i64, &str)] = &[
-    (16, "bool", 1, "B"),
-    (17, "bytea", -1, "U"),
-    (20, "int8", 8, "N"),
-    (21, "int2", 2, "N"),
-    (23, "int4", 4, "N"),
-    (25, "text", -1, "S"),
-    (700, "float4", 4, "N"),
-    (701, "float8", 8, "N"),
-    (1043, "varchar", -1, "S"),
-    (1082, "date", 4, "D"),
-    (1083, "time", 8, "D"),
-    (1114, "timestamp", 8, "D"),
-    (1184, "timestamptz", 8, "D"),
-    (1186, "interval", 16, "T"),
-    (1700, "numeric", -1, "N"),
-    (26, "oid", 4, "N"),
-    (19, "name", 64, "S"),
-    (18, "char", 1, "S"),
+/// A type in `pg_type`: oid, name, length, category, and its array type's oid.
+pub struct PgType {
+    pub oid: i64,
+    pub name: &'static str,
+    pub len: i64,
+    pub category: &'static str,
+    pub array: i64,
+}
+
+const fn ty(oid: i64, name: &'static str, len: i64, category: &'static str, array: i64) -> PgType {
+    PgType {
+        oid,
+        name,
+        len,
+        category,
+        array,
+    }
+}
+
+/// The types Eddy has, plus those its catalogs use (`oid`, `name`, `"char"`).
+pub const TYPES: &[PgType] = &[
+    ty(16, "bool", 1, "B", 1000),
+    ty(17, "bytea", -1, "U", 1001),
+    ty(20, "int8", 8, "N", 1016),
+    ty(21, "int2", 2, "N", 1005),
+    ty(23, "int4", 4, "N", 1007),
+    ty(25, "text", -1, "S", 1009),
+    ty(700, "float4", 4, "N", 1021),
+    ty(701, "float8", 8, "N", 1022),
+    ty(1043, "varchar", -1, "S", 1015),
+    ty(1082, "date", 4, "D", 1182),
+    ty(1083, "time", 8, "D", 1183),
+    ty(1114, "timestamp", 8, "D", 1115),
+    ty(1184, "timestamptz", 8, "D", 1185),
+    ty(1186, "interval", 16, "T", 1187),
+    ty(1700, "numeric", -1, "N", 1231),
+    ty(26, "oid", 4, "N", 1028),
+    ty(19, "name", 64, "S", 1003),
+    ty(18, "char", 1, "S", 1002),
 ];
 
-/// `format_type(oid, typmod)` as PostgreSQL prints it: the inverse of [`type_oid`], printed by
-/// `SqlType`'s Display (which follows `format_type`), plus the catalog-only types.
-fn format_type(oid: i64, typmod: i64) -> Option<String> {
+/// The SQL type of an oid (the types a column can have), with a typmod.
+fn sql_type_of(oid: i64, typmod: i64) -> Option<SqlType> {
     const ALL: [SqlType; 15] = [
         SqlType::Boolean,
         SqlType::SmallInt,
@@ -112,63 +149,955 @@ fn format_type(oid: i64, typmod: i64) -> Option<String> {
         SqlType::Interval,
     ];
     let m = typmod - 4;
-    let t = ALL.into_iter().find(|t| type_oid(*t).0 == oid);
+    let t = ALL.into_iter().find(|t| type_oid(*t).0 == oid)?;
     Some(match t {
-        Some(SqlType::Varchar(_)) if m >= 0 => SqlType::Varchar(Some(m as u32)).to_string(),
-        Some(SqlType::Numeric(_)) if m >= 0 => {
-            SqlType::Numeric(Some(((m >> 16) as u8, (m & 0xffff) as i8))).to_string()
+        SqlType::Varchar(_) if m >= 0 => SqlType::Varchar(Some(m as u32)),
+        SqlType::Numeric(_) if m >= 0 => {
+            SqlType::Numeric(Some(((m >> 16) as u8, (m & 0xffff) as i8)))
         }
-        Some(t) => t.to_string(),
-        None => match oid {
-            18 => "\"char\"".into(),
-            19 => "name".into(),
-            26 => "oid".into(),
-            _ => return None,
-        },
+        t => t,
     })
 }
 
-/// A small in-memory table built from rows of scalars.
-struct Builder {
+/// `format_type(oid, typmod)` as PostgreSQL prints it: the inverse of [`type_oid`], printed by
+/// `SqlType`'s Display (which follows `format_type`), plus the catalog-only and array types.
+pub fn format_type(oid: i64, typmod: i64) -> Option<String> {
+    if let Some(t) = sql_type_of(oid, typmod) {
+        return Some(t.to_string());
+    }
+    if let Some(elem) = TYPES.iter().find(|t| t.array == oid) {
+        return format_type(elem.oid, -1).map(|e| format!("{e}[]"));
+    }
+    Some(
+        match oid {
+            18 => "\"char\"",
+            19 => "name",
+            26 => "oid",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// The type oid of an Arrow type, for the columns of catalog and system tables.
+fn arrow_type_oid(t: &DataType) -> (i64, i32) {
+    match t {
+        DataType::List(f) => {
+            let elem = arrow_type_oid(f.data_type()).0;
+            (
+                TYPES
+                    .iter()
+                    .find(|t| t.oid == elem)
+                    .map_or(1009, |t| t.array),
+                -1,
+            )
+        }
+        t => SqlType::from_arrow(t).map_or((25, -1), type_oid),
+    }
+}
+
+/// A column of a relation, as `pg_attribute` and `information_schema.columns` show it.
+pub struct Attribute {
+    pub name: String,
+    pub type_oid: i64,
+    pub typmod: i32,
+    pub not_null: bool,
+}
+
+impl Attribute {
+    fn of_arrow(f: &Field) -> Attribute {
+        let (type_oid, typmod) = arrow_type_oid(f.data_type());
+        Attribute {
+            name: f.name().clone(),
+            type_oid,
+            typmod,
+            not_null: !f.is_nullable(),
+        }
+    }
+
+    fn of_sql(name: &str, t: SqlType, not_null: bool) -> Attribute {
+        let (type_oid, typmod) = type_oid(t);
+        Attribute {
+            name: name.to_string(),
+            type_oid,
+            typmod,
+            not_null,
+        }
+    }
+
+    /// The SQL type, for user relations' columns.
+    pub fn sql_type(&self) -> Option<SqlType> {
+        sql_type_of(self.type_oid, self.typmod as i64)
+    }
+}
+
+/// What a relation is (`pg_class.relkind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelKind {
+    Table,
+    View,
+    MaterializedView,
+    Index,
+}
+
+impl RelKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            RelKind::Table => "r",
+            RelKind::View => "v",
+            RelKind::MaterializedView => "m",
+            RelKind::Index => "i",
+        }
+    }
+}
+
+/// A relation as the catalogs show it: a table, view, materialized view or primary key index
+/// of the user's, or a catalog or system table.
+pub struct Relation {
+    pub oid: i64,
+    pub name: String,
+    pub namespace: i64,
+    pub kind: RelKind,
+    pub columns: Vec<Attribute>,
+    /// Column positions (0-based) of the primary key, for tables that have one.
+    pub primary_key: Vec<usize>,
+    /// Rows now (tables, materialized views), an estimate for `reltuples`.
+    pub rows: f64,
+    /// The defining query (views).
+    pub definition: Option<String>,
+    /// For an index: the table it indexes.
+    pub indexed: Option<i64>,
+    /// Relations a view reads.
+    pub depends_on: Vec<i64>,
+}
+
+impl Relation {
+    pub fn schema(&self) -> &'static str {
+        namespace_name(self.namespace)
+    }
+
+    /// The name of the primary key's index and constraint.
+    pub fn pkey_name(&self) -> String {
+        format!("{}_pkey", self.name)
+    }
+
+    /// An estimate of the bytes the relation's rows take: rows × the columns' widths, with
+    /// 32 bytes for a variable-length value.
+    pub fn estimated_bytes(&self) -> i64 {
+        let width: i64 = self
+            .columns
+            .iter()
+            .map(|c| {
+                TYPES
+                    .iter()
+                    .find(|t| t.oid == c.type_oid)
+                    .map_or(32, |t| if t.len > 0 { t.len } else { 32 })
+            })
+            .sum();
+        (self.rows as i64) * width
+    }
+}
+
+/// Every relation the catalogs list, in oid order within each namespace.
+pub fn relations(engine: &Arc<Engine>) -> Vec<Relation> {
+    let catalog = engine.catalog();
+    let mut out = Vec::new();
+    for def in catalog.tables() {
+        let rows = engine.row_count(def.id) as f64;
+        out.push(Relation {
+            oid: table_oid(def),
+            name: def.name.clone(),
+            namespace: PUBLIC_NS,
+            kind: RelKind::Table,
+            columns: def
+                .columns
+                .iter()
+                .map(|c| Attribute::of_sql(&c.name, c.sql_type, c.not_null))
+                .collect(),
+            primary_key: def.primary_key.clone(),
+            rows,
+            definition: None,
+            indexed: None,
+            depends_on: vec![],
+        });
+        if !def.primary_key.is_empty() {
+            out.push(Relation {
+                oid: index_oid(def),
+                name: format!("{}_pkey", def.name),
+                namespace: PUBLIC_NS,
+                kind: RelKind::Index,
+                columns: def
+                    .primary_key
+                    .iter()
+                    .map(|k| &def.columns[*k])
+                    .map(|c| Attribute::of_sql(&c.name, c.sql_type, false))
+                    .collect(),
+                primary_key: vec![],
+                rows,
+                definition: None,
+                indexed: Some(table_oid(def)),
+                depends_on: vec![],
+            });
+        }
+    }
+    for v in catalog.views() {
+        let state = engine.view_state(v.id).filter(|_| v.materialized);
+        let columns = if v.column_types.len() == v.columns.len() {
+            v.columns
+                .iter()
+                .zip(&v.column_types)
+                .map(|(name, t)| Attribute::of_sql(name, *t, false))
+                .collect()
+        } else if let Some(state) = &state {
+            state
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| Attribute::of_arrow(f))
+                .collect()
+        } else {
+            v.columns
+                .iter()
+                .map(|name| Attribute::of_sql(name, SqlType::Text, false))
+                .collect()
+        };
+        out.push(Relation {
+            oid: object_oid(v.id),
+            name: v.name.clone(),
+            namespace: PUBLIC_NS,
+            kind: if v.materialized {
+                RelKind::MaterializedView
+            } else {
+                RelKind::View
+            },
+            columns,
+            primary_key: vec![],
+            rows: state.map_or(0, |s| s.rows()) as f64,
+            definition: Some(v.query.clone()),
+            indexed: None,
+            depends_on: v.depends_on.iter().map(|id| object_oid(*id)).collect(),
+        });
+    }
+    for (n, name) in TABLE_NAMES.iter().enumerate() {
+        out.push(Relation {
+            oid: catalog_table_oid(name).unwrap_or(12_000 + n as i64),
+            name: name.to_string(),
+            namespace: PG_CATALOG_NS,
+            kind: if CATALOG_VIEWS.contains(name) {
+                RelKind::View
+            } else {
+                RelKind::Table
+            },
+            columns: columns(name)
+                .unwrap_or_default()
+                .iter()
+                .map(|(c, t)| Attribute::of_arrow(&Field::new(*c, t.data_type(), true)))
+                .collect(),
+            primary_key: vec![],
+            rows: 0.0,
+            definition: None,
+            indexed: None,
+            depends_on: vec![],
+        });
+    }
+    for (n, name) in super::information_schema::TABLE_NAMES.iter().enumerate() {
+        out.push(Relation {
+            oid: 13_001 + n as i64,
+            name: name.to_string(),
+            namespace: INFORMATION_SCHEMA_NS,
+            kind: RelKind::View,
+            columns: super::information_schema::columns(name)
+                .iter()
+                .map(Attribute::of_arrow)
+                .collect(),
+            primary_key: vec![],
+            rows: 0.0,
+            definition: None,
+            indexed: None,
+            depends_on: vec![],
+        });
+    }
+    for (n, (name, schema)) in super::system::schemas(engine.clone()).iter().enumerate() {
+        out.push(Relation {
+            oid: 13_501 + n as i64,
+            name: name.to_string(),
+            namespace: EDDY_CATALOG_NS,
+            kind: RelKind::View,
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| Attribute::of_arrow(f))
+                .collect(),
+            primary_key: vec![],
+            rows: 0.0,
+            definition: None,
+            indexed: None,
+            depends_on: vec![],
+        });
+    }
+    out
+}
+
+/// Oids PostgreSQL fixes for its catalog tables (`'pg_catalog.pg_class'::regclass`).
+fn catalog_table_oid(name: &str) -> Option<i64> {
+    Some(match name {
+        "pg_type" => 1247,
+        "pg_attribute" => 1249,
+        "pg_proc" => 1255,
+        "pg_class" => 1259,
+        "pg_database" => 1262,
+        "pg_tablespace" => 1213,
+        "pg_shdescription" => 2396,
+        "pg_am" => 2601,
+        "pg_attrdef" => 2604,
+        "pg_constraint" => 2606,
+        "pg_depend" => 2608,
+        "pg_description" => 2609,
+        "pg_index" => 2610,
+        "pg_inherits" => 2611,
+        "pg_namespace" => 2615,
+        "pg_trigger" => 2620,
+        "pg_extension" => 3079,
+        "pg_policy" => 3256,
+        "pg_statistic_ext" => 3381,
+        "pg_collation" => 3456,
+        "pg_enum" => 3501,
+        "pg_range" => 3541,
+        "pg_publication" => 6104,
+        "pg_publication_rel" => 6106,
+        "pg_publication_namespace" => 6237,
+        "pg_rewrite" => 2618,
+        _ => return None,
+    })
+}
+
+/// The oid of a relation named as `'name'::regclass` would look it up: optionally
+/// schema-qualified, optionally quoted.
+pub fn regclass(engine: &Arc<Engine>, name: &str) -> Option<i64> {
+    let (schema, rel) = split_qualified(name);
+    relations(engine)
+        .into_iter()
+        .find(|r| {
+            r.name == rel
+                && match &schema {
+                    Some(s) => r.schema() == s,
+                    None => [PUBLIC_NS, PG_CATALOG_NS].contains(&r.namespace),
+                }
+        })
+        .map(|r| r.oid)
+}
+
+/// `schema.name`, `"Quoted"."Name"`, or `name` (folded to lower case unless quoted).
+pub fn split_qualified(name: &str) -> (Option<String>, String) {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    let mut chars = name.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                current.push('"');
+            }
+            '"' => {
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            '.' if !quoted => {
+                parts.push(std::mem::take(&mut current));
+                was_quoted = false;
+            }
+            c if quoted || was_quoted => current.push(c),
+            c => current.extend(c.to_lowercase()),
+        }
+    }
+    parts.push(current);
+    let rel = parts.pop().unwrap_or_default();
+    (parts.pop(), rel)
+}
+
+/// Column types of the catalog tables.
+#[derive(Clone, Copy)]
+enum Ty {
+    Int,
+    Int4,
+    Text,
+    Bool,
+    Float,
+    TextList,
+    IntList,
+}
+
+impl Ty {
+    fn data_type(self) -> DataType {
+        match self {
+            Ty::Int => DataType::Int64,
+            Ty::Int4 => DataType::Int32,
+            Ty::Text => DataType::Utf8,
+            Ty::Bool => DataType::Boolean,
+            Ty::Float => DataType::Float64,
+            Ty::TextList => list_of(DataType::Utf8),
+            Ty::IntList => list_of(DataType::Int64),
+        }
+    }
+}
+
+fn list_of(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", t, true)))
+}
+
+use Ty::{Bool, Float, Int, Int4, IntList, Text, TextList};
+
+const TABLE_NAMES: &[&str] = &[
+    "pg_am",
+    "pg_attrdef",
+    "pg_attribute",
+    "pg_auth_members",
+    "pg_class",
+    "pg_collation",
+    "pg_constraint",
+    "pg_database",
+    "pg_depend",
+    "pg_description",
+    "pg_enum",
+    "pg_extension",
+    "pg_index",
+    "pg_indexes",
+    "pg_inherits",
+    "pg_matviews",
+    "pg_namespace",
+    "pg_policy",
+    "pg_proc",
+    "pg_publication",
+    "pg_publication_namespace",
+    "pg_publication_rel",
+    "pg_range",
+    "pg_rewrite",
+    "pg_roles",
+    "pg_settings",
+    "pg_shdescription",
+    "pg_statistic_ext",
+    "pg_tables",
+    "pg_tablespace",
+    "pg_trigger",
+    "pg_type",
+    "pg_user",
+    "pg_views",
+];
+
+/// The catalogs that are views in PostgreSQL.
+const CATALOG_VIEWS: &[&str] = &[
+    "pg_indexes",
+    "pg_matviews",
+    "pg_roles",
+    "pg_settings",
+    "pg_tables",
+    "pg_user",
+    "pg_views",
+];
+
+/// The columns of each catalog table.
+fn columns(name: &str) -> Option<&'static [(&'static str, Ty)]> {
+    Some(match name {
+        "pg_namespace" => &[
+            ("oid", Int),
+            ("nspname", Text),
+            ("nspowner", Int),
+            ("nspacl", TextList),
+        ],
+        "pg_class" => &[
+            ("oid", Int),
+            ("relname", Text),
+            ("relnamespace", Int),
+            ("reltype", Int),
+            ("reloftype", Int),
+            ("relowner", Int),
+            ("relam", Int),
+            ("relfilenode", Int),
+            ("reltablespace", Int),
+            ("relpages", Int),
+            ("reltuples", Float),
+            ("relallvisible", Int),
+            ("reltoastrelid", Int),
+            ("relhasindex", Bool),
+            ("relisshared", Bool),
+            ("relpersistence", Text),
+            ("relkind", Text),
+            ("relnatts", Int),
+            ("relchecks", Int),
+            ("relhasrules", Bool),
+            ("relhastriggers", Bool),
+            ("relhassubclass", Bool),
+            ("relrowsecurity", Bool),
+            ("relforcerowsecurity", Bool),
+            ("relispopulated", Bool),
+            ("relreplident", Text),
+            ("relispartition", Bool),
+            ("relrewrite", Int),
+            ("relfrozenxid", Int),
+            ("relminmxid", Int),
+            ("relacl", TextList),
+            ("reloptions", TextList),
+            ("relpartbound", Text),
+        ],
+        "pg_am" => &[
+            ("oid", Int),
+            ("amname", Text),
+            ("amhandler", Text),
+            ("amtype", Text),
+        ],
+        "pg_attribute" => &[
+            ("attrelid", Int),
+            ("attname", Text),
+            ("atttypid", Int),
+            ("attstattarget", Int),
+            ("attlen", Int),
+            ("attnum", Int),
+            ("attndims", Int),
+            ("attcacheoff", Int),
+            ("atttypmod", Int),
+            ("attbyval", Bool),
+            ("attalign", Text),
+            ("attstorage", Text),
+            ("attcompression", Text),
+            ("attnotnull", Bool),
+            ("atthasdef", Bool),
+            ("atthasmissing", Bool),
+            ("attidentity", Text),
+            ("attgenerated", Text),
+            ("attisdropped", Bool),
+            ("attislocal", Bool),
+            ("attinhcount", Int),
+            ("attcollation", Int),
+            ("attacl", TextList),
+            ("attoptions", TextList),
+            ("attfdwoptions", TextList),
+            ("attmissingval", Text),
+        ],
+        "pg_type" => &[
+            ("oid", Int),
+            ("typname", Text),
+            ("typnamespace", Int),
+            ("typowner", Int),
+            ("typlen", Int),
+            ("typbyval", Bool),
+            ("typtype", Text),
+            ("typcategory", Text),
+            ("typispreferred", Bool),
+            ("typisdefined", Bool),
+            ("typdelim", Text),
+            ("typrelid", Int),
+            ("typsubscript", Text),
+            ("typelem", Int),
+            ("typarray", Int),
+            ("typinput", Text),
+            ("typoutput", Text),
+            ("typreceive", Text),
+            ("typsend", Text),
+            ("typmodin", Text),
+            ("typmodout", Text),
+            ("typanalyze", Text),
+            ("typalign", Text),
+            ("typstorage", Text),
+            ("typnotnull", Bool),
+            ("typbasetype", Int),
+            ("typtypmod", Int),
+            ("typndims", Int),
+            ("typcollation", Int),
+            ("typdefaultbin", Text),
+            ("typdefault", Text),
+            ("typacl", TextList),
+        ],
+        "pg_index" => &[
+            ("indexrelid", Int),
+            ("indrelid", Int),
+            ("indnatts", Int),
+            ("indnkeyatts", Int),
+            ("indisunique", Bool),
+            ("indnullsnotdistinct", Bool),
+            ("indisprimary", Bool),
+            ("indisexclusion", Bool),
+            ("indimmediate", Bool),
+            ("indisclustered", Bool),
+            ("indisvalid", Bool),
+            ("indcheckxmin", Bool),
+            ("indisready", Bool),
+            ("indislive", Bool),
+            ("indisreplident", Bool),
+            ("indkey", Text),
+            ("indcollation", Text),
+            ("indclass", Text),
+            ("indoption", Text),
+            ("indexprs", Text),
+            ("indpred", Text),
+        ],
+        "pg_constraint" => &[
+            ("oid", Int),
+            ("conname", Text),
+            ("connamespace", Int),
+            ("contype", Text),
+            ("condeferrable", Bool),
+            ("condeferred", Bool),
+            ("convalidated", Bool),
+            ("conrelid", Int),
+            ("contypid", Int),
+            ("conindid", Int),
+            ("conparentid", Int),
+            ("confrelid", Int),
+            ("confupdtype", Text),
+            ("confdeltype", Text),
+            ("confmatchtype", Text),
+            ("conislocal", Bool),
+            ("coninhcount", Int),
+            ("connoinherit", Bool),
+            ("conkey", IntList),
+            ("confkey", IntList),
+            ("conbin", Text),
+        ],
+        "pg_attrdef" => &[
+            ("oid", Int),
+            ("adrelid", Int),
+            ("adnum", Int),
+            ("adbin", Text),
+        ],
+        "pg_collation" => &[
+            ("oid", Int),
+            ("collname", Text),
+            ("collnamespace", Int),
+            ("collowner", Int),
+            ("collprovider", Text),
+            ("collisdeterministic", Bool),
+            ("collencoding", Int),
+            ("collcollate", Text),
+            ("collctype", Text),
+        ],
+        "pg_inherits" => &[
+            ("inhrelid", Int),
+            ("inhparent", Int),
+            ("inhseqno", Int),
+            ("inhdetachpending", Bool),
+        ],
+        "pg_policy" => &[
+            ("oid", Int),
+            ("polname", Text),
+            ("polrelid", Int),
+            ("polcmd", Text),
+            ("polpermissive", Bool),
+            // oid[] in PostgreSQL; text here, which psql compares with '{0}' (Eddy has no
+            // policies).
+            ("polroles", Text),
+            ("polqual", Text),
+            ("polwithcheck", Text),
+        ],
+        "pg_statistic_ext" => &[
+            ("oid", Int),
+            ("stxrelid", Int),
+            ("stxname", Text),
+            ("stxnamespace", Int),
+            ("stxowner", Int),
+            ("stxstattarget", Int),
+            ("stxkeys", Text),
+            ("stxkind", TextList),
+            ("stxexprs", Text),
+        ],
+        "pg_publication" => &[
+            ("oid", Int),
+            ("pubname", Text),
+            ("pubowner", Int),
+            ("puballtables", Bool),
+            ("pubinsert", Bool),
+            ("pubupdate", Bool),
+            ("pubdelete", Bool),
+            ("pubtruncate", Bool),
+            ("pubviaroot", Bool),
+        ],
+        "pg_publication_rel" => &[
+            ("oid", Int),
+            ("prpubid", Int),
+            ("prrelid", Int),
+            ("prqual", Text),
+            ("prattrs", Text),
+        ],
+        "pg_publication_namespace" => &[("oid", Int), ("pnpubid", Int), ("pnnspid", Int)],
+        "pg_trigger" => &[
+            ("oid", Int),
+            ("tgrelid", Int),
+            ("tgparentid", Int),
+            ("tgname", Text),
+            ("tgfoid", Int),
+            ("tgtype", Int),
+            ("tgenabled", Text),
+            ("tgisinternal", Bool),
+            ("tgconstrrelid", Int),
+            ("tgconstrindid", Int),
+            ("tgconstraint", Int),
+            ("tgdeferrable", Bool),
+            ("tginitdeferred", Bool),
+            ("tgnargs", Int),
+        ],
+        "pg_description" => &[
+            ("objoid", Int),
+            ("classoid", Int),
+            ("objsubid", Int),
+            ("description", Text),
+        ],
+        "pg_rewrite" => &[
+            ("oid", Int),
+            ("rulename", Text),
+            ("ev_class", Int),
+            ("ev_type", Text),
+            ("ev_enabled", Text),
+            ("is_instead", Bool),
+            ("ev_qual", Text),
+            ("ev_action", Text),
+        ],
+        "pg_shdescription" => &[("objoid", Int), ("classoid", Int), ("description", Text)],
+        "pg_depend" => &[
+            ("classid", Int),
+            ("objid", Int),
+            ("objsubid", Int),
+            ("refclassid", Int),
+            ("refobjid", Int),
+            ("refobjsubid", Int),
+            ("deptype", Text),
+        ],
+        "pg_proc" => &[
+            ("oid", Int),
+            ("proname", Text),
+            ("pronamespace", Int),
+            ("proowner", Int),
+            ("prolang", Int),
+            ("procost", Float),
+            ("prorows", Float),
+            ("provariadic", Int),
+            ("prosupport", Text),
+            ("prokind", Text),
+            ("prosecdef", Bool),
+            ("proleakproof", Bool),
+            ("proisstrict", Bool),
+            ("proretset", Bool),
+            ("provolatile", Text),
+            ("proparallel", Text),
+            ("pronargs", Int),
+            ("pronargdefaults", Int),
+            ("prorettype", Int),
+            ("proargtypes", Text),
+            ("proallargtypes", IntList),
+            ("proargmodes", TextList),
+            ("proargnames", TextList),
+            ("proargdefaults", Text),
+            ("prosrc", Text),
+            ("probin", Text),
+            ("proconfig", TextList),
+            ("proacl", TextList),
+        ],
+        "pg_database" => &[
+            ("oid", Int),
+            ("datname", Text),
+            ("datdba", Int),
+            ("encoding", Int),
+            ("datlocprovider", Text),
+            ("datistemplate", Bool),
+            ("datallowconn", Bool),
+            ("datconnlimit", Int),
+            ("datfrozenxid", Int),
+            ("datminmxid", Int),
+            ("dattablespace", Int),
+            ("datcollate", Text),
+            ("datctype", Text),
+            ("daticulocale", Text),
+            ("datcollversion", Text),
+            ("datacl", TextList),
+        ],
+        "pg_tablespace" => &[
+            ("oid", Int),
+            ("spcname", Text),
+            ("spcowner", Int),
+            ("spcacl", TextList),
+            ("spcoptions", TextList),
+        ],
+        "pg_extension" => &[
+            ("oid", Int),
+            ("extname", Text),
+            ("extowner", Int),
+            ("extnamespace", Int),
+            ("extrelocatable", Bool),
+            ("extversion", Text),
+            ("extconfig", IntList),
+            ("extcondition", TextList),
+        ],
+        "pg_enum" => &[
+            ("oid", Int),
+            ("enumtypid", Int),
+            ("enumsortorder", Float),
+            ("enumlabel", Text),
+        ],
+        "pg_range" => &[
+            ("rngtypid", Int),
+            ("rngsubtype", Int),
+            ("rngmultitypid", Int),
+            ("rngcollation", Int),
+            ("rngsubopc", Int),
+            ("rngcanonical", Text),
+            ("rngsubdiff", Text),
+        ],
+        "pg_roles" => &[
+            ("rolname", Text),
+            ("rolsuper", Bool),
+            ("rolinherit", Bool),
+            ("rolcreaterole", Bool),
+            ("rolcreatedb", Bool),
+            ("rolcanlogin", Bool),
+            ("rolreplication", Bool),
+            ("rolconnlimit", Int),
+            ("rolpassword", Text),
+            ("rolvaliduntil", Text),
+            ("rolbypassrls", Bool),
+            ("rolconfig", TextList),
+            ("oid", Int),
+        ],
+        "pg_user" => &[
+            ("usename", Text),
+            ("usesysid", Int),
+            ("usecreatedb", Bool),
+            ("usesuper", Bool),
+            ("userepl", Bool),
+            ("usebypassrls", Bool),
+            ("passwd", Text),
+            ("valuntil", Text),
+            ("useconfig", TextList),
+        ],
+        "pg_auth_members" => &[
+            ("oid", Int),
+            ("roleid", Int),
+            ("member", Int),
+            ("grantor", Int),
+            ("admin_option", Bool),
+        ],
+        "pg_settings" => &[
+            ("name", Text),
+            ("setting", Text),
+            ("unit", Text),
+            ("category", Text),
+            ("short_desc", Text),
+            ("extra_desc", Text),
+            ("context", Text),
+            ("vartype", Text),
+            ("source", Text),
+            ("min_val", Text),
+            ("max_val", Text),
+            ("enumvals", TextList),
+            ("boot_val", Text),
+            ("reset_val", Text),
+            ("sourcefile", Text),
+            ("sourceline", Int4),
+            ("pending_restart", Bool),
+        ],
+        "pg_tables" => &[
+            ("schemaname", Text),
+            ("tablename", Text),
+            ("tableowner", Text),
+            ("tablespace", Text),
+            ("hasindexes", Bool),
+            ("hasrules", Bool),
+            ("hastriggers", Bool),
+            ("rowsecurity", Bool),
+        ],
+        "pg_views" => &[
+            ("schemaname", Text),
+            ("viewname", Text),
+            ("viewowner", Text),
+            ("definition", Text),
+        ],
+        "pg_matviews" => &[
+            ("schemaname", Text),
+            ("matviewname", Text),
+            ("matviewowner", Text),
+            ("tablespace", Text),
+            ("hasindexes", Bool),
+            ("ispopulated", Bool),
+            ("definition", Text),
+        ],
+        "pg_indexes" => &[
+            ("schemaname", Text),
+            ("tablename", Text),
+            ("indexname", Text),
+            ("tablespace", Text),
+            ("indexdef", Text),
+        ],
+        _ => return None,
+    })
+}
+
+/// A small in-memory table built from rows of scalars. A row given by name fills the columns
+/// it names and leaves the others NULL.
+pub(super) struct Builder {
     fields: Vec<Field>,
     rows: Vec<Vec<ScalarValue>>,
 }
 
-fn i(v: i64) -> ScalarValue {
+pub(super) fn i(v: i64) -> ScalarValue {
     ScalarValue::Int64(Some(v))
 }
-fn s(v: &str) -> ScalarValue {
+pub(super) fn s(v: &str) -> ScalarValue {
     ScalarValue::Utf8(Some(v.to_string()))
 }
-fn b(v: bool) -> ScalarValue {
+pub(super) fn b(v: bool) -> ScalarValue {
     ScalarValue::Boolean(Some(v))
 }
-fn null_text() -> ScalarValue {
-    ScalarValue::Utf8(None)
+fn f(v: f64) -> ScalarValue {
+    ScalarValue::Float64(Some(v))
 }
-fn text_list() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
-}
-fn null_list() -> ScalarValue {
-    ScalarValue::try_from(&text_list()).unwrap_or(ScalarValue::Null)
+fn int_list(values: &[i64]) -> ScalarValue {
+    let values: Vec<ScalarValue> = values.iter().map(|v| i(*v)).collect();
+    ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Int64))
 }
 
 impl Builder {
-    fn new(columns: &[(&str, DataType)]) -> Builder {
+    pub(super) fn new(fields: Vec<Field>) -> Builder {
         Builder {
-            fields: columns
-                .iter()
-                .map(|(n, t)| Field::new(*n, t.clone(), true))
-                .collect(),
+            fields,
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, values: Vec<ScalarValue>) {
-        self.rows.push(values);
+    fn of(name: &str) -> Builder {
+        Builder::new(
+            columns(name)
+                .unwrap_or_default()
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.data_type(), true))
+                .collect(),
+        )
     }
 
-    fn build(self) -> DfResult<Arc<dyn TableProvider>> {
+    /// A row of `(column, value)` pairs; unnamed columns are NULL.
+    pub(super) fn row(&mut self, values: &[(&str, ScalarValue)]) {
+        let row = self
+            .fields
+            .iter()
+            .map(|field| {
+                values
+                    .iter()
+                    .find(|(n, _)| *n == field.name())
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| {
+                        ScalarValue::try_from(field.data_type()).unwrap_or(ScalarValue::Null)
+                    })
+            })
+            .collect();
+        debug_assert!(
+            values
+                .iter()
+                .all(|(n, _)| self.fields.iter().any(|f| f.name() == n)),
+            "a value for a column the table does not have: {:?}",
+            values.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+        self.rows.push(row);
+    }
+
+    pub(super) fn build(self) -> DfResult<Arc<dyn TableProvider>> {
         let schema = Arc::new(Schema::new(self.fields));
         let mut columns: Vec<ArrayRef> = Vec::new();
         for (c, field) in schema.fields().iter().enumerate() {
@@ -178,6 +1107,11 @@ impl Builder {
             } else {
                 ScalarValue::iter_to_array(values)?
             };
+            let array = if array.data_type() == field.data_type() {
+                array
+            } else {
+                datafusion::arrow::compute::cast(&array, field.data_type())?
+            };
             columns.push(array);
         }
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
@@ -185,37 +1119,13 @@ impl Builder {
     }
 }
 
-const INT: DataType = DataType::Int64;
-const TEXT: DataType = DataType::Utf8;
-const BOOL: DataType = DataType::Boolean;
-
-const TABLE_NAMES: &[&str] = &[
-    "pg_am",
-    "pg_attrdef",
-    "pg_attribute",
-    "pg_class",
-    "pg_collation",
-    "pg_constraint",
-    "pg_database",
-    "pg_description",
-    "pg_index",
-    "pg_inherits",
-    "pg_namespace",
-    "pg_policy",
-    "pg_proc",
-    "pg_publication",
-    "pg_publication_namespace",
-    "pg_publication_rel",
-    "pg_roles",
-    "pg_statistic_ext",
-    "pg_tables",
-    "pg_trigger",
-    "pg_type",
-    "pg_user",
-];
+/// The functions a session can call, for `pg_proc`: name and kind (`f`unction, `a`ggregate,
+/// `w`indow); the same for every session, so listed once.
+pub static FUNCTIONS: OnceLock<Vec<(String, &'static str)>> = OnceLock::new();
 
 struct PgCatalog {
     engine: Arc<Engine>,
+    settings: Settings,
 }
 
 impl fmt::Debug for PgCatalog {
@@ -224,562 +1134,490 @@ impl fmt::Debug for PgCatalog {
     }
 }
 
-pub fn schema(engine: Arc<Engine>) -> Arc<dyn SchemaProvider> {
-    Arc::new(PgCatalog { engine })
+pub fn schema(engine: Arc<Engine>, settings: Settings) -> Arc<dyn SchemaProvider> {
+    Arc::new(PgCatalog { engine, settings })
+}
+
+/// What each setting is, for `pg_settings.short_desc`.
+fn setting_description(name: &str) -> &'static str {
+    match name {
+        "application_name" => "Sets the application name to be reported in statistics and logs.",
+        "client_encoding" => "Sets the client's character set encoding.",
+        "client_min_messages" => "Sets the message levels that are sent to the client.",
+        "datestyle" => "Sets the display format for date and time values.",
+        "extra_float_digits" => "Sets the number of digits displayed for floating-point values.",
+        "search_path" => "Sets the schema search order for names that are not schema-qualified.",
+        "server_version" => "Shows the server version.",
+        "server_version_num" => "Shows the server version as an integer.",
+        "statement_timeout" => "Sets the maximum allowed duration of any statement.",
+        "timezone" => "Sets the time zone for displaying and interpreting time stamps.",
+        "transaction_isolation" => "Sets the current transaction's isolation level.",
+        _ => "",
+    }
 }
 
 impl PgCatalog {
     fn build(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let catalog = self.engine.catalog();
-        let tables: Vec<&Arc<TableDef>> = catalog.tables().collect();
-        // Tables (relkind 'r') and materialized views ('m', with their columns as running).
-        let view_defs: Vec<Arc<TableDef>> = catalog
-            .views()
-            .iter()
-            .filter(|v| v.materialized)
-            .filter_map(|v| {
-                let schema = self.engine.view_state(v.id)?.schema();
-                Some(Arc::new(TableDef {
-                    id: v.id,
-                    name: v.name.clone(),
-                    columns: schema
-                        .fields()
-                        .iter()
-                        .map(|f| ColumnDef {
-                            name: f.name().clone(),
-                            sql_type: SqlType::from_arrow(f.data_type()).unwrap_or(SqlType::Text),
-                            not_null: false,
-                        })
-                        .collect(),
-                    primary_key: vec![],
-                    append_only: false,
-                    watermark: None,
-                    late_rows_table: None,
-                    source: None,
-                }))
-            })
-            .collect();
-        let relations: Vec<(&Arc<TableDef>, &str)> = tables
-            .iter()
-            .map(|t| (*t, "r"))
-            .chain(view_defs.iter().map(|v| (v, "m")))
-            .collect();
-        let t = match name {
+        let mut t = Builder::of(name);
+        match name {
             "pg_namespace" => {
-                let mut t = Builder::new(&[
-                    ("oid", INT),
-                    ("nspname", TEXT),
-                    ("nspowner", INT),
-                    ("nspacl", TEXT),
-                ]);
-                t.row(vec![
-                    i(PG_CATALOG_NS),
-                    s("pg_catalog"),
-                    i(OWNER),
-                    null_text(),
-                ]);
-                t.row(vec![i(PUBLIC_NS), s("public"), i(OWNER), null_text()]);
-                t.row(vec![
-                    i(INFORMATION_SCHEMA_NS),
-                    s("information_schema"),
-                    i(OWNER),
-                    null_text(),
-                ]);
-                t
+                for (oid, nspname) in NAMESPACES {
+                    t.row(&[
+                        ("oid", i(*oid)),
+                        ("nspname", s(nspname)),
+                        ("nspowner", i(OWNER)),
+                    ]);
+                }
             }
             "pg_class" => {
-                let mut t = Builder::new(&[
-                    ("oid", INT),
-                    ("relname", TEXT),
-                    ("relnamespace", INT),
-                    ("reltype", INT),
-                    ("relowner", INT),
-                    ("relam", INT),
-                    ("relkind", TEXT),
-                    ("relnatts", INT),
-                    ("relchecks", INT),
-                    ("relhasindex", BOOL),
-                    ("relhasrules", BOOL),
-                    ("relhastriggers", BOOL),
-                    ("relrowsecurity", BOOL),
-                    ("relforcerowsecurity", BOOL),
-                    ("relispartition", BOOL),
-                    ("reltablespace", INT),
-                    ("reloftype", INT),
-                    ("relpersistence", TEXT),
-                    ("relreplident", TEXT),
-                    ("reltoastrelid", INT),
-                    ("relpartbound", TEXT),
-                    ("reloptions", TEXT),
-                    ("relacl", TEXT),
-                    ("reltuples", DataType::Float64),
-                    ("relpages", INT),
-                    ("relisshared", BOOL),
-                    ("relhassubclass", BOOL),
-                ]);
-                for (def, relkind) in &relations {
-                    let rows = match *relkind {
-                        "m" => self.engine.view_state(def.id).map_or(0, |v| v.rows()),
-                        _ => self.engine.row_count(def.id),
-                    } as f64;
-                    t.row(vec![
-                        i(table_oid(def)),
-                        s(&def.name),
-                        i(PUBLIC_NS),
-                        i(0),
-                        i(OWNER),
-                        i(2),
-                        s(relkind),
-                        i(def.columns.len() as i64),
-                        i(0),
-                        b(!def.primary_key.is_empty()),
-                        b(false),
-                        b(false),
-                        b(false),
-                        b(false),
-                        b(false),
-                        i(0),
-                        i(0),
-                        s("p"),
-                        s("d"),
-                        i(0),
-                        null_text(),
-                        null_text(),
-                        null_text(),
-                        ScalarValue::Float64(Some(rows)),
-                        i(0),
-                        b(false),
-                        b(false),
+                for r in relations(&self.engine) {
+                    t.row(&[
+                        ("oid", i(r.oid)),
+                        ("relname", s(&r.name)),
+                        ("relnamespace", i(r.namespace)),
+                        ("reltype", i(0)),
+                        ("reloftype", i(0)),
+                        ("relowner", i(OWNER)),
+                        ("relam", i(relam(r.kind))),
+                        ("relfilenode", i(r.oid)),
+                        ("reltablespace", i(0)),
+                        ("relpages", i(0)),
+                        ("reltuples", f(r.rows)),
+                        ("relallvisible", i(0)),
+                        ("reltoastrelid", i(0)),
+                        ("relhasindex", b(!r.primary_key.is_empty())),
+                        ("relisshared", b(false)),
+                        ("relpersistence", s("p")),
+                        ("relkind", s(r.kind.code())),
+                        ("relnatts", i(r.columns.len() as i64)),
+                        ("relchecks", i(0)),
+                        ("relhasrules", b(r.kind == RelKind::View)),
+                        ("relhastriggers", b(false)),
+                        ("relhassubclass", b(false)),
+                        ("relrowsecurity", b(false)),
+                        ("relforcerowsecurity", b(false)),
+                        ("relispopulated", b(true)),
+                        (
+                            "relreplident",
+                            s(match r.kind {
+                                _ if r.namespace != PUBLIC_NS => "n",
+                                RelKind::Table | RelKind::MaterializedView => "d",
+                                _ => "n",
+                            }),
+                        ),
+                        ("relispartition", b(false)),
+                        ("relrewrite", i(0)),
+                        ("relfrozenxid", i(0)),
+                        ("relminmxid", i(0)),
                     ]);
-                    if !def.primary_key.is_empty() {
-                        t.row(vec![
-                            i(index_oid(def)),
-                            s(&format!("{}_pkey", def.name)),
-                            i(PUBLIC_NS),
-                            i(0),
-                            i(OWNER),
-                            i(403),
-                            s("i"),
-                            i(def.primary_key.len() as i64),
-                            i(0),
-                            b(false),
-                            b(false),
-                            b(false),
-                            b(false),
-                            b(false),
-                            b(false),
-                            i(0),
-                            i(0),
-                            s("p"),
-                            s("n"),
-                            i(0),
-                            null_text(),
-                            null_text(),
-                            null_text(),
-                            ScalarValue::Float64(Some(rows)),
-                            i(0),
-                            b(false),
-                            b(false),
-                        ]);
-                    }
                 }
-                t
             }
             "pg_am" => {
-                let mut t = Builder::new(&[("oid", INT), ("amname", TEXT), ("amtype", TEXT)]);
-                t.row(vec![i(2), s("heap"), s("t")]);
-                t.row(vec![i(403), s("btree"), s("i")]);
-                t
+                t.row(&[("oid", i(2)), ("amname", s("heap")), ("amtype", s("t"))]);
+                t.row(&[("oid", i(403)), ("amname", s("btree")), ("amtype", s("i"))]);
             }
             "pg_attribute" => {
-                let mut t = Builder::new(&[
-                    ("attrelid", INT),
-                    ("attname", TEXT),
-                    ("atttypid", INT),
-                    ("atttypmod", INT),
-                    ("attnum", INT),
-                    ("attlen", INT),
-                    ("attnotnull", BOOL),
-                    ("atthasdef", BOOL),
-                    ("attisdropped", BOOL),
-                    ("attidentity", TEXT),
-                    ("attgenerated", TEXT),
-                    ("attcollation", INT),
-                    ("attstattarget", INT),
-                    ("attstorage", TEXT),
-                    ("attislocal", BOOL),
-                    ("attinhcount", INT),
-                    ("attacl", TEXT),
-                    ("attoptions", TEXT),
-                    ("attfdwoptions", TEXT),
-                    ("attmissingval", TEXT),
-                    ("attcompression", TEXT),
-                ]);
-                for (def, _) in &relations {
-                    for (n, c) in def.columns.iter().enumerate() {
-                        let (oid, typmod) = type_oid(c.sql_type);
-                        let len = TYPES.iter().find(|t| t.0 == oid).map(|t| t.2).unwrap_or(-1);
-                        let collation = if matches!(c.sql_type, SqlType::Text | SqlType::Varchar(_))
-                        {
+                for r in relations(&self.engine) {
+                    for (n, c) in r.columns.iter().enumerate() {
+                        let pg_type = TYPES.iter().find(|t| t.oid == c.type_oid);
+                        let len = pg_type.map_or(-1, |t| t.len);
+                        let collation = if [25, 1043].contains(&c.type_oid) {
                             100
                         } else {
                             0
                         };
-                        t.row(vec![
-                            i(table_oid(def)),
-                            s(&c.name),
-                            i(oid),
-                            i(typmod as i64),
-                            i(n as i64 + 1),
-                            i(len),
-                            b(c.not_null),
-                            b(false),
-                            b(false),
-                            s(""),
-                            s(""),
-                            i(collation),
-                            i(-1),
-                            s(if len == -1 { "x" } else { "p" }),
-                            b(true),
-                            i(0),
-                            null_text(),
-                            null_text(),
-                            null_text(),
-                            null_text(),
-                            s(""),
-                        ]);
-                    }
-                    for (n, k) in def.primary_key.iter().enumerate() {
-                        let c = &def.columns[*k];
-                        let (oid, typmod) = type_oid(c.sql_type);
-                        t.row(vec![
-                            i(index_oid(def)),
-                            s(&c.name),
-                            i(oid),
-                            i(typmod as i64),
-                            i(n as i64 + 1),
-                            i(-1),
-                            b(false),
-                            b(false),
-                            b(false),
-                            s(""),
-                            s(""),
-                            i(0),
-                            i(-1),
-                            s("p"),
-                            b(true),
-                            i(0),
-                            null_text(),
-                            null_text(),
-                            null_text(),
-                            null_text(),
-                            s(""),
+                        t.row(&[
+                            ("attrelid", i(r.oid)),
+                            ("attname", s(&c.name)),
+                            ("atttypid", i(c.type_oid)),
+                            ("attstattarget", i(-1)),
+                            ("attlen", i(len)),
+                            ("attnum", i(n as i64 + 1)),
+                            ("attndims", i(pg_type.is_none() as i64)),
+                            ("attcacheoff", i(-1)),
+                            ("atttypmod", i(c.typmod as i64)),
+                            ("attbyval", b((1..=8).contains(&len))),
+                            ("attalign", s(if len == 8 { "d" } else { "i" })),
+                            ("attstorage", s(if len == -1 { "x" } else { "p" })),
+                            ("attcompression", s("")),
+                            ("attnotnull", b(c.not_null)),
+                            ("atthasdef", b(false)),
+                            ("atthasmissing", b(false)),
+                            ("attidentity", s("")),
+                            ("attgenerated", s("")),
+                            ("attisdropped", b(false)),
+                            ("attislocal", b(true)),
+                            ("attinhcount", i(0)),
+                            ("attcollation", i(collation)),
                         ]);
                     }
                 }
-                t
             }
             "pg_type" => {
-                let mut t = Builder::new(&[
-                    ("oid", INT),
-                    ("typname", TEXT),
-                    ("typnamespace", INT),
-                    ("typowner", INT),
-                    ("typlen", INT),
-                    ("typtype", TEXT),
-                    ("typcategory", TEXT),
-                    ("typcollation", INT),
-                    ("typelem", INT),
-                    ("typarray", INT),
-                    ("typbasetype", INT),
-                    ("typtypmod", INT),
-                    ("typnotnull", BOOL),
-                    ("typrelid", INT),
-                    ("typinput", TEXT),
-                    ("typoutput", TEXT),
-                    ("typreceive", TEXT),
-                    ("typsend", TEXT),
-                    ("typdelim", TEXT),
-                ]);
-                for (oid, name, len, cat) in TYPES {
-                    let coll = if *cat == "S" && *oid != 18 { 100 } else { 0 };
-                    t.row(vec![
-                        i(*oid),
-                        s(name),
-                        i(PG_CATALOG_NS),
-                        i(OWNER),
-                        i(*len),
-                        s("b"),
-                        s(cat),
-                        i(coll),
-                        i(0),
-                        i(0),
-                        i(0),
-                        i(-1),
-                        b(false),
-                        i(0),
-                        s(&format!("{name}in")),
-                        s(&format!("{name}out")),
-                        s(&format!("{name}recv")),
-                        s(&format!("{name}send")),
-                        s(","),
-                    ]);
+                for pt in TYPES {
+                    let collation = if pt.category == "S" && pt.oid != 18 {
+                        100
+                    } else {
+                        0
+                    };
+                    let base = [
+                        ("typnamespace", i(PG_CATALOG_NS)),
+                        ("typowner", i(OWNER)),
+                        ("typtype", s("b")),
+                        ("typispreferred", b(false)),
+                        ("typisdefined", b(true)),
+                        ("typdelim", s(",")),
+                        ("typrelid", i(0)),
+                        ("typnotnull", b(false)),
+                        ("typbasetype", i(0)),
+                        ("typtypmod", i(-1)),
+                        ("typndims", i(0)),
+                        ("typcollation", i(collation)),
+                    ];
+                    let mut row = vec![
+                        ("oid", i(pt.oid)),
+                        ("typname", s(pt.name)),
+                        ("typlen", i(pt.len)),
+                        ("typbyval", b((1..=8).contains(&pt.len))),
+                        ("typcategory", s(pt.category)),
+                        ("typsubscript", s("-")),
+                        ("typelem", i(0)),
+                        ("typarray", i(pt.array)),
+                        ("typinput", s(&format!("{}in", pt.name))),
+                        ("typoutput", s(&format!("{}out", pt.name))),
+                        ("typreceive", s(&format!("{}recv", pt.name))),
+                        ("typsend", s(&format!("{}send", pt.name))),
+                        ("typalign", s(if pt.len == 8 { "d" } else { "i" })),
+                        ("typstorage", s(if pt.len == -1 { "x" } else { "p" })),
+                    ];
+                    row.extend(base.iter().cloned());
+                    t.row(&row);
+                    let array_name = format!("_{}", pt.name);
+                    let mut row = vec![
+                        ("oid", i(pt.array)),
+                        ("typname", s(&array_name)),
+                        ("typlen", i(-1)),
+                        ("typbyval", b(false)),
+                        ("typcategory", s("A")),
+                        ("typsubscript", s("array_subscript_handler")),
+                        ("typelem", i(pt.oid)),
+                        ("typarray", i(0)),
+                        ("typinput", s("array_in")),
+                        ("typoutput", s("array_out")),
+                        ("typreceive", s("array_recv")),
+                        ("typsend", s("array_send")),
+                        ("typalign", s(if pt.len == 8 { "d" } else { "i" })),
+                        ("typstorage", s("x")),
+                    ];
+                    row.extend(base.iter().cloned());
+                    t.row(&row);
                 }
-                t
             }
             "pg_index" => {
-                let mut t = Builder::new(&[
-                    ("indexrelid", INT),
-                    ("indrelid", INT),
-                    ("indnatts", INT),
-                    ("indnkeyatts", INT),
-                    ("indisunique", BOOL),
-                    ("indisprimary", BOOL),
-                    ("indisexclusion", BOOL),
-                    ("indimmediate", BOOL),
-                    ("indisclustered", BOOL),
-                    ("indisvalid", BOOL),
-                    ("indcheckxmin", BOOL),
-                    ("indisready", BOOL),
-                    ("indislive", BOOL),
-                    ("indisreplident", BOOL),
-                    ("indkey", TEXT),
-                    ("indexprs", TEXT),
-                    ("indpred", TEXT),
-                ]);
-                for def in tables.iter().filter(|d| !d.primary_key.is_empty()) {
-                    let key = key_attnums(def);
-                    let n = def.primary_key.len() as i64;
-                    t.row(vec![
-                        i(index_oid(def)),
-                        i(table_oid(def)),
-                        i(n),
-                        i(n),
-                        b(true),
-                        b(true),
-                        b(false),
-                        b(true),
-                        b(false),
-                        b(true),
-                        b(false),
-                        b(true),
-                        b(true),
-                        b(false),
-                        s(&key.join(" ")),
-                        null_text(),
-                        null_text(),
+                let rels = relations(&self.engine);
+                for r in &rels {
+                    let Some(table) = r.indexed else { continue };
+                    let n = r.columns.len() as i64;
+                    let key: Vec<i64> = rels
+                        .iter()
+                        .find(|t| t.oid == table)
+                        .map(|t| t.primary_key.iter().map(|k| *k as i64 + 1).collect())
+                        .unwrap_or_default();
+                    t.row(&[
+                        ("indexrelid", i(r.oid)),
+                        ("indrelid", i(table)),
+                        ("indnatts", i(n)),
+                        ("indnkeyatts", i(n)),
+                        ("indisunique", b(true)),
+                        ("indnullsnotdistinct", b(false)),
+                        ("indisprimary", b(true)),
+                        ("indisexclusion", b(false)),
+                        ("indimmediate", b(true)),
+                        ("indisclustered", b(false)),
+                        ("indisvalid", b(true)),
+                        ("indcheckxmin", b(false)),
+                        ("indisready", b(true)),
+                        ("indislive", b(true)),
+                        ("indisreplident", b(false)),
+                        (
+                            "indkey",
+                            s(&key
+                                .iter()
+                                .map(|k| k.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" ")),
+                        ),
+                        ("indoption", s(&vec!["0"; key.len()].join(" "))),
                     ]);
                 }
-                t
             }
             "pg_constraint" => {
-                let mut t = Builder::new(&[
-                    ("oid", INT),
-                    ("conname", TEXT),
-                    ("connamespace", INT),
-                    ("contype", TEXT),
-                    ("condeferrable", BOOL),
-                    ("condeferred", BOOL),
-                    ("convalidated", BOOL),
-                    ("conrelid", INT),
-                    ("conindid", INT),
-                    ("confrelid", INT),
-                    ("conkey", TEXT),
-                    ("conparentid", INT),
-                    ("conislocal", BOOL),
-                ]);
-                for def in tables.iter().filter(|d| !d.primary_key.is_empty()) {
-                    let key = key_attnums(def);
-                    t.row(vec![
-                        i(index_oid(def)),
-                        s(&format!("{}_pkey", def.name)),
-                        i(PUBLIC_NS),
-                        s("p"),
-                        b(false),
-                        b(false),
-                        b(true),
-                        i(table_oid(def)),
-                        i(index_oid(def)),
-                        i(0),
-                        s(&format!("{{{}}}", key.join(","))),
-                        i(0),
-                        b(true),
+                for r in relations(&self.engine) {
+                    if r.primary_key.is_empty() {
+                        continue;
+                    }
+                    let key: Vec<i64> = r.primary_key.iter().map(|k| *k as i64 + 1).collect();
+                    t.row(&[
+                        ("oid", i(r.oid + 1)),
+                        ("conname", s(&r.pkey_name())),
+                        ("connamespace", i(r.namespace)),
+                        ("contype", s("p")),
+                        ("condeferrable", b(false)),
+                        ("condeferred", b(false)),
+                        ("convalidated", b(true)),
+                        ("conrelid", i(r.oid)),
+                        ("contypid", i(0)),
+                        ("conindid", i(r.oid + 1)),
+                        ("conparentid", i(0)),
+                        ("confrelid", i(0)),
+                        ("conislocal", b(true)),
+                        ("coninhcount", i(0)),
+                        ("connoinherit", b(true)),
+                        ("conkey", int_list(&key)),
                     ]);
                 }
-                t
             }
-            "pg_attrdef" => Builder::new(&[
-                ("oid", INT),
-                ("adrelid", INT),
-                ("adnum", INT),
-                ("adbin", TEXT),
-            ]),
+            "pg_depend" => {
+                for r in relations(&self.engine) {
+                    for on in &r.depends_on {
+                        t.row(&[
+                            ("classid", i(1259)),
+                            ("objid", i(r.oid)),
+                            ("objsubid", i(0)),
+                            ("refclassid", i(1259)),
+                            ("refobjid", i(*on)),
+                            ("refobjsubid", i(0)),
+                            ("deptype", s("n")),
+                        ]);
+                    }
+                }
+            }
             "pg_collation" => {
-                let mut t =
-                    Builder::new(&[("oid", INT), ("collname", TEXT), ("collnamespace", INT)]);
-                t.row(vec![i(100), s("default"), i(PG_CATALOG_NS)]);
-                t
+                t.row(&[
+                    ("oid", i(100)),
+                    ("collname", s("default")),
+                    ("collnamespace", i(PG_CATALOG_NS)),
+                    ("collowner", i(OWNER)),
+                    ("collprovider", s("d")),
+                    ("collisdeterministic", b(true)),
+                    ("collencoding", i(-1)),
+                ]);
             }
-            "pg_inherits" => Builder::new(&[
-                ("inhrelid", INT),
-                ("inhparent", INT),
-                ("inhseqno", INT),
-                ("inhdetachpending", BOOL),
-            ]),
-            "pg_policy" => Builder::new(&[
-                ("oid", INT),
-                ("polname", TEXT),
-                ("polrelid", INT),
-                ("polcmd", TEXT),
-                ("polpermissive", BOOL),
-                ("polroles", TEXT),
-                ("polqual", TEXT),
-                ("polwithcheck", TEXT),
-            ]),
-            "pg_statistic_ext" => Builder::new(&[
-                ("oid", INT),
-                ("stxrelid", INT),
-                ("stxname", TEXT),
-                ("stxnamespace", INT),
-                ("stxkeys", TEXT),
-                ("stxkind", text_list()),
-                ("stxstattarget", INT),
-            ]),
-            "pg_publication" => Builder::new(&[
-                ("oid", INT),
-                ("pubname", TEXT),
-                ("puballtables", BOOL),
-                ("pubinsert", BOOL),
-                ("pubupdate", BOOL),
-                ("pubdelete", BOOL),
-                ("pubtruncate", BOOL),
-                ("pubviaroot", BOOL),
-            ]),
-            "pg_publication_rel" => Builder::new(&[
-                ("oid", INT),
-                ("prpubid", INT),
-                ("prrelid", INT),
-                ("prqual", TEXT),
-                ("prattrs", TEXT),
-            ]),
-            "pg_publication_namespace" => {
-                Builder::new(&[("oid", INT), ("pnpubid", INT), ("pnnspid", INT)])
+            "pg_proc" => {
+                let functions = FUNCTIONS.get().cloned().unwrap_or_default();
+                for (n, (name, kind)) in functions.iter().enumerate() {
+                    t.row(&[
+                        ("oid", i(20_000 + n as i64)),
+                        ("proname", s(name)),
+                        ("pronamespace", i(PG_CATALOG_NS)),
+                        ("proowner", i(OWNER)),
+                        ("prolang", i(12)),
+                        ("procost", f(1.0)),
+                        ("prorows", f(0.0)),
+                        ("provariadic", i(0)),
+                        ("prosupport", s("-")),
+                        ("prokind", s(kind)),
+                        ("prosecdef", b(false)),
+                        ("proleakproof", b(false)),
+                        ("proisstrict", b(false)),
+                        ("proretset", b(false)),
+                        ("provolatile", s("i")),
+                        ("proparallel", s("s")),
+                        ("pronargs", i(0)),
+                        ("pronargdefaults", i(0)),
+                        ("prorettype", i(0)),
+                        ("proargtypes", s("")),
+                        ("prosrc", s(name)),
+                    ]);
+                }
             }
-            "pg_trigger" => Builder::new(&[
-                ("oid", INT),
-                ("tgrelid", INT),
-                ("tgname", TEXT),
-                ("tgenabled", TEXT),
-                ("tgisinternal", BOOL),
-                ("tgparentid", INT),
-            ]),
-            "pg_description" => Builder::new(&[
-                ("objoid", INT),
-                ("classoid", INT),
-                ("objsubid", INT),
-                ("description", TEXT),
-            ]),
-            "pg_proc" => Builder::new(&[
-                ("oid", INT),
-                ("proname", TEXT),
-                ("pronamespace", INT),
-                ("prokind", TEXT),
-                ("prorettype", INT),
-                ("proargtypes", TEXT),
-            ]),
             "pg_database" => {
-                let mut t = Builder::new(&[
-                    ("oid", INT),
-                    ("datname", TEXT),
-                    ("datdba", INT),
-                    ("encoding", INT),
-                    ("datlocprovider", TEXT),
-                    ("datistemplate", BOOL),
-                    ("datallowconn", BOOL),
-                    ("datconnlimit", INT),
-                    ("datcollate", TEXT),
-                    ("datctype", TEXT),
-                    ("daticulocale", TEXT),
-                    ("datacl", text_list()),
+                t.row(&[
+                    ("oid", i(DATABASE_OID)),
+                    ("datname", s(DATABASE)),
+                    ("datdba", i(OWNER)),
+                    ("encoding", i(6)),
+                    ("datlocprovider", s("c")),
+                    ("datistemplate", b(false)),
+                    ("datallowconn", b(true)),
+                    ("datconnlimit", i(-1)),
+                    ("datfrozenxid", i(0)),
+                    ("datminmxid", i(1)),
+                    ("dattablespace", i(1663)),
+                    ("datcollate", s("C.UTF-8")),
+                    ("datctype", s("C.UTF-8")),
                 ]);
-                t.row(vec![
-                    i(16_383),
-                    s("eddy"),
-                    i(OWNER),
-                    i(6),
-                    s("c"),
-                    b(false),
-                    b(true),
-                    i(-1),
-                    s("C.UTF-8"),
-                    s("C.UTF-8"),
-                    null_text(),
-                    null_list(),
-                ]);
-                t
             }
-            "pg_roles" | "pg_user" => {
-                let mut t = Builder::new(&[
-                    ("oid", INT),
-                    ("rolname", TEXT),
-                    ("usename", TEXT),
-                    ("rolsuper", BOOL),
-                    ("usesuper", BOOL),
-                    ("rolcanlogin", BOOL),
-                    ("rolinherit", BOOL),
-                    ("rolcreaterole", BOOL),
-                    ("rolcreatedb", BOOL),
-                    ("rolreplication", BOOL),
-                    ("rolconnlimit", INT),
-                    ("rolvaliduntil", TEXT),
-                    ("rolbypassrls", BOOL),
+            "pg_tablespace" => {
+                for (oid, name) in [(1663, "pg_default"), (1664, "pg_global")] {
+                    t.row(&[
+                        ("oid", i(oid)),
+                        ("spcname", s(name)),
+                        ("spcowner", i(OWNER)),
+                    ]);
+                }
+            }
+            "pg_roles" => {
+                t.row(&[
+                    ("rolname", s("eddy")),
+                    ("rolsuper", b(true)),
+                    ("rolinherit", b(true)),
+                    ("rolcreaterole", b(true)),
+                    ("rolcreatedb", b(true)),
+                    ("rolcanlogin", b(true)),
+                    ("rolreplication", b(false)),
+                    ("rolconnlimit", i(-1)),
+                    ("rolpassword", s("********")),
+                    ("rolbypassrls", b(true)),
+                    ("oid", i(OWNER)),
                 ]);
-                t.row(vec![
-                    i(OWNER),
-                    s("eddy"),
-                    s("eddy"),
-                    b(true),
-                    b(true),
-                    b(true),
-                    b(true),
-                    b(true),
-                    b(true),
-                    b(false),
-                    i(-1),
-                    null_text(),
-                    b(true),
+            }
+            "pg_user" => {
+                t.row(&[
+                    ("usename", s("eddy")),
+                    ("usesysid", i(OWNER)),
+                    ("usecreatedb", b(true)),
+                    ("usesuper", b(true)),
+                    ("userepl", b(false)),
+                    ("usebypassrls", b(true)),
+                    ("passwd", s("********")),
                 ]);
-                t
+            }
+            "pg_settings" => {
+                let defaults = super::session::default_settings();
+                let settings = self.settings.lock().clone();
+                for (name, value) in &settings {
+                    let read_only = super::session::READ_ONLY_SETTINGS.contains(&name.as_str());
+                    let default = defaults.get(name);
+                    t.row(&[
+                        ("name", s(name)),
+                        ("setting", s(value)),
+                        ("category", s("Client Connection Defaults")),
+                        ("short_desc", s(setting_description(name))),
+                        ("context", s(if read_only { "internal" } else { "user" })),
+                        (
+                            "vartype",
+                            s(if name == "extra_float_digits" {
+                                "integer"
+                            } else {
+                                "string"
+                            }),
+                        ),
+                        (
+                            "source",
+                            s(if default == Some(value) {
+                                "default"
+                            } else {
+                                "session"
+                            }),
+                        ),
+                        ("boot_val", default.map_or_else(|| s(value), |d| s(d))),
+                        ("reset_val", default.map_or_else(|| s(value), |d| s(d))),
+                        ("pending_restart", b(false)),
+                    ]);
+                }
             }
             "pg_tables" => {
-                let mut t = Builder::new(&[
-                    ("schemaname", TEXT),
-                    ("tablename", TEXT),
-                    ("tableowner", TEXT),
-                    ("tablespace", TEXT),
-                    ("hasindexes", BOOL),
-                    ("hasrules", BOOL),
-                    ("hastriggers", BOOL),
-                    ("rowsecurity", BOOL),
-                ]);
-                for def in &tables {
-                    t.row(vec![
-                        s("public"),
-                        s(&def.name),
-                        s("eddy"),
-                        null_text(),
-                        b(!def.primary_key.is_empty()),
-                        b(false),
-                        b(false),
-                        b(false),
+                for r in relations(&self.engine) {
+                    if r.kind != RelKind::Table {
+                        continue;
+                    }
+                    t.row(&[
+                        ("schemaname", s(r.schema())),
+                        ("tablename", s(&r.name)),
+                        ("tableowner", s("eddy")),
+                        ("hasindexes", b(!r.primary_key.is_empty())),
+                        ("hasrules", b(false)),
+                        ("hastriggers", b(false)),
+                        ("rowsecurity", b(false)),
                     ]);
                 }
-                t
             }
+            "pg_views" | "pg_matviews" => {
+                let kind = if name == "pg_views" {
+                    RelKind::View
+                } else {
+                    RelKind::MaterializedView
+                };
+                for r in relations(&self.engine) {
+                    if r.kind != kind {
+                        continue;
+                    }
+                    let definition = r.definition.as_deref().map(view_definition);
+                    if kind == RelKind::View {
+                        t.row(&[
+                            ("schemaname", s(r.schema())),
+                            ("viewname", s(&r.name)),
+                            ("viewowner", s("eddy")),
+                            (
+                                "definition",
+                                definition.map_or(ScalarValue::Utf8(None), |d| s(&d)),
+                            ),
+                        ]);
+                    } else {
+                        t.row(&[
+                            ("schemaname", s(r.schema())),
+                            ("matviewname", s(&r.name)),
+                            ("matviewowner", s("eddy")),
+                            ("hasindexes", b(false)),
+                            ("ispopulated", b(true)),
+                            (
+                                "definition",
+                                definition.map_or(ScalarValue::Utf8(None), |d| s(&d)),
+                            ),
+                        ]);
+                    }
+                }
+            }
+            "pg_indexes" => {
+                let rels = relations(&self.engine);
+                for r in &rels {
+                    let Some(table) = r.indexed else { continue };
+                    let Some(table) = rels.iter().find(|t| t.oid == table) else {
+                        continue;
+                    };
+                    t.row(&[
+                        ("schemaname", s(r.schema())),
+                        ("tablename", s(&table.name)),
+                        ("indexname", s(&r.name)),
+                        ("indexdef", s(&index_definition(table))),
+                    ]);
+                }
+            }
+            _ if columns(name).is_some() => {} // catalogs Eddy keeps empty
             _ => return Ok(None),
-        };
+        }
         Ok(Some(t.build()?))
     }
+}
+
+fn relam(kind: RelKind) -> i64 {
+    match kind {
+        RelKind::Table | RelKind::MaterializedView => 2,
+        RelKind::Index => 403,
+        RelKind::View => 0,
+    }
+}
+
+/// A view's query as `pg_get_viewdef` prints it: on its own line after a space, ending in `;`.
+pub fn view_definition(query: &str) -> String {
+    format!(" {query};")
+}
+
+/// `CREATE UNIQUE INDEX … USING btree (…)` for a table's primary key.
+pub fn index_definition(table: &Relation) -> String {
+    let cols: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|k| crate::catalog::quote_ident(&table.columns[*k].name))
+        .collect();
+    format!(
+        "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({})",
+        crate::catalog::quote_ident(&table.pkey_name()),
+        table.schema(),
+        crate::catalog::quote_ident(&table.name),
+        cols.join(", ")
+    )
 }
 
 #[async_trait]
@@ -797,138 +1635,6 @@ impl SchemaProvider for PgCatalog {
     }
 }
 
-/// The catalog functions psql and drivers call.
-#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
-enum PgFn {
-    GetUserById,
-    TableIsVisible,
-    IsPublishable,
-    FormatType,
-    GetExpr,
-    EncodingToChar,
-    GetIndexDef,
-    GetConstraintDef,
-    ObjDescription,
-    CurrentSchema,
-    Version,
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PgFunction {
-    kind: PgFn,
-    name: &'static str,
-    signature: Signature,
-    engine_catalog: Option<EngineRef>,
-}
-
-/// Functions that describe tables need the engine; compared by identity.
-#[derive(Clone)]
-struct EngineRef(Arc<Engine>);
-impl fmt::Debug for EngineRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Engine")
-    }
-}
-impl PartialEq for EngineRef {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for EngineRef {}
-impl std::hash::Hash for EngineRef {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
-    }
-}
-
-impl ScalarUDFImpl for PgFunction {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
-        Ok(match self.kind {
-            PgFn::TableIsVisible | PgFn::IsPublishable => DataType::Boolean,
-            _ => DataType::Utf8,
-        })
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let n = args.number_rows;
-        let int_arg = |k: usize| -> DfResult<Vec<Option<i64>>> {
-            match args.args.get(k) {
-                None => Ok(vec![None; n]),
-                Some(v) => {
-                    let array = v.to_array(n)?;
-                    let array = datafusion::arrow::compute::cast(&array, &DataType::Int64)?;
-                    Ok(as_int64_array(&array)?.iter().collect())
-                }
-            }
-        };
-        let text = |values: Vec<Option<String>>| -> ColumnarValue {
-            ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(
-                values,
-            )))
-        };
-        Ok(match self.kind {
-            PgFn::GetUserById => text(vec![Some("eddy".into()); n]),
-            PgFn::TableIsVisible => ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
-            PgFn::IsPublishable => ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))),
-            PgFn::EncodingToChar => text(vec![Some("UTF8".into()); n]),
-            PgFn::GetExpr | PgFn::ObjDescription => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
-            PgFn::CurrentSchema => ColumnarValue::Scalar(ScalarValue::Utf8(Some("public".into()))),
-            PgFn::Version => ColumnarValue::Scalar(ScalarValue::Utf8(Some(format!(
-                "PostgreSQL {} (Eddy {}), a streaming SQL database",
-                crate::SERVER_VERSION,
-                env!("CARGO_PKG_VERSION")
-            )))),
-            PgFn::FormatType => {
-                let oids = int_arg(0)?;
-                let mods = int_arg(1)?;
-                text(
-                    oids.iter()
-                        .zip(mods)
-                        .map(|(o, m)| o.and_then(|o| format_type(o, m.unwrap_or(-1))))
-                        .collect(),
-                )
-            }
-            PgFn::GetIndexDef | PgFn::GetConstraintDef => {
-                let oids = int_arg(0)?;
-                let catalog = self.engine_catalog.as_ref().map(|e| e.0.catalog());
-                text(
-                    oids.iter()
-                        .map(|o| {
-                            let o = (*o)?;
-                            let catalog = catalog.as_ref()?;
-                            let def = catalog.tables().find(|d| index_oid(d) == o)?;
-                            let cols: Vec<String> = def
-                                .primary_key
-                                .iter()
-                                .map(|k| crate::catalog::quote_ident(&def.columns[*k].name))
-                                .collect();
-                            Some(if self.kind == PgFn::GetIndexDef {
-                                format!(
-                                    "CREATE UNIQUE INDEX {}_pkey ON public.{} USING btree ({})",
-                                    def.name,
-                                    crate::catalog::quote_ident(&def.name),
-                                    cols.join(", ")
-                                )
-                            } else {
-                                format!("PRIMARY KEY ({})", cols.join(", "))
-                            })
-                        })
-                        .collect(),
-                )
-            }
-        })
-    }
-}
-
-/// A function whose value is fixed for the session (`current_user`, `pg_backend_pid()`…).
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -946,83 +1652,27 @@ mod tests {
         }
         assert_eq!(format_type(1043, -1).as_deref(), Some("character varying"));
         assert_eq!(format_type(19, -1).as_deref(), Some("name"));
+        assert_eq!(format_type(1009, -1).as_deref(), Some("text[]"));
         assert_eq!(format_type(99999, -1), None);
     }
-}
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct SessionConstant {
-    name: &'static str,
-    value: ScalarValue,
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for SessionConstant {
-    fn name(&self) -> &str {
-        self.name
+    #[test]
+    fn qualified_names_split_and_fold_like_postgres() {
+        assert_eq!(split_qualified("Bids"), (None, "bids".into()));
+        assert_eq!(
+            split_qualified("pg_catalog.pg_class"),
+            (Some("pg_catalog".into()), "pg_class".into())
+        );
+        assert_eq!(
+            split_qualified("public.\"My \"\"T\"\".x\""),
+            (Some("public".into()), "My \"T\".x".into())
+        );
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
-        Ok(self.value.data_type())
-    }
-
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(self.value.clone()))
-    }
-}
-
-/// Functions whose value depends on the connection.
-pub fn register_session_functions(ctx: &SessionContext, user: &str, backend_pid: i32) {
-    let constants = [
-        ("current_user", s(user)),
-        ("session_user", s(user)),
-        ("current_role", s(user)),
-        ("current_database", s("eddy")),
-        ("current_catalog", s("eddy")),
-        ("pg_backend_pid", ScalarValue::Int32(Some(backend_pid))),
-    ];
-    for (name, value) in constants {
-        ctx.register_udf(ScalarUDF::from(SessionConstant {
-            name,
-            value,
-            signature: Signature::nullary(Volatility::Stable),
-        }));
-    }
-}
-
-pub fn register_functions(ctx: &SessionContext, engine: Arc<Engine>) {
-    let functions = [
-        (PgFn::GetUserById, "pg_get_userbyid"),
-        (PgFn::TableIsVisible, "pg_table_is_visible"),
-        (PgFn::IsPublishable, "pg_relation_is_publishable"),
-        (PgFn::FormatType, "format_type"),
-        (PgFn::GetExpr, "pg_get_expr"),
-        (PgFn::EncodingToChar, "pg_encoding_to_char"),
-        (PgFn::GetIndexDef, "pg_get_indexdef"),
-        (PgFn::GetConstraintDef, "pg_get_constraintdef"),
-        (PgFn::ObjDescription, "obj_description"),
-        (PgFn::ObjDescription, "col_description"),
-        (PgFn::ObjDescription, "shobj_description"),
-        (PgFn::ObjDescription, "pg_get_statisticsobjdef_columns"),
-        (PgFn::ObjDescription, "pg_get_partkeydef"),
-        (PgFn::ObjDescription, "pg_get_viewdef"),
-        (PgFn::CurrentSchema, "current_schema"),
-        (PgFn::Version, "version"),
-    ];
-    for (kind, name) in functions {
-        let signature = match kind {
-            PgFn::CurrentSchema | PgFn::Version => Signature::nullary(Volatility::Stable),
-            _ => Signature::variadic_any(Volatility::Stable),
-        };
-        ctx.register_udf(ScalarUDF::from(PgFunction {
-            kind,
-            name,
-            signature,
-            engine_catalog: Some(EngineRef(engine.clone())),
-        }));
+    #[test]
+    fn every_catalog_table_has_columns() {
+        for name in TABLE_NAMES {
+            assert!(columns(name).is_some(), "{name}");
+        }
     }
 }

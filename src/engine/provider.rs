@@ -117,11 +117,16 @@ impl ReadState {
 }
 
 /// A new DataFusion context for one session.
-pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<SessionContext> {
+pub fn session_context(
+    engine: Arc<Engine>,
+    read: Arc<ReadState>,
+    settings: super::pg_catalog::Settings,
+) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG_NAME, "public")
         .with_create_default_catalog_and_schema(false)
-        .with_information_schema(true)
+        // Eddy's own information_schema (PostgreSQL's type names) is registered below.
+        .with_information_schema(false)
         .with_target_partitions(2);
     let options = config.options_mut();
     options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
@@ -130,17 +135,37 @@ pub fn session_context(engine: Arc<Engine>, read: Arc<ReadState>) -> Result<Sess
     options.execution.time_zone = Some("+00:00".to_string());
     let ctx = SessionContext::new_with_config(config);
     let catalog = MemoryCatalogProvider::new();
+    let pg_catalog = super::pg_catalog::schema(engine.clone(), settings.clone());
     catalog.register_schema(
         "public",
         Arc::new(EddySchema {
             engine: engine.clone(),
             read,
+            pg_catalog: pg_catalog.clone(),
         }),
     )?;
-    catalog.register_schema("pg_catalog", super::pg_catalog::schema(engine.clone()))?;
+    catalog.register_schema("pg_catalog", pg_catalog)?;
+    catalog.register_schema(
+        "information_schema",
+        super::information_schema::schema(engine.clone()),
+    )?;
     catalog.register_schema(super::system::SCHEMA, super::system::schema(engine.clone()))?;
     ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
-    super::pg_catalog::register_functions(&ctx, engine);
+    super::pg_functions::register(&ctx, engine, settings);
+    super::pg_catalog::FUNCTIONS.get_or_init(|| {
+        let state = ctx.state();
+        let mut names: Vec<(String, &'static str)> = state
+            .scalar_functions()
+            .keys()
+            .map(|n| (n.clone(), "f"))
+            .chain(state.aggregate_functions().keys().map(|n| (n.clone(), "a")))
+            .chain(state.window_functions().keys().map(|n| (n.clone(), "w")))
+            .filter(|(n, _)| !n.starts_with("eddy_"))
+            .collect();
+        names.sort();
+        names.dedup_by(|a, b| a.0 == b.0);
+        names
+    });
     Ok(ctx)
 }
 
@@ -204,9 +229,12 @@ fn with_overlay(
     Ok(vec![ZBatch::consolidate(&all, &schema)?.expand_positive()?])
 }
 
+/// The `public` schema: the user's tables and views. As in PostgreSQL, whose search path
+/// starts with `pg_catalog`, an unqualified name of a catalog table (`pg_class`) means that.
 struct EddySchema {
     engine: Arc<Engine>,
     read: Arc<ReadState>,
+    pg_catalog: Arc<dyn SchemaProvider>,
 }
 
 impl fmt::Debug for EddySchema {
@@ -225,6 +253,9 @@ impl SchemaProvider for EddySchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if self.pg_catalog.table_exist(name) {
+            return self.pg_catalog.table(name).await;
+        }
         let catalog = self.engine.catalog();
         if let Some(def) = catalog.table(name) {
             return Ok(Some(Arc::new(EddyTable {
@@ -253,7 +284,7 @@ impl SchemaProvider for EddySchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.engine.catalog().relation_exists(name)
+        self.pg_catalog.table_exist(name) || self.engine.catalog().relation_exists(name)
     }
 }
 

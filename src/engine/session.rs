@@ -103,7 +103,7 @@ struct Transaction {
 }
 
 /// Session settings with PostgreSQL's names and defaults.
-fn default_settings() -> BTreeMap<String, String> {
+pub(super) fn default_settings() -> BTreeMap<String, String> {
     [
         ("application_name", ""),
         ("client_encoding", "UTF8"),
@@ -135,7 +135,7 @@ fn default_settings() -> BTreeMap<String, String> {
 /// fail with 40001: the last one runs alone (see the `write_lock`).
 const UPDATE_ATTEMPTS: u32 = 3;
 
-const READ_ONLY_SETTINGS: &[&str] = &[
+pub(super) const READ_ONLY_SETTINGS: &[&str] = &[
     "server_version",
     "server_version_num",
     "server_encoding",
@@ -152,7 +152,7 @@ pub struct Session {
     pub(super) engine: Arc<Engine>,
     pub(super) ctx: SessionContext,
     read: Arc<ReadState>,
-    settings: BTreeMap<String, String>,
+    settings: super::pg_catalog::Settings,
     tx: Option<Transaction>,
     /// Who is connected (`user@address`) and the backend pid, for system views.
     pub(super) client: String,
@@ -172,20 +172,21 @@ impl Session {
         backend_pid: i32,
     ) -> Result<Session> {
         let read = Arc::new(ReadState::default());
-        let ctx = provider::session_context(engine.clone(), read.clone())?;
+        let mut initial = default_settings();
+        if let Some(app) = startup.get("application_name") {
+            initial.insert("application_name".into(), app.clone());
+        }
+        let settings = Arc::new(parking_lot::Mutex::new(initial));
+        let ctx = provider::session_context(engine.clone(), read.clone(), settings.clone())?;
         let user = startup
             .get("user")
             .cloned()
             .unwrap_or_else(|| "eddy".into());
-        super::pg_catalog::register_session_functions(&ctx, &user, backend_pid);
+        super::pg_functions::register_session_functions(&ctx, &user, backend_pid);
         if let Some(clock) = engine.manual_clock() {
             ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
                 super::clock::ManualNow::new(clock),
             ));
-        }
-        let mut settings = default_settings();
-        if let Some(app) = startup.get("application_name") {
-            settings.insert("application_name".into(), app.clone());
         }
         let client = match startup.get(CLIENT_ADDRESS) {
             Some(addr) => format!("{user}@{addr}"),
@@ -227,8 +228,8 @@ impl Session {
         self.tx.is_some()
     }
 
-    pub fn setting(&self, name: &str) -> Option<&str> {
-        self.settings.get(&name.to_lowercase()).map(|s| s.as_str())
+    pub fn setting(&self, name: &str) -> Option<String> {
+        self.settings.lock().get(&name.to_lowercase()).cloned()
     }
 
     /// Parses and describes one statement for the extended protocol.
@@ -575,7 +576,7 @@ impl Session {
                 }))
             }
             Statement::Discard { .. } => {
-                self.settings = default_settings();
+                *self.settings.lock() = default_settings();
                 Ok(Output::Command {
                     tag: "DISCARD ALL",
                     rows: None,
@@ -745,6 +746,7 @@ impl Session {
     pub(super) fn view_wait_timeout(&self) -> std::time::Duration {
         let ms = self
             .settings
+            .lock()
             .get("statement_timeout")
             .and_then(|v| parse_duration_ms(v))
             .filter(|ms| *ms > 0)
@@ -973,50 +975,7 @@ impl Session {
             }
             other => return Err(unsupported!("{other}")),
         };
-        let value = if value.eq_ignore_ascii_case("default") {
-            default_settings().get(&name).cloned().unwrap_or_default()
-        } else {
-            value
-        };
-        if READ_ONLY_SETTINGS.contains(&name.as_str()) {
-            return Err(crate::err!(
-                "55P02",
-                "parameter \"{name}\" cannot be changed"
-            ));
-        }
-        match name.as_str() {
-            "timezone" => {
-                let v = value.to_ascii_uppercase();
-                if !matches!(
-                    v.as_str(),
-                    "UTC" | "GMT" | "ETC/UTC" | "Z" | "ZULU" | "+00:00" | "0" | "UCT"
-                ) {
-                    return Err(unsupported!(
-                        "time zone \"{value}\": Eddy's sessions run in UTC"
-                    ));
-                }
-            }
-            "client_encoding" => {
-                let v = value.to_ascii_uppercase().replace(['-', '_'], "");
-                if v != "UTF8" && v != "UNICODE" {
-                    return Err(unsupported!(
-                        "client_encoding \"{value}\": only UTF8 is supported"
-                    ));
-                }
-            }
-            _ => {
-                if !self.settings.contains_key(&name)
-                    && !name.contains('.')
-                    && !KNOWN_SETTINGS.contains(&name.as_str())
-                {
-                    return Err(crate::err!(
-                        sqlstate::UNDEFINED_OBJECT,
-                        "unrecognized configuration parameter \"{name}\""
-                    ));
-                }
-            }
-        }
-        self.settings.insert(name, value);
+        apply_setting(&mut self.settings.lock(), name, value)?;
         Ok(Output::Command {
             tag: "SET",
             rows: None,
@@ -1030,8 +989,9 @@ impl Session {
                 Field::new("name", DataType::Utf8, false),
                 Field::new("setting", DataType::Utf8, false),
             ]));
-            let names: Vec<&str> = self.settings.keys().map(|s| s.as_str()).collect();
-            let values: Vec<&str> = self.settings.values().map(|s| s.as_str()).collect();
+            let settings = self.settings.lock();
+            let names: Vec<&str> = settings.keys().map(|s| s.as_str()).collect();
+            let values: Vec<&str> = settings.values().map(|s| s.as_str()).collect();
             return Ok(rows_output(
                 schema,
                 vec![
@@ -1046,7 +1006,8 @@ impl Session {
             .map(|i| i.value.to_lowercase())
             .collect::<Vec<_>>()
             .join(".");
-        let name = if self.settings.contains_key(&dotted) {
+        let settings = self.settings.lock();
+        let name = if settings.contains_key(&dotted) {
             dotted
         } else {
             name
@@ -1056,7 +1017,7 @@ impl Session {
             "time zone" => "timezone".to_string(),
             _ => name.clone(),
         };
-        let value = self.settings.get(&key).ok_or_else(|| {
+        let value = settings.get(&key).ok_or_else(|| {
             crate::err!(
                 sqlstate::UNDEFINED_OBJECT,
                 "unrecognized configuration parameter \"{name}\""
@@ -1069,6 +1030,60 @@ impl Session {
             "SHOW",
         ))
     }
+}
+
+/// Sets `name` to `value` (`DEFAULT` for its default) in `settings` after checking that it
+/// may be set to that: `SET` and `set_config()`.
+pub(super) fn apply_setting(
+    settings: &mut BTreeMap<String, String>,
+    name: String,
+    value: String,
+) -> Result<()> {
+    let value = if value.eq_ignore_ascii_case("default") {
+        default_settings().get(&name).cloned().unwrap_or_default()
+    } else {
+        value
+    };
+    if READ_ONLY_SETTINGS.contains(&name.as_str()) {
+        return Err(crate::err!(
+            "55P02",
+            "parameter \"{name}\" cannot be changed"
+        ));
+    }
+    match name.as_str() {
+        "timezone" => {
+            let v = value.to_ascii_uppercase();
+            if !matches!(
+                v.as_str(),
+                "UTC" | "GMT" | "ETC/UTC" | "Z" | "ZULU" | "+00:00" | "0" | "UCT"
+            ) {
+                return Err(unsupported!(
+                    "time zone \"{value}\": Eddy's sessions run in UTC"
+                ));
+            }
+        }
+        "client_encoding" => {
+            let v = value.to_ascii_uppercase().replace(['-', '_'], "");
+            if v != "UTF8" && v != "UNICODE" {
+                return Err(unsupported!(
+                    "client_encoding \"{value}\": only UTF8 is supported"
+                ));
+            }
+        }
+        _ => {
+            if !settings.contains_key(&name)
+                && !name.contains('.')
+                && !KNOWN_SETTINGS.contains(&name.as_str())
+            {
+                return Err(crate::err!(
+                    sqlstate::UNDEFINED_OBJECT,
+                    "unrecognized configuration parameter \"{name}\""
+                ));
+            }
+        }
+    }
+    settings.insert(name, value);
+    Ok(())
 }
 
 /// Settings that may be SET though they have no default row above (accepted and remembered).

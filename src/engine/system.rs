@@ -364,6 +364,30 @@ impl SchemaProvider for System {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        self.build(name)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}
+
+/// The schema of each system view, for the catalogs (`pg_attribute`,
+/// `information_schema.columns`).
+pub fn schemas(
+    engine: Arc<Engine>,
+) -> Vec<(&'static str, datafusion::arrow::datatypes::SchemaRef)> {
+    let system = System { engine };
+    let mut out: Vec<_> = TABLES
+        .iter()
+        .filter_map(|name| Some((*name, system.build(name).ok()??.schema())))
+        .collect();
+    out.sort_by_key(|(name, _)| *name);
+    out
+}
+
+impl System {
+    fn build(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match name {
             "subscriptions" => self.subscriptions().map(Some),
             "checkpoints" => self.checkpoints().map(Some),
@@ -374,9 +398,5 @@ impl SchemaProvider for System {
             "dataflows" => self.dataflows().map(Some),
             _ => Ok(None),
         }
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        TABLES.contains(&name)
     }
 }

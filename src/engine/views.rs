@@ -194,6 +194,7 @@ impl Session {
                 materialized: true,
                 query: cv.query.to_string(),
                 columns: compiled.columns,
+                column_types: column_types(&compiled.schema),
                 depends_on,
                 emit_on_window_close,
             };
@@ -209,13 +210,15 @@ impl Session {
             // it now checks that it is valid and gives its column names.
             let stmt = Statement::Query(cv.query.clone());
             let plan = self.plan(&stmt).await?;
-            let columns = view_columns(&output_schema(&stmt, &plan), &names, "CREATE VIEW")?;
+            let schema = output_schema(&stmt, &plan);
+            let columns = view_columns(&schema, &names, "CREATE VIEW")?;
             let def = ViewDef {
                 id: 0,
                 name: name.clone(),
                 materialized: false,
                 query: cv.query.to_string(),
                 columns,
+                column_types: column_types(&schema),
                 depends_on: referenced,
                 emit_on_window_close: false,
             };
@@ -428,6 +431,17 @@ fn view_columns(named: &SchemaRef, names: &[String], what: &str) -> Result<Vec<S
         }
     }
     Ok(columns)
+}
+
+/// The SQL types of a view's output columns (`text` for an Arrow type without one).
+fn column_types(schema: &datafusion::arrow::datatypes::Schema) -> Vec<crate::types::SqlType> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            crate::types::SqlType::from_arrow(f.data_type()).unwrap_or(crate::types::SqlType::Text)
+        })
+        .collect()
 }
 
 /// Tables and views a query names (before plain views are inlined).

@@ -193,6 +193,29 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                 .iter()
                 .any(|r| word_eq(&toks[n].token, r))
             {
+                // A string literal cast to a reg type is a lookup by name:
+                // `'pg_catalog.pg_class'::regclass` → `eddy_regclass('pg_catalog.pg_class')`.
+                let lookup = match &toks[n].token {
+                    Token::Word(w) => reg_lookup_function(&w.value),
+                    _ => None,
+                };
+                let literal = out
+                    .iter()
+                    .rposition(sig)
+                    .filter(|p| matches!(out[*p].token, Token::SingleQuotedString(_)));
+                if let (Some(function), Some(p)) = (lookup, literal) {
+                    let literal = out.remove(p);
+                    out.truncate(p);
+                    out.extend(
+                        [
+                            Token::make_word(function, None),
+                            Token::LParen,
+                            literal.token,
+                            Token::RParen,
+                        ]
+                        .map(TokenWithSpan::wrap),
+                    );
+                }
                 i = n + 1;
                 continue;
             }
@@ -201,6 +224,18 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
         i += 1;
     }
     out
+}
+
+/// The function that looks up a name cast to a reg type (see `engine::pg_functions`); none
+/// for `oid`, a cast that leaves the value as it is.
+fn reg_lookup_function(type_name: &str) -> Option<&'static str> {
+    Some(match type_name.to_ascii_lowercase().as_str() {
+        "regclass" => "eddy_regclass",
+        "regtype" => "eddy_regtype",
+        "regproc" | "regprocedure" => "eddy_regproc",
+        "regnamespace" => "eddy_regnamespace",
+        _ => return None,
+    })
 }
 
 /// Parses the tokens of one statement.
@@ -410,13 +445,20 @@ pub fn dedupe_output_names(stmt: &Statement) -> Statement {
 fn aggregate_scalar_subqueries(stmt: &mut Statement) {
     use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, visit_expressions_mut};
     let _ = visit_expressions_mut(stmt, |expr| {
-        // Eddy has no column defaults or non-default collations: these lookups are NULL.
-        // `array(SELECT …)` appears only over catalogs Eddy keeps empty (policies, publications).
+        // `array(SELECT x FROM … [ORDER BY …])` → `(SELECT array_agg(x [ORDER BY …]) FROM …)`,
+        // which DataFusion plans (and decorrelates). It gives NULL rather than '{}' when no row
+        // matches, which prints the same in the catalogs' uses (array_to_string, psql).
         if let ast::Expr::Function(f) = expr
             && f.name.to_string().eq_ignore_ascii_case("array")
-            && matches!(f.args, ast::FunctionArguments::Subquery(_))
+            && let ast::FunctionArguments::Subquery(query) = &f.args
         {
-            *expr = ast::Expr::Value(ast::Value::Null.into());
+            let null_array = || {
+                Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql("CAST(NULL AS text[])")
+                    .and_then(|mut p| p.parse_expr())
+                    .unwrap_or_else(|_| ast::Expr::Value(ast::Value::Null.into()))
+            };
+            *expr = array_subquery_as_aggregate(query).unwrap_or_else(null_array);
             return std::ops::ControlFlow::<()>::Continue(());
         }
         if let ast::Expr::Subquery(query) = expr {
@@ -461,6 +503,52 @@ fn aggregate_scalar_subqueries(stmt: &mut Statement) {
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
+}
+
+/// `(SELECT array_agg(x [ORDER BY …]) FROM …)` for `array(SELECT x FROM … [ORDER BY …])`;
+/// None for a subquery of another shape.
+fn array_subquery_as_aggregate(query: &ast::Query) -> Option<ast::Expr> {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let mut query = query.clone();
+    let order = query.order_by.take();
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    // Subqueries that unnest an outer row's array (`unnest(tc.reloptions)`) or test membership
+    // in one (`oid = ANY (pol.polroles)`) are beyond DataFusion's decorrelation; psql sends
+    // them only over options and policies, which Eddy does not have: NULL.
+    let text = select.to_string().to_ascii_uppercase();
+    if text.contains("UNNEST(") || text.contains("ANY(") || text.contains("ANY (") {
+        return None;
+    }
+    let [SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }] =
+        select.projection.as_mut_slice()
+    else {
+        return None;
+    };
+    let order = match order.map(|o| o.kind) {
+        None => String::new(),
+        Some(ast::OrderByKind::Expressions(exprs)) => {
+            let keys: Vec<String> = exprs
+                .iter()
+                .map(|o| {
+                    // `ORDER BY 1` names the one output column.
+                    let key = match &o.expr {
+                        ast::Expr::Value(v) if v.to_string() == "1" => e.to_string(),
+                        other => other.to_string(),
+                    };
+                    format!("{key}{}", o.options)
+                })
+                .collect();
+            format!(" ORDER BY {}", keys.join(", "))
+        }
+        Some(ast::OrderByKind::All(_)) => return None,
+    };
+    *e = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("array_agg({e}{order})"))
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    Some(ast::Expr::Subquery(Box::new(query)))
 }
 
 fn strip_parser_prefix(e: &datafusion::sql::sqlparser::parser::ParserError) -> String {

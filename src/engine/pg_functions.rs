@@ -1,0 +1,630 @@
+//! The PostgreSQL catalog and system functions that psql, drivers, GUI clients and Grafana
+//! call: `format_type`, `pg_get_viewdef`, `pg_size_pretty`, `current_setting`, the
+//! `*_is_visible` and `has_*_privilege` checks, and the lookups that stand for casts to
+//! `regclass`/`regtype`/`regproc`/`regnamespace` of a string literal (see
+//! `sql::rewrite_catalog_idioms`).
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+
+use super::Engine;
+use super::pg_catalog::{self, RelKind, Settings, TYPES};
+use crate::error::sqlstate;
+
+/// The catalog functions, by what they compute.
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum PgFn {
+    GetUserById,
+    /// In a schema on the search path (`public`, `pg_catalog`).
+    TableIsVisible,
+    IsVisible,
+    IsPublishable,
+    FormatType,
+    /// Descriptions, expressions and definitions of things Eddy does not have: NULL.
+    Null,
+    EncodingToChar,
+    GetIndexDef,
+    GetConstraintDef,
+    GetViewDef,
+    CurrentSchema,
+    CurrentSchemas,
+    Version,
+    SizePretty,
+    RelationSize,
+    TablespaceLocation,
+    HasPrivilege,
+    IsInRecovery,
+    StartTime,
+    CurrentSetting,
+    SetConfig,
+    QuoteIdent,
+    RegClass,
+    ToRegClass,
+    RegType,
+    ToRegType,
+    RegProc,
+    RegNamespace,
+}
+
+const FUNCTIONS: &[(PgFn, &str)] = &[
+    (PgFn::GetUserById, "pg_get_userbyid"),
+    (PgFn::TableIsVisible, "pg_table_is_visible"),
+    (PgFn::IsVisible, "pg_type_is_visible"),
+    (PgFn::IsVisible, "pg_function_is_visible"),
+    (PgFn::IsVisible, "pg_collation_is_visible"),
+    (PgFn::IsVisible, "pg_operator_is_visible"),
+    (PgFn::IsVisible, "pg_opclass_is_visible"),
+    (PgFn::IsVisible, "pg_conversion_is_visible"),
+    (PgFn::IsVisible, "pg_statistics_obj_is_visible"),
+    (PgFn::IsPublishable, "pg_relation_is_publishable"),
+    (PgFn::FormatType, "format_type"),
+    (PgFn::Null, "pg_get_expr"),
+    (PgFn::Null, "obj_description"),
+    (PgFn::Null, "col_description"),
+    (PgFn::Null, "shobj_description"),
+    (PgFn::Null, "pg_get_statisticsobjdef_columns"),
+    (PgFn::Null, "pg_get_partkeydef"),
+    (PgFn::Null, "pg_get_serial_sequence"),
+    (PgFn::Null, "pg_get_function_arguments"),
+    (PgFn::Null, "pg_get_function_result"),
+    (PgFn::Null, "pg_get_function_identity_arguments"),
+    (PgFn::Null, "pg_get_triggerdef"),
+    (PgFn::Null, "pg_get_ruledef"),
+    (PgFn::EncodingToChar, "pg_encoding_to_char"),
+    (PgFn::GetIndexDef, "pg_get_indexdef"),
+    (PgFn::GetConstraintDef, "pg_get_constraintdef"),
+    (PgFn::GetViewDef, "pg_get_viewdef"),
+    (PgFn::CurrentSchema, "current_schema"),
+    (PgFn::CurrentSchemas, "current_schemas"),
+    (PgFn::Version, "version"),
+    (PgFn::SizePretty, "pg_size_pretty"),
+    (PgFn::RelationSize, "pg_table_size"),
+    (PgFn::RelationSize, "pg_relation_size"),
+    (PgFn::RelationSize, "pg_total_relation_size"),
+    (PgFn::RelationSize, "pg_indexes_size"),
+    (PgFn::TablespaceLocation, "pg_tablespace_location"),
+    (PgFn::HasPrivilege, "has_table_privilege"),
+    (PgFn::HasPrivilege, "has_schema_privilege"),
+    (PgFn::HasPrivilege, "has_database_privilege"),
+    (PgFn::HasPrivilege, "has_column_privilege"),
+    (PgFn::HasPrivilege, "has_any_column_privilege"),
+    (PgFn::HasPrivilege, "has_function_privilege"),
+    (PgFn::HasPrivilege, "has_sequence_privilege"),
+    (PgFn::HasPrivilege, "has_tablespace_privilege"),
+    (PgFn::HasPrivilege, "pg_has_role"),
+    (PgFn::IsInRecovery, "pg_is_in_recovery"),
+    (PgFn::StartTime, "pg_postmaster_start_time"),
+    (PgFn::StartTime, "pg_conf_load_time"),
+    (PgFn::CurrentSetting, "current_setting"),
+    (PgFn::SetConfig, "set_config"),
+    (PgFn::QuoteIdent, "quote_ident"),
+    (PgFn::RegClass, REGCLASS),
+    (PgFn::ToRegClass, "to_regclass"),
+    (PgFn::RegType, REGTYPE),
+    (PgFn::ToRegType, "to_regtype"),
+    (PgFn::RegProc, REGPROC),
+    (PgFn::RegNamespace, REGNAMESPACE),
+];
+
+/// The functions `'literal'::regclass` (…) are rewritten into.
+pub const REGCLASS: &str = "eddy_regclass";
+pub const REGTYPE: &str = "eddy_regtype";
+pub const REGPROC: &str = "eddy_regproc";
+pub const REGNAMESPACE: &str = "eddy_regnamespace";
+
+static STARTED: OnceLock<i64> = OnceLock::new();
+
+/// When the server started (`pg_postmaster_start_time()`), as microseconds since the epoch.
+pub fn note_start() {
+    STARTED.get_or_init(|| chrono::Utc::now().timestamp_micros());
+}
+
+#[derive(Clone)]
+struct Shared {
+    engine: Arc<Engine>,
+    settings: Settings,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Session")
+    }
+}
+
+/// Functions are compared by what they compute; one session registers each once.
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.settings, &other.settings)
+    }
+}
+impl Eq for Shared {}
+impl std::hash::Hash for Shared {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.settings) as usize).hash(state)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgFunction {
+    kind: PgFn,
+    name: &'static str,
+    signature: Signature,
+    shared: Shared,
+}
+
+fn external(e: crate::error::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// `pg_size_pretty`: PostgreSQL's rounding, in bytes up to 10 kB, then kB, MB, GB, TB, PB.
+pub fn size_pretty(size: i64) -> String {
+    const LIMIT: i64 = 10 * 1024;
+    const LIMIT2: i64 = LIMIT * 2 - 1;
+    if size.abs() < LIMIT {
+        return format!("{size} bytes");
+    }
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    // One extra bit is kept for rounding.
+    let mut size = size >> 9;
+    for unit in ["kB", "MB", "GB", "TB"] {
+        if size.abs() < LIMIT2 {
+            return format!("{} {unit}", half_rounded(size));
+        }
+        size >>= 10;
+    }
+    format!("{} PB", half_rounded(size))
+}
+
+/// The oid of a type named as `'name'::regtype` would look it up.
+fn type_by_name(name: &str) -> Option<i64> {
+    let (_, name) = pg_catalog::split_qualified(name);
+    let name = name.trim();
+    if let Some(elem) = name.strip_suffix("[]") {
+        let elem = type_by_name(elem)?;
+        return TYPES.iter().find(|t| t.oid == elem).map(|t| t.array);
+    }
+    if let Some(t) = TYPES
+        .iter()
+        .find(|t| t.name == name || format!("_{}", t.name) == name)
+    {
+        return Some(if t.name == name { t.oid } else { t.array });
+    }
+    let aliases: &[(&str, i64)] = &[
+        ("boolean", 16),
+        ("bigint", 20),
+        ("smallint", 21),
+        ("integer", 23),
+        ("int", 23),
+        ("real", 700),
+        ("double precision", 701),
+        ("character varying", 1043),
+        ("timestamp without time zone", 1114),
+        ("timestamp with time zone", 1184),
+        ("time without time zone", 1083),
+        ("decimal", 1700),
+        ("\"char\"", 18),
+    ];
+    aliases.iter().find(|(a, _)| *a == name).map(|(_, o)| *o)
+}
+
+impl ScalarUDFImpl for PgFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(match self.kind {
+            PgFn::TableIsVisible
+            | PgFn::IsVisible
+            | PgFn::IsPublishable
+            | PgFn::HasPrivilege
+            | PgFn::IsInRecovery => DataType::Boolean,
+            PgFn::RelationSize
+            | PgFn::RegClass
+            | PgFn::ToRegClass
+            | PgFn::RegType
+            | PgFn::ToRegType
+            | PgFn::RegNamespace => DataType::Int64,
+            PgFn::StartTime => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            PgFn::CurrentSchemas => {
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+            }
+            _ => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<DfResult<_>>()?;
+        let int_arg = |k: usize| -> DfResult<Vec<Option<i64>>> {
+            match arrays.get(k) {
+                None => Ok(vec![None; n]),
+                Some(a) if matches!(a.data_type(), DataType::Utf8 | DataType::Utf8View) => {
+                    Ok(text_values(a)?
+                        .iter()
+                        .map(|t| t.as_deref().and_then(|t| t.parse().ok()))
+                        .collect())
+                }
+                Some(a) => {
+                    let a = datafusion::arrow::compute::cast(a, &DataType::Int64)?;
+                    Ok(a.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .iter()
+                        .collect())
+                }
+            }
+        };
+        let text_arg = |k: usize| -> DfResult<Vec<Option<String>>> {
+            match arrays.get(k) {
+                None => Ok(vec![None; n]),
+                Some(a) => text_values(a),
+            }
+        };
+        let text = |values: Vec<Option<String>>| -> ColumnarValue {
+            ColumnarValue::Array(Arc::new(StringArray::from(values)))
+        };
+        let ints = |values: Vec<Option<i64>>| -> ColumnarValue {
+            ColumnarValue::Array(Arc::new(Int64Array::from(values)))
+        };
+        let engine = &self.shared.engine;
+        Ok(match self.kind {
+            PgFn::GetUserById => text(vec![Some("eddy".into()); n]),
+            PgFn::IsVisible | PgFn::HasPrivilege => {
+                ColumnarValue::Array(Arc::new(BooleanArray::from(vec![true; n])))
+            }
+            PgFn::TableIsVisible => {
+                let rels = pg_catalog::relations(engine);
+                let visible: BooleanArray = int_arg(0)?
+                    .into_iter()
+                    .map(|o| {
+                        let r = rels.iter().find(|r| Some(r.oid) == o)?;
+                        Some(
+                            [pg_catalog::PUBLIC_NS, pg_catalog::PG_CATALOG_NS]
+                                .contains(&r.namespace),
+                        )
+                    })
+                    .collect();
+                ColumnarValue::Array(Arc::new(visible))
+            }
+            PgFn::IsPublishable | PgFn::IsInRecovery => {
+                ColumnarValue::Array(Arc::new(BooleanArray::from(vec![false; n])))
+            }
+            PgFn::EncodingToChar => text(vec![Some("UTF8".into()); n]),
+            PgFn::Null => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
+            PgFn::TablespaceLocation => text(vec![Some(String::new()); n]),
+            PgFn::CurrentSchema => ColumnarValue::Scalar(ScalarValue::Utf8(Some("public".into()))),
+            PgFn::CurrentSchemas => {
+                let implicit = arrays
+                    .first()
+                    .and_then(|a| a.as_boolean_opt().map(|b| b.value(0)))
+                    .unwrap_or(false);
+                let mut schemas = vec![];
+                if implicit {
+                    schemas.push(ScalarValue::from("pg_catalog"));
+                }
+                schemas.push(ScalarValue::from("public"));
+                ColumnarValue::Scalar(ScalarValue::List(ScalarValue::new_list_nullable(
+                    &schemas,
+                    &DataType::Utf8,
+                )))
+            }
+            PgFn::Version => ColumnarValue::Scalar(ScalarValue::Utf8(Some(format!(
+                "PostgreSQL {} (Eddy {}), a streaming SQL database",
+                crate::SERVER_VERSION,
+                env!("CARGO_PKG_VERSION")
+            )))),
+            PgFn::StartTime => ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(
+                STARTED.get().copied(),
+                Some("+00:00".into()),
+            )),
+            PgFn::FormatType => {
+                let oids = int_arg(0)?;
+                let mods = int_arg(1)?;
+                text(
+                    oids.iter()
+                        .zip(mods)
+                        .map(|(o, m)| o.and_then(|o| pg_catalog::format_type(o, m.unwrap_or(-1))))
+                        .collect(),
+                )
+            }
+            PgFn::SizePretty => text(
+                int_arg(0)?
+                    .into_iter()
+                    .map(|v| v.map(size_pretty))
+                    .collect(),
+            ),
+            PgFn::RelationSize => {
+                let rels = pg_catalog::relations(engine);
+                let index = self.name == "pg_indexes_size";
+                ints(
+                    int_arg(0)?
+                        .into_iter()
+                        .map(|o| {
+                            let r = rels.iter().find(|r| Some(r.oid) == o)?;
+                            Some(if index { 0 } else { r.estimated_bytes() })
+                        })
+                        .collect(),
+                )
+            }
+            PgFn::GetIndexDef | PgFn::GetConstraintDef | PgFn::GetViewDef => {
+                let rels = pg_catalog::relations(engine);
+                // pg_get_viewdef also takes the view's name.
+                let keys: Vec<Option<i64>> = if self.kind == PgFn::GetViewDef
+                    && arrays
+                        .first()
+                        .is_some_and(|a| a.data_type() == &DataType::Utf8)
+                {
+                    text_arg(0)?
+                        .into_iter()
+                        .map(|name| {
+                            let name = name?;
+                            // An oid literal (`'16392'::oid`, whose cast is dropped) or a name.
+                            name.parse()
+                                .ok()
+                                .or_else(|| pg_catalog::regclass(engine, &name))
+                        })
+                        .collect()
+                } else {
+                    int_arg(0)?
+                };
+                text(
+                    keys.into_iter()
+                        .map(|o| {
+                            let o = o?;
+                            match self.kind {
+                                PgFn::GetViewDef => {
+                                    let r = rels.iter().find(|r| r.oid == o)?;
+                                    r.definition.as_deref().map(pg_catalog::view_definition)
+                                }
+                                _ => {
+                                    // An index's or a primary key constraint's oid.
+                                    let index = rels
+                                        .iter()
+                                        .find(|r| r.oid == o && r.kind == RelKind::Index)?;
+                                    let table =
+                                        rels.iter().find(|t| Some(t.oid) == index.indexed)?;
+                                    Some(if self.kind == PgFn::GetIndexDef {
+                                        pg_catalog::index_definition(table)
+                                    } else {
+                                        let cols: Vec<String> = table
+                                            .primary_key
+                                            .iter()
+                                            .map(|k| {
+                                                crate::catalog::quote_ident(&table.columns[*k].name)
+                                            })
+                                            .collect();
+                                        format!("PRIMARY KEY ({})", cols.join(", "))
+                                    })
+                                }
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            PgFn::CurrentSetting => {
+                let missing_ok = arrays
+                    .get(1)
+                    .and_then(|a| a.as_boolean_opt().map(|b| b.value(0)))
+                    .unwrap_or(false);
+                let settings = self.shared.settings.lock();
+                let mut out = Vec::with_capacity(n);
+                for name in text_arg(0)? {
+                    let Some(name) = name else {
+                        out.push(None);
+                        continue;
+                    };
+                    match settings.get(&name.to_lowercase()) {
+                        Some(v) => out.push(Some(v.clone())),
+                        None if missing_ok => out.push(None),
+                        None => {
+                            return Err(external(crate::err!(
+                                sqlstate::UNDEFINED_OBJECT,
+                                "unrecognized configuration parameter \"{name}\""
+                            )));
+                        }
+                    }
+                }
+                text(out)
+            }
+            PgFn::SetConfig => {
+                // set_config(name, value, is_local): as SET (is_local is not honoured: Eddy
+                // has no SET LOCAL), returning the new value.
+                let names = text_arg(0)?;
+                let values = text_arg(1)?;
+                let mut settings = self.shared.settings.lock();
+                let mut out = Vec::with_capacity(n);
+                for (name, value) in names.into_iter().zip(values) {
+                    let (Some(name), Some(value)) = (name, value) else {
+                        out.push(None);
+                        continue;
+                    };
+                    super::session::apply_setting(
+                        &mut settings,
+                        name.to_lowercase(),
+                        value.clone(),
+                    )
+                    .map_err(external)?;
+                    out.push(Some(value));
+                }
+                text(out)
+            }
+            PgFn::QuoteIdent => text(
+                text_arg(0)?
+                    .into_iter()
+                    .map(|v| v.map(|v| crate::catalog::quote_ident(&v)))
+                    .collect(),
+            ),
+            PgFn::RegClass | PgFn::ToRegClass => {
+                let mut out = Vec::with_capacity(n);
+                for name in text_arg(0)? {
+                    let oid = name
+                        .as_deref()
+                        .and_then(|name| pg_catalog::regclass(engine, name));
+                    if let (Some(name), None, PgFn::RegClass) = (&name, oid, self.kind) {
+                        return Err(external(crate::err!(
+                            sqlstate::UNDEFINED_TABLE,
+                            "relation \"{name}\" does not exist"
+                        )));
+                    }
+                    out.push(oid);
+                }
+                ints(out)
+            }
+            PgFn::RegType | PgFn::ToRegType => {
+                let mut out = Vec::with_capacity(n);
+                for name in text_arg(0)? {
+                    let oid = name.as_deref().and_then(type_by_name);
+                    if let (Some(name), None, PgFn::RegType) = (&name, oid, self.kind) {
+                        return Err(external(crate::err!(
+                            sqlstate::UNDEFINED_OBJECT,
+                            "type \"{name}\" does not exist"
+                        )));
+                    }
+                    out.push(oid);
+                }
+                ints(out)
+            }
+            PgFn::RegProc => text(
+                text_arg(0)?
+                    .into_iter()
+                    .map(|v| v.map(|v| pg_catalog::split_qualified(&v).1))
+                    .collect(),
+            ),
+            PgFn::RegNamespace => {
+                let mut out = Vec::with_capacity(n);
+                for name in text_arg(0)? {
+                    let Some(name) = name else {
+                        out.push(None);
+                        continue;
+                    };
+                    let (_, folded) = pg_catalog::split_qualified(&name);
+                    let oid = pg_catalog::NAMESPACES
+                        .iter()
+                        .find(|(_, n)| *n == folded)
+                        .map(|(o, _)| *o)
+                        .ok_or_else(|| {
+                            external(crate::err!(
+                                sqlstate::INVALID_SCHEMA_NAME,
+                                "schema \"{name}\" does not exist"
+                            ))
+                        })?;
+                    out.push(Some(oid));
+                }
+                ints(out)
+            }
+        })
+    }
+}
+
+fn text_values(a: &ArrayRef) -> DfResult<Vec<Option<String>>> {
+    let a = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+    Ok(a.as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect())
+}
+
+pub fn register(ctx: &SessionContext, engine: Arc<Engine>, settings: Settings) {
+    let shared = Shared { engine, settings };
+    for (kind, name) in FUNCTIONS {
+        let signature = match kind {
+            PgFn::CurrentSchema | PgFn::Version | PgFn::IsInRecovery | PgFn::StartTime => {
+                Signature::nullary(Volatility::Stable)
+            }
+            PgFn::SetConfig => Signature::variadic_any(Volatility::Volatile),
+            _ => Signature::variadic_any(Volatility::Stable),
+        };
+        ctx.register_udf(ScalarUDF::from(PgFunction {
+            kind: *kind,
+            name,
+            signature,
+            shared: shared.clone(),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_as_postgres_prints_them() {
+        assert_eq!(size_pretty(0), "0 bytes");
+        assert_eq!(size_pretty(10_239), "10239 bytes");
+        assert_eq!(size_pretty(10_240), "10 kB");
+        assert_eq!(size_pretty(1_000_000), "977 kB");
+        assert_eq!(size_pretty(123_456_789), "118 MB");
+        assert_eq!(size_pretty(-20_000), "-20 kB");
+    }
+
+    #[test]
+    fn type_names_resolve_like_regtype() {
+        assert_eq!(type_by_name("int4"), Some(23));
+        assert_eq!(type_by_name("pg_catalog.int8"), Some(20));
+        assert_eq!(type_by_name("integer"), Some(23));
+        assert_eq!(type_by_name("text[]"), Some(1009));
+        assert_eq!(type_by_name("_int4"), Some(1007));
+        assert_eq!(type_by_name("geometry"), None);
+    }
+}
+
+/// A function whose value is fixed for the session (`current_user`, `pg_backend_pid()`…).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionConstant {
+    name: &'static str,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SessionConstant {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+/// Functions whose value depends on the connection.
+pub fn register_session_functions(ctx: &SessionContext, user: &str, backend_pid: i32) {
+    let constants = [
+        ("current_user", ScalarValue::from(user)),
+        ("session_user", ScalarValue::from(user)),
+        ("current_role", ScalarValue::from(user)),
+        ("current_database", ScalarValue::from(pg_catalog::DATABASE)),
+        ("current_catalog", ScalarValue::from(pg_catalog::DATABASE)),
+        ("pg_backend_pid", ScalarValue::Int32(Some(backend_pid))),
+    ];
+    for (name, value) in constants {
+        ctx.register_udf(ScalarUDF::from(SessionConstant {
+            name,
+            value,
+            signature: Signature::nullary(Volatility::Stable),
+        }));
+    }
+}
