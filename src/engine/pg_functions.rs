@@ -53,6 +53,12 @@ enum PgFn {
     ToRegType,
     RegProc,
     RegNamespace,
+    /// `array_lower(a, 1)`/`array_upper(a, 1)`: the bounds of a one-dimensional array.
+    ArrayLower,
+    ArrayUpper,
+    /// `information_schema._pg_expandarray(a)` as an array of (x, n) records, unnested by the
+    /// rewrite in `sql` (`int2vector` text such as pg_index.indkey "1 2" is read as an array).
+    ExpandArray,
 }
 
 const FUNCTIONS: &[(PgFn, &str)] = &[
@@ -113,6 +119,9 @@ const FUNCTIONS: &[(PgFn, &str)] = &[
     (PgFn::ToRegType, "to_regtype"),
     (PgFn::RegProc, REGPROC),
     (PgFn::RegNamespace, REGNAMESPACE),
+    (PgFn::ArrayLower, "array_lower"),
+    (PgFn::ArrayUpper, "array_upper"),
+    (PgFn::ExpandArray, "eddy_expandarray"),
 ];
 
 /// The functions `'literal'::regclass` (…) are rewritten into.
@@ -237,11 +246,14 @@ impl ScalarUDFImpl for PgFunction {
             | PgFn::ToRegClass
             | PgFn::RegType
             | PgFn::ToRegType
-            | PgFn::RegNamespace => DataType::Int64,
+            | PgFn::RegNamespace
+            | PgFn::ArrayLower
+            | PgFn::ArrayUpper => DataType::Int64,
             PgFn::StartTime => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
             PgFn::CurrentSchemas => {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
             }
+            PgFn::ExpandArray => expand_array_type(),
             _ => DataType::Utf8,
         })
     }
@@ -500,6 +512,88 @@ impl ScalarUDFImpl for PgFunction {
                 }
                 ints(out)
             }
+            PgFn::ExpandArray => {
+                let values: Vec<Option<Vec<i64>>> = match arrays.first() {
+                    None => vec![None; n],
+                    Some(a) if matches!(a.data_type(), DataType::List(_)) => {
+                        let list = a.as_list::<i32>();
+                        (0..n)
+                            .map(|k| {
+                                if list.is_null(k) {
+                                    return Ok(None);
+                                }
+                                let v = datafusion::arrow::compute::cast(
+                                    &list.value(k),
+                                    &DataType::Int64,
+                                )?;
+                                Ok(Some(
+                                    v.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                                        .iter()
+                                        .map(|x| x.unwrap_or(0))
+                                        .collect(),
+                                ))
+                            })
+                            .collect::<DfResult<_>>()?
+                    }
+                    Some(_) => text_arg(0)?
+                        .into_iter()
+                        .map(|t| {
+                            t.map(|t| {
+                                t.trim_matches(|c| c == '{' || c == '}')
+                                    .split([' ', ','])
+                                    .filter_map(|x| x.trim().parse().ok())
+                                    .collect()
+                            })
+                        })
+                        .collect(),
+                };
+                ColumnarValue::Array(expand_array(values)?)
+            }
+            PgFn::ArrayLower | PgFn::ArrayUpper => {
+                let Some(array) = arrays.first() else {
+                    return Ok(ints(vec![None; n]));
+                };
+                let dims = int_arg(1)?;
+                let lengths: Vec<Option<i64>> = match array.data_type() {
+                    DataType::List(_) => {
+                        let list = array.as_list::<i32>();
+                        (0..n)
+                            .map(|k| (!list.is_null(k)).then(|| list.value_length(k) as i64))
+                            .collect()
+                    }
+                    DataType::LargeList(_) => {
+                        let list = array.as_list::<i64>();
+                        (0..n)
+                            .map(|k| (!list.is_null(k)).then(|| list.value_length(k)))
+                            .collect()
+                    }
+                    DataType::Null => vec![None; n],
+                    other => {
+                        return Err(external(crate::err!(
+                            sqlstate::UNDEFINED_FUNCTION,
+                            "function {}({other}, integer) does not exist",
+                            self.name
+                        )));
+                    }
+                };
+                // Eddy's arrays have one dimension, starting at 1; empty ones have no bounds.
+                ints(
+                    lengths
+                        .into_iter()
+                        .zip(dims)
+                        .map(|(len, dim)| match (len, dim) {
+                            (Some(len), Some(1)) if len > 0 => {
+                                Some(if self.kind == PgFn::ArrayLower {
+                                    1
+                                } else {
+                                    len
+                                })
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            }
             PgFn::RegProc => text(
                 text_arg(0)?
                     .into_iter()
@@ -530,6 +624,55 @@ impl ScalarUDFImpl for PgFunction {
             }
         })
     }
+}
+
+fn expand_array_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(
+            vec![
+                Field::new("x", DataType::Int64, true),
+                Field::new("n", DataType::Int64, true),
+            ]
+            .into(),
+        ),
+        true,
+    )))
+}
+
+/// Each array as a list of `(x: element, n: 1-based position)` records.
+fn expand_array(values: Vec<Option<Vec<i64>>>) -> DfResult<ArrayRef> {
+    let DataType::List(item) = expand_array_type() else {
+        unreachable!("expand_array_type is a list");
+    };
+    let DataType::Struct(fields) = item.data_type().clone() else {
+        unreachable!("its items are records");
+    };
+    let mut offsets = vec![0i32];
+    let (mut xs, mut ns) = (Vec::new(), Vec::new());
+    let mut valid = Vec::with_capacity(values.len());
+    for v in &values {
+        for (k, x) in v.iter().flatten().enumerate() {
+            xs.push(*x);
+            ns.push(k as i64 + 1);
+        }
+        offsets.push(xs.len() as i32);
+        valid.push(v.is_some());
+    }
+    let records = datafusion::arrow::array::StructArray::try_new(
+        fields,
+        vec![
+            Arc::new(Int64Array::from(xs)) as ArrayRef,
+            Arc::new(Int64Array::from(ns)) as ArrayRef,
+        ],
+        None,
+    )?;
+    Ok(Arc::new(datafusion::arrow::array::ListArray::try_new(
+        item,
+        datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
+        Arc::new(records),
+        Some(valid.into()),
+    )?))
 }
 
 fn text_values(a: &ArrayRef) -> DfResult<Vec<Option<String>>> {

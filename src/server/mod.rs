@@ -595,7 +595,11 @@ impl QueryParser for Parser {
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.schema {
-            Some(schema) => fields_of(schema, format.unwrap_or(&Format::UnifiedBinary)),
+            // A statement's Describe comes before Bind chose the formats: PostgreSQL reports
+            // text (zero) for every column then. pgjdbc takes the codes it is given as the
+            // formats to ask for, so binary here made it ask binary for types it cannot
+            // decode (interval: NULL) and misread others.
+            Some(schema) => fields_of(schema, format.unwrap_or(&Format::UnifiedText)),
             None => Ok(vec![]),
         }
     }
@@ -608,6 +612,47 @@ impl ExtendedQueryHandler for Handlers {
 
     fn query_parser(&self) -> Arc<Parser> {
         Arc::new(Parser)
+    }
+
+    /// Describe of a statement with parameters but no result rows (`INSERT … VALUES ($1)`)
+    /// must answer ParameterDescription and NoData, as PostgreSQL does: pgwire sends an empty
+    /// RowDescription instead, and pgjdbc then fails the INSERT with "A result was returned
+    /// when none was expected" once it prepares it server-side.
+    async fn on_describe<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Describe,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use pgwire::api::results::DescribeResponse;
+        use pgwire::messages::data::{NoData, ParameterDescription};
+        use pgwire::messages::extendedquery::TARGET_TYPE_BYTE_STATEMENT;
+        if message.target_type == TARGET_TYPE_BYTE_STATEMENT {
+            let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+            if let Some(pgwire::api::store::Entry::Value(stmt)) =
+                client.portal_store().get_statement(name)
+            {
+                let response = self.do_describe_statement(client, &stmt).await?;
+                if response.fields().is_empty() {
+                    let oids = response.parameters().unwrap_or_default();
+                    client
+                        .send(PgWireBackendMessage::ParameterDescription(
+                            ParameterDescription::new(oids.iter().map(|t| t.oid()).collect()),
+                        ))
+                        .await?;
+                    client
+                        .send(PgWireBackendMessage::NoData(NoData::new()))
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+        self._on_describe(client, message).await
     }
 
     async fn do_query<C>(

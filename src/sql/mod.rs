@@ -445,6 +445,45 @@ pub fn dedupe_output_names(stmt: &Statement) -> Statement {
 fn aggregate_scalar_subqueries(stmt: &mut Statement) {
     use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, visit_expressions_mut};
     let _ = visit_expressions_mut(stmt, |expr| {
+        // `information_schema._pg_expandarray(a)`, a set-returning function of (x, n) records
+        // (pgjdbc's getPrimaryKeys), is `unnest` of the same records as an array.
+        if let ast::Expr::Function(f) = expr
+            && f.name
+                .to_string()
+                .eq_ignore_ascii_case("information_schema._pg_expandarray")
+        {
+            let mut inner = f.clone();
+            inner.name = ast::ObjectName::from(vec![ast::Ident::new("eddy_expandarray")]);
+            f.name = ast::ObjectName::from(vec![ast::Ident::new("unnest")]);
+            f.args = ast::FunctionArguments::List(ast::FunctionArgumentList {
+                duplicate_treatment: None,
+                args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                    ast::Expr::Function(inner),
+                ))],
+                clauses: vec![],
+            });
+            return std::ops::ControlFlow::<()>::Continue(());
+        }
+        // `(record).field` → `get_field(record, 'field')`, which DataFusion plans.
+        if let ast::Expr::CompoundFieldAccess { root, access_chain } = expr
+            && matches!(root.as_ref(), ast::Expr::Nested(_))
+            && access_chain
+                .iter()
+                .all(|a| matches!(a, ast::AccessExpr::Dot(ast::Expr::Identifier(_))))
+        {
+            let mut text = root.to_string();
+            for access in access_chain.iter() {
+                if let ast::AccessExpr::Dot(ast::Expr::Identifier(field)) = access {
+                    text = format!("get_field({text}, '{}')", field.value.replace('\'', "''"));
+                }
+            }
+            if let Ok(rewritten) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&text)
+                .and_then(|mut p| p.parse_expr())
+            {
+                *expr = rewritten;
+            }
+        }
         // `array(SELECT x FROM … [ORDER BY …])` → `(SELECT array_agg(x [ORDER BY …]) FROM …)`,
         // which DataFusion plans (and decorrelates). It gives NULL rather than '{}' when no row
         // matches, which prints the same in the catalogs' uses (array_to_string, psql).
