@@ -34,16 +34,29 @@ setup() {
     command -v cargo >/dev/null || { echo "eddy.sh: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
 }
 
-# The Python the client tests run (tests/clients/*.py): a venv with psycopg 3.
+# The drivers the client tests run (tests/clients.rs, docs/clients.md):
+# - psycopg 3 and asyncpg, in a venv (EDDY_VENV, default ~/.cache/eddy-venv);
+# - node-postgres, installed with npm in ~/.cache/eddy-node (Node.js from Debian if missing);
+# - pgjdbc, Debian's libpostgresql-jdbc-java, run from source by a JDK's `java`.
 VENV="${EDDY_VENV:-$HOME/.cache/eddy-venv}"
-setup_python() {
-    install_missing python3 python3-venv
-    if ! "$VENV/bin/python" -c "import psycopg" >/dev/null 2>&1; then
-        echo "eddy.sh: preparing $VENV (psycopg)" >&2
-        /usr/bin/python3 -m venv "$VENV"
-        "$VENV/bin/pip" install -q "psycopg[binary]>=3.2,<4"
+NODE_DIR="$HOME/.cache/eddy-node"
+setup_clients() {
+    install_missing python3 python3-venv libpostgresql-jdbc-java
+    if ! "$VENV/bin/python" -c "import psycopg, asyncpg" >/dev/null 2>&1; then
+        echo "eddy.sh: preparing $VENV (psycopg, asyncpg)" >&2
+        [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q "psycopg[binary]>=3.2,<4" "asyncpg>=0.29,<1"
     fi
     export EDDY_PYTHON="$VENV/bin/python"
+    command -v javac >/dev/null || install_missing default-jdk-headless
+    command -v node >/dev/null || install_missing nodejs
+    command -v npm >/dev/null || install_missing npm
+    if [ ! -d "$NODE_DIR/node_modules/pg" ]; then
+        echo "eddy.sh: installing node-postgres in $NODE_DIR" >&2
+        mkdir -p "$NODE_DIR"
+        npm install --silent --prefix "$NODE_DIR" "pg@8" >/dev/null
+    fi
+    export EDDY_NODE_MODULES="$NODE_DIR/node_modules"
 }
 
 case "${1:-}" in
@@ -56,7 +69,7 @@ case "${1:-}" in
     test)
         shift
         setup
-        setup_python
+        setup_clients
         exec cargo test "$@"
         ;;
     *)
