@@ -74,4 +74,24 @@ pub struct Config {
     /// contents and change history are kept. At most 1024.
     #[arg(long, default_value_t = 0, env = "EDDY_WORKERS", value_parser = clap::value_parser!(u64).range(0..=1024))]
     pub workers: u64,
+
+    /// At most this many client connections at once; the next gets SQLSTATE 53300 ("too many
+    /// clients already"), as PostgreSQL's max_connections.
+    #[arg(long, default_value_t = 1000, env = "EDDY_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+
+    /// The longest statement text accepted (e.g. `16MB`); longer ones get 54000.
+    #[arg(long, default_value = "16MB", value_parser = crate::types::parse_memory, env = "EDDY_MAX_STATEMENT_SIZE")]
+    pub max_statement_size: usize,
+
+    /// Memory one ad-hoc query may use for sorts, joins and aggregations (e.g. `1GB`, or `10%`
+    /// of the machine's); past it the query fails with 53200 and other sessions are unaffected.
+    #[arg(long, default_value = "10%", value_parser = crate::types::parse_memory, env = "EDDY_QUERY_MEMORY")]
+    pub query_memory: usize,
+
+    /// Ends a session that stays idle inside a transaction block this long (e.g. `10min`; `0s`
+    /// never), rolling the transaction back: the server-wide default of the session setting
+    /// idle_in_transaction_session_timeout.
+    #[arg(long, default_value = "0s", value_parser = crate::types::parse_duration, env = "EDDY_IDLE_IN_TRANSACTION_TIMEOUT")]
+    pub idle_in_transaction_timeout: Duration,
 }

@@ -51,6 +51,8 @@ pub mod sqlstate {
     pub const IO_ERROR: &str = "58030";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     pub const INVALID_SCHEMA_NAME: &str = "3F000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INTERNAL_ERROR: &str = "XX000";

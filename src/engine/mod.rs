@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub clock: ClockSetting,
     /// Threads that run dataflows, each view's state sharded by key across them.
     pub workers: usize,
+    /// Memory one ad-hoc query may use (DataFusion's memory pool per session); past it the
+    /// query fails with 53200.
+    pub query_memory: usize,
 }
 
 impl EngineConfig {
@@ -95,6 +98,7 @@ impl EngineConfig {
             target_recovery_time: DEFAULT_TARGET_RECOVERY_TIME,
             clock: ClockSetting::System,
             workers: default_workers(),
+            query_memory: crate::types::system_memory() / 10,
         }
     }
 }
@@ -334,6 +338,11 @@ impl Engine {
             budget,
             sources: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Memory one ad-hoc query may use.
+    pub fn query_memory(&self) -> usize {
+        self.config.query_memory
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -133,7 +133,12 @@ pub fn session_context(
     options.sql_parser.map_string_types_to_utf8view = false;
     options.sql_parser.enable_ident_normalization = true;
     options.execution.time_zone = Some("+00:00".to_string());
-    let ctx = SessionContext::new_with_config(config);
+    // Each session's queries share one pool: a session runs one query at a time, so this is
+    // the memory one query may use.
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(engine.query_memory(), 1.0)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     let catalog = MemoryCatalogProvider::new();
     let pg_catalog = super::pg_catalog::schema(engine.clone(), settings.clone());
     catalog.register_schema(

@@ -228,6 +228,12 @@ impl Session {
         self.tx.is_some()
     }
 
+    /// Sets a setting's value for this session as if it were its default (server-wide
+    /// defaults that come from the command line).
+    pub fn set_default(&mut self, name: &str, value: String) {
+        self.settings.lock().insert(name.to_string(), value);
+    }
+
     pub fn setting(&self, name: &str) -> Option<String> {
         self.settings.lock().get(&name.to_lowercase()).cloned()
     }

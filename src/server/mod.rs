@@ -12,6 +12,7 @@
 mod copy;
 mod copy_out;
 mod encode;
+mod limits;
 mod subscribe;
 
 pub use encode::format_float;
@@ -57,6 +58,30 @@ use crate::engine::{CopyIn, Engine, EngineConfig, Output, Prepared, Session};
 use crate::error::{Error, Result, sqlstate};
 use crate::sql;
 
+/// What the server allows its clients, beyond the engine's settings (see [`Config`]).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    /// Connections at once; the next one gets 53300.
+    pub max_connections: usize,
+    /// The longest statement text accepted (bytes); longer ones get 54000.
+    pub max_statement_size: usize,
+    /// The default of idle_in_transaction_session_timeout (zero: never).
+    pub idle_in_transaction_timeout: std::time::Duration,
+}
+
+impl ServerOptions {
+    /// The defaults of the command line, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> ServerOptions {
+        ServerOptions {
+            listen,
+            max_connections: 1000,
+            max_statement_size: 16 << 20,
+            idle_in_transaction_timeout: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// A running server: the engine plus the accept loop.
 pub struct Server {
     engine: Arc<Engine>,
@@ -91,11 +116,27 @@ impl Server {
                 0 => crate::engine::default_workers(),
                 n => n as usize,
             },
+            query_memory: config.query_memory,
         };
-        Self::start_with(engine_config, config.listen).await
+        let options = ServerOptions {
+            listen: config.listen,
+            max_connections: config.max_connections,
+            max_statement_size: config.max_statement_size,
+            idle_in_transaction_timeout: config.idle_in_transaction_timeout,
+        };
+        Self::start_with_options(engine_config, options).await
     }
 
+    /// A server with the default [`ServerOptions`] on `listen`.
     pub async fn start_with(engine_config: EngineConfig, listen: SocketAddr) -> Result<Server> {
+        Self::start_with_options(engine_config, ServerOptions::new(listen)).await
+    }
+
+    pub async fn start_with_options(
+        engine_config: EngineConfig,
+        options: ServerOptions,
+    ) -> Result<Server> {
+        let listen = options.listen;
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await
             .map_err(|e| crate::internal!("start-up task failed: {e}"))??;
@@ -111,6 +152,7 @@ impl Server {
             manager: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
             socket: None,
+            limits: Arc::new(limits::Limits::new(&options)),
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
@@ -220,6 +262,7 @@ struct Handlers {
     /// The connection's socket (per-connection handlers only), for SUBSCRIBE to notice the
     /// client hanging up.
     socket: Option<subscribe::SocketRef>,
+    limits: Arc<limits::Limits>,
 }
 
 type SessionCell = AsyncMutex<Session>;
@@ -237,6 +280,13 @@ type CopyCell = parking_lot::Mutex<Option<CopyState>>;
 
 fn user_error(e: Error) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(e)))
+}
+
+/// An error that ends the connection (after startup failed).
+fn fatal_error(e: Error) -> PgWireError {
+    let mut info = error_info(e);
+    info.severity = "FATAL".to_owned();
+    PgWireError::UserError(Box::new(info))
 }
 
 fn error_info(e: Error) -> ErrorInfo {
@@ -453,6 +503,8 @@ impl StartupHandler for Handlers {
         if let PgWireFrontendMessage::Startup(ref startup) = message {
             protocol_negotiation(client, startup).await?;
             save_startup_parameters_to_metadata(client, startup);
+            let slot = self.limits.connect().map_err(fatal_error)?;
+            client.session_extensions().insert::<limits::Slot>(slot);
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key.clone());
             let (handle, guard) = self.manager.register(pid, key);
@@ -465,11 +517,26 @@ impl StartupHandler for Handlers {
                 crate::engine::CLIENT_ADDRESS.to_string(),
                 client.socket_addr().to_string(),
             );
-            let session =
+            let mut session =
                 Session::new(self.engine.clone(), &startup_params, pid).map_err(user_error)?;
+            session.set_default(
+                limits::IDLE_IN_TRANSACTION_SETTING,
+                self.limits
+                    .idle_in_transaction_timeout
+                    .as_millis()
+                    .to_string(),
+            );
             client
                 .session_extensions()
                 .insert::<SessionCell>(AsyncMutex::new(session));
+            if let Some(socket) = self.socket {
+                client
+                    .session_extensions()
+                    .insert::<limits::IdleWatch>(limits::IdleWatch::start(
+                        socket,
+                        self.limits.idle_in_transaction_timeout,
+                    ));
+            }
             let mut params = DefaultServerParameterProvider::default();
             params.server_version = crate::SERVER_VERSION.to_string();
             params.time_zone = "UTC".to_string();
@@ -491,6 +558,35 @@ impl SimpleQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let cell = session_of(client)?;
+        let idle = client.session_extensions().get::<limits::IdleWatch>();
+        if let Some(idle) = &idle {
+            idle.busy();
+        }
+        if let Err(e) = self.limits.check_statement(query) {
+            cell.lock().await.fail_transaction();
+            return Ok(vec![Response::Error(Box::new(error_info(e)))]);
+        }
+        let mut responses = self.simple_query(client, &cell, query).await?;
+        if let Some(idle) = idle {
+            idle.arm_after(&mut responses, &*cell.lock().await);
+        }
+        Ok(responses)
+    }
+}
+
+impl Handlers {
+    async fn simple_query<C>(
+        &self,
+        client: &mut C,
+        cell: &Arc<SessionCell>,
+        query: &str,
+    ) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let statements = match sql::parse_all(query) {
             Ok(s) => s,
             Err(e) => {
@@ -509,7 +605,7 @@ impl SimpleQueryHandler for Handlers {
         let mut responses = Vec::with_capacity(statements.len());
         for parsed in &statements {
             let output = cell.lock().await.execute(parsed, &[]).await;
-            send_notices(client, &cell).await?;
+            send_notices(client, cell).await?;
             match output {
                 Ok(output) => {
                     let is_copy = matches!(output, Output::CopyIn(_));
@@ -541,7 +637,7 @@ impl SimpleQueryHandler for Handlers {
         if implicit && let Err(e) = cell.lock().await.end_implicit().await {
             responses.push(Response::Error(Box::new(error_info(e))));
         }
-        send_notices(client, &cell).await?;
+        send_notices(client, cell).await?;
         Ok(responses)
     }
 }
@@ -563,6 +659,12 @@ impl QueryParser for Parser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let cell = session_of(client)?;
+        if let Some(idle) = client.session_extensions().get::<limits::IdleWatch>() {
+            idle.busy();
+        }
+        if let Some(limits) = client.session_extensions().get::<limits::Slot>() {
+            limits.check_statement(sql_text).map_err(user_error)?;
+        }
         let mut statements = sql::parse_all(sql_text).map_err(user_error)?;
         if statements.len() > 1 {
             return Err(user_error(crate::err!(
@@ -656,6 +758,32 @@ impl ExtendedQueryHandler for Handlers {
     }
 
     async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let idle = client.session_extensions().get::<limits::IdleWatch>();
+        if let Some(idle) = &idle {
+            idle.busy();
+        }
+        let mut response = self.extended_query(client, portal, max_rows).await;
+        if let (Some(idle), Ok(response)) = (idle, &mut response) {
+            let cell = session_of(client)?;
+            idle.arm_after(std::slice::from_mut(response), &*cell.lock().await);
+        }
+        response
+    }
+}
+
+impl Handlers {
+    async fn extended_query<C>(
         &self,
         client: &mut C,
         portal: &Portal<Prepared>,
@@ -893,6 +1021,7 @@ impl Handlers {
             manager: self.manager.clone(),
             pids: self.pids.clone(),
             socket,
+            limits: self.limits.clone(),
         }
     }
 }

@@ -44,7 +44,7 @@ pub struct SocketRef(pub RawFd);
 
 impl SocketRef {
     /// A second descriptor for the socket.
-    fn dup(&self) -> io::Result<std::net::TcpStream> {
+    pub(super) fn dup(&self) -> io::Result<std::net::TcpStream> {
         // SAFETY: handlers run inside the connection's task while pgwire holds the socket, so
         // the descriptor is open for the duration of this call; the duplicate is independent.
         let fd = unsafe { BorrowedFd::borrow_raw(self.0) }.try_clone_to_owned()?;
