@@ -41,7 +41,7 @@ setup() {
 VENV="${EDDY_VENV:-$HOME/.cache/eddy-venv}"
 NODE_DIR="$HOME/.cache/eddy-node"
 setup_clients() {
-    install_missing python3 python3-venv libpostgresql-jdbc-java
+    install_missing python3 python3-venv libpostgresql-jdbc-java openssl
     if ! "$VENV/bin/python" -c "import psycopg, asyncpg" >/dev/null 2>&1; then
         echo "eddy.sh: preparing $VENV (psycopg, asyncpg)" >&2
         [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"

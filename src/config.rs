@@ -94,4 +94,20 @@ pub struct Config {
     /// idle_in_transaction_session_timeout.
     #[arg(long, default_value = "0s", value_parser = crate::types::parse_duration, env = "EDDY_IDLE_IN_TRANSACTION_TIMEOUT")]
     pub idle_in_transaction_timeout: Duration,
+
+    /// How clients authenticate: `trust` (any user name, no password) or `scram` (the
+    /// password of a role with LOGIN, by SCRAM-SHA-256). Default: `trust` when listening on
+    /// loopback, `scram` otherwise. `EDDY_PASSWORD` in the environment sets the password of the
+    /// role `eddy` at start-up.
+    #[arg(long, value_enum, env = "EDDY_AUTH")]
+    pub auth: Option<crate::server::AuthMode>,
+
+    /// A PEM certificate (chain) for TLS; with `--tls-key`, clients may connect with
+    /// `sslmode=require`.
+    #[arg(long, env = "EDDY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "EDDY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }

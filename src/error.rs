@@ -52,6 +52,9 @@ pub mod sqlstate {
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const OBJECT_IN_USE: &str = "55006";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     pub const INVALID_SCHEMA_NAME: &str = "3F000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";

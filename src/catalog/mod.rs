@@ -226,7 +226,26 @@ enum Entry {
     Table(TableDef),
     View(ViewDef),
     Source(SourceDef),
+    Role(RoleDef),
     NextId { next: ObjectId },
+}
+
+/// A role (`CREATE ROLE`): who may log in, and with which password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleDef {
+    pub name: String,
+    pub login: bool,
+    pub superuser: bool,
+    /// The SCRAM-SHA-256 verifier of its password, in PostgreSQL's format
+    /// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`); never the password.
+    pub password: Option<String>,
+}
+
+/// The role every data directory has (PostgreSQL's bootstrap superuser), oid 10.
+pub const BOOTSTRAP_ROLE: &str = "eddy";
+
+fn role_key(name: &str) -> Vec<u8> {
+    format!("role/{name}").into_bytes()
 }
 
 const NEXT_ID_KEY: &[u8] = b"meta/next_id";
@@ -250,6 +269,8 @@ pub struct Catalog {
     tables: BTreeMap<String, Arc<TableDef>>,
     views: BTreeMap<String, Arc<ViewDef>>,
     sources: BTreeMap<String, Arc<SourceDef>>,
+    /// Roles besides the bootstrap one, which is here once it has a password.
+    roles: BTreeMap<String, Arc<RoleDef>>,
     next_id: ObjectId,
 }
 
@@ -259,6 +280,7 @@ impl Catalog {
             tables: BTreeMap::new(),
             views: BTreeMap::new(),
             sources: BTreeMap::new(),
+            roles: BTreeMap::new(),
             next_id: 1,
         };
         for (key, value) in store.catalog_entries()? {
@@ -282,10 +304,55 @@ impl Catalog {
                     catalog.next_id = catalog.next_id.max(s.id + 1);
                     catalog.sources.insert(s.name.clone(), Arc::new(s));
                 }
+                Entry::Role(r) => {
+                    catalog.roles.insert(r.name.clone(), Arc::new(r));
+                }
                 Entry::NextId { next } => catalog.next_id = catalog.next_id.max(next),
             }
         }
         Ok(catalog)
+    }
+
+    /// A role by name; the bootstrap role always exists (a superuser that may log in, with
+    /// no password until one is set).
+    pub fn role(&self, name: &str) -> Option<Arc<RoleDef>> {
+        self.roles.get(name).cloned().or_else(|| {
+            (name == BOOTSTRAP_ROLE).then(|| {
+                Arc::new(RoleDef {
+                    name: BOOTSTRAP_ROLE.to_string(),
+                    login: true,
+                    superuser: true,
+                    password: None,
+                })
+            })
+        })
+    }
+
+    /// Every role, the bootstrap one first.
+    pub fn roles(&self) -> Vec<Arc<RoleDef>> {
+        let mut out: Vec<Arc<RoleDef>> = self.role(BOOTSTRAP_ROLE).into_iter().collect();
+        out.extend(
+            self.roles
+                .values()
+                .filter(|r| r.name != BOOTSTRAP_ROLE)
+                .cloned(),
+        );
+        out
+    }
+
+    /// Persists a role (new or changed) and puts it in place.
+    pub fn put_role(&mut self, store: &StateStore, def: RoleDef) -> Result<()> {
+        let json = serde_json::to_vec(&Entry::Role(def.clone()))
+            .map_err(|e| crate::internal!("serializing the catalog: {e}"))?;
+        store.write_catalog(&[(role_key(&def.name), json)], &[])?;
+        self.roles.insert(def.name.clone(), Arc::new(def));
+        Ok(())
+    }
+
+    pub fn drop_role(&mut self, store: &StateStore, name: &str) -> Result<()> {
+        store.write_catalog(&[], &[role_key(name)])?;
+        self.roles.remove(name);
+        Ok(())
     }
 
     pub fn table(&self, name: &str) -> Option<&Arc<TableDef>> {

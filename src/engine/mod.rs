@@ -26,6 +26,7 @@ mod information_schema;
 mod pg_catalog;
 mod pg_functions;
 mod provider;
+mod roles;
 mod session;
 mod sources;
 mod subscribe;
@@ -54,6 +55,7 @@ use watermark::WatermarkTracker;
 
 pub use crate::storage::table::Snapshot;
 use crate::storage::table::{self, Spill, TableBase, TableCodec, TableStore};
+pub use roles::parse_verifier;
 pub use session::{CLIENT_ADDRESS, CopyFormat, CopyIn, Output, Prepared, Session};
 
 use crate::dataflow::TEMP_IDS;

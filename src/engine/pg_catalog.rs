@@ -51,6 +51,16 @@ pub fn namespace_name(oid: i64) -> &'static str {
         .map_or("public", |(_, n)| n)
 }
 
+/// A role's oid: 10 for the bootstrap role (PostgreSQL's), a stable one from the name for
+/// the others.
+pub fn role_oid(name: &str) -> i64 {
+    if name == crate::catalog::BOOTSTRAP_ROLE {
+        OWNER
+    } else {
+        20_000_000 + (crc32fast::hash(name.as_bytes()) % 1_000_000_000) as i64
+    }
+}
+
 pub fn table_oid(def: &TableDef) -> i64 {
     object_oid(def.id)
 }
@@ -1457,31 +1467,35 @@ impl PgCatalog {
                     ]);
                 }
             }
-            "pg_roles" => {
-                t.row(&[
-                    ("rolname", s("eddy")),
-                    ("rolsuper", b(true)),
-                    ("rolinherit", b(true)),
-                    ("rolcreaterole", b(true)),
-                    ("rolcreatedb", b(true)),
-                    ("rolcanlogin", b(true)),
-                    ("rolreplication", b(false)),
-                    ("rolconnlimit", i(-1)),
-                    ("rolpassword", s("********")),
-                    ("rolbypassrls", b(true)),
-                    ("oid", i(OWNER)),
-                ]);
-            }
-            "pg_user" => {
-                t.row(&[
-                    ("usename", s("eddy")),
-                    ("usesysid", i(OWNER)),
-                    ("usecreatedb", b(true)),
-                    ("usesuper", b(true)),
-                    ("userepl", b(false)),
-                    ("usebypassrls", b(true)),
-                    ("passwd", s("********")),
-                ]);
+            "pg_roles" | "pg_user" => {
+                for role in self.engine.catalog().roles() {
+                    let hidden = s("********");
+                    if name == "pg_roles" {
+                        t.row(&[
+                            ("rolname", s(&role.name)),
+                            ("rolsuper", b(role.superuser)),
+                            ("rolinherit", b(true)),
+                            ("rolcreaterole", b(role.superuser)),
+                            ("rolcreatedb", b(role.superuser)),
+                            ("rolcanlogin", b(role.login)),
+                            ("rolreplication", b(false)),
+                            ("rolconnlimit", i(-1)),
+                            ("rolpassword", hidden),
+                            ("rolbypassrls", b(role.superuser)),
+                            ("oid", i(role_oid(&role.name))),
+                        ]);
+                    } else if role.login {
+                        t.row(&[
+                            ("usename", s(&role.name)),
+                            ("usesysid", i(role_oid(&role.name))),
+                            ("usecreatedb", b(role.superuser)),
+                            ("usesuper", b(role.superuser)),
+                            ("userepl", b(false)),
+                            ("usebypassrls", b(role.superuser)),
+                            ("passwd", hidden),
+                        ]);
+                    }
+                }
             }
             "pg_settings" => {
                 let defaults = super::session::default_settings();

@@ -156,6 +156,8 @@ pub struct Session {
     tx: Option<Transaction>,
     /// Who is connected (`user@address`) and the backend pid, for system views.
     pub(super) client: String,
+    /// The session's role (the startup `user`).
+    pub(super) user: String,
     pub(super) pid: i32,
     /// Open cursors (DECLARE), closed at the end of the transaction.
     pub(super) cursors: HashMap<String, super::subscribe::Cursor>,
@@ -199,6 +201,7 @@ impl Session {
             settings,
             tx: None,
             client,
+            user,
             pid: backend_pid,
             cursors: HashMap::new(),
             notices: Vec::new(),
@@ -451,6 +454,29 @@ impl Session {
                         ),
                     })
                 }
+            }
+            Statement::CreateRole(create) => {
+                if !self.ddl_allowed() {
+                    return Err(ddl_in_transaction("CREATE ROLE"));
+                }
+                self.create_role(create, parsed.create_user)
+            }
+            Statement::AlterRole { name, operation } => {
+                if !self.ddl_allowed() {
+                    return Err(ddl_in_transaction("ALTER ROLE"));
+                }
+                self.alter_role(name, operation)
+            }
+            Statement::Drop {
+                object_type: ast::ObjectType::Role,
+                if_exists,
+                names,
+                ..
+            } => {
+                if !self.ddl_allowed() {
+                    return Err(ddl_in_transaction("DROP ROLE"));
+                }
+                self.drop_roles(names, *if_exists)
             }
             Statement::Drop {
                 object_type,

@@ -104,7 +104,9 @@ pub struct IdleWatch {
 }
 
 impl IdleWatch {
-    pub fn start(socket: SocketRef, default: Duration) -> IdleWatch {
+    /// `secure`: the connection is TLS, where the watch cannot write a message of its own, so
+    /// it only shuts the socket down.
+    pub fn start(socket: SocketRef, default: Duration, secure: bool) -> IdleWatch {
         let (deadline, mut changes) = watch::channel(None::<Instant>);
         // Its own descriptor for the socket: stays valid (and the same socket) whatever
         // happens to pgwire's.
@@ -123,7 +125,7 @@ impl IdleWatch {
                             changed = changes.changed() => if changed.is_err() { return },
                             _ = tokio::time::sleep_until(at) => {
                                 if let Some(stream) = &stream {
-                                    terminate(stream);
+                                    terminate(stream, secure);
                                 }
                                 return;
                             }
@@ -200,16 +202,17 @@ fn idle_timeout(session: &Session) -> Option<Duration> {
 
 /// Sends FATAL 25P03 and shuts the socket down. The session is idle, so pgwire is waiting to
 /// read and writes nothing meanwhile.
-fn terminate(stream: &std::net::TcpStream) {
+fn terminate(stream: &std::net::TcpStream, secure: bool) {
     let error = Error::new(
         sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
         "terminating connection due to idle-in-transaction timeout",
     );
     let info = ErrorInfo::new("FATAL".into(), error.sqlstate.into(), error.message);
     let mut buf = bytes::BytesMut::new();
-    if PgWireBackendMessage::ErrorResponse(info.into())
-        .encode(&mut buf)
-        .is_ok()
+    if !secure
+        && PgWireBackendMessage::ErrorResponse(info.into())
+            .encode(&mut buf)
+            .is_ok()
     {
         let mut stream = stream;
         let _ = stream.write_all(&buf);

@@ -9,12 +9,15 @@
 //!                                             └ copy.rs:   CopyData → text columns
 //! ```
 
+mod auth;
 mod copy;
 mod copy_out;
 mod encode;
 mod limits;
 mod subscribe;
+mod tls;
 
+pub use auth::AuthMode;
 pub use encode::format_float;
 mod params;
 
@@ -29,6 +32,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::auth::driver::AuthOutcome;
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -68,6 +72,10 @@ pub struct ServerOptions {
     pub max_statement_size: usize,
     /// The default of idle_in_transaction_session_timeout (zero: never).
     pub idle_in_transaction_timeout: std::time::Duration,
+    /// PEM files of the certificate (chain) and key for TLS; none: no TLS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// How clients authenticate.
+    pub auth: AuthMode,
 }
 
 impl ServerOptions {
@@ -78,6 +86,8 @@ impl ServerOptions {
             max_connections: 1000,
             max_statement_size: 16 << 20,
             idle_in_transaction_timeout: std::time::Duration::ZERO,
+            tls: None,
+            auth: AuthMode::for_listen(None, listen),
         }
     }
 }
@@ -123,8 +133,31 @@ impl Server {
             max_connections: config.max_connections,
             max_statement_size: config.max_statement_size,
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,
+            tls: config.tls_cert.clone().zip(config.tls_key.clone()),
+            auth: AuthMode::for_listen(config.auth, config.listen),
         };
-        Self::start_with_options(engine_config, options).await
+        let server = Self::start_with_options(engine_config, options).await?;
+        // The bootstrap role's password, for a first login over SCRAM (containers): from the
+        // environment, never the command line (which other users of the machine can read).
+        if let Ok(password) = std::env::var("EDDY_PASSWORD")
+            && !password.is_empty()
+        {
+            server.engine.set_bootstrap_password(&password)?;
+        }
+        if AuthMode::for_listen(config.auth, config.listen) == AuthMode::Scram
+            && server
+                .engine
+                .catalog()
+                .roles()
+                .iter()
+                .all(|r| r.password.is_none())
+        {
+            tracing::warn!(
+                "clients authenticate with passwords (--auth scram) but no role has one yet: \
+                 start with EDDY_PASSWORD set to give the role \"eddy\" one"
+            );
+        }
+        Ok(server)
     }
 
     /// A server with the default [`ServerOptions`] on `listen`.
@@ -137,6 +170,17 @@ impl Server {
         options: ServerOptions,
     ) -> Result<Server> {
         let listen = options.listen;
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+            None => None,
+        };
+        let certificate = match &options.tls {
+            Some((cert, _)) => Some(
+                std::fs::read(cert)
+                    .map_err(|e| Error::io(format!("reading {}", cert.display()), &e))?,
+            ),
+            None => None,
+        };
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await
             .map_err(|e| crate::internal!("start-up task failed: {e}"))??;
@@ -153,6 +197,13 @@ impl Server {
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
             socket: None,
             limits: Arc::new(limits::Limits::new(&options)),
+            auth: match options.auth {
+                AuthMode::Trust => None,
+                AuthMode::Scram => Some(Arc::new(auth::Authenticator::scram(
+                    engine.clone(),
+                    certificate.as_deref(),
+                )?)),
+            },
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
@@ -166,8 +217,9 @@ impl Server {
                             let handlers = Arc::new(handlers.for_connection(Some(
                                 subscribe::SocketRef(std::os::fd::AsRawFd::as_raw_fd(&socket)),
                             )));
+                            let tls = tls.clone();
                             connections.spawn(async move {
-                                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                                 }
                             });
@@ -263,6 +315,8 @@ struct Handlers {
     /// client hanging up.
     socket: Option<subscribe::SocketRef>,
     limits: Arc<limits::Limits>,
+    /// None: trust.
+    auth: Option<Arc<auth::Authenticator>>,
 }
 
 type SessionCell = AsyncMutex<Session>;
@@ -496,55 +550,111 @@ impl StartupHandler for Handlers {
         message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let slot = self.limits.connect().map_err(fatal_error)?;
+                client.session_extensions().insert::<limits::Slot>(slot);
+                let Some(auth) = &self.auth else {
+                    return self.start_session(client, None).await;
+                };
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                let outcome = auth
+                    .driver
+                    .begin_authentication(client, auth.mechanism(client.is_secure()))
+                    .await
+                    .map_err(|_| fatal_error(auth::failed(&user)))?;
+                if let AuthOutcome::Authenticated { final_message, .. } = outcome {
+                    self.start_session(client, final_message).await?;
+                }
+                Ok(())
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let Some(auth) = &self.auth else {
+                    return Err(fatal_error(crate::err!(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "unexpected password message: this server asks for none"
+                    )));
+                };
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                let outcome = auth
+                    .driver
+                    .advance_authentication(client, message)
+                    .await
+                    .map_err(|_| fatal_error(auth::failed(&user)))?;
+                if let AuthOutcome::Authenticated { final_message, .. } = outcome {
+                    self.start_session(client, final_message).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Handlers {
+    /// After authentication: the session, its pid and cancel key, and the rest of startup
+    /// (AuthenticationOk, parameters, BackendKeyData, ReadyForQuery). `final_message`: the
+    /// authentication's last message (SCRAM's server signature), sent first.
+    async fn start_session<C>(
+        &self,
+        client: &mut C,
+        final_message: Option<pgwire::messages::startup::Authentication>,
+    ) -> PgWireResult<()>
+    where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let PgWireFrontendMessage::Startup(ref startup) = message {
-            protocol_negotiation(client, startup).await?;
-            save_startup_parameters_to_metadata(client, startup);
-            let slot = self.limits.connect().map_err(fatal_error)?;
-            client.session_extensions().insert::<limits::Slot>(slot);
-            let (pid, key) = self.pids.generate(client);
-            client.set_pid_and_secret_key(pid, key.clone());
-            let (handle, guard) = self.manager.register(pid, key);
+        if let Some(message) = final_message {
             client
-                .session_extensions()
-                .insert::<Arc<ConnectionHandle>>(handle);
-            client.session_extensions().insert::<ConnectionGuard>(guard);
-            let mut startup_params: HashMap<String, String> = client.metadata().clone();
-            startup_params.insert(
-                crate::engine::CLIENT_ADDRESS.to_string(),
-                client.socket_addr().to_string(),
-            );
-            let mut session =
-                Session::new(self.engine.clone(), &startup_params, pid).map_err(user_error)?;
-            session.set_default(
-                limits::IDLE_IN_TRANSACTION_SETTING,
-                self.limits
-                    .idle_in_transaction_timeout
-                    .as_millis()
-                    .to_string(),
-            );
-            client
-                .session_extensions()
-                .insert::<SessionCell>(AsyncMutex::new(session));
-            if let Some(socket) = self.socket {
-                client
-                    .session_extensions()
-                    .insert::<limits::IdleWatch>(limits::IdleWatch::start(
-                        socket,
-                        self.limits.idle_in_transaction_timeout,
-                    ));
-            }
-            let mut params = DefaultServerParameterProvider::default();
-            params.server_version = crate::SERVER_VERSION.to_string();
-            params.time_zone = "UTC".to_string();
-            params.date_style = "ISO, MDY".to_string();
-            params.interval_style = "postgres".to_string();
-            finish_authentication(client, &params).await?;
+                .send(PgWireBackendMessage::Authentication(message))
+                .await?;
         }
-        Ok(())
+        let (pid, key) = self.pids.generate(client);
+        client.set_pid_and_secret_key(pid, key.clone());
+        let (handle, guard) = self.manager.register(pid, key);
+        client
+            .session_extensions()
+            .insert::<Arc<ConnectionHandle>>(handle);
+        client.session_extensions().insert::<ConnectionGuard>(guard);
+        let mut startup_params: HashMap<String, String> = client.metadata().clone();
+        startup_params.insert(
+            crate::engine::CLIENT_ADDRESS.to_string(),
+            client.socket_addr().to_string(),
+        );
+        let mut session =
+            Session::new(self.engine.clone(), &startup_params, pid).map_err(user_error)?;
+        session.set_default(
+            limits::IDLE_IN_TRANSACTION_SETTING,
+            self.limits
+                .idle_in_transaction_timeout
+                .as_millis()
+                .to_string(),
+        );
+        client
+            .session_extensions()
+            .insert::<SessionCell>(AsyncMutex::new(session));
+        if let Some(socket) = self.socket {
+            client
+                .session_extensions()
+                .insert::<limits::IdleWatch>(limits::IdleWatch::start(
+                    socket,
+                    self.limits.idle_in_transaction_timeout,
+                    client.is_secure(),
+                ));
+        }
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = crate::SERVER_VERSION.to_string();
+        params.time_zone = "UTC".to_string();
+        params.date_style = "ISO, MDY".to_string();
+        params.interval_style = "postgres".to_string();
+        finish_authentication(client, &params).await
     }
 }
 
@@ -1022,6 +1132,7 @@ impl Handlers {
             pids: self.pids.clone(),
             socket,
             limits: self.limits.clone(),
+            auth: self.auth.clone(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Parsed {
     pub watermark: Option<(ast::Ident, ast::Expr)>,
     /// The statement's text (without the trailing semicolon).
     pub text: String,
+    /// `CREATE USER` (parsed as `CREATE ROLE`, whose LOGIN it defaults to true).
+    pub create_user: bool,
     /// The statement's query is a SUBSCRIBE (the whole statement, `COPY (SUBSCRIBE …) TO`, or
     /// `DECLARE c CURSOR FOR SUBSCRIBE …`): its target and options. The query in `stmt` is
     /// what it reads (`SELECT * FROM v` for `SUBSCRIBE v`).
@@ -265,6 +267,18 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         (tokens, false, None)
     };
     let emit_on_window_close = strip_emit_on_window_close(&mut tokens, &significant);
+    // CREATE | ALTER | DROP USER: PostgreSQL's synonyms of … ROLE (sqlparser reads CREATE USER
+    // as Snowflake's).
+    let mut create_user = false;
+    if significant.len() >= 2
+        && word_eq(&tokens[significant[1]].token, "user")
+        && [Keyword::CREATE, Keyword::ALTER, Keyword::DROP]
+            .iter()
+            .any(|k| word_is(&tokens[significant[0]].token, *k))
+    {
+        create_user = word_is(&tokens[significant[0]].token, Keyword::CREATE);
+        tokens[significant[1]] = TokenWithSpan::wrap(Token::make_keyword("ROLE"));
+    }
     // SHOW CREATE MATERIALIZED VIEW v: sqlparser knows only SHOW CREATE VIEW (which shows
     // materialized views too).
     if significant.len() >= 4
@@ -310,6 +324,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         append_only,
         watermark,
         text,
+        create_user,
         subscribe,
         fetch_timeout,
         emit_on_window_close,
