@@ -4,12 +4,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// Eddy: a streaming SQL database server speaking the PostgreSQL wire protocol.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "eddy", version, about)]
+#[command(name = "eddy", version, about, args_override_self = true)]
 pub struct Config {
+    /// A TOML file of settings whose keys are these flags' names (`listen = "0.0.0.0:5544"`,
+    /// `max_connections = 200`). A flag on the command line, or its environment variable,
+    /// wins over the file.
+    #[arg(long, env = "EDDY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
+    #[arg(long, value_enum, default_value = "text", env = "EDDY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// Address to accept PostgreSQL connections on.
     #[arg(long, default_value = "127.0.0.1:5544", env = "EDDY_LISTEN")]
     pub listen: SocketAddr,
@@ -110,4 +120,106 @@ pub struct Config {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "EDDY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The configuration from the command line, the environment and the config file (in that
+    /// order of precedence); an error names what is wrong with the file.
+    pub fn load() -> Result<Config, String> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let first = Config::try_parse_from(&args).unwrap_or_else(|e| e.exit());
+        let Some(path) = &first.config else {
+            return Ok(first);
+        };
+        let file = config_file_args(path)?;
+        // The file's settings come first: the command line's, later, override them.
+        let mut all = vec![args[0].clone()];
+        all.extend(file);
+        all.extend(args.into_iter().skip(1));
+        Config::try_parse_from(all).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The flags a config file stands for (`--name=value`), leaving out those whose environment
+/// variable is set (the environment wins over the file).
+fn config_file_args(path: &std::path::Path) -> Result<Vec<std::ffi::OsString>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("the config file {} is not valid TOML: {e}", path.display()))?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()) && flag != "config")
+            .ok_or_else(|| {
+                format!(
+                    "{}: unknown setting \"{key}\" (the settings are the flags of eddy --help)",
+                    path.display()
+                )
+            })?;
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "{}: \"{key}\" must be a string, number or boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                ));
+            }
+        };
+        out.push(format!("--{flag}={value}").into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_sets_flags_and_names_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eddy.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:6000\"\nmax_connections = 7\nquery-memory = \"64MB\"\n",
+        )
+        .unwrap();
+        let args = config_file_args(&path).unwrap();
+        let mut all: Vec<std::ffi::OsString> = vec!["eddy".into()];
+        all.extend(args);
+        all.push("--max-connections=9".into());
+        let config = Config::try_parse_from(all).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:6000");
+        assert_eq!(config.max_connections, 9, "the command line wins");
+        assert_eq!(config.query_memory, 64 << 20);
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let e = config_file_args(&path).unwrap_err();
+        assert!(e.contains("unknown setting \"lisen\""), "{e}");
+        std::fs::write(&path, "listen = [1]\n").unwrap();
+        assert!(
+            config_file_args(&path)
+                .unwrap_err()
+                .contains("must be a string")
+        );
+    }
 }

@@ -1,10 +1,9 @@
 //! The `eddy` binary: parse flags, start tracing, open the data directory, serve until
 //! SIGINT/SIGTERM, then shut down cleanly (the log is synced on the way out).
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use eddy::config::Config;
+use eddy::config::{Config, LogFormat};
 use eddy::server::Server;
 
 /// mimalloc: the commit path allocates many small objects (Arrow arrays, protocol buffers);
@@ -13,12 +12,21 @@ use eddy::server::Server;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("eddy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
