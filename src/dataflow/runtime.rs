@@ -98,6 +98,10 @@ pub struct ViewState {
     /// Rows and approximate bytes of state its operators hold (in memory and in the store,
     /// as far as they know), as of its last epoch.
     pub state: Mutex<OperatorState>,
+    /// Each operator's counters as of its last epoch, in plan order, the sink last.
+    pub operators: Mutex<Vec<OperatorStats>>,
+    /// The running dataflow's plan (to describe its operators).
+    pub plan: Mutex<Option<DataflowSpec>>,
 }
 
 /// What a view's operators hold, for `eddy_catalog.dataflows`.
@@ -106,6 +110,24 @@ pub struct OperatorState {
     pub operators: usize,
     pub rows: u64,
     pub bytes_in_memory: u64,
+}
+
+/// One operator of a running dataflow since it started (this server run), for
+/// `eddy_catalog.dataflow_operators` and `EXPLAIN ANALYZE MATERIALIZED VIEW`.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorStats {
+    /// Its node in the view's plan ([`DataflowSpec`]); the last one is the Materialize sink.
+    pub node: NodeId,
+    pub shards: usize,
+    /// Rows (with their weights' signs: a delete is a row too) it received and emitted.
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Time it spent working (wall time across its shards).
+    pub busy: std::time::Duration,
+    /// Epochs it ran in.
+    pub epochs: u64,
+    pub state_rows: u64,
+    pub state_bytes: u64,
 }
 
 impl ViewState {
@@ -464,6 +486,8 @@ impl Runtime {
             watermarks: Mutex::new(Vec::new()),
             watermarked: Vec::new(),
             state: Mutex::new(OperatorState::default()),
+            operators: Mutex::new(Vec::new()),
+            plan: Mutex::new(None),
         };
         self.shared.views.write().insert(id, Arc::new(view));
     }
@@ -571,12 +595,18 @@ struct NodeRt {
     consumers: Vec<(NodeId, usize)>,
     /// The epoch's input so far, per shard: (port, batch).
     pending: Vec<Vec<(usize, ZBatch)>>,
+    /// What it has done since it started.
+    stats: OperatorStats,
 }
 
 impl NodeRt {
     fn new(shards: Vec<Box<dyn Operator>>, routes: Option<Vec<Route>>) -> NodeRt {
         NodeRt {
             pending: (0..shards.len()).map(|_| Vec::new()).collect(),
+            stats: OperatorStats {
+                shards: shards.len(),
+                ..OperatorStats::default()
+            },
             shards,
             routes,
             merges: Vec::new(),
@@ -656,7 +686,8 @@ impl NodeRt {
             Ok(out)
         };
         let rows: usize = pending.iter().flatten().map(|(_, b)| b.num_rows()).sum();
-        match pool {
+        let started = std::time::Instant::now();
+        let out: Result<Vec<Vec<ZBatch>>> = match pool {
             Some(pool) if self.shards.len() > 1 && rows >= PARALLEL_ROWS => {
                 use rayon::prelude::*;
                 pool.install(|| {
@@ -673,6 +704,26 @@ impl NodeRt {
                 .zip(pending)
                 .map(|(op, input)| run_shard(op, input))
                 .collect(),
+        };
+        let out = out?;
+        self.stats.busy += started.elapsed();
+        self.stats.epochs += 1;
+        self.stats.rows_in += rows as u64;
+        self.stats.rows_out += out
+            .iter()
+            .flatten()
+            .map(|b| b.num_rows() as u64)
+            .sum::<u64>();
+        Ok(out)
+    }
+
+    /// Its counters, with the state it holds now.
+    fn stats(&self, node: NodeId) -> OperatorStats {
+        OperatorStats {
+            node,
+            state_rows: self.ops().map(|op| op.state_rows() as u64).sum(),
+            state_bytes: self.ops().map(|op| op.state_bytes() as u64).sum(),
+            ..self.stats.clone()
         }
     }
 }
@@ -744,6 +795,7 @@ impl Dataflow {
             None,
         ));
         let start = view.history.oldest();
+        *view.plan.lock() = Some(spec.clone());
         Ok(Dataflow {
             id,
             nodes,
@@ -758,8 +810,14 @@ impl Dataflow {
         })
     }
 
-    /// Publishes what its operators hold (the view's contents excluded).
+    /// Publishes what its operators hold (the view's contents excluded) and have done.
     fn publish_state(&self) {
+        *self.view.operators.lock() = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(id, node)| node.stats(id))
+            .collect();
         let ops = &self.nodes[..self.nodes.len() - 1];
         *self.view.state.lock() = OperatorState {
             operators: ops.len(),
@@ -1519,6 +1577,8 @@ impl Worker {
             watermarks: Mutex::new(Vec::new()),
             watermarked,
             state: Mutex::new(OperatorState::default()),
+            operators: Mutex::new(Vec::new()),
+            plan: Mutex::new(None),
         });
         let mut df = Dataflow::build(
             id,

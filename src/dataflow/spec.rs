@@ -246,9 +246,19 @@ impl DataflowSpec {
     /// A readable tree of the operators, output first (for `EXPLAIN CREATE MATERIALIZED VIEW`).
     /// `name_of` names tables and views.
     pub fn explain(&self, name_of: &dyn Fn(Input) -> String) -> Vec<String> {
+        self.explain_with(name_of, &|_| String::new())
+    }
+
+    /// The same, each operator's line followed by what `annotate` says of it (`EXPLAIN
+    /// ANALYZE`: its rows and time).
+    pub fn explain_with(
+        &self,
+        name_of: &dyn Fn(Input) -> String,
+        annotate: &dyn Fn(NodeId) -> String,
+    ) -> Vec<String> {
         let mut lines = Vec::new();
         if !self.nodes.is_empty() {
-            self.explain_node(self.output(), 0, name_of, &mut lines);
+            self.explain_node(self.output(), 0, name_of, annotate, &mut lines);
         }
         lines
     }
@@ -258,10 +268,25 @@ impl DataflowSpec {
         id: NodeId,
         depth: usize,
         name_of: &dyn Fn(Input) -> String,
+        annotate: &dyn Fn(NodeId) -> String,
         lines: &mut Vec<String>,
     ) {
         let node = &self.nodes[id];
-        let mut line = "  ".repeat(depth);
+        lines.push(format!(
+            "{}{}{}",
+            "  ".repeat(depth),
+            self.describe(id, name_of),
+            annotate(id)
+        ));
+        for input in &node.inputs {
+            self.explain_node(*input, depth + 1, name_of, annotate, lines);
+        }
+    }
+
+    /// One operator, as EXPLAIN shows it (`HashAggregate: group_by=[…] aggregates=[…]`).
+    pub fn describe(&self, id: NodeId, name_of: &dyn Fn(Input) -> String) -> String {
+        let node = &self.nodes[id];
+        let mut line = String::new();
         let list = |exprs: &[Arc<dyn PhysicalExpr>]| {
             exprs
                 .iter()
@@ -344,9 +369,6 @@ impl DataflowSpec {
                 }
             }
         }
-        lines.push(line);
-        for input in &node.inputs {
-            self.explain_node(*input, depth + 1, name_of, lines);
-        }
+        line
     }
 }

@@ -252,6 +252,13 @@ impl Session {
                 schema,
             });
         }
+        if parsed.explain_analyze_view.is_some() {
+            return Ok(Prepared {
+                parsed,
+                param_types: vec![],
+                schema: Some(single_text_schema("QUERY PLAN")),
+            });
+        }
         if let (Statement::Query(query), Some(options)) = (&parsed.stmt, &parsed.subscribe) {
             let schema = self.subscribe_schema(query, options).await?;
             return Ok(Prepared {
@@ -344,6 +351,9 @@ impl Session {
         }
         if let Some(step) = parsed.advance_clock {
             return self.advance_clock(step).await;
+        }
+        if let Some(name) = &parsed.explain_analyze_view {
+            return self.explain_analyze_view(name);
         }
         if let Some(stmt) = &parsed.source {
             if !matches!(stmt, sql::source::SourceStatement::Show) && !self.ddl_allowed() {

@@ -11,6 +11,10 @@
 //!   the watermark when written) it refused.
 //! - `eddy_catalog.dataflows`: one row per materialized view: its operators, and the rows and
 //!   bytes (in memory) of state they hold as of its last epoch.
+//! - `eddy_catalog.dataflow_operators`: one row per operator of each materialized view's
+//!   dataflow: what it is, its shards, the rows it received and emitted, the time it worked
+//!   and the epochs it ran in since the dataflow started, and the state it holds now (the
+//!   same as `EXPLAIN ANALYZE MATERIALIZED VIEW`).
 //! - `eddy_catalog.view_watermarks`: one row per column of a materialized view that has a
 //!   watermark (see `dataflow::watermark`): its value as of the view's last epoch, and the late
 //!   rows refused by the tables the view reads.
@@ -39,6 +43,7 @@ const TABLES: &[&str] = &[
     "watermarks",
     "view_watermarks",
     "dataflows",
+    "dataflow_operators",
 ];
 
 struct System {
@@ -345,6 +350,59 @@ impl System {
     }
 }
 
+impl System {
+    fn dataflow_operators(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("view_name", DataType::Utf8, false),
+            Field::new("operator_id", DataType::Int64, false),
+            Field::new("operator", DataType::Utf8, false),
+            Field::new("shards", DataType::Int64, false),
+            Field::new("epochs", DataType::Int64, false),
+            Field::new("rows_in", DataType::Int64, false),
+            Field::new("rows_out", DataType::Int64, false),
+            Field::new("busy_ms", DataType::Float64, false),
+            Field::new("state_rows", DataType::Int64, false),
+            Field::new("state_bytes", DataType::Int64, false),
+        ]));
+        let catalog = self.engine.catalog();
+        let mut views: Vec<_> = catalog
+            .views()
+            .into_iter()
+            .filter(|v| v.materialized)
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        let rows: Vec<(String, String, crate::dataflow::runtime::OperatorStats)> = views
+            .iter()
+            .flat_map(|v| {
+                super::views::operator_rows(&self.engine, v)
+                    .into_iter()
+                    .map(|(label, stats)| (v.name.clone(), label, stats))
+            })
+            .collect();
+        let int = |f: &dyn Fn(&crate::dataflow::runtime::OperatorStats) -> u64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| f(&r.2) as i64),
+            ))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+            int(&|s| s.node as u64),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            int(&|s| s.shards as u64),
+            int(&|s| s.epochs),
+            int(&|s| s.rows_in),
+            int(&|s| s.rows_out),
+            Arc::new(datafusion::arrow::array::Float64Array::from_iter_values(
+                rows.iter().map(|r| r.2.busy.as_secs_f64() * 1000.0),
+            )),
+            int(&|s| s.state_rows),
+            int(&|s| s.state_bytes),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
 /// A timestamp or date watermark as µs since 1970 UTC.
 fn micros_of(v: &ScalarValue) -> Option<i64> {
     match v {
@@ -396,6 +454,7 @@ impl System {
             "watermarks" => self.watermarks().map(Some),
             "view_watermarks" => self.view_watermarks().map(Some),
             "dataflows" => self.dataflows().map(Some),
+            "dataflow_operators" => self.dataflow_operators().map(Some),
             _ => Ok(None),
         }
     }

@@ -44,6 +44,8 @@ pub struct Parsed {
     pub text: String,
     /// `CREATE USER` (parsed as `CREATE ROLE`, whose LOGIN it defaults to true).
     pub create_user: bool,
+    /// `EXPLAIN ANALYZE MATERIALIZED VIEW name` (then `stmt` is a placeholder).
+    pub explain_analyze_view: Option<String>,
     /// The statement's query is a SUBSCRIBE (the whole statement, `COPY (SUBSCRIBE …) TO`, or
     /// `DECLARE c CURSOR FOR SUBSCRIBE …`): its target and options. The query in `stmt` is
     /// what it reads (`SELECT * FROM v` for `SUBSCRIBE v`).
@@ -290,10 +292,31 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         tokens.remove(significant[2]);
     }
     let dialect = PostgreSqlDialect {};
+    let explain_analyze_view = if significant.len() >= 5
+        && word_is(&tokens[significant[0]].token, Keyword::EXPLAIN)
+        && word_is(&tokens[significant[1]].token, Keyword::ANALYZE)
+        && word_is(&tokens[significant[2]].token, Keyword::MATERIALIZED)
+        && word_is(&tokens[significant[3]].token, Keyword::VIEW)
+    {
+        let mut parser =
+            Parser::new(&dialect).with_tokens_with_locations(tokens[significant[4]..].to_vec());
+        let name = parser
+            .parse_object_name(false)
+            .map_err(|e| syntax_error(strip_parser_prefix(&e)))?;
+        if parser.peek_token().token != Token::EOF {
+            return Err(syntax_error(format!(
+                "unexpected {} at end of statement",
+                parser.peek_token().token
+            )));
+        }
+        Some(table_name(&name)?)
+    } else {
+        None
+    };
     let advance_clock = significant.len() >= 2
         && word_eq(&tokens[significant[0]].token, "advance")
         && word_eq(&tokens[significant[1]].token, "clock");
-    let (stmt, advance_clock, parser) = if source.is_some() {
+    let (stmt, advance_clock, parser) = if source.is_some() || explain_analyze_view.is_some() {
         (placeholder()?, None, None)
     } else if advance_clock {
         let mut parser =
@@ -325,6 +348,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         watermark,
         text,
         create_user,
+        explain_analyze_view,
         subscribe,
         fetch_timeout,
         emit_on_window_close,
