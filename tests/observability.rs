@@ -59,6 +59,23 @@ async fn explain_analyze_and_dataflow_operators_count_each_operators_rows() {
         "{plan:?}"
     );
     assert!(plan.last().unwrap().starts_with("Epoch "), "{plan:?}");
+    // Sources: rows now and written since start (a delete is a row written too); views.
+    client
+        .batch_execute("DELETE FROM bids WHERE price > 90")
+        .await
+        .unwrap();
+    let sources = query_rows(
+        &client,
+        "SELECT table_name, source_name, rows, rows_written, rows_per_second > 0, late_rows          FROM eddy_catalog.sources",
+    )
+    .await;
+    assert_eq!(sources, [["bids", "NULL", "90", "110", "t", "0"]]);
+    let views = query_rows(
+        &client,
+        "SELECT view_name, status, error, rows, behind_lsn >= 0 FROM eddy_catalog.materialized_views",
+    )
+    .await;
+    assert_eq!(views, [["top", "running", "NULL", "4", "t"]]);
     let e = client
         .simple_query("EXPLAIN ANALYZE MATERIALIZED VIEW nope")
         .await

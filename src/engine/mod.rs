@@ -37,7 +37,7 @@ pub mod watermark;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -59,6 +59,51 @@ pub use roles::parse_verifier;
 pub use session::{CLIENT_ADDRESS, CopyFormat, CopyIn, Output, Prepared, Session};
 
 use crate::dataflow::TEMP_IDS;
+
+/// Rows written to one table: the total, and samples of it at most a second apart over the
+/// last [`Throughput::WINDOW`], for a rate.
+#[derive(Default)]
+struct Throughput {
+    total: u64,
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Throughput {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn record(&mut self, now: Instant, rows: u64) {
+        if self
+            .samples
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1))
+        {
+            self.samples.push_back((now, self.total));
+        }
+        self.total += rows;
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Rows per second since the oldest sample within the window (0 when idle that long).
+    fn rate(&self, now: Instant) -> f64 {
+        match self
+            .samples
+            .iter()
+            .find(|(at, _)| now.duration_since(*at) <= Self::WINDOW)
+        {
+            Some((at, before)) => {
+                let secs = now.duration_since(*at).as_secs_f64().max(1.0);
+                (self.total - before) as f64 / secs
+            }
+            None => 0.0,
+        }
+    }
+}
 
 /// Engine settings (from the command line).
 #[derive(Debug, Clone)]
@@ -188,6 +233,8 @@ pub struct Engine {
     recovery: Mutex<RecoveryStats>,
     /// The log not yet covered by a durable checkpoint; writes wait while it is too large.
     lag: Arc<CheckpointLag>,
+    /// Rows written per table since start, and their recent rate.
+    throughput: Mutex<HashMap<ObjectId, Throughput>>,
     /// What `now()` is for temporal filters.
     clock: Arc<Clock>,
     /// The lag limit admission applies, from the flags and the measured replay rate.
@@ -337,9 +384,19 @@ impl Engine {
             })),
             recovery: Mutex::new(recovery),
             lag,
+            throughput: Mutex::new(HashMap::new()),
             budget,
             sources: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Rows written to table `id` since the server started, and per second over the last
+    /// [`Throughput::WINDOW`].
+    pub fn table_throughput(&self, id: ObjectId) -> (u64, f64) {
+        self.throughput
+            .lock()
+            .get(&id)
+            .map_or((0, 0.0), |t| (t.total, t.rate(Instant::now())))
     }
 
     /// Memory one ad-hoc query may use.
@@ -739,6 +796,18 @@ impl Engine {
             }
             let durable = self.log.append(body)?;
             self.lag.record(durable.lsn, bytes);
+            {
+                let now = Instant::now();
+                let mut throughput = self.throughput.lock();
+                for (id, change) in &changes {
+                    if *id != watermark::LATE_ROWS {
+                        throughput
+                            .entry(*id)
+                            .or_default()
+                            .record(now, change.num_rows() as u64);
+                    }
+                }
+            }
             let horizon = self.read_horizon();
             for (id, plan) in plans {
                 if let Some(table) = tables.get_mut(&id) {

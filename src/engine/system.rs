@@ -15,6 +15,11 @@
 //!   dataflow: what it is, its shards, the rows it received and emitted, the time it worked
 //!   and the epochs it ran in since the dataflow started, and the state it holds now (the
 //!   same as `EXPLAIN ANALYZE MATERIALIZED VIEW`).
+//! - `eddy_catalog.materialized_views`: one row per materialized view: running or failed (and
+//!   why), its rows, the epoch the views are at and how far behind the log's end that is.
+//! - `eddy_catalog.sources`: one row per table (what events arrive in), with the SOURCE that
+//!   feeds it if any: its rows now, the rows written since the server started and per second
+//!   over the last 10 s, and the late rows refused (tables with a watermark).
 //! - `eddy_catalog.view_watermarks`: one row per column of a materialized view that has a
 //!   watermark (see `dataflow::watermark`): its value as of the view's last epoch, and the late
 //!   rows refused by the tables the view reads.
@@ -44,6 +49,8 @@ const TABLES: &[&str] = &[
     "view_watermarks",
     "dataflows",
     "dataflow_operators",
+    "materialized_views",
+    "sources",
 ];
 
 struct System {
@@ -403,6 +410,123 @@ impl System {
     }
 }
 
+impl System {
+    fn materialized_views(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("view_name", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("error", DataType::Utf8, true),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("epoch", DataType::Int64, false),
+            Field::new("log_lsn", DataType::Int64, false),
+            Field::new("behind_lsn", DataType::Int64, false),
+        ]));
+        let catalog = self.engine.catalog();
+        let mut views: Vec<_> = catalog
+            .views()
+            .into_iter()
+            .filter(|v| v.materialized)
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        let committed = self.engine.runtime().epochs().committed();
+        let log = self.engine.durable_lsn().0;
+        let mut names = Vec::new();
+        let mut status = Vec::new();
+        let mut errors: Vec<Option<String>> = Vec::new();
+        let mut rows = Vec::new();
+        for v in &views {
+            names.push(v.name.clone());
+            match self.engine.view_state(v.id) {
+                None => {
+                    status.push("starting".to_string());
+                    errors.push(None);
+                    rows.push(0);
+                }
+                Some(state) => {
+                    match state.status() {
+                        crate::dataflow::ViewStatus::Running => {
+                            status.push("running".into());
+                            errors.push(None);
+                        }
+                        crate::dataflow::ViewStatus::Failed(_, e) => {
+                            status.push("failed".into());
+                            errors.push(Some(format!("{} ({})", e.message, e.sqlstate)));
+                        }
+                    }
+                    rows.push(state.rows() as i64);
+                }
+            }
+        }
+        let n = names.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(status)),
+            Arc::new(StringArray::from(errors)),
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(Int64Array::from(vec![committed.epoch.0 as i64; n])),
+            Arc::new(Int64Array::from(vec![log as i64; n])),
+            Arc::new(Int64Array::from(vec![
+                log.saturating_sub(committed.lsn.0)
+                    as i64;
+                n
+            ])),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+
+    fn sources(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("source_name", DataType::Utf8, true),
+            Field::new("rows", DataType::Int64, false),
+            Field::new("rows_written", DataType::Int64, false),
+            Field::new("rows_per_second", DataType::Float64, false),
+            Field::new("late_rows", DataType::Int64, false),
+        ]));
+        let catalog = self.engine.catalog();
+        let mut tables: Vec<_> = catalog.tables().cloned().collect();
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        let watermarks = self.engine.table_watermarks();
+        let mut columns: (
+            Vec<String>,
+            Vec<Option<String>>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<f64>,
+            Vec<i64>,
+        ) = Default::default();
+        for t in &tables {
+            let (written, rate) = self.engine.table_throughput(t.id);
+            columns.0.push(t.name.clone());
+            columns.1.push(
+                t.source
+                    .and_then(|s| catalog.source_by_id(s))
+                    .map(|s| s.name.clone()),
+            );
+            columns.2.push(self.engine.row_count(t.id) as i64);
+            columns.3.push(written as i64);
+            columns.4.push(rate);
+            columns.5.push(
+                watermarks
+                    .iter()
+                    .find(|w| w.table == t.id)
+                    .map_or(0, |w| w.late_rows as i64),
+            );
+        }
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(columns.0)),
+            Arc::new(StringArray::from(columns.1)),
+            Arc::new(Int64Array::from(columns.2)),
+            Arc::new(Int64Array::from(columns.3)),
+            Arc::new(datafusion::arrow::array::Float64Array::from(columns.4)),
+            Arc::new(Int64Array::from(columns.5)),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
 /// A timestamp or date watermark as µs since 1970 UTC.
 fn micros_of(v: &ScalarValue) -> Option<i64> {
     match v {
@@ -455,6 +579,8 @@ impl System {
             "view_watermarks" => self.view_watermarks().map(Some),
             "dataflows" => self.dataflows().map(Some),
             "dataflow_operators" => self.dataflow_operators().map(Some),
+            "materialized_views" => self.materialized_views().map(Some),
+            "sources" => self.sources().map(Some),
             _ => Ok(None),
         }
     }
