@@ -488,26 +488,26 @@ impl System {
         let mut tables: Vec<_> = catalog.tables().cloned().collect();
         tables.sort_by(|a, b| a.name.cmp(&b.name));
         let watermarks = self.engine.table_watermarks();
-        let mut columns: (
-            Vec<String>,
-            Vec<Option<String>>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<f64>,
-            Vec<i64>,
-        ) = Default::default();
+        let (mut names, mut source_names, mut rows, mut written, mut rates, mut late) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for t in &tables {
-            let (written, rate) = self.engine.table_throughput(t.id);
-            columns.0.push(t.name.clone());
-            columns.1.push(
+            let (n_written, rate) = self.engine.table_throughput(t.id);
+            names.push(t.name.clone());
+            source_names.push(
                 t.source
                     .and_then(|s| catalog.source_by_id(s))
                     .map(|s| s.name.clone()),
             );
-            columns.2.push(self.engine.row_count(t.id) as i64);
-            columns.3.push(written as i64);
-            columns.4.push(rate);
-            columns.5.push(
+            rows.push(self.engine.row_count(t.id) as i64);
+            written.push(n_written as i64);
+            rates.push(rate);
+            late.push(
                 watermarks
                     .iter()
                     .find(|w| w.table == t.id)
@@ -515,12 +515,12 @@ impl System {
             );
         }
         let arrays: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(columns.0)),
-            Arc::new(StringArray::from(columns.1)),
-            Arc::new(Int64Array::from(columns.2)),
-            Arc::new(Int64Array::from(columns.3)),
-            Arc::new(datafusion::arrow::array::Float64Array::from(columns.4)),
-            Arc::new(Int64Array::from(columns.5)),
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(source_names)),
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(Int64Array::from(written)),
+            Arc::new(datafusion::arrow::array::Float64Array::from(rates)),
+            Arc::new(Int64Array::from(late)),
         ];
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;
         Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
