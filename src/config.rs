@@ -112,6 +112,11 @@ pub struct Config {
     #[arg(long, value_enum, env = "EDDY_AUTH")]
     pub auth: Option<crate::server::AuthMode>,
 
+    /// Address for the Prometheus endpoint (`GET /metrics`): the counters of the system views
+    /// (e.g. `127.0.0.1:9544`). None by default.
+    #[arg(long, env = "EDDY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// A PEM certificate (chain) for TLS; with `--tls-key`, clients may connect with
     /// `sslmode=require`.
     #[arg(long, env = "EDDY_TLS_CERT", requires = "tls_key")]

@@ -2,8 +2,69 @@
 //! `eddy_catalog.dataflow_operators` count the rows each operator received and emitted and
 //! the state it holds.
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 mod common;
 use common::{connect, query_rows, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_has_the_system_views_counters_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = eddy::server::ServerOptions::new("127.0.0.1:0".parse().unwrap());
+    options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = eddy::server::Server::start_with_options(
+        eddy::engine::EngineConfig::new(dir.path().to_path_buf()),
+        options,
+    )
+    .await
+    .unwrap();
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE bids (auction bigint, price bigint);
+             CREATE MATERIALIZED VIEW top AS SELECT auction, max(price) AS top FROM bids GROUP BY auction;
+             INSERT INTO bids VALUES (1, 10), (2, 20), (1, 30);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        query_rows(&client, "SELECT count(*) FROM top").await,
+        [["2"]]
+    );
+    let mut http = tokio::net::TcpStream::connect(server.metrics_addr().unwrap())
+        .await
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.0\r\nHost: eddy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    for line in [
+        "eddy_connections 1",
+        "# TYPE eddy_sources_rows_written counter",
+        "eddy_sources_rows_written{table_name=\"bids\"} 3",
+        "eddy_materialized_views_rows{view_name=\"top\",status=\"running\"} 2",
+        "# TYPE eddy_dataflow_operators_rows_in counter",
+    ] {
+        assert!(
+            response.lines().any(|l| l == line),
+            "no {line:?} in\n{response}"
+        );
+    }
+    assert!(
+        response.lines().any(|l| l
+            .starts_with("eddy_dataflow_operators_rows_out{view_name=\"top\",operator_id=\"")
+            && l.contains("operator=\"Materialize: top\"")
+            && l.ends_with(" 2")),
+        "{response}"
+    );
+    drop(client);
+    server.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_analyze_and_dataflow_operators_count_each_operators_rows() {

@@ -57,6 +57,7 @@ pub use crate::storage::table::Snapshot;
 use crate::storage::table::{self, Spill, TableBase, TableCodec, TableStore};
 pub use roles::parse_verifier;
 pub use session::{CLIENT_ADDRESS, CopyFormat, CopyIn, Output, Prepared, Session};
+pub use system::tables as system_tables;
 
 use crate::dataflow::TEMP_IDS;
 

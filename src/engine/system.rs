@@ -554,6 +554,20 @@ impl SchemaProvider for System {
     }
 }
 
+/// Every system view, built now (for the metrics endpoint).
+pub fn tables(
+    engine: Arc<Engine>,
+) -> crate::error::Result<Vec<(&'static str, Arc<dyn TableProvider>)>> {
+    let system = System { engine };
+    let mut out = Vec::new();
+    for name in TABLES {
+        if let Some(table) = system.build(name)? {
+            out.push((*name, table));
+        }
+    }
+    Ok(out)
+}
+
 /// The schema of each system view, for the catalogs (`pg_attribute`,
 /// `information_schema.columns`).
 pub fn schemas(

@@ -61,6 +61,11 @@ impl Limits {
         Ok(slot)
     }
 
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
     pub fn check_statement(&self, text: &str) -> Result<()> {
         if text.len() > self.max_statement_size {
             return Err(crate::err!(

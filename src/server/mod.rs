@@ -14,6 +14,7 @@ mod copy;
 mod copy_out;
 mod encode;
 mod limits;
+mod metrics;
 mod subscribe;
 mod tls;
 
@@ -76,6 +77,8 @@ pub struct ServerOptions {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// How clients authenticate.
     pub auth: AuthMode,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerOptions {
@@ -88,6 +91,7 @@ impl ServerOptions {
             idle_in_transaction_timeout: std::time::Duration::ZERO,
             tls: None,
             auth: AuthMode::for_listen(None, listen),
+            metrics_listen: None,
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct Server {
     /// [`Server::corruption`]), and the flag that stops it early.
     check: Option<tokio::task::JoinHandle<Result<()>>>,
     stop_check: Arc<AtomicBool>,
+    /// The metrics endpoint's address and task, when serving one.
+    metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl Server {
@@ -135,6 +141,7 @@ impl Server {
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,
             tls: config.tls_cert.clone().zip(config.tls_key.clone()),
             auth: AuthMode::for_listen(config.auth, config.listen),
+            metrics_listen: config.metrics_listen,
         };
         let server = Self::start_with_options(engine_config, options).await?;
         // The bootstrap role's password, for a first login over SCRAM (containers): from the
@@ -191,12 +198,13 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("reading the listen address", &e))?;
+        let limits = Arc::new(limits::Limits::new(&options));
         let handlers = Arc::new(Handlers {
             engine: engine.clone(),
             manager: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
             socket: None,
-            limits: Arc::new(limits::Limits::new(&options)),
+            limits: limits.clone(),
             auth: match options.auth {
                 AuthMode::Trust => None,
                 AuthMode::Scram => Some(Arc::new(auth::Authenticator::scram(
@@ -206,6 +214,12 @@ impl Server {
             },
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let metrics = match options.metrics_listen {
+            Some(addr) => {
+                Some(metrics::serve(addr, engine.clone(), limits, stop.subscribe()).await?)
+            }
+            None => None,
+        };
         let accept = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -267,6 +281,7 @@ impl Server {
             accept,
             check: Some(check),
             stop_check,
+            metrics,
         })
     }
 
@@ -288,6 +303,11 @@ impl Server {
         self.addr
     }
 
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// The engine behind the server (for tests and benchmarks that look inside).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
@@ -297,6 +317,9 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
+        if let Some((_, task)) = self.metrics {
+            let _ = task.await;
+        }
         self.stop_check.store(true, Ordering::Relaxed);
         if let Some(check) = self.check {
             let _ = check.await;
