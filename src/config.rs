@@ -87,7 +87,7 @@ pub struct Config {
 
     /// At most this many client connections at once; the next gets SQLSTATE 53300 ("too many
     /// clients already"), as PostgreSQL's max_connections.
-    #[arg(long, default_value_t = 1000, env = "EDDY_MAX_CONNECTIONS")]
+    #[arg(long, default_value_t = 2000, env = "EDDY_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
     /// The longest statement text accepted (e.g. `16MB`); longer ones get 54000.
@@ -96,7 +96,10 @@ pub struct Config {
 
     /// Memory one ad-hoc query may use for sorts, joins and aggregations (e.g. `1GB`, or `10%`
     /// of the machine's); past it the query fails with 53200 and other sessions are unaffected.
-    #[arg(long, default_value = "10%", value_parser = crate::types::parse_memory, env = "EDDY_QUERY_MEMORY")]
+    /// `0` (the default): no limit. DataFusion's accounting overstates some aggregates by
+    /// orders of magnitude (count(DISTINCT (a, b)) asks for gigabytes over a hundred rows),
+    /// so a limit can refuse such queries.
+    #[arg(long, default_value = "0", value_parser = crate::types::parse_memory, env = "EDDY_QUERY_MEMORY")]
     pub query_memory: usize,
 
     /// Ends a session that stays idle inside a transaction block this long (e.g. `10min`; `0s`

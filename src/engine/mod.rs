@@ -129,7 +129,7 @@ pub struct EngineConfig {
     /// Threads that run dataflows, each view's state sharded by key across them.
     pub workers: usize,
     /// Memory one ad-hoc query may use (DataFusion's memory pool per session); past it the
-    /// query fails with 53200.
+    /// query fails with 53200. 0: no limit.
     pub query_memory: usize,
 }
 
@@ -146,7 +146,7 @@ impl EngineConfig {
             target_recovery_time: DEFAULT_TARGET_RECOVERY_TIME,
             clock: ClockSetting::System,
             workers: default_workers(),
-            query_memory: crate::types::system_memory() / 10,
+            query_memory: 0,
         }
     }
 }

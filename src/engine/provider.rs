@@ -135,9 +135,11 @@ pub fn session_context(
     options.execution.time_zone = Some("+00:00".to_string());
     // Each session's queries share one pool: a session runs one query at a time, so this is
     // the memory one query may use.
-    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_limit(engine.query_memory(), 1.0)
-        .build_arc()?;
+    let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if engine.query_memory() > 0 {
+        runtime = runtime.with_memory_limit(engine.query_memory(), 1.0);
+    }
+    let runtime = runtime.build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let catalog = MemoryCatalogProvider::new();
     let pg_catalog = super::pg_catalog::schema(engine.clone(), settings.clone());

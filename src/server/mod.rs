@@ -86,7 +86,7 @@ impl ServerOptions {
     pub fn new(listen: SocketAddr) -> ServerOptions {
         ServerOptions {
             listen,
-            max_connections: 1000,
+            max_connections: 2000,
             max_statement_size: 16 << 20,
             idle_in_transaction_timeout: std::time::Duration::ZERO,
             tls: None,
