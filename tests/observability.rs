@@ -144,3 +144,96 @@ async fn explain_analyze_and_dataflow_operators_count_each_operators_rows() {
     assert_eq!(e.code().map(|c| c.code()), Some("42P01"));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backfill_reports_its_progress_in_notices_and_the_system_view() {
+    let (server, _dir) = start().await;
+    let (client, mut conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=eddy dbname=eddy",
+            server.local_addr().port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "CREATE TABLE events (id bigint, k bigint);
+             INSERT INTO events SELECT i, i % 1000 FROM generate_series(1, 300000) AS s(i);
+             SET backfill_progress_interval = '1ms';",
+        )
+        .await
+        .unwrap();
+    let create = tokio::spawn(async move {
+        client
+            .batch_execute(
+                "CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n FROM events GROUP BY k",
+            )
+            .await
+            .unwrap();
+        client
+    });
+    // Progress comes while the statement runs, not after it.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), notices.recv())
+        .await
+        .expect("no progress NOTICE within 60 s")
+        .unwrap();
+    assert!(
+        first.starts_with("materialized view \"per_k\": "),
+        "{first}"
+    );
+    let client = create.await.unwrap();
+    let mut reported = vec![first];
+    while let Ok(n) = notices.try_recv() {
+        reported.push(n);
+    }
+    // "backfilled N of 300000 input rows (P%, S s)", N growing.
+    let done: Vec<u64> = reported
+        .iter()
+        .filter_map(|n| n.split("backfilled ").nth(1))
+        .map(|rest| {
+            assert!(rest.contains(" of 300000 input rows ("), "{rest}");
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(!done.is_empty(), "{reported:?}");
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{reported:?}");
+    assert!(done.iter().all(|n| *n <= 300_000), "{reported:?}");
+    assert_eq!(
+        query_rows(
+            &client,
+            "SELECT status, backfill_rows_done, backfill_rows_total, backfill_seconds > 0
+             FROM eddy_catalog.materialized_views WHERE view_name = 'per_k'"
+        )
+        .await,
+        [["running", "300000", "300000", "t"]]
+    );
+    assert_eq!(
+        query_rows(&client, "SELECT count(*), sum(n) FROM per_k").await,
+        [["1000", "300000"]]
+    );
+    // Off: no NOTICE at all.
+    client
+        .batch_execute(
+            "SET backfill_progress_interval = 0;
+             CREATE MATERIALIZED VIEW per_k2 AS SELECT k, count(*) AS n FROM events GROUP BY k;",
+        )
+        .await
+        .unwrap();
+    assert!(notices.try_recv().is_err());
+    let bad = client
+        .batch_execute("SET backfill_progress_interval = 'soon'")
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code().unwrap().code(), "22023");
+}

@@ -25,6 +25,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::arrow::array::RecordBatch;
@@ -57,6 +58,10 @@ const PARALLEL_ROWS: usize = 1024;
 
 /// Dataflows with ids from here up are temporary (subscriptions' queries): never checkpointed.
 pub const TEMP_IDS: ObjectId = 1 << 62;
+
+fn runtime_stopped() -> Error {
+    crate::err!(sqlstate::QUERY_CANCELED, "the dataflow runtime stopped")
+}
 
 /// Reads tables for backfills and checkpoints (implemented by the engine).
 pub trait TableScanner: Send + Sync {
@@ -102,6 +107,8 @@ pub struct ViewState {
     pub operators: Mutex<Vec<OperatorStats>>,
     /// The running dataflow's plan (to describe its operators).
     pub plan: Mutex<Option<DataflowSpec>>,
+    /// Its backfill when it was created (this server run).
+    pub backfill: Arc<Backfill>,
 }
 
 /// What a view's operators hold, for `eddy_catalog.dataflows`.
@@ -193,6 +200,7 @@ enum Command {
         name: String,
         spec: DataflowSpec,
         schema: SchemaRef,
+        backfill: Arc<Backfill>,
         reply: oneshot::Sender<Result<()>>,
     },
     Drop {
@@ -227,6 +235,56 @@ struct Shared {
     /// The earliest time at which some operator's output changes by itself (a temporal
     /// filter's row enters or leaves): an epoch is needed then even without writes.
     wakeup: tokio::sync::watch::Sender<Option<i64>>,
+    /// The views being created whose backfill has not finished.
+    backfills: Mutex<HashMap<ObjectId, Arc<Backfill>>>,
+}
+
+/// A new materialized view's backfill: its inputs' rows (known once they are read) and how
+/// many of them have gone through its dataflow, for `eddy_catalog.materialized_views` and the
+/// NOTICEs of `CREATE MATERIALIZED VIEW`. A view restored from a checkpoint has none to do.
+#[derive(Debug)]
+pub struct Backfill {
+    pub view: String,
+    pub started: Instant,
+    pub rows_total: AtomicU64,
+    pub rows_done: AtomicU64,
+    /// How long it took, once it is over.
+    finished: Mutex<Option<Duration>>,
+}
+
+impl Backfill {
+    pub fn new(view: &str) -> Backfill {
+        Backfill {
+            view: view.to_string(),
+            started: Instant::now(),
+            rows_total: AtomicU64::new(0),
+            rows_done: AtomicU64::new(0),
+            finished: Mutex::new(None),
+        }
+    }
+
+    /// Rows gone through and rows in all.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.rows_done.load(Ordering::Relaxed),
+            self.rows_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How long it took, or has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.finished
+            .lock()
+            .unwrap_or_else(|| self.started.elapsed())
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.lock().is_some()
+    }
+
+    fn finish(&self) {
+        *self.finished.lock() = Some(self.started.elapsed());
+    }
 }
 
 /// Dataflow state in memory against the budget (observability, `eddy_catalog.memory`).
@@ -262,6 +320,7 @@ impl Runtime {
             memory: Mutex::new(MemoryStats::default()),
             clock: std::sync::atomic::AtomicI64::new(i64::MIN),
             wakeup: tokio::sync::watch::Sender::new(None),
+            backfills: Mutex::new(HashMap::new()),
         });
         Runtime {
             shared,
@@ -454,23 +513,49 @@ impl Runtime {
 
     /// Starts a dataflow for view `id`: backfills it from the inputs at the committed epoch, then
     /// keeps it current. Returns once the backfill is committed (or failed: then nothing stays).
+    ///
+    /// While the backfill runs, `report` (if any) is called every `interval` with its progress.
     pub async fn create_view(
         &self,
         id: ObjectId,
         name: &str,
         spec: DataflowSpec,
         schema: SchemaRef,
+        report: Option<(Duration, &mut (dyn FnMut(&Backfill) + Send))>,
     ) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Create {
+        let (reply, mut rx) = oneshot::channel();
+        let backfill = Arc::new(Backfill::new(name));
+        self.shared.backfills.lock().insert(id, backfill.clone());
+        let sent = self.command(Command::Create {
             id,
             name: name.to_string(),
             spec,
             schema,
+            backfill: backfill.clone(),
             reply,
-        })?;
-        rx.await
-            .map_err(|_| crate::err!(sqlstate::QUERY_CANCELED, "the dataflow runtime stopped"))?
+        });
+        let done = match (sent, report) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => rx.await.map_err(|_| runtime_stopped())?,
+            (Ok(()), Some((interval, report))) => {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    tokio::select! {
+                        done = &mut rx => break done.map_err(|_| runtime_stopped())?,
+                        _ = ticks.tick() => report(&backfill),
+                    }
+                }
+            }
+        };
+        self.shared.backfills.lock().remove(&id);
+        done
+    }
+
+    /// The views whose backfill is running, by id.
+    pub fn backfills(&self) -> Vec<(ObjectId, Arc<Backfill>)> {
+        let backfills = self.shared.backfills.lock();
+        backfills.iter().map(|(id, b)| (*id, b.clone())).collect()
     }
 
     /// Registers view `id` as failed with `error` (it has no dataflow; SELECTs report the error).
@@ -488,6 +573,7 @@ impl Runtime {
             state: Mutex::new(OperatorState::default()),
             operators: Mutex::new(Vec::new()),
             plan: Mutex::new(None),
+            backfill: Arc::new(Backfill::new(name)),
         };
         self.shared.views.write().insert(id, Arc::new(view));
     }
@@ -882,13 +968,7 @@ impl Dataflow {
         source_watermarks: HashMap<Input, Watermarks>,
         into_view: bool,
     ) -> Result<Vec<ZBatch>> {
-        for (input, node) in &self.sources {
-            let node = &mut self.nodes[*node];
-            let shards = node.shards.len();
-            for (shard, part) in exchange::spread(feed(*input), shards) {
-                node.pending[shard].push((0, part));
-            }
-        }
+        self.feed(feed);
         // Watermarks, when a source has one: each operator learns its inputs' and its own.
         self.source_watermarks = source_watermarks;
         let watermarks = if self.source_watermarks.is_empty() {
@@ -911,19 +991,60 @@ impl Dataflow {
             Some(all)
         };
         let last = self.nodes.len() - if into_view { 1 } else { 2 };
+        self.run_nodes(pool, epoch, clock, watermarks.as_deref(), last, false)
+    }
+
+    /// Part of a backfill: feeds the sources these rows and runs every operator but the view's
+    /// Materialize node, which holds what it receives for the backfill's last step (and drops
+    /// it unless `into_view`). No watermark moves: a window they close must have all its rows.
+    fn step_held(
+        &mut self,
+        pool: Option<&rayon::ThreadPool>,
+        epoch: Epoch,
+        clock: i64,
+        feed: &dyn Fn(Input) -> Vec<ZBatch>,
+        into_view: bool,
+    ) -> Result<()> {
+        self.feed(feed);
+        let last = self.nodes.len() - 2;
+        self.run_nodes(pool, epoch, clock, None, last, into_view)?;
+        Ok(())
+    }
+
+    fn feed(&mut self, feed: &dyn Fn(Input) -> Vec<ZBatch>) {
+        for (input, node) in &self.sources {
+            let node = &mut self.nodes[*node];
+            let shards = node.shards.len();
+            for (shard, part) in exchange::spread(feed(*input), shards) {
+                node.pending[shard].push((0, part));
+            }
+        }
+    }
+
+    /// Runs nodes `0..=last` to their barriers, each passing its output on to its consumers;
+    /// returns the output of `last`, or passes it on too when `deliver_last`.
+    fn run_nodes(
+        &mut self,
+        pool: Option<&rayon::ThreadPool>,
+        epoch: Epoch,
+        clock: i64,
+        watermarks: Option<&[Watermarks]>,
+        last: usize,
+        deliver_last: bool,
+    ) -> Result<Vec<ZBatch>> {
         for i in 0..=last {
-            let inputs: Vec<&Watermarks> = match &watermarks {
+            let inputs: Vec<&Watermarks> = match watermarks {
                 Some(all) if i < all.len() => {
                     self.spec.nodes[i].inputs.iter().map(|n| &all[*n]).collect()
                 }
                 _ => Vec::new(),
             };
-            let marks = match &watermarks {
+            let marks = match watermarks {
                 Some(all) if i < all.len() => Some((inputs.as_slice(), &all[i])),
                 _ => None,
             };
             let out = self.nodes[i].run(pool, epoch, clock, marks)?;
-            if i == last {
+            if i == last && !deliver_last {
                 self.publish_state();
                 return Ok(out.into_iter().flatten().collect());
             }
@@ -937,8 +1058,58 @@ impl Dataflow {
             }
             self.nodes[i].consumers = consumers;
         }
+        self.publish_state();
         Ok(Vec::new())
     }
+}
+
+/// A backfill feeds its dataflow about this many rows at a time.
+const BACKFILL_CHUNK_ROWS: usize = 64 * 1024;
+
+/// Some inputs' rows, each input's batches in order.
+type Chunk = Vec<(Input, Vec<ZBatch>)>;
+
+/// Splits inputs' rows into chunks of about `rows` rows (batches are sliced where a chunk
+/// ends), inputs one after the other. At least one chunk, maybe empty.
+fn backfill_chunks(inputs: Chunk, rows: usize) -> Vec<Chunk> {
+    let mut chunks: Vec<Chunk> = vec![Vec::new()];
+    let mut room = rows;
+    for (input, batches) in inputs {
+        for mut batch in batches {
+            while batch.num_rows() > 0 {
+                if room == 0 {
+                    chunks.push(Vec::new());
+                    room = rows;
+                }
+                let take = batch.num_rows().min(room);
+                let part = batch.slice(0, take);
+                batch = batch.slice(take, batch.num_rows() - take);
+                room -= take;
+                let chunk = chunks.last_mut().expect("one chunk at least");
+                match chunk.last_mut() {
+                    Some((i, parts)) if *i == input => parts.push(part),
+                    _ => chunk.push((input, vec![part])),
+                }
+            }
+        }
+    }
+    chunks
+}
+
+fn chunk_input(chunk: &Chunk, input: Input) -> Vec<ZBatch> {
+    chunk
+        .iter()
+        .filter(|(i, _)| *i == input)
+        .flat_map(|(_, b)| b.iter().cloned())
+        .collect()
+}
+
+fn chunk_rows(chunk: &Chunk) -> u64 {
+    chunk
+        .iter()
+        .flat_map(|(_, b)| b)
+        .map(|b| b.num_rows() as u64)
+        .sum()
 }
 
 /// Where sources' watermarks come from: tables' (as of the epoch being run) and upstream
@@ -1123,9 +1294,12 @@ impl Worker {
                         name,
                         spec,
                         schema,
+                        backfill,
                         reply,
                     } => {
-                        let _ = reply.send(self.create(id, name, &spec, schema));
+                        let created = self.create(id, name, &spec, schema, &backfill);
+                        backfill.finish();
+                        let _ = reply.send(created);
                     }
                     Command::Drop { id, name, reply } => {
                         self.drop(id, &name);
@@ -1541,6 +1715,7 @@ impl Worker {
         name: String,
         spec: &DataflowSpec,
         schema: SchemaRef,
+        backfill: &Arc<Backfill>,
     ) -> Result<()> {
         let workers = self.shared.workers;
         let fingerprint = spec.fingerprint(workers);
@@ -1579,6 +1754,7 @@ impl Worker {
             state: Mutex::new(OperatorState::default()),
             operators: Mutex::new(Vec::new()),
             plan: Mutex::new(None),
+            backfill: backfill.clone(),
         });
         let mut df = Dataflow::build(
             id,
@@ -1610,7 +1786,7 @@ impl Worker {
                 part: last as u32,
             };
             guarded(|| df.nodes[last].shards[0].restore(&source))?;
-            self.backfill_operators(&mut df, false)?;
+            self.backfill_operators(&mut df, false, backfill)?;
             df.history_saved = self.committed.epoch;
             self.checkpoints
                 .stale_parts
@@ -1633,7 +1809,7 @@ impl Worker {
             df.stored_is_own = true;
             df.history_saved = self.committed.epoch;
         } else {
-            self.backfill_operators(&mut df, true)?;
+            self.backfill_operators(&mut df, true, backfill)?;
             if id < TEMP_IDS {
                 // Whatever an earlier dataflow of this view stored is stale.
                 self.checkpoints.dropped.push(id);
@@ -1683,11 +1859,19 @@ impl Worker {
 
     /// Feeds a new dataflow its inputs' contents at the committed epoch, as inserts; their
     /// result goes into the view unless `into_view` is false (it is there already).
-    fn backfill_operators(&mut self, df: &mut Dataflow, into_view: bool) -> Result<()> {
+    ///
+    /// The rows go through in chunks of about [`BACKFILL_CHUNK_ROWS`], so that `backfill` tells
+    /// how far it got; the view receives the result of all of them at once, at the last.
+    fn backfill_operators(
+        &mut self,
+        df: &mut Dataflow,
+        into_view: bool,
+        backfill: &Backfill,
+    ) -> Result<()> {
         let Committed { epoch, lsn } = self.committed;
-        let mut initial: HashMap<Input, Vec<ZBatch>> = HashMap::new();
+        let mut initial: Vec<(Input, Vec<ZBatch>)> = Vec::new();
         for (input, _) in &df.sources {
-            if initial.contains_key(input) {
+            if initial.iter().any(|(i, _)| i == input) {
                 continue;
             }
             let batches = match input {
@@ -1699,23 +1883,42 @@ impl Worker {
                     upstream.scan(epoch)?
                 }
             };
-            initial.insert(
+            initial.push((
                 *input,
                 batches
                     .into_iter()
                     .filter(|b| b.num_rows() > 0)
                     .map(|b| ZBatch::uniform(b, 1))
                     .collect(),
-            );
+            ));
         }
-        let feed = |input: Input| initial.get(&input).cloned().unwrap_or_default();
+        let total: usize = initial
+            .iter()
+            .flat_map(|(_, b)| b)
+            .map(ZBatch::num_rows)
+            .sum();
+        backfill.rows_total.store(total as u64, Ordering::Relaxed);
+        let mut chunks = backfill_chunks(initial, BACKFILL_CHUNK_ROWS);
+        let last = chunks.pop().unwrap_or_default();
+        let pool = self.pool.as_deref();
+        let clock = self.clock;
+        for chunk in chunks {
+            let feed = |input: Input| chunk_input(&chunk, input);
+            guarded(|| df.step_held(pool, epoch, clock, &feed, into_view))?;
+            backfill
+                .rows_done
+                .fetch_add(chunk_rows(&chunk), Ordering::Relaxed);
+        }
+        let feed = |input: Input| chunk_input(&last, input);
         let marks = WatermarkSource {
             tables: &self.table_watermarks,
             views: &self.shared.views,
         };
         let watermarks = df.current_source_watermarks(&marks);
-        let pool = self.pool.as_deref();
-        guarded(|| df.step(pool, epoch, self.clock, &feed, watermarks, into_view))?;
+        guarded(|| df.step(pool, epoch, clock, &feed, watermarks, into_view))?;
+        backfill
+            .rows_done
+            .fetch_add(chunk_rows(&last), Ordering::Relaxed);
         Ok(())
     }
 

@@ -480,7 +480,7 @@ impl Engine {
                         v.id == view.id && v.fingerprint == spec.fingerprint(v.shards as usize)
                     });
                     self.runtime
-                        .create_view(view.id, &view.name, spec, schema.clone())
+                        .create_view(view.id, &view.name, spec, schema.clone(), None)
                         .await
                         .map(|()| from_checkpoint)
                         .map_err(|e| (e, schema))
@@ -1226,12 +1226,14 @@ impl Engine {
     }
 
     /// Creates a view. A materialized one is backfilled before this returns; if the backfill
-    /// fails (e.g. division by zero over existing rows) nothing is created.
+    /// fails (e.g. division by zero over existing rows) nothing is created. While it runs,
+    /// `progress` (if any) receives a NOTICE on how far it got at each of its intervals.
     async fn create_view(
         &self,
         mut def: ViewDef,
         dataflow: Option<(DataflowSpec, datafusion::arrow::datatypes::SchemaRef)>,
         if_not_exists: bool,
+        progress: Option<BackfillNotices>,
     ) -> Result<bool> {
         let _w = self.write_lock.write().await;
         let mut catalog = (**self.catalog.read()).clone();
@@ -1242,8 +1244,19 @@ impl Engine {
         *self.catalog.write() = Arc::new(catalog.clone());
         if let Some((spec, schema)) = dataflow {
             self.tick_for(&spec).await?;
+            let mut report = |b: &crate::dataflow::runtime::Backfill| {
+                if let Some(p) = &progress {
+                    let _ = p.notices.send(backfill_notice(b));
+                }
+            };
+            let report = progress.as_ref().map(|p| {
+                (
+                    p.interval,
+                    &mut report as &mut (dyn FnMut(&crate::dataflow::runtime::Backfill) + Send),
+                )
+            });
             self.runtime
-                .create_view(def.id, &def.name, spec, schema)
+                .create_view(def.id, &def.name, spec, schema, report)
                 .await?;
         }
         catalog.create_view(&self.state, def)?;
@@ -1272,6 +1285,29 @@ impl Engine {
         self.drop_dependents(view.id, kind, name, cascade).await?;
         self.remove_view(&view).await
     }
+}
+
+/// Where `CREATE MATERIALIZED VIEW` reports its backfill's progress while it runs: a NOTICE
+/// every `interval`.
+pub struct BackfillNotices {
+    pub interval: std::time::Duration,
+    pub notices: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+fn backfill_notice(b: &crate::dataflow::runtime::Backfill) -> String {
+    let (done, total) = b.progress();
+    let elapsed = b.elapsed().as_secs_f64();
+    if total == 0 {
+        return format!(
+            "materialized view \"{}\": reading its inputs ({elapsed:.1} s)",
+            b.view
+        );
+    }
+    let percent = done as f64 * 100.0 / total as f64;
+    format!(
+        "materialized view \"{}\": backfilled {done} of {total} input rows ({percent:.0}%, {elapsed:.1} s)",
+        b.view
+    )
 }
 
 /// Whether table `def`'s checkpointed rows move to the state store: APPEND ONLY tables, and

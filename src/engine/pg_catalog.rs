@@ -1152,6 +1152,9 @@ pub fn schema(engine: Arc<Engine>, settings: Settings) -> Arc<dyn SchemaProvider
 fn setting_description(name: &str) -> &'static str {
     match name {
         "application_name" => "Sets the application name to be reported in statistics and logs.",
+        "backfill_progress_interval" => {
+            "How often CREATE MATERIALIZED VIEW reports its backfill's progress (0: never)."
+        }
         "client_encoding" => "Sets the client's character set encoding.",
         "client_min_messages" => "Sets the message levels that are sent to the client.",
         "datestyle" => "Sets the display format for date and time values.",

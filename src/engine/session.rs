@@ -106,6 +106,7 @@ struct Transaction {
 pub(super) fn default_settings() -> BTreeMap<String, String> {
     [
         ("application_name", ""),
+        ("backfill_progress_interval", "1s"),
         ("client_encoding", "UTF8"),
         ("client_min_messages", "notice"),
         ("datestyle", "ISO, MDY"),
@@ -163,6 +164,9 @@ pub struct Session {
     pub(super) cursors: HashMap<String, super::subscribe::Cursor>,
     /// NOTICEs for the client from the last statements (see [`Session::take_notices`]).
     notices: Vec<String>,
+    /// Where NOTICEs go while a statement runs (a backfill's progress), when the connection
+    /// can send them then.
+    live_notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Session {
@@ -205,6 +209,7 @@ impl Session {
             pid: backend_pid,
             cursors: HashMap::new(),
             notices: Vec::new(),
+            live_notices: None,
         })
     }
 
@@ -212,6 +217,31 @@ impl Session {
     /// write refused).
     pub fn take_notices(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notices)
+    }
+
+    /// Sends the NOTICEs of statements still running to `notices` (None: keep them for
+    /// [`Session::take_notices`]).
+    pub fn set_live_notices(
+        &mut self,
+        notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) {
+        self.live_notices = notices;
+    }
+
+    /// Where a `CREATE MATERIALIZED VIEW` run now reports its backfill's progress: the live
+    /// NOTICEs every `backfill_progress_interval` (0 turns them off).
+    pub(super) fn backfill_notices(&self) -> Option<super::BackfillNotices> {
+        let notices = self.live_notices.clone()?;
+        let ms = self
+            .settings
+            .lock()
+            .get("backfill_progress_interval")
+            .and_then(|v| parse_duration_ms(v))
+            .unwrap_or(1000);
+        (ms > 0).then(|| super::BackfillNotices {
+            interval: std::time::Duration::from_millis(ms),
+            notices,
+        })
     }
 
     /// Notes what a write did that the client should hear of; returns how many rows were
@@ -1101,6 +1131,14 @@ pub(super) fn apply_setting(
             ) {
                 return Err(unsupported!(
                     "time zone \"{value}\": Eddy's sessions run in UTC"
+                ));
+            }
+        }
+        "backfill_progress_interval" => {
+            if parse_duration_ms(&value).is_none() {
+                return Err(crate::err!(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    "invalid value for parameter \"{name}\": \"{value}\" (a duration such as '1s', '500ms' or 0 for none)"
                 ));
             }
         }

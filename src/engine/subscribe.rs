@@ -126,7 +126,7 @@ impl Session {
                 engine.tick_for(&compiled.spec).await?;
                 engine
                     .runtime()
-                    .create_view(id, &target, compiled.spec, compiled.schema)
+                    .create_view(id, &target, compiled.spec, compiled.schema, None)
                     .await?;
                 keep.push(Box::new(TempDataflow {
                     id,

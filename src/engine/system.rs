@@ -16,7 +16,9 @@
 //!   and the epochs it ran in since the dataflow started, and the state it holds now (the
 //!   same as `EXPLAIN ANALYZE MATERIALIZED VIEW`).
 //! - `eddy_catalog.materialized_views`: one row per materialized view: running or failed (and
-//!   why), its rows, the epoch the views are at and how far behind the log's end that is.
+//!   why), its rows, the epoch the views are at and how far behind the log's end that is, and
+//!   its backfill (this server run): input rows done and in all, and seconds. A view being
+//!   created shows as `backfilling` until its backfill is over.
 //! - `eddy_catalog.sources`: one row per table (what events arrive in), with the SOURCE that
 //!   feeds it if any: its rows now, the rows written since the server started and per second
 //!   over the last 10 s, and the late rows refused (tables with a watermark).
@@ -30,7 +32,8 @@ use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
@@ -38,6 +41,7 @@ use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
 
 use super::Engine;
+use crate::dataflow::runtime::Backfill;
 
 pub const SCHEMA: &str = "eddy_catalog";
 const TABLES: &[&str] = &[
@@ -420,6 +424,9 @@ impl System {
             Field::new("epoch", DataType::Int64, false),
             Field::new("log_lsn", DataType::Int64, false),
             Field::new("behind_lsn", DataType::Int64, false),
+            Field::new("backfill_rows_done", DataType::Int64, true),
+            Field::new("backfill_rows_total", DataType::Int64, true),
+            Field::new("backfill_seconds", DataType::Float64, true),
         ]));
         let catalog = self.engine.catalog();
         let mut views: Vec<_> = catalog
@@ -434,6 +441,7 @@ impl System {
         let mut status = Vec::new();
         let mut errors: Vec<Option<String>> = Vec::new();
         let mut rows = Vec::new();
+        let mut backfills: Vec<Option<Arc<Backfill>>> = Vec::new();
         for v in &views {
             names.push(v.name.clone());
             match self.engine.view_state(v.id) {
@@ -441,6 +449,7 @@ impl System {
                     status.push("starting".to_string());
                     errors.push(None);
                     rows.push(0);
+                    backfills.push(None);
                 }
                 Some(state) => {
                     match state.status() {
@@ -454,10 +463,29 @@ impl System {
                         }
                     }
                     rows.push(state.rows() as i64);
+                    backfills.push(Some(state.backfill.clone()));
                 }
             }
         }
+        // Views being created: not in the catalog until their backfill is over.
+        let mut running = self.engine.runtime().backfills();
+        running.retain(|(id, _)| *id < crate::dataflow::TEMP_IDS);
+        running.sort_by(|a, b| a.1.view.cmp(&b.1.view));
+        for (_, backfill) in running {
+            names.push(backfill.view.clone());
+            status.push("backfilling".into());
+            errors.push(None);
+            rows.push(0);
+            backfills.push(Some(backfill));
+        }
         let n = names.len();
+        // A view restored from a checkpoint had no backfill in this server run.
+        let backfilled = |b: &Option<Arc<Backfill>>| {
+            b.as_ref()
+                .filter(|b| b.progress().1 > 0 || !b.is_finished())
+                .cloned()
+        };
+        let backfills: Vec<Option<Arc<Backfill>>> = backfills.iter().map(backfilled).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(names)),
             Arc::new(StringArray::from(status)),
@@ -470,6 +498,21 @@ impl System {
                     as i64;
                 n
             ])),
+            Arc::new(Int64Array::from_iter(
+                backfills
+                    .iter()
+                    .map(|b| b.as_ref().map(|b| b.progress().0 as i64)),
+            )),
+            Arc::new(Int64Array::from_iter(
+                backfills
+                    .iter()
+                    .map(|b| b.as_ref().map(|b| b.progress().1 as i64)),
+            )),
+            Arc::new(Float64Array::from_iter(
+                backfills
+                    .iter()
+                    .map(|b| b.as_ref().map(|b| b.elapsed().as_secs_f64())),
+            )),
         ];
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))

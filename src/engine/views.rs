@@ -203,6 +203,7 @@ impl Session {
                     def,
                     Some((compiled.spec, compiled.schema)),
                     cv.if_not_exists,
+                    self.backfill_notices(),
                 )
                 .await?
         } else {
@@ -222,7 +223,9 @@ impl Session {
                 depends_on: referenced,
                 emit_on_window_close: false,
             };
-            self.engine.create_view(def, None, cv.if_not_exists).await?
+            self.engine
+                .create_view(def, None, cv.if_not_exists, None)
+                .await?
         };
         if created {
             Ok(Output::Command { tag, rows: None })

@@ -394,6 +394,41 @@ where
     Ok(())
 }
 
+/// Runs a statement, sending the NOTICEs it reports while it runs (a materialized view's
+/// backfill progress) as they come; the rest wait for [`send_notices`].
+async fn execute_live<C>(
+    client: &mut C,
+    cell: &SessionCell,
+    parsed: &crate::sql::Parsed,
+    params: &[datafusion::common::ScalarValue],
+) -> PgWireResult<crate::error::Result<Output>>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let (tx, mut live) = tokio::sync::mpsc::unbounded_channel();
+    let run = async {
+        let mut session = cell.lock().await;
+        session.set_live_notices(Some(tx));
+        let output = session.execute(parsed, params).await;
+        session.set_live_notices(None);
+        output
+    };
+    tokio::pin!(run);
+    let output = loop {
+        tokio::select! {
+            output = &mut run => break output,
+            Some(message) = live.recv() => {
+                client.send(notice("NOTICE", "00000", message)).await?;
+            }
+        }
+    };
+    while let Ok(message) = live.try_recv() {
+        client.feed(notice("NOTICE", "00000", message)).await?;
+    }
+    Ok(output)
+}
+
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionCell>> {
     client
         .session_extensions()
@@ -737,7 +772,7 @@ impl Handlers {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for parsed in &statements {
-            let output = cell.lock().await.execute(parsed, &[]).await;
+            let output = execute_live(client, cell, parsed, &[]).await?;
             send_notices(client, cell).await?;
             match output {
                 Ok(output) => {
@@ -950,7 +985,7 @@ impl Handlers {
                 return Err(user_error(e));
             }
         };
-        let output = cell.lock().await.execute(&prepared.parsed, &params).await;
+        let output = execute_live(client, &cell, &prepared.parsed, &params).await?;
         send_notices(client, &cell).await?;
         self.respond(
             client,

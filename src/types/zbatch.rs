@@ -111,6 +111,14 @@ impl ZBatch {
         ZBatch { data, weights }
     }
 
+    /// `len` rows from `offset` (zero-copy).
+    pub fn slice(&self, offset: usize, len: usize) -> Self {
+        Self::new(
+            self.data.slice(offset, len),
+            self.weights.slice(offset, len),
+        )
+    }
+
     pub fn num_rows(&self) -> usize {
         self.data.num_rows()
     }
