@@ -37,11 +37,13 @@ setup() {
 # The drivers the client tests run (tests/clients.rs, docs/clients.md):
 # - psycopg 3 and asyncpg, in a venv (EDDY_VENV, default ~/.cache/eddy-venv);
 # - node-postgres, installed with npm in ~/.cache/eddy-node (Node.js from Debian if missing);
-# - pgjdbc, Debian's libpostgresql-jdbc-java, run from source by a JDK's `java`.
+# - pgjdbc, Debian's libpostgresql-jdbc-java, run from source by a JDK's `java`;
+# - for the dashboard's browser test (tests/dashboard.rs): Debian's chromium, driven by
+#   playwright-core from npm (in the same ~/.cache/eddy-node).
 VENV="${EDDY_VENV:-$HOME/.cache/eddy-venv}"
 NODE_DIR="$HOME/.cache/eddy-node"
 setup_clients() {
-    install_missing python3 python3-venv libpostgresql-jdbc-java openssl
+    install_missing python3 python3-venv libpostgresql-jdbc-java openssl chromium
     if ! "$VENV/bin/python" -c "import psycopg, asyncpg" >/dev/null 2>&1; then
         echo "eddy.sh: preparing $VENV (psycopg, asyncpg)" >&2
         [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
@@ -51,10 +53,10 @@ setup_clients() {
     command -v javac >/dev/null || install_missing default-jdk-headless
     command -v node >/dev/null || install_missing nodejs
     command -v npm >/dev/null || install_missing npm
-    if [ ! -d "$NODE_DIR/node_modules/pg" ]; then
-        echo "eddy.sh: installing node-postgres in $NODE_DIR" >&2
+    if [ ! -d "$NODE_DIR/node_modules/pg" ] || [ ! -d "$NODE_DIR/node_modules/playwright-core" ]; then
+        echo "eddy.sh: installing node-postgres and playwright-core in $NODE_DIR" >&2
         mkdir -p "$NODE_DIR"
-        npm install --silent --prefix "$NODE_DIR" "pg@8" >/dev/null
+        npm install --silent --prefix "$NODE_DIR" "pg@8" "playwright-core@1" >/dev/null
     fi
     export EDDY_NODE_MODULES="$NODE_DIR/node_modules"
 }

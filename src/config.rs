@@ -120,6 +120,12 @@ pub struct Config {
     #[arg(long, env = "EDDY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Address for the web dashboard (`GET /`, e.g. `127.0.0.1:8544`): each materialized
+    /// view's dataflow graph with live per-operator rates, state and lag, the sources and the
+    /// live subscriptions; it serves `/metrics` too. None by default.
+    #[arg(long, env = "EDDY_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// A PEM certificate (chain) for TLS; with `--tls-key`, clients may connect with
     /// `sslmode=require`.
     #[arg(long, env = "EDDY_TLS_CERT", requires = "tls_key")]

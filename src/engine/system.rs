@@ -12,9 +12,9 @@
 //! - `eddy_catalog.dataflows`: one row per materialized view: its operators, and the rows and
 //!   bytes (in memory) of state they hold as of its last epoch.
 //! - `eddy_catalog.dataflow_operators`: one row per operator of each materialized view's
-//!   dataflow: what it is, its shards, the rows it received and emitted, the time it worked
-//!   and the epochs it ran in since the dataflow started, and the state it holds now (the
-//!   same as `EXPLAIN ANALYZE MATERIALIZED VIEW`).
+//!   dataflow: what it is, the operators it reads (`inputs`, their ids), its shards, the rows
+//!   it received and emitted, the time it worked and the epochs it ran in since the dataflow
+//!   started, and the state it holds now (the same as `EXPLAIN ANALYZE MATERIALIZED VIEW`).
 //! - `eddy_catalog.materialized_views`: one row per materialized view: running or failed (and
 //!   why), its rows, the epoch the views are at and how far behind the log's end that is, and
 //!   its backfill (this server run): input rows done and in all, and seconds. A view being
@@ -367,6 +367,7 @@ impl System {
             Field::new("view_name", DataType::Utf8, false),
             Field::new("operator_id", DataType::Int64, false),
             Field::new("operator", DataType::Utf8, false),
+            Field::new("inputs", DataType::Utf8, false),
             Field::new("shards", DataType::Int64, false),
             Field::new("epochs", DataType::Int64, false),
             Field::new("rows_in", DataType::Int64, false),
@@ -382,29 +383,39 @@ impl System {
             .filter(|v| v.materialized)
             .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
-        let rows: Vec<(String, String, crate::dataflow::runtime::OperatorStats)> = views
+        type Row = (
+            String,
+            String,
+            String,
+            crate::dataflow::runtime::OperatorStats,
+        );
+        let rows: Vec<Row> = views
             .iter()
             .flat_map(|v| {
                 super::views::operator_rows(&self.engine, v)
                     .into_iter()
-                    .map(|(label, stats)| (v.name.clone(), label, stats))
+                    .map(|(label, inputs, stats)| {
+                        let inputs: Vec<String> = inputs.iter().map(|i| i.to_string()).collect();
+                        (v.name.clone(), label, inputs.join(","), stats)
+                    })
             })
             .collect();
         let int = |f: &dyn Fn(&crate::dataflow::runtime::OperatorStats) -> u64| -> ArrayRef {
             Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| f(&r.2) as i64),
+                rows.iter().map(|r| f(&r.3) as i64),
             ))
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
             int(&|s| s.node as u64),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.2))),
             int(&|s| s.shards as u64),
             int(&|s| s.epochs),
             int(&|s| s.rows_in),
             int(&|s| s.rows_out),
             Arc::new(datafusion::arrow::array::Float64Array::from_iter_values(
-                rows.iter().map(|r| r.2.busy.as_secs_f64() * 1000.0),
+                rows.iter().map(|r| r.3.busy.as_secs_f64() * 1000.0),
             )),
             int(&|s| s.state_rows),
             int(&|s| s.state_bytes),

@@ -497,12 +497,12 @@ pub(super) fn input_name(catalog: &crate::catalog::Catalog, input: Input) -> Str
     }
 }
 
-/// A running view's operators: how each is described, and its counters (the Materialize
-/// sink last, described as such).
+/// A running view's operators: how each is described, the operators it reads (ids), and its
+/// counters (the Materialize sink last, described as such).
 pub(super) fn operator_rows(
     engine: &super::Engine,
     view: &crate::catalog::ViewDef,
-) -> Vec<(String, crate::dataflow::runtime::OperatorStats)> {
+) -> Vec<(String, Vec<usize>, crate::dataflow::runtime::OperatorStats)> {
     let Some(state) = engine.view_state(view.id) else {
         return Vec::new();
     };
@@ -511,14 +511,17 @@ pub(super) fn operator_rows(
     let stats = state.operators.lock().clone();
     stats
         .into_iter()
-        .map(|s| {
-            let label = match &plan {
-                Some(plan) if s.node < plan.nodes.len() => {
-                    plan.describe(s.node, &|input| input_name(&catalog, input))
-                }
-                _ => format!("Materialize: {}", view.name),
-            };
-            (label, s)
+        .map(|s| match &plan {
+            Some(plan) if s.node < plan.nodes.len() => (
+                plan.describe(s.node, &|input| input_name(&catalog, input)),
+                plan.nodes[s.node].inputs.clone(),
+                s,
+            ),
+            _ => (
+                format!("Materialize: {}", view.name),
+                plan.iter().map(|p| p.output()).collect(),
+                s,
+            ),
         })
         .collect()
 }

@@ -36,27 +36,32 @@ const COUNTERS: &[&str] = &[
 ];
 
 #[derive(Clone)]
-struct Shared {
-    engine: Arc<Engine>,
-    limits: Arc<Limits>,
+pub(super) struct Shared {
+    pub engine: Arc<Engine>,
+    pub limits: Arc<Limits>,
 }
 
-/// Serves `/metrics` on `listen` until `stop` turns true; returns the address bound.
+/// Serves `/metrics` on `listen` — and the web dashboard ([`super::dashboard`]) when
+/// `dashboard` — until `stop` turns true; returns the address bound.
 pub async fn serve(
     listen: SocketAddr,
     engine: Arc<Engine>,
     limits: Arc<Limits>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    dashboard: bool,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let what = if dashboard { "HTTP" } else { "metrics" };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::io(format!("listening for metrics on {listen}"), &e))?;
+        .map_err(|e| Error::io(format!("listening for {what} on {listen}"), &e))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Error::io("reading the metrics address", &e))?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(Shared { engine, limits });
+        .map_err(|e| Error::io(format!("reading the {what} address"), &e))?;
+    let mut app = Router::new().route("/metrics", get(metrics));
+    if dashboard {
+        app = app.merge(super::dashboard::routes());
+    }
+    let app = app.with_state(Shared { engine, limits });
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -65,7 +70,7 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::warn!(error = %e, "the metrics endpoint stopped");
+            tracing::warn!(error = %e, "the {what} endpoint stopped");
         }
     });
     Ok((addr, task))
@@ -92,17 +97,30 @@ async fn render(shared: &Shared) -> Result<String> {
         "# HELP eddy_connections Client connections open now.\n# TYPE eddy_connections gauge\neddy_connections {}",
         shared.limits.connections()
     );
+    for (view, batches) in system_views(&shared.engine).await? {
+        write_view(&mut out, view, &batches);
+    }
+    Ok(out)
+}
+
+/// Every `eddy_catalog` view's rows now, by name.
+pub(super) async fn system_views(
+    engine: &Arc<Engine>,
+) -> Result<Vec<(&'static str, Vec<RecordBatch>)>> {
     let ctx = SessionContext::new();
     let state = ctx.state();
-    for (view, provider) in crate::engine::system_tables(shared.engine.clone())? {
+    let mut views = Vec::new();
+    for (view, provider) in crate::engine::system_tables(engine.clone())? {
         let plan = provider
             .scan(&state, None, &[], None)
             .await
             .map_err(Error::from)?;
-        let batches = collect(plan, ctx.task_ctx()).await.map_err(Error::from)?;
-        write_view(&mut out, view, &batches);
+        views.push((
+            view,
+            collect(plan, ctx.task_ctx()).await.map_err(Error::from)?,
+        ));
     }
-    Ok(out)
+    Ok(views)
 }
 
 /// The metrics of one system view's rows.

@@ -12,6 +12,7 @@
 mod auth;
 mod copy;
 mod copy_out;
+mod dashboard;
 mod encode;
 mod limits;
 mod metrics;
@@ -79,6 +80,8 @@ pub struct ServerOptions {
     pub auth: AuthMode,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the web dashboard (and `/metrics`), if anywhere.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl ServerOptions {
@@ -92,6 +95,7 @@ impl ServerOptions {
             tls: None,
             auth: AuthMode::for_listen(None, listen),
             metrics_listen: None,
+            http_listen: None,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Server {
     stop_check: Arc<AtomicBool>,
     /// The metrics endpoint's address and task, when serving one.
     metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The dashboard's, likewise.
+    dashboard: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl Server {
@@ -142,6 +148,7 @@ impl Server {
             tls: config.tls_cert.clone().zip(config.tls_key.clone()),
             auth: AuthMode::for_listen(config.auth, config.listen),
             metrics_listen: config.metrics_listen,
+            http_listen: config.http_listen,
         };
         let server = Self::start_with_options(engine_config, options).await?;
         // The bootstrap role's password, for a first login over SCRAM (containers): from the
@@ -215,8 +222,21 @@ impl Server {
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let metrics = match options.metrics_listen {
+            Some(addr) => Some(
+                metrics::serve(
+                    addr,
+                    engine.clone(),
+                    limits.clone(),
+                    stop.subscribe(),
+                    false,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let dashboard = match options.http_listen {
             Some(addr) => {
-                Some(metrics::serve(addr, engine.clone(), limits, stop.subscribe()).await?)
+                Some(metrics::serve(addr, engine.clone(), limits, stop.subscribe(), true).await?)
             }
             None => None,
         };
@@ -282,6 +302,7 @@ impl Server {
             check: Some(check),
             stop_check,
             metrics,
+            dashboard,
         })
     }
 
@@ -308,6 +329,11 @@ impl Server {
         self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
+    /// Where the web dashboard is served, when it is.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// The engine behind the server (for tests and benchmarks that look inside).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
@@ -317,7 +343,7 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
-        if let Some((_, task)) = self.metrics {
+        for (_, task) in self.metrics.into_iter().chain(self.dashboard) {
             let _ = task.await;
         }
         self.stop_check.store(true, Ordering::Relaxed);
