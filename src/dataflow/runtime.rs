@@ -1008,6 +1008,10 @@ impl Dataflow {
         self.feed(feed);
         let last = self.nodes.len() - 2;
         self.run_nodes(pool, epoch, clock, None, last, into_view)?;
+        // The backfill's chunks are steps of one epoch: only its last step counts it.
+        for node in &mut self.nodes[..=last] {
+            node.stats.epochs = node.stats.epochs.saturating_sub(1);
+        }
         Ok(())
     }
 

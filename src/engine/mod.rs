@@ -1303,9 +1303,10 @@ fn backfill_notice(b: &crate::dataflow::runtime::Backfill) -> String {
             b.view
         );
     }
-    let percent = done as f64 * 100.0 / total as f64;
+    // Rounded down: 100% only once every row went through.
+    let percent = done * 100 / total;
     format!(
-        "materialized view \"{}\": backfilled {done} of {total} input rows ({percent:.0}%, {elapsed:.1} s)",
+        "materialized view \"{}\": backfilled {done} of {total} input rows ({percent}%, {elapsed:.1} s)",
         b.view
     )
 }
