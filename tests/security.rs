@@ -64,6 +64,16 @@ async fn roles_log_in_with_scram_passwords_kept_only_as_verifiers() {
         .unwrap();
     let e = admin.batch_execute("CREATE ROLE alice").await.unwrap_err();
     assert_eq!(code(&e), Some("42710"), "{e}");
+    // Attributes Eddy has no use for are refused rather than ignored; their negations hold.
+    let e = admin
+        .batch_execute("CREATE ROLE carol CREATEDB")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("0A000"), "{e}");
+    admin
+        .batch_execute("CREATE ROLE carol NOCREATEDB NOCREATEROLE INHERIT; DROP ROLE carol")
+        .await
+        .unwrap();
     let roles = common::query_rows(
         &admin,
         "SELECT rolname, rolcanlogin, rolsuper, rolpassword FROM pg_roles ORDER BY 1",

@@ -875,7 +875,9 @@ impl Engine {
             let name = def.map_or("?", |t| t.name.as_str());
             if let Some((on_time, late_rows)) = tracker.split(name, change)? {
                 *change = on_time;
-                *late.entry(*id).or_default() += late_rows.num_rows() as u64;
+                // Rows, not distinct rows: three equal late rows are a row of weight 3.
+                let rows: i64 = late_rows.weights.values().iter().sum();
+                *late.entry(*id).or_default() += rows.max(0) as u64;
                 // Into its late-rows table, while that exists.
                 if let Some(to) = def.and_then(|d| d.late_rows_table)
                     && catalog.table_by_id(to).is_some()
@@ -1137,6 +1139,21 @@ impl Engine {
                 source.name
             )));
         }
+        // A late-rows table goes with the table that keeps its late rows there, not alone.
+        let catalog = self.catalog();
+        if let Some(owner) = catalog
+            .tables()
+            .into_iter()
+            .find(|t| t.late_rows_table == Some(id))
+        {
+            return Err(crate::err!(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                "cannot drop table {name} because table {} keeps its late rows in it",
+                owner.name
+            )
+            .with_hint(format!("DROP TABLE {} drops both.", owner.name)));
+        }
+        drop(catalog);
         // Its late-rows table goes with it.
         let late = self
             .catalog()

@@ -165,6 +165,19 @@ impl Session {
             || !create.admin.is_empty()
             || create.valid_until.is_some()
             || create.connection_limit.is_some();
+        // NOCREATEDB and the like say what holds; INHERIT means nothing without membership.
+        let granted = [
+            create.create_db,
+            create.create_role,
+            create.replication,
+            create.bypassrls,
+        ]
+        .contains(&Some(true));
+        if granted {
+            return Err(crate::unsupported!(
+                "CREATEDB, CREATEROLE, REPLICATION and BYPASSRLS: Eddy's roles have LOGIN, SUPERUSER and PASSWORD (a SUPERUSER manages roles)"
+            ));
+        }
         if unsupported {
             return Err(crate::unsupported!(
                 "role membership, VALID UNTIL and CONNECTION LIMIT: Eddy's roles have LOGIN, SUPERUSER and PASSWORD"

@@ -171,6 +171,24 @@ impl Session {
         if cv.or_replace || cv.or_alter {
             return Err(unsupported!("CREATE OR REPLACE VIEW"));
         }
+        // Accepted by the parser, but nothing here would honour them.
+        if cv.temporary {
+            return Err(unsupported!(
+                "{} TEMPORARY: views are permanent (DROP them when done)",
+                tag
+            ));
+        }
+        if !matches!(cv.options, ast::CreateTableOptions::None) {
+            return Err(unsupported!(
+                "{tag} options ({}): views take none",
+                cv.options
+            ));
+        }
+        if cv.comment.is_some() || cv.to.is_some() || !cv.cluster_by.is_empty() {
+            return Err(unsupported!(
+                "{tag} with COMMENT, TO or CLUSTER BY (dialects other than PostgreSQL's)"
+            ));
+        }
         let name = sql::table_name(&cv.name)?;
         let names: Vec<String> = cv
             .columns
