@@ -239,6 +239,9 @@ struct Shared {
     backfills: Mutex<HashMap<ObjectId, Arc<Backfill>>>,
 }
 
+/// Called with a backfill's progress while it runs (see [`Runtime::create_view`]).
+pub type BackfillReport<'a> = dyn FnMut(&Backfill) + Send + 'a;
+
 /// A new materialized view's backfill: its inputs' rows (known once they are read) and how
 /// many of them have gone through its dataflow, for `eddy_catalog.materialized_views` and the
 /// NOTICEs of `CREATE MATERIALIZED VIEW`. A view restored from a checkpoint has none to do.
@@ -521,7 +524,7 @@ impl Runtime {
         name: &str,
         spec: DataflowSpec,
         schema: SchemaRef,
-        report: Option<(Duration, &mut (dyn FnMut(&Backfill) + Send))>,
+        report: Option<(Duration, &mut BackfillReport<'_>)>,
     ) -> Result<()> {
         let (reply, mut rx) = oneshot::channel();
         let backfill = Arc::new(Backfill::new(name));

@@ -1269,7 +1269,7 @@ impl Engine {
             let report = progress.as_ref().map(|p| {
                 (
                     p.interval,
-                    &mut report as &mut (dyn FnMut(&crate::dataflow::runtime::Backfill) + Send),
+                    &mut report as &mut crate::dataflow::runtime::BackfillReport<'_>,
                 )
             });
             self.runtime
