@@ -1307,168 +1307,21 @@ pub(super) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>
     Ok(out)
 }
 
-/// The result columns, named as PostgreSQL would name them: from the SELECT list when it has
-/// no wildcard (alias, column name, function name, else `?column?`), else from DataFusion's
-/// names.
+/// The result columns, named as PostgreSQL would name them (see `sql::names`).
 pub(super) fn output_schema(stmt: &Statement, plan: &LogicalPlan) -> SchemaRef {
     if matches!(stmt, Statement::Explain { .. }) {
         return single_text_schema("QUERY PLAN");
     }
     let arrow = plan.schema().as_arrow();
-    let from_select = select_list_names(stmt).filter(|names| names.len() == arrow.fields().len());
+    let planned: Vec<&str> = arrow.fields().iter().map(|f| f.name().as_str()).collect();
+    let names = sql::names::result_names(stmt, &planned);
     let fields: Vec<Field> = arrow
         .fields()
         .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let name = match &from_select {
-                Some(names) => names[i].clone(),
-                None => pg_column_name(f.name()),
-            };
-            f.as_ref().clone().with_name(name)
-        })
+        .zip(names)
+        .map(|(f, name)| f.as_ref().clone().with_name(name))
         .collect();
     Arc::new(Schema::new_with_metadata(fields, arrow.metadata().clone()))
-}
-
-fn select_list_names(stmt: &Statement) -> Option<Vec<String>> {
-    let Statement::Query(query) = stmt else {
-        return None;
-    };
-    // A set operation takes its column names from its first branch.
-    let mut body = query.body.as_ref();
-    loop {
-        match body {
-            ast::SetExpr::SetOperation { left, .. } => body = left.as_ref(),
-            ast::SetExpr::Query(q) => body = q.body.as_ref(),
-            _ => break,
-        }
-    }
-    let ast::SetExpr::Select(select) = body else {
-        return None;
-    };
-    select
-        .projection
-        .iter()
-        .map(|item| match item {
-            ast::SelectItem::ExprWithAlias { alias, .. } => Some(sql::normalize_ident(alias)),
-            ast::SelectItem::UnnamedExpr(e) => Some(expr_column_name(e)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// PostgreSQL's name for an unaliased output expression.
-fn expr_column_name(e: &ast::Expr) -> String {
-    match e {
-        ast::Expr::Identifier(i) => sql::normalize_ident(i),
-        ast::Expr::CompoundIdentifier(parts) => parts
-            .last()
-            .map(sql::normalize_ident)
-            .unwrap_or_else(|| "?column?".into()),
-        ast::Expr::Function(f) => f
-            .name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(sql::normalize_ident)
-            .unwrap_or_else(|| "?column?".into()),
-        ast::Expr::Cast {
-            expr, data_type, ..
-        } => match expr.as_ref() {
-            ast::Expr::Value(_) => cast_type_column_name(data_type),
-            inner => expr_column_name(inner),
-        },
-        ast::Expr::Nested(inner) => expr_column_name(inner),
-        ast::Expr::Case { .. } => "case".into(),
-        ast::Expr::Exists { .. } => "exists".into(),
-        ast::Expr::Array(_) => "array".into(),
-        _ => "?column?".into(),
-    }
-}
-
-/// `'x'::text` is named after the type, as in PostgreSQL.
-fn cast_type_column_name(t: &ast::DataType) -> String {
-    match crate::types::parse_sql_type(t) {
-        Ok(crate::types::SqlType::Integer) => "int4".into(),
-        Ok(crate::types::SqlType::BigInt) => "int8".into(),
-        Ok(crate::types::SqlType::SmallInt) => "int2".into(),
-        Ok(crate::types::SqlType::Boolean) => "bool".into(),
-        Ok(crate::types::SqlType::Real) => "float4".into(),
-        Ok(crate::types::SqlType::Double) => "float8".into(),
-        Ok(crate::types::SqlType::Varchar(_)) => "varchar".into(),
-        Ok(crate::types::SqlType::TimestampTz) => "timestamptz".into(),
-        Ok(crate::types::SqlType::Timestamp) => "timestamp".into(),
-        Ok(crate::types::SqlType::Time) => "time".into(),
-        Ok(t) => t.to_string(),
-        Err(_) => "?column?".into(),
-    }
-}
-
-/// DataFusion names computed columns after their expression (`count(*)`, `Int64(1)`);
-/// PostgreSQL names them after the function (`count`) or `?column?`.
-fn pg_column_name(name: &str) -> String {
-    let plain = name
-        .chars()
-        .all(|c| c.is_alphanumeric() || c == '_' || c == '"' || c == '.')
-        && !name.contains('(');
-    if plain {
-        return name.rsplit('.').next().unwrap_or(name).to_string();
-    }
-    if let Some(open) = name.find('(') {
-        let func = &name[..open];
-        if !func.is_empty() && func.chars().all(|c| c.is_alphanumeric() || c == '_') {
-            let lower = func.to_lowercase();
-            // Literals such as Int64(1) and Utf8("a"), and casts, become ?column?.
-            let is_literal = [
-                "int8",
-                "int16",
-                "int32",
-                "int64",
-                "uint8",
-                "uint16",
-                "uint32",
-                "uint64",
-                "float16",
-                "float32",
-                "float64",
-                "utf8",
-                "utf8view",
-                "largeutf8",
-                "boolean",
-                "decimal128",
-                "date32",
-                "timestamp",
-                "intervalmonthdaynano",
-                "binary",
-            ]
-            .contains(&lower.as_str());
-            if is_literal {
-                return "?column?".into();
-            }
-            if lower == "cast" || lower == "try_cast" {
-                // CAST(x AS t): PostgreSQL names it after x when x is a column.
-                let inner = &name[open + 1..];
-                let inner = inner.split(" AS ").next().unwrap_or(inner);
-                let plain = inner
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
-                return if plain {
-                    inner.rsplit('.').next().unwrap_or(inner).to_string()
-                } else {
-                    "?column?".into()
-                };
-            }
-            return lower;
-        }
-    }
-    if name == "NULL" || name.starts_with("Boolean(") {
-        return "?column?".into();
-    }
-    if matches!(name, "true" | "false") {
-        return "bool".into();
-    }
-    "?column?".into()
 }
 
 /// Renames the stream's columns to `schema`'s names (data unchanged).

@@ -13,12 +13,14 @@
 pub mod ddl;
 pub mod errors;
 pub mod lower;
+pub mod names;
 pub mod session;
 pub mod source;
 mod subscribe;
 pub mod temporal;
 pub mod windows;
 
+pub use names::dedupe_output_names;
 pub use subscribe::Subscribe;
 
 use datafusion::sql::sqlparser::ast::{self, Statement};
@@ -427,54 +429,6 @@ pub fn check_supported(stmt: &Statement) -> Result<()> {
         )),
         ControlFlow::Continue(()) => Ok(()),
     }
-}
-
-/// PostgreSQL allows several output columns with the same name (`SELECT 1, 1`); DataFusion
-/// does not. Gives repeated unaliased expressions unique aliases for planning (the names the
-/// client sees are taken from the original SELECT list).
-pub fn dedupe_output_names(stmt: &Statement) -> Statement {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, visit_statements_mut};
-    fn fix(body: &mut SetExpr) {
-        match body {
-            SetExpr::Select(select) => {
-                let mut seen = std::collections::HashSet::new();
-                for (i, item) in select.projection.iter_mut().enumerate() {
-                    let name = match item {
-                        SelectItem::UnnamedExpr(e) => e.to_string(),
-                        SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
-                        _ => continue,
-                    };
-                    if !seen.insert(name) {
-                        let unique = ast::Ident::with_quote('"', format!("?column?{}", i + 1));
-                        match item {
-                            SelectItem::UnnamedExpr(e) => {
-                                *item = SelectItem::ExprWithAlias {
-                                    expr: e.clone(),
-                                    alias: unique,
-                                };
-                            }
-                            SelectItem::ExprWithAlias { alias, .. } => *alias = unique,
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            SetExpr::SetOperation { left, right, .. } => {
-                fix(left);
-                fix(right);
-            }
-            SetExpr::Query(q) => fix(&mut q.body),
-            _ => {}
-        }
-    }
-    let mut stmt = stmt.clone();
-    let _ = visit_statements_mut(&mut stmt, |s| {
-        if let Statement::Query(q) = s {
-            fix(&mut q.body);
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    stmt
 }
 
 /// psql's catalog queries use correlated scalar subqueries that return at most one row
