@@ -56,6 +56,8 @@ enum PgFn {
     /// `array_lower(a, 1)`/`array_upper(a, 1)`: the bounds of a one-dimensional array.
     ArrayLower,
     ArrayUpper,
+    /// `parse_ident('a."B"')`: the parts of a qualified name, as `text[]`.
+    ParseIdent,
     /// `information_schema._pg_expandarray(a)` as an array of (x, n) records, unnested by the
     /// rewrite in `sql` (`int2vector` text such as pg_index.indkey "1 2" is read as an array).
     ExpandArray,
@@ -121,6 +123,7 @@ const FUNCTIONS: &[(PgFn, &str)] = &[
     (PgFn::RegNamespace, REGNAMESPACE),
     (PgFn::ArrayLower, "array_lower"),
     (PgFn::ArrayUpper, "array_upper"),
+    (PgFn::ParseIdent, "parse_ident"),
     (PgFn::ExpandArray, "eddy_expandarray"),
 ];
 
@@ -250,7 +253,7 @@ impl ScalarUDFImpl for PgFunction {
             | PgFn::ArrayLower
             | PgFn::ArrayUpper => DataType::Int64,
             PgFn::StartTime => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-            PgFn::CurrentSchemas => {
+            PgFn::CurrentSchemas | PgFn::ParseIdent => {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
             }
             PgFn::ExpandArray => expand_array_type(),
@@ -594,6 +597,25 @@ impl ScalarUDFImpl for PgFunction {
                         .collect(),
                 )
             }
+            PgFn::ParseIdent => {
+                let strict = arrays
+                    .get(1)
+                    .and_then(|a| a.as_boolean_opt().map(|b| b.is_null(0) || b.value(0)))
+                    .unwrap_or(true);
+                let mut builder = datafusion::arrow::array::ListBuilder::new(
+                    datafusion::arrow::array::StringBuilder::new(),
+                );
+                for name in text_arg(0)? {
+                    match name {
+                        None => builder.append_null(),
+                        Some(name) => {
+                            let parts = parse_ident(&name, strict).map_err(external)?;
+                            builder.append_value(parts.into_iter().map(Some));
+                        }
+                    }
+                }
+                ColumnarValue::Array(Arc::new(builder.finish()))
+            }
             PgFn::RegProc => text(
                 text_arg(0)?
                     .into_iter()
@@ -624,6 +646,75 @@ impl ScalarUDFImpl for PgFunction {
             }
         })
     }
+}
+
+/// PostgreSQL's `parse_ident`: splits a qualified name at its dots; unquoted parts fold to
+/// lower case, quoted ones keep theirs (with `""` for a quote). Without `strict`, anything after
+/// the last complete name is ignored.
+fn parse_ident(name: &str, strict: bool) -> crate::error::Result<Vec<String>> {
+    let invalid = |detail: Option<&str>| {
+        let e = crate::err!(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            "string is not a valid identifier: \"{name}\""
+        );
+        match detail {
+            Some(d) => e.with_detail(d),
+            None => e,
+        }
+    };
+    let is_start = |c: char| c.is_ascii_alphabetic() || c == '_' || !c.is_ascii();
+    let is_cont = |c: char| is_start(c) || c.is_ascii_digit() || c == '$';
+    let mut chars = name.chars().peekable();
+    let skip_space = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+    };
+    let mut parts = Vec::new();
+    let mut after_dot = false;
+    skip_space(&mut chars);
+    loop {
+        match chars.peek().copied() {
+            Some('"') => {
+                chars.next();
+                let mut part = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(invalid(Some("String has unclosed double quotes."))),
+                        Some('"') if chars.next_if_eq(&'"').is_some() => part.push('"'),
+                        Some('"') => break,
+                        Some(c) => part.push(c),
+                    }
+                }
+                if part.is_empty() {
+                    return Err(invalid(Some("Quoted identifier must not be empty.")));
+                }
+                parts.push(part);
+            }
+            Some(c) if is_start(c) => {
+                let mut part = String::new();
+                while let Some(c) = chars.next_if(|c| is_cont(*c)) {
+                    part.push(c.to_ascii_lowercase());
+                }
+                parts.push(part);
+            }
+            Some('.') if !after_dot => {
+                return Err(invalid(Some("No valid identifier before \".\".")));
+            }
+            _ if after_dot => return Err(invalid(Some("No valid identifier after \".\"."))),
+            _ => return Err(invalid(None)),
+        }
+        skip_space(&mut chars);
+        match chars.peek() {
+            Some('.') => {
+                chars.next();
+                after_dot = true;
+                skip_space(&mut chars);
+            }
+            None => break,
+            Some(_) if strict => return Err(invalid(None)),
+            Some(_) => break,
+        }
+    }
+    Ok(parts)
 }
 
 fn expand_array_type() -> DataType {
@@ -717,6 +808,20 @@ mod tests {
     }
 
     #[test]
+    fn identifiers_parse_like_parse_ident() {
+        assert_eq!(
+            parse_ident("  Public . \"My\"\"T\" ", true).unwrap(),
+            ["public", "My\"T"]
+        );
+        assert_eq!(parse_ident("a$1.Ü", true).unwrap(), ["a$1", "Ü"]);
+        assert_eq!(parse_ident("a b", false).unwrap(), ["a"]);
+        for bad in ["a b", "a.b.", ".a", "\"\"", "", "$a", "\"a"] {
+            let e = parse_ident(bad, true).unwrap_err();
+            assert_eq!(e.sqlstate, sqlstate::INVALID_PARAMETER_VALUE, "{bad}");
+        }
+    }
+
+    #[test]
     fn type_names_resolve_like_regtype() {
         assert_eq!(type_by_name("int4"), Some(23));
         assert_eq!(type_by_name("pg_catalog.int8"), Some(20));
@@ -757,6 +862,8 @@ impl ScalarUDFImpl for SessionConstant {
 pub fn register_session_functions(ctx: &SessionContext, user: &str, backend_pid: i32) {
     let constants = [
         ("current_user", ScalarValue::from(user)),
+        // The SQL keyword `user` (Grafana's search-path expansion uses it).
+        ("user", ScalarValue::from(user)),
         ("session_user", ScalarValue::from(user)),
         ("current_role", ScalarValue::from(user)),
         ("current_database", ScalarValue::from(pg_catalog::DATABASE)),

@@ -923,6 +923,8 @@ impl Session {
         let state = self.ctx.state();
         let stmt = super::views::inline_views(stmt, &self.engine.catalog())?;
         let stmt = sql::windows::rewrite(&stmt)?;
+        let table_functions = state.table_functions();
+        let stmt = sql::postgres_forms::rewrite(&stmt, &|name| table_functions.contains_key(name));
         let stmt = sql::dedupe_output_names(&stmt);
         let plan = state
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(

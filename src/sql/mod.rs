@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod errors;
 pub mod lower;
 pub mod names;
+pub mod postgres_forms;
 pub mod session;
 pub mod source;
 mod subscribe;
