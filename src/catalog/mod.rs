@@ -5,6 +5,8 @@
 //! Object ids are never reused: log records of a dropped table carry its old id and are skipped
 //! on replay, so a new table of the same name never sees them.
 
+pub mod keywords;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -111,7 +113,9 @@ impl TableDef {
     }
 }
 
-/// Quotes an identifier the way PostgreSQL's `quote_ident` does.
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does: unless it is lower case
+/// letters, digits and underscores, not starting with a digit, and not a keyword other than an
+/// unreserved one.
 pub fn quote_ident(name: &str) -> String {
     let plain = name
         .chars()
@@ -119,7 +123,8 @@ pub fn quote_ident(name: &str) -> String {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && keywords::category(name).is_none_or(|c| c == keywords::Category::Unreserved);
     if plain {
         name.to_string()
     } else {

@@ -774,7 +774,57 @@ fn text_values(a: &ArrayRef) -> DfResult<Vec<Option<String>>> {
         .collect())
 }
 
+/// `pg_get_keywords()`: PostgreSQL's keywords (word, catcode, barelabel, catdesc, baredesc),
+/// which pgjdbc's `getSQLKeywords()` and DBeaver's editor read.
+#[derive(Debug)]
+struct GetKeywords;
+
+impl datafusion::catalog::TableFunctionImpl for GetKeywords {
+    fn call_with_args(
+        &self,
+        _args: datafusion::catalog::TableFunctionArgs,
+    ) -> DfResult<Arc<dyn datafusion::catalog::TableProvider>> {
+        use crate::catalog::keywords::keywords;
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            Field::new("word", DataType::Utf8, false),
+            Field::new("catcode", DataType::Utf8, false),
+            Field::new("barelabel", DataType::Boolean, false),
+            Field::new("catdesc", DataType::Utf8, false),
+            Field::new("baredesc", DataType::Utf8, false),
+        ]));
+        let all = keywords();
+        let column = |f: &dyn Fn(&crate::catalog::keywords::Keyword) -> &'static str| -> ArrayRef {
+            Arc::new(all.iter().map(|k| Some(f(k))).collect::<StringArray>())
+        };
+        let batch = datafusion::arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                column(&|k| k.word),
+                column(&|k| k.category.code()),
+                Arc::new(
+                    all.iter()
+                        .map(|k| Some(k.bare_label))
+                        .collect::<BooleanArray>(),
+                ),
+                column(&|k| k.category.description()),
+                column(&|k| {
+                    if k.bare_label {
+                        "can be bare label"
+                    } else {
+                        "requires AS"
+                    }
+                }),
+            ],
+        )?;
+        Ok(Arc::new(datafusion::catalog::MemTable::try_new(
+            schema,
+            vec![vec![batch]],
+        )?))
+    }
+}
+
 pub fn register(ctx: &SessionContext, engine: Arc<Engine>, settings: Settings) {
+    ctx.register_udtf("pg_get_keywords", Arc::new(GetKeywords));
     let shared = Shared { engine, settings };
     for (kind, name) in FUNCTIONS {
         let signature = match kind {
