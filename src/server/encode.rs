@@ -1,8 +1,9 @@
 //! Arrow values → PostgreSQL wire values, text and binary, as PostgreSQL 15 formats them.
 //!
-//! Every Arrow type maps to a PostgreSQL type ([`pg_type`]); types with no PostgreSQL
-//! counterpart (lists, structs, unsigned 64-bit) are sent as `text` in their display form, which
-//! is valid in both formats.
+//! Every Arrow type maps to a PostgreSQL type ([`pg_type`]); unsigned 64-bit integers (what
+//! `row_number()`, `rank()` and `ntile()` return) are `int8`, as PostgreSQL types those
+//! functions; types with no PostgreSQL counterpart (lists, structs) are sent as `text` in their
+//! display form, which is valid in both formats.
 
 use std::fmt::Write as _;
 
@@ -24,7 +25,7 @@ pub fn pg_type(dt: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
         DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
         DataType::Decimal32(_, _)
@@ -110,7 +111,11 @@ pub fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
         DataType::UInt8 => write!(w, "{}", downcast!(array, UInt8Array).value(row)),
         DataType::UInt16 => write!(w, "{}", downcast!(array, UInt16Array).value(row)),
         DataType::UInt32 => write!(w, "{}", downcast!(array, UInt32Array).value(row)),
-        DataType::UInt64 => write!(w, "{}", downcast!(array, UInt64Array).value(row)),
+        DataType::UInt64 => write!(
+            w,
+            "{}",
+            i64::try_from(downcast!(array, UInt64Array).value(row)).unwrap_or(i64::MAX)
+        ),
         DataType::Float32 => {
             w.0.extend_from_slice(
                 format_float(downcast!(array, Float32Array).value(row) as f64, true).as_bytes(),
@@ -193,6 +198,10 @@ fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) {
         DataType::UInt16 => out.put_i32(downcast!(array, UInt16Array).value(row) as i32),
         DataType::Int64 => out.put_i64(downcast!(array, Int64Array).value(row)),
         DataType::UInt32 => out.put_i64(downcast!(array, UInt32Array).value(row) as i64),
+        // Row numbers and ranks; beyond int8's range (never reached by them) it saturates.
+        DataType::UInt64 => {
+            out.put_i64(i64::try_from(downcast!(array, UInt64Array).value(row)).unwrap_or(i64::MAX))
+        }
         DataType::Float16 => out.put_f32(downcast!(array, Float16Array).value(row).to_f32()),
         DataType::Float32 => out.put_f32(downcast!(array, Float32Array).value(row)),
         DataType::Float64 => out.put_f64(downcast!(array, Float64Array).value(row)),
@@ -498,6 +507,17 @@ mod tests {
             text(Arc::new(BinaryArray::from(vec![&b"\x01\xff"[..]]))),
             "\\x01ff"
         );
+    }
+
+    #[test]
+    fn row_numbers_are_int8() {
+        // row_number(), rank() and ntile() return UInt64; PostgreSQL types them bigint.
+        assert_eq!(pg_type(&DataType::UInt64), Type::INT8);
+        let a: ArrayRef = Arc::new(UInt64Array::from(vec![7, u64::MAX]));
+        let mut out = BytesMut::new();
+        encode_binary(a.as_ref(), 0, &mut out);
+        assert_eq!(&out[..], &7i64.to_be_bytes());
+        assert_eq!(text(a.slice(1, 1)), i64::MAX.to_string());
     }
 
     #[test]
