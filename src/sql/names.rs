@@ -174,6 +174,10 @@ pub fn output_name(e: &ast::Expr) -> String {
             .last()
             .map(normalize_ident)
             .unwrap_or_else(|| "?column?".into()),
+        // `(record).field`, which the catalog rewrites turn into `get_field(record, 'field')`.
+        ast::Expr::Function(f) if get_field_name(f).is_some() => {
+            get_field_name(f).unwrap_or_default()
+        }
         ast::Expr::Function(f) => f
             .name
             .0
@@ -188,10 +192,39 @@ pub fn output_name(e: &ast::Expr) -> String {
             inner => output_name(inner),
         },
         ast::Expr::Nested(inner) => output_name(inner),
+        // `indkey[0]` is named after `indkey`, `(r).f` after `f`.
+        ast::Expr::CompoundFieldAccess { root, access_chain } => access_chain
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                ast::AccessExpr::Dot(ast::Expr::Identifier(field)) => Some(normalize_ident(field)),
+                _ => None,
+            })
+            .unwrap_or_else(|| output_name(root)),
         ast::Expr::Case { .. } => "case".into(),
         ast::Expr::Exists { .. } => "exists".into(),
         ast::Expr::Array(_) => "array".into(),
         _ => "?column?".into(),
+    }
+}
+
+/// The field `get_field(record, 'field')` reads.
+fn get_field_name(f: &ast::Function) -> Option<String> {
+    if !f.name.to_string().eq_ignore_ascii_case("get_field") {
+        return None;
+    }
+    let ast::FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    match list.args.as_slice() {
+        [
+            _,
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Value(v))),
+        ] => match &v.value {
+            ast::Value::SingleQuotedString(field) => Some(field.clone()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -320,6 +353,24 @@ mod tests {
             select_list("SELECT (SELECT 1), (SELECT 2)"),
             "(SELECT 1) AS \"?column?#1\", (SELECT 2) AS \"?column?#2\""
         );
+    }
+
+    #[test]
+    fn subscripts_and_fields_are_named_like_postgres() {
+        let name = |sql: &str| match super::super::parse_all(sql).unwrap().remove(0).stmt {
+            Statement::Query(q) => match *q.body {
+                ast::SetExpr::Select(s) => match &s.projection[0] {
+                    SelectItem::UnnamedExpr(e) => output_name(e),
+                    _ => panic!("aliased"),
+                },
+                _ => panic!("not a select"),
+            },
+            _ => panic!("not a query"),
+        };
+        assert_eq!(name("SELECT i.indkey[0] FROM pg_index i"), "indkey");
+        assert_eq!(name("SELECT (ARRAY[1, 2])[1]"), "array");
+        assert_eq!(name("SELECT (r).n FROM t"), "n");
+        assert_eq!(name("SELECT get_field(r, 'n') FROM t"), "n");
     }
 
     #[test]
