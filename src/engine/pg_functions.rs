@@ -9,10 +9,15 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawFieldAccessExpr};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ExprSchemable, GetFieldAccess, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 
@@ -58,6 +63,13 @@ enum PgFn {
     ArrayUpper,
     /// `parse_ident('a."B"')`: the parts of a qualified name, as `text[]`.
     ParseIdent,
+    /// `indkey[0]`: an element of an `int2vector`/`oidvector` (text such as `"1 2"` in Eddy's
+    /// catalogs), whose subscripts start at 0; planned by [`VectorSubscripts`].
+    VectorElement,
+    /// Statistics counters Eddy does not keep (`pg_stat_get_numscans`): 0.
+    StatCounter,
+    /// `pg_database_size(oid | name)`: the relations' estimated sizes added up.
+    DatabaseSize,
     /// `information_schema._pg_expandarray(a)` as an array of (x, n) records, unnested by the
     /// rewrite in `sql` (`int2vector` text such as pg_index.indkey "1 2" is read as an array).
     ExpandArray,
@@ -124,6 +136,9 @@ const FUNCTIONS: &[(PgFn, &str)] = &[
     (PgFn::ArrayLower, "array_lower"),
     (PgFn::ArrayUpper, "array_upper"),
     (PgFn::ParseIdent, "parse_ident"),
+    (PgFn::VectorElement, VECTOR_ELEMENT),
+    (PgFn::StatCounter, "pg_stat_get_numscans"),
+    (PgFn::DatabaseSize, "pg_database_size"),
     (PgFn::ExpandArray, "eddy_expandarray"),
 ];
 
@@ -132,6 +147,8 @@ pub const REGCLASS: &str = "eddy_regclass";
 pub const REGTYPE: &str = "eddy_regtype";
 pub const REGPROC: &str = "eddy_regproc";
 pub const REGNAMESPACE: &str = "eddy_regnamespace";
+/// The function `vector[i]` is planned as when `vector` is text (see [`VectorSubscripts`]).
+const VECTOR_ELEMENT: &str = "eddy_vector_element";
 
 static STARTED: OnceLock<i64> = OnceLock::new();
 
@@ -251,7 +268,10 @@ impl ScalarUDFImpl for PgFunction {
             | PgFn::ToRegType
             | PgFn::RegNamespace
             | PgFn::ArrayLower
-            | PgFn::ArrayUpper => DataType::Int64,
+            | PgFn::ArrayUpper
+            | PgFn::VectorElement
+            | PgFn::StatCounter
+            | PgFn::DatabaseSize => DataType::Int64,
             PgFn::StartTime => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
             PgFn::CurrentSchemas | PgFn::ParseIdent => {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
@@ -398,9 +418,11 @@ impl ScalarUDFImpl for PgFunction {
                 } else {
                     int_arg(0)?
                 };
+                let column_numbers = int_arg(1)?;
                 text(
                     keys.into_iter()
-                        .map(|o| {
+                        .enumerate()
+                        .map(|(k, o)| {
                             let o = o?;
                             match self.kind {
                                 PgFn::GetViewDef => {
@@ -415,7 +437,20 @@ impl ScalarUDFImpl for PgFunction {
                                     let table =
                                         rels.iter().find(|t| Some(t.oid) == index.indexed)?;
                                     Some(if self.kind == PgFn::GetIndexDef {
-                                        pg_catalog::index_definition(table)
+                                        match column_numbers.get(k).copied().flatten() {
+                                            // pg_get_indexdef(index, column > 0, pretty): that
+                                            // key column's name ('' beyond the last).
+                                            Some(c) if c > 0 => table
+                                                .primary_key
+                                                .get(c as usize - 1)
+                                                .map(|i| {
+                                                    crate::catalog::quote_ident(
+                                                        &table.columns[*i].name,
+                                                    )
+                                                })
+                                                .unwrap_or_default(),
+                                            _ => pg_catalog::index_definition(table),
+                                        }
                                     } else {
                                         let cols: Vec<String> = table
                                             .primary_key
@@ -615,6 +650,62 @@ impl ScalarUDFImpl for PgFunction {
                     }
                 }
                 ColumnarValue::Array(Arc::new(builder.finish()))
+            }
+            PgFn::VectorElement => {
+                let mut out = Vec::with_capacity(n);
+                for (vector, i) in text_arg(0)?.into_iter().zip(int_arg(1)?) {
+                    let (Some(vector), Some(i)) = (vector, i) else {
+                        out.push(None);
+                        continue;
+                    };
+                    let Ok(elements) = vector
+                        .split_ascii_whitespace()
+                        .map(str::parse::<i64>)
+                        .collect::<Result<Vec<i64>, _>>()
+                    else {
+                        return Err(external(crate::err!(
+                            sqlstate::DATATYPE_MISMATCH,
+                            "cannot subscript type text because it does not support subscripting"
+                        )));
+                    };
+                    out.push(
+                        usize::try_from(i)
+                            .ok()
+                            .and_then(|i| elements.get(i).copied()),
+                    );
+                }
+                ints(out)
+            }
+            PgFn::StatCounter => ints(vec![Some(0); n]),
+            PgFn::DatabaseSize => {
+                // The one database, by oid (another oid: NULL) or by name (another: an error).
+                let total: i64 = pg_catalog::relations(engine)
+                    .iter()
+                    .map(|r| r.estimated_bytes())
+                    .sum();
+                let by_name = arrays
+                    .first()
+                    .is_some_and(|a| matches!(a.data_type(), DataType::Utf8 | DataType::Utf8View));
+                let mut out = Vec::with_capacity(n);
+                if by_name {
+                    for name in text_arg(0)? {
+                        match name {
+                            None => out.push(None),
+                            Some(name) if name == pg_catalog::DATABASE => out.push(Some(total)),
+                            Some(name) => {
+                                return Err(external(crate::err!(
+                                    sqlstate::INVALID_CATALOG_NAME,
+                                    "database \"{name}\" does not exist"
+                                )));
+                            }
+                        }
+                    }
+                } else {
+                    for oid in int_arg(0)? {
+                        out.push((oid == Some(pg_catalog::DATABASE_OID)).then_some(total));
+                    }
+                }
+                ints(out)
             }
             PgFn::RegProc => text(
                 text_arg(0)?
@@ -823,23 +914,68 @@ impl datafusion::catalog::TableFunctionImpl for GetKeywords {
     }
 }
 
+/// Plans a subscript of text, `indkey[0]`, as [`VECTOR_ELEMENT`]: Eddy's catalogs hold
+/// PostgreSQL's `int2vector` and `oidvector` columns (pg_index's `indkey`, `indoption`) as text
+/// (`"1 2"`), and their subscripts start at 0 (pgjdbc's getIndexInfo reads
+/// `indoption[n - 1]`). Tried before DataFusion's planners, it leaves other subscripts to them.
+#[derive(Debug)]
+struct VectorSubscripts {
+    element: Arc<ScalarUDF>,
+}
+
+impl ExprPlanner for VectorSubscripts {
+    fn plan_field_access(
+        &self,
+        access: RawFieldAccessExpr,
+        schema: &DFSchema,
+    ) -> DfResult<PlannerResult<RawFieldAccessExpr>> {
+        if let GetFieldAccess::ListIndex { key } = &access.field_access
+            && matches!(
+                access.expr.get_type(schema),
+                Ok(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+            )
+        {
+            let args = vec![access.expr.clone(), key.as_ref().clone()];
+            return Ok(PlannerResult::Planned(Expr::ScalarFunction(
+                ScalarFunction::new_udf(self.element.clone(), args),
+            )));
+        }
+        Ok(PlannerResult::Original(access))
+    }
+}
+
 pub fn register(ctx: &SessionContext, engine: Arc<Engine>, settings: Settings) {
     ctx.register_udtf("pg_get_keywords", Arc::new(GetKeywords));
     let shared = Shared { engine, settings };
+    let mut vector_element = None;
     for (kind, name) in FUNCTIONS {
         let signature = match kind {
             PgFn::CurrentSchema | PgFn::Version | PgFn::IsInRecovery | PgFn::StartTime => {
                 Signature::nullary(Volatility::Stable)
             }
             PgFn::SetConfig => Signature::variadic_any(Volatility::Volatile),
+            PgFn::VectorElement => Signature::variadic_any(Volatility::Immutable),
             _ => Signature::variadic_any(Volatility::Stable),
         };
-        ctx.register_udf(ScalarUDF::from(PgFunction {
+        let udf = Arc::new(ScalarUDF::from(PgFunction {
             kind: *kind,
             name,
             signature,
             shared: shared.clone(),
         }));
+        if *kind == PgFn::VectorElement {
+            vector_element = Some(udf.clone());
+        }
+        ctx.register_udf(udf.as_ref().clone());
+    }
+    if let Some(element) = vector_element {
+        // DataFusion's planners answer every subscript, so this one goes first.
+        let state = ctx.state();
+        let mut planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(VectorSubscripts { element })];
+        planners.extend(state.expr_planners().iter().cloned());
+        *ctx.state_ref().write() = SessionStateBuilder::new_from_existing(state)
+            .with_expr_planners(planners)
+            .build();
     }
 }
 
