@@ -18,4 +18,8 @@ DELETE FROM users WHERE id = 2;
 ROLLBACK;
 SELECT count(*) FROM users;
 SELECT * FROM nowhere;
+-- The pre-9.0 COPY options psql users still type: CSV HEADER skips the header line.
+CREATE TABLE events_again (user_id int, kind text, at timestamp);
+\copy events_again FROM 'sql-tests/psql/events.csv' CSV HEADER
+SELECT count(*) FROM events_again;
 \conninfo

@@ -100,6 +100,11 @@ struct Transaction {
     /// The implicit transaction of a multi-statement simple query (no BEGIN): committed when
     /// the query's last statement succeeds, discarded when one fails.
     implicit: bool,
+    /// The settings when it began: a ROLLBACK (or a failed transaction) goes back to them.
+    settings_at_begin: BTreeMap<String, String>,
+    /// What `SET LOCAL` (and the transaction's access mode) changed, with the values from
+    /// before: they come back when it ends, however it ends.
+    local: BTreeMap<String, String>,
 }
 
 /// Session settings with PostgreSQL's names and defaults.
@@ -107,6 +112,7 @@ pub(super) fn default_settings() -> BTreeMap<String, String> {
     [
         ("application_name", ""),
         ("backfill_progress_interval", "1s"),
+        ("default_transaction_read_only", "off"),
         ("client_encoding", "UTF8"),
         ("client_min_messages", "notice"),
         ("datestyle", "ISO, MDY"),
@@ -154,6 +160,9 @@ pub struct Session {
     pub(super) ctx: SessionContext,
     read: Arc<ReadState>,
     settings: super::pg_catalog::Settings,
+    /// The settings the session started with (defaults and the startup packet's): what RESET
+    /// goes back to.
+    initial_settings: BTreeMap<String, String>,
     tx: Option<Transaction>,
     /// Who is connected (`user@address`) and the backend pid, for system views.
     pub(super) client: String,
@@ -182,6 +191,7 @@ impl Session {
         if let Some(app) = startup.get("application_name") {
             initial.insert("application_name".into(), app.clone());
         }
+        let initial_settings = initial.clone();
         let settings = Arc::new(parking_lot::Mutex::new(initial));
         let ctx = provider::session_context(engine.clone(), read.clone(), settings.clone())?;
         let user = startup
@@ -203,6 +213,7 @@ impl Session {
             ctx,
             read,
             settings,
+            initial_settings,
             tx: None,
             client,
             user,
@@ -376,6 +387,14 @@ impl Session {
     }
 
     async fn execute_inner(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
+        if let Some(command) = writes(&parsed.stmt)
+            && self.read_only()
+        {
+            return Err(crate::err!(
+                sqlstate::READ_ONLY_SQL_TRANSACTION,
+                "cannot execute {command} in a read-only transaction"
+            ));
+        }
         if let Some(options) = &parsed.subscribe {
             return self.execute_subscribe(parsed, options).await;
         }
@@ -401,11 +420,16 @@ impl Session {
             Statement::Fetch { .. } => self.fetch(parsed).await,
             Statement::Close { cursor } => self.close_cursor(cursor),
             Statement::CreateView(cv) => self.create_view(cv, parsed.emit_on_window_close).await,
-            Statement::ShowViews { materialized, .. } => {
+            Statement::ShowViews {
+                materialized,
+                show_options,
+                ..
+            } => {
                 if !*materialized {
                     return Err(unsupported!("SHOW VIEWS (plain views)"));
                 }
-                self.show_materialized_views()
+                let pattern = show_like(show_options)?;
+                self.show_materialized_views(pattern.as_ref())
             }
             Statement::Explain { statement, .. } => {
                 if let Statement::CreateView(cv) = statement.as_ref() {
@@ -528,7 +552,7 @@ impl Session {
                 self.drop_objects(*object_type, names, *if_exists, *cascade)
                     .await
             }
-            Statement::StartTransaction { .. } => {
+            Statement::StartTransaction { modes, .. } => {
                 match self.tx.as_mut() {
                     // BEGIN inside a multi-statement query makes its block explicit.
                     Some(tx) if tx.implicit => tx.implicit = false,
@@ -539,12 +563,12 @@ impl Session {
                         });
                     }
                     None => {
-                        self.tx = Some(Transaction {
-                            failed: false,
-                            implicit: false,
-                        });
+                        self.tx = Some(self.new_transaction(false));
                         self.read.clear_overlay();
                     }
+                }
+                if let Some(read_only) = access_mode(modes) {
+                    self.set_local("transaction_read_only", on_off(read_only));
                 }
                 Ok(Output::TransactionStart)
             }
@@ -560,12 +584,13 @@ impl Session {
             }
             Statement::Rollback { .. } => {
                 self.cursors.clear();
-                if self.tx.take().is_none() {
+                let Some(tx) = self.tx.take() else {
                     return Ok(Output::Warning {
                         tag: "ROLLBACK",
                         message: "there is no transaction in progress".into(),
                     });
-                }
+                };
+                *self.settings.lock() = tx.settings_at_begin;
                 self.read.clear_overlay();
                 Ok(Output::TransactionEnd { tag: "ROLLBACK" })
             }
@@ -647,17 +672,53 @@ impl Session {
                     format,
                 }))
             }
-            Statement::Discard { .. } => {
-                *self.settings.lock() = default_settings();
+            Statement::Discard { object_type } => {
+                let tag = match object_type {
+                    ast::DiscardObject::ALL => {
+                        if self.tx.as_ref().is_some_and(|t| !t.implicit) {
+                            return Err(crate::err!(
+                                sqlstate::ACTIVE_SQL_TRANSACTION,
+                                "DISCARD ALL cannot run inside a transaction block"
+                            ));
+                        }
+                        self.cursors.clear();
+                        *self.settings.lock() = self.initial_settings.clone();
+                        "DISCARD ALL"
+                    }
+                    // Eddy caches no plans across statements, and has no sequences or
+                    // temporary objects.
+                    ast::DiscardObject::PLANS => "DISCARD PLANS",
+                    ast::DiscardObject::SEQUENCES => "DISCARD SEQUENCES",
+                    ast::DiscardObject::TEMP => "DISCARD TEMP",
+                };
+                Ok(Output::Command { tag, rows: None })
+            }
+            Statement::Reset(reset) => {
+                match &reset.reset {
+                    ast::Reset::ALL => {
+                        let mut settings = self.settings.lock();
+                        for (name, value) in &self.initial_settings {
+                            if !READ_ONLY_SETTINGS.contains(&name.as_str())
+                                && name != "transaction_read_only"
+                            {
+                                settings.insert(name.clone(), value.clone());
+                            }
+                        }
+                    }
+                    ast::Reset::ConfigurationParameter(name) => {
+                        let name = name.to_string().to_lowercase();
+                        let value = match self.initial_settings.get(&name) {
+                            Some(v) => v.clone(),
+                            None => "default".into(),
+                        };
+                        apply_setting(&mut self.settings.lock(), name, value)?;
+                    }
+                }
                 Ok(Output::Command {
-                    tag: "DISCARD ALL",
+                    tag: "RESET",
                     rows: None,
                 })
             }
-            Statement::Reset(_) => Ok(Output::Command {
-                tag: "RESET",
-                rows: None,
-            }),
             other => Err(unsupported!("statement {}", statement_kind(other))),
         }
     }
@@ -745,12 +806,63 @@ impl Session {
     /// a query as one transaction unless it contains BEGIN/COMMIT).
     pub fn begin_implicit(&mut self) {
         if self.tx.is_none() {
-            self.tx = Some(Transaction {
-                failed: false,
-                implicit: true,
-            });
+            self.tx = Some(self.new_transaction(true));
             self.read.clear_overlay();
         }
+    }
+
+    fn new_transaction(&self, implicit: bool) -> Transaction {
+        let settings = self.settings.lock().clone();
+        let mut tx = Transaction {
+            failed: false,
+            implicit,
+            settings_at_begin: settings.clone(),
+            local: BTreeMap::new(),
+        };
+        // Its access mode starts as the default one.
+        let read_only = settings
+            .get("default_transaction_read_only")
+            .cloned()
+            .unwrap_or_else(|| "off".into());
+        let mut current = self.settings.lock();
+        if let Some(old) = current.insert("transaction_read_only".into(), read_only) {
+            tx.local.insert("transaction_read_only".into(), old);
+        }
+        tx
+    }
+
+    /// Sets `name` until the open transaction ends (`SET LOCAL`).
+    fn set_local(&mut self, name: &str, value: &str) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        let old = self
+            .settings
+            .lock()
+            .insert(name.to_string(), value.to_string());
+        if let Some(old) = old {
+            tx.local.entry(name.to_string()).or_insert(old);
+        }
+    }
+
+    /// Ends the settings of transaction `tx`: a committed one keeps its plain SETs, and every
+    /// SET LOCAL goes; a rolled back one keeps nothing.
+    fn end_settings(&self, tx: Transaction, committed: bool) {
+        let mut settings = self.settings.lock();
+        if committed {
+            settings.extend(tx.local);
+        } else {
+            *settings = tx.settings_at_begin;
+        }
+    }
+
+    /// Whether writes are refused now: in a READ ONLY transaction, or by
+    /// `default_transaction_read_only` outside one.
+    fn read_only(&self) -> bool {
+        let name = if self.tx.is_some() {
+            "transaction_read_only"
+        } else {
+            "default_transaction_read_only"
+        };
+        self.settings.lock().get(name).is_some_and(|v| v == "on")
     }
 
     /// Ends the implicit transaction, if one is still open: commits unless a statement failed.
@@ -769,7 +881,9 @@ impl Session {
             return Ok("COMMIT");
         };
         let overlay = self.read.take_overlay();
-        if tx.failed {
+        let failed = tx.failed;
+        self.end_settings(tx, !failed);
+        if failed {
             return Ok("ROLLBACK");
         }
         let catalog = self.engine.catalog();
@@ -909,6 +1023,18 @@ impl Session {
     /// Table `name`, to be written by INSERT, UPDATE, DELETE or COPY (a source's tables are
     /// written only by the source).
     pub(super) fn table_to_write(&self, name: &str) -> Result<Arc<TableDef>> {
+        if let Some(view) = self.engine.catalog().view(name) {
+            // PostgreSQL's words: views change only through their tables.
+            return Err(if view.materialized {
+                crate::err!(
+                    sqlstate::WRONG_OBJECT_TYPE,
+                    "cannot change materialized view \"{name}\""
+                )
+            } else {
+                crate::err!(sqlstate::WRONG_OBJECT_TYPE, "cannot change view \"{name}\"")
+            }
+            .with_hint("A view changes when the tables it reads do."));
+        }
         let table = self.table(name)?;
         self.engine.check_writable(&table)?;
         Ok(table)
@@ -1025,10 +1151,15 @@ impl Session {
     }
 
     fn set(&mut self, set: &ast::Set) -> Result<Output> {
+        let mut local = false;
         let (name, value) = match set {
             ast::Set::SingleAssignment {
-                variable, values, ..
+                variable,
+                values,
+                scope,
+                ..
             } => {
+                local = matches!(scope, Some(ast::ContextModifier::Local));
                 let name = variable.to_string().to_lowercase();
                 let value = values
                     .iter()
@@ -1041,7 +1172,24 @@ impl Session {
             ast::Set::SetNames { charset_name, .. } => {
                 ("client_encoding".to_string(), charset_name.value.clone())
             }
-            ast::Set::SetTransaction { .. } => {
+            ast::Set::SetTransaction { modes, session, .. } => {
+                // Isolation levels are accepted: every transaction reads one snapshot.
+                if let Some(read_only) = access_mode(modes) {
+                    if *session {
+                        self.settings.lock().insert(
+                            "default_transaction_read_only".into(),
+                            on_off(read_only).into(),
+                        );
+                    } else if self.tx.is_some() {
+                        self.set_local("transaction_read_only", on_off(read_only));
+                    } else {
+                        return Ok(Output::Warning {
+                            tag: "SET",
+                            message: "SET TRANSACTION can only be used in transaction blocks"
+                                .into(),
+                        });
+                    }
+                }
                 return Ok(Output::Command {
                     tag: "SET",
                     rows: None,
@@ -1049,7 +1197,24 @@ impl Session {
             }
             other => return Err(unsupported!("{other}")),
         };
-        apply_setting(&mut self.settings.lock(), name, value)?;
+        if local {
+            if self.tx.is_none() {
+                return Ok(Output::Warning {
+                    tag: "SET",
+                    message: "SET LOCAL can only be used in transaction blocks".into(),
+                });
+            }
+            let mut changed = self.settings.lock().clone();
+            apply_setting(&mut changed, name.clone(), value)?;
+            let value = changed.remove(&name).unwrap_or_default();
+            self.set_local(&name, &value);
+        } else {
+            apply_setting(&mut self.settings.lock(), name.clone(), value)?;
+            // A plain SET after a SET LOCAL of the same setting outlives the transaction.
+            if let Some(tx) = self.tx.as_mut() {
+                tx.local.remove(&name);
+            }
+        }
         Ok(Output::Command {
             tag: "SET",
             rows: None,
@@ -1226,6 +1391,85 @@ fn parse_duration_ms(v: &str) -> Option<u64> {
         _ => return None,
     };
     Some(n * factor)
+}
+
+/// A SHOW's `LIKE 'pattern'` / `ILIKE` (pattern, case-insensitive), or none; other filters
+/// get 0A000.
+pub(super) fn show_like(options: &ast::ShowStatementOptions) -> Result<Option<(String, bool)>> {
+    if options.show_in.is_some()
+        || options.starts_with.is_some()
+        || options.limit.is_some()
+        || options.limit_from.is_some()
+    {
+        return Err(unsupported!("SHOW … IN, STARTS WITH or LIMIT"));
+    }
+    let filter = match &options.filter_position {
+        None => return Ok(None),
+        Some(
+            ast::ShowStatementFilterPosition::Infix(f)
+            | ast::ShowStatementFilterPosition::Suffix(f),
+        ) => f,
+    };
+    match filter {
+        ast::ShowStatementFilter::Like(p) => Ok(Some((p.clone(), false))),
+        ast::ShowStatementFilter::ILike(p) => Ok(Some((p.clone(), true))),
+        other => Err(unsupported!("SHOW … {other}: only LIKE and ILIKE")),
+    }
+}
+
+/// SQL LIKE: `%` any run of characters, `_` one, `\` escapes the next.
+pub(super) fn like(text: &str, pattern: &str, case_insensitive: bool) -> bool {
+    fn go(t: &[char], p: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('%', rest)) => (0..=t.len()).any(|i| go(&t[i..], rest)),
+            Some(('_', rest)) => !t.is_empty() && go(&t[1..], rest),
+            Some(('\\', rest)) if !rest.is_empty() => {
+                t.first() == Some(&rest[0]) && go(&t[1..], &rest[1..])
+            }
+            Some((c, rest)) => t.first() == Some(c) && go(&t[1..], rest),
+        }
+    }
+    let fold = |s: &str| -> Vec<char> {
+        if case_insensitive {
+            s.to_lowercase().chars().collect()
+        } else {
+            s.chars().collect()
+        }
+    };
+    go(&fold(text), &fold(pattern))
+}
+
+/// The access mode among a transaction's modes (READ ONLY: true), if one is given.
+fn access_mode(modes: &[ast::TransactionMode]) -> Option<bool> {
+    modes.iter().rev().find_map(|m| match m {
+        ast::TransactionMode::AccessMode(ast::TransactionAccessMode::ReadOnly) => Some(true),
+        ast::TransactionMode::AccessMode(ast::TransactionAccessMode::ReadWrite) => Some(false),
+        ast::TransactionMode::IsolationLevel(_) => None,
+    })
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// The command a statement that writes (data or the catalog) is, for 25006 in a read-only
+/// transaction; None for one that only reads.
+fn writes(stmt: &Statement) -> Option<&'static str> {
+    Some(match stmt {
+        Statement::Insert(_) => "INSERT",
+        Statement::Update(_) => "UPDATE",
+        Statement::Delete(_) => "DELETE",
+        Statement::Copy { to: false, .. } => "COPY FROM",
+        Statement::CreateTable(_) => "CREATE TABLE",
+        Statement::CreateView(_) => "CREATE VIEW",
+        Statement::Drop { .. } => "DROP",
+        Statement::CreateRole(_) => "CREATE ROLE",
+        Statement::AlterRole { .. } => "ALTER ROLE",
+        Statement::CreateIndex(_) => "CREATE INDEX",
+        Statement::AlterTable(_) => "ALTER TABLE",
+        _ => return None,
+    })
 }
 
 pub(super) fn ddl_in_transaction(what: &str) -> Error {
@@ -1423,7 +1667,19 @@ fn copy_format(
     }
     for o in legacy {
         match o {
-            ast::CopyLegacyOption::Csv(_) => f.csv = true,
+            ast::CopyLegacyOption::Csv(csv) => {
+                f.csv = true;
+                for o in csv {
+                    match o {
+                        ast::CopyLegacyCsvOption::Header => f.header = true,
+                        ast::CopyLegacyCsvOption::Quote(c) => f.quote = single_byte(*c, "quote")?,
+                        ast::CopyLegacyCsvOption::Escape(c) => {
+                            escape = Some(single_byte(*c, "escape")?)
+                        }
+                        other => return Err(unsupported!("COPY option {other}")),
+                    }
+                }
+            }
             ast::CopyLegacyOption::Header => f.header = true,
             ast::CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
             ast::CopyLegacyOption::Null(s) => null = Some(s.clone()),

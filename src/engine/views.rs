@@ -325,12 +325,19 @@ impl Session {
     }
 
     /// `SHOW MATERIALIZED VIEWS`: name, rows, status.
-    pub(super) fn show_materialized_views(&self) -> Result<Output> {
+    /// `SHOW MATERIALIZED VIEWS [LIKE pattern]`; `like`: the pattern, and whether ILIKE.
+    pub(super) fn show_materialized_views(&self, like: Option<&(String, bool)>) -> Result<Output> {
         let catalog = self.engine.catalog();
         let mut names = Vec::new();
         let mut rows = Vec::new();
         let mut status = Vec::new();
-        for view in catalog.views().into_iter().filter(|v| v.materialized) {
+        let shown =
+            |name: &str| like.is_none_or(|(pattern, ci)| super::session::like(name, pattern, *ci));
+        for view in catalog
+            .views()
+            .into_iter()
+            .filter(|v| v.materialized && shown(&v.name))
+        {
             names.push(view.name.clone());
             match self.engine.view_state(view.id) {
                 Some(state) => {
