@@ -742,7 +742,20 @@ impl Session {
         let schema = output_schema(&parsed.stmt, &plan);
         // Run to completion here, not while the server drains the stream: a
         // CancelRequest interrupts only the statement's execution call.
-        let batches = self.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let run = async {
+            let frame = self.ctx.execute_logical_plan(plan).await?;
+            frame.collect().await.map_err(Error::from)
+        };
+        let batches = match self.statement_timeout() {
+            // Dropping the plan's future stops its tasks.
+            Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| {
+                crate::err!(
+                    sqlstate::QUERY_CANCELED,
+                    "canceling statement due to statement timeout"
+                )
+            })??,
+            None => run.await?,
+        };
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
             schema.clone(),
             futures::stream::iter(batches.into_iter().map(Ok)),
@@ -925,6 +938,16 @@ impl Session {
             self.read.read_durable(&self.engine);
         }
         Ok(())
+    }
+
+    /// `statement_timeout`, when set (not 0): how long a query may run.
+    fn statement_timeout(&self) -> Option<std::time::Duration> {
+        self.settings
+            .lock()
+            .get("statement_timeout")
+            .and_then(|v| parse_duration_ms(v))
+            .filter(|ms| *ms > 0)
+            .map(std::time::Duration::from_millis)
     }
 
     /// How long a read of views waits for the dataflows to catch up with the latest write:
@@ -1301,7 +1324,7 @@ pub(super) fn apply_setting(
                 ));
             }
         }
-        "backfill_progress_interval" => {
+        "backfill_progress_interval" | "statement_timeout" => {
             if parse_duration_ms(&value).is_none() {
                 return Err(crate::err!(
                     sqlstate::INVALID_PARAMETER_VALUE,
