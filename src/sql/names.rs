@@ -54,7 +54,7 @@ fn dedupe_select_list(items: &mut [SelectItem]) {
         // The name DataFusion would plan the item under (lower-cased: it folds function
         // names), and the name PostgreSQL gives it.
         let (planned, name) = match item {
-            SelectItem::UnnamedExpr(e) => (e.to_string().to_lowercase(), output_name(e)),
+            SelectItem::UnnamedExpr(e) => (planned_name(e), output_name(e)),
             SelectItem::ExprWithAlias { alias, .. } => {
                 (alias.value.clone(), normalize_ident(alias))
             }
@@ -94,6 +94,15 @@ fn dedupe_select_list(items: &mut [SelectItem]) {
             SelectItem::ExprWithAlias { alias: a, .. } => *a = alias,
             _ => {}
         }
+    }
+}
+
+/// Roughly the name DataFusion plans an unaliased item under: it folds function names to lower
+/// case and names a cast, and a parenthesized expression, after what is inside.
+fn planned_name(e: &ast::Expr) -> String {
+    match e {
+        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => planned_name(expr),
+        e => e.to_string().to_lowercase(),
     }
 }
 
@@ -345,6 +354,10 @@ mod tests {
             "id, t.id AS \"id#2\""
         );
         assert_eq!(select_list("SELECT a, b FROM t"), "a, b");
+        assert_eq!(
+            select_list("SELECT ARRAY[1], ARRAY[1]::int2[]"),
+            "ARRAY[1], ARRAY[1]::INT2[] AS \"array#2\""
+        );
     }
 
     #[test]
