@@ -28,7 +28,7 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
 
 use crate::error::{Result, sqlstate};
 
@@ -200,6 +200,27 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                 .iter()
                 .any(|r| word_eq(&toks[n].token, r))
             {
+                // An array of them (`$1::oid[]`, asyncpg's type introspection) is an array of
+                // oids, which Arrow holds as UInt32 (`INT UNSIGNED`): the parameter is then
+                // described as oid[], which asyncpg can send without introspecting it.
+                if let Some(open) = next(n + 1).filter(|j| toks[*j].token == Token::LBracket)
+                    && let Some(close) =
+                        next(open + 1).filter(|j| toks[*j].token == Token::RBracket)
+                {
+                    out.extend(
+                        [
+                            Token::DoubleColon,
+                            Token::make_keyword("INT"),
+                            Token::Whitespace(Whitespace::Space),
+                            Token::make_keyword("UNSIGNED"),
+                            Token::LBracket,
+                            Token::RBracket,
+                        ]
+                        .map(TokenWithSpan::wrap),
+                    );
+                    i = close + 1;
+                    continue;
+                }
                 // A string literal cast to a reg type is a lookup by name:
                 // `'pg_catalog.pg_class'::regclass` → `eddy_regclass('pg_catalog.pg_class')`.
                 let lookup = match &toks[n].token {
@@ -498,9 +519,12 @@ fn aggregate_scalar_subqueries(stmt: &mut Statement) {
             let text = query.to_string();
             // …and correlated table functions (publication column lists) are beyond DataFusion;
             // they only appear over catalogs Eddy keeps empty.
+            // So are recursive walks of the catalogs, which clients send only up chains Eddy
+            // does not have (asyncpg's walk from a domain to its base type).
             if text.contains("pg_attrdef")
                 || text.contains("pg_collation")
                 || text.contains("generate_series")
+                || query.with.as_ref().is_some_and(|w| w.recursive)
             {
                 *expr = ast::Expr::Value(ast::Value::Null.into());
                 return std::ops::ControlFlow::<()>::Continue(());
@@ -759,6 +783,17 @@ mod tests {
             p[0].text,
             "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c \
              WHERE c.relname ~ '^(t)$'  AND c.reloftype::text = ''"
+        );
+    }
+
+    #[test]
+    fn casts_to_oid_arrays_are_unsigned_int_arrays() {
+        let p =
+            parse_all("SELECT 1 WHERE 2 = any($1::oid[]) AND 3 = any($2::pg_catalog.regtype [ ])")
+                .unwrap();
+        assert_eq!(
+            p[0].text,
+            "SELECT 1 WHERE 2 = any($1::INT UNSIGNED[]) AND 3 = any($2::INT UNSIGNED[])"
         );
     }
 
