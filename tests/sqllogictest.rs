@@ -227,7 +227,7 @@ impl EddyDb {
 mod binary_text {
     use chrono::{NaiveDate, NaiveDateTime, NaiveTime, Timelike};
     use tokio_postgres::Row;
-    use tokio_postgres::types::{FromSql, Type};
+    use tokio_postgres::types::{FromSql, Kind, Type};
 
     struct Raw(Vec<u8>);
     impl<'a> FromSql<'a> for Raw {
@@ -344,52 +344,89 @@ mod binary_text {
 
     pub fn value(row: &Row, i: usize) -> String {
         let ty = row.columns()[i].type_().clone();
-        match ty {
-            Type::BOOL => or_null(row.get::<_, Option<bool>>(i), |v| {
-                if v { "t".into() } else { "f".into() }
-            }),
-            Type::INT2 => or_null(row.get::<_, Option<i16>>(i), |v| v.to_string()),
-            Type::INT4 => or_null(row.get::<_, Option<i32>>(i), |v| v.to_string()),
-            Type::INT8 => or_null(row.get::<_, Option<i64>>(i), |v| v.to_string()),
-            Type::FLOAT4 => or_null(row.get::<_, Option<f32>>(i), |v| float(v as f64, true)),
-            Type::FLOAT8 => or_null(row.get::<_, Option<f64>>(i), |v| float(v, false)),
-            Type::BYTEA => or_null(row.get::<_, Option<Vec<u8>>>(i), |v| {
-                let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+        or_null(row.get::<_, Option<Raw>>(i), |v| text(&ty, &v.0))
+    }
+
+    /// One non-NULL binary value of type `ty` as PostgreSQL prints it.
+    fn text(ty: &Type, raw: &[u8]) -> String {
+        fn get<'a, T: FromSql<'a>>(ty: &Type, raw: &'a [u8]) -> T {
+            T::from_sql(ty, raw).expect("binary value decodes")
+        }
+        match *ty {
+            Type::BOOL => if get::<bool>(ty, raw) { "t" } else { "f" }.into(),
+            Type::INT2 => get::<i16>(ty, raw).to_string(),
+            Type::INT4 => get::<i32>(ty, raw).to_string(),
+            Type::INT8 => get::<i64>(ty, raw).to_string(),
+            Type::OID => get::<u32>(ty, raw).to_string(),
+            Type::FLOAT4 => float(get::<f32>(ty, raw) as f64, true),
+            Type::FLOAT8 => float(get::<f64>(ty, raw), false),
+            Type::BYTEA => {
+                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                 format!("\\x{hex}")
-            }),
-            Type::DATE => or_null(row.get::<_, Option<NaiveDate>>(i), |v| {
-                v.format("%Y-%m-%d").to_string()
-            }),
-            Type::TIME => or_null(row.get::<_, Option<NaiveTime>>(i), |v| {
+            }
+            Type::DATE => get::<NaiveDate>(ty, raw).format("%Y-%m-%d").to_string(),
+            Type::TIME => {
+                let v = get::<NaiveTime>(ty, raw);
                 format!(
                     "{}{}",
                     v.format("%H:%M:%S"),
                     fraction(v.nanosecond() / 1000)
                 )
-            }),
-            Type::TIMESTAMP => or_null(row.get::<_, Option<NaiveDateTime>>(i), |v| {
+            }
+            Type::TIMESTAMP => {
+                let v = get::<NaiveDateTime>(ty, raw);
                 format!(
                     "{}{}",
                     v.format("%Y-%m-%d %H:%M:%S"),
                     fraction(v.nanosecond() / 1000)
                 )
-            }),
-            Type::TIMESTAMPTZ => or_null(
-                row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(i),
-                |v| {
-                    format!(
-                        "{}{}+00",
-                        v.format("%Y-%m-%d %H:%M:%S"),
-                        fraction(v.nanosecond() / 1000)
-                    )
-                },
-            ),
-            Type::NUMERIC => or_null(row.get::<_, Option<Raw>>(i), |v| numeric(&v.0)),
-            Type::INTERVAL => or_null(row.get::<_, Option<Raw>>(i), |v| interval(&v.0)),
-            _ => or_null(row.get::<_, Option<Raw>>(i), |v| {
-                String::from_utf8_lossy(&v.0).to_string()
-            }),
+            }
+            Type::TIMESTAMPTZ => {
+                let v = get::<chrono::DateTime<chrono::Utc>>(ty, raw);
+                format!(
+                    "{}{}+00",
+                    v.format("%Y-%m-%d %H:%M:%S"),
+                    fraction(v.nanosecond() / 1000)
+                )
+            }
+            Type::NUMERIC => numeric(raw),
+            Type::INTERVAL => interval(raw),
+            _ => match ty.kind() {
+                Kind::Array(element) => array(element, raw),
+                _ => String::from_utf8_lossy(raw).to_string(),
+            },
         }
+    }
+
+    /// A one-dimensional binary array in PostgreSQL's text form (`{1,"a b",NULL}`).
+    fn array(element: &Type, raw: &[u8]) -> String {
+        let int = |at: usize| i32::from_be_bytes(raw[at..at + 4].try_into().unwrap());
+        let ndim = int(0);
+        assert!(ndim <= 1, "arrays of one dimension");
+        let len = if ndim == 0 { 0 } else { int(12) as usize };
+        let mut at = if ndim == 0 { 12 } else { 20 };
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            let n = int(at);
+            at += 4;
+            if n < 0 {
+                items.push("NULL".to_string());
+                continue;
+            }
+            let item = text(element, &raw[at..at + n as usize]);
+            at += n as usize;
+            let quote = item.is_empty()
+                || item.eq_ignore_ascii_case("null")
+                || item
+                    .chars()
+                    .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_whitespace());
+            items.push(if quote {
+                format!("\"{}\"", item.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                item
+            });
+        }
+        format!("{{{}}}", items.join(","))
     }
 }
 

@@ -459,6 +459,24 @@ pub fn cast_scalar(value: &ScalarValue, ty: &DataType) -> Result<ScalarValue> {
     if value.is_null() {
         return Ok(ScalarValue::try_from(ty)?);
     }
+    // An array in PostgreSQL's text form (`{1,2}`), as a text parameter of an array type.
+    if let (ScalarValue::Utf8(Some(s)), DataType::List(element)) = (value, ty) {
+        let items = crate::sql::postgres_forms::parse_array_literal(s).ok_or_else(|| {
+            crate::err!(
+                sqlstate::INVALID_TEXT_REPRESENTATION,
+                "malformed array literal: \"{s}\""
+            )
+        })?;
+        let items = items
+            .into_iter()
+            .map(|item| cast_scalar(&ScalarValue::Utf8(item), element.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(ScalarValue::List(ScalarValue::new_list(
+            &items,
+            element.data_type(),
+            true,
+        )));
+    }
     if let ScalarValue::Utf8(Some(s)) = value
         && let Some(sql_type) = SqlType::from_arrow(ty)
     {
@@ -480,6 +498,21 @@ mod tests {
 
     fn parse(values: &[&str], ty: SqlType) -> std::result::Result<ArrayRef, (usize, Error)> {
         parse_text_column(&StringArray::from(values.to_vec()), ty)
+    }
+
+    #[test]
+    fn arrays_in_text_cast_to_lists() {
+        let ty = DataType::List(Arc::new(datafusion::arrow::datatypes::Field::new(
+            "item",
+            DataType::Int32,
+            true,
+        )));
+        let v = cast_scalar(&ScalarValue::from("{1, NULL,3}"), &ty).unwrap();
+        assert_eq!(v.to_string(), "[1, , 3]");
+        let e = cast_scalar(&ScalarValue::from("{1,x}"), &ty).unwrap_err();
+        assert_eq!(e.sqlstate, sqlstate::INVALID_TEXT_REPRESENTATION);
+        let e = cast_scalar(&ScalarValue::from("1,2"), &ty).unwrap_err();
+        assert_eq!(e.sqlstate, sqlstate::INVALID_TEXT_REPRESENTATION);
     }
 
     #[test]

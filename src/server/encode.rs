@@ -1,9 +1,11 @@
 //! Arrow values → PostgreSQL wire values, text and binary, as PostgreSQL 15 formats them.
 //!
-//! Every Arrow type maps to a PostgreSQL type ([`pg_type`]); unsigned 64-bit integers (what
+//! Every Arrow type maps to a PostgreSQL type ([`pg_type`]). Unsigned 64-bit integers (what
 //! `row_number()`, `rank()` and `ntile()` return) are `int8`, as PostgreSQL types those
-//! functions; types with no PostgreSQL counterpart (lists, structs) are sent as `text` in their
-//! display form, which is valid in both formats.
+//! functions; unsigned 32-bit integers are the catalogs' `oid`s. Lists are PostgreSQL arrays of
+//! their element's type (`int2[]`, `text[]`…): text `{1,2}`, `{a,"b c",NULL}`, and the binary
+//! array format. Types with no PostgreSQL counterpart (structs, lists of lists) are sent as
+//! `text`, which is valid in both formats.
 
 use std::fmt::Write as _;
 
@@ -25,7 +27,9 @@ pub fn pg_type(dt: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
         DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        // The catalogs' oids.
+        DataType::UInt32 => Type::OID,
+        DataType::Int64 | DataType::UInt64 => Type::INT8,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
         DataType::Decimal32(_, _)
@@ -41,6 +45,9 @@ pub fn pg_type(dt: &DataType) -> Type {
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Interval(_) | DataType::Duration(_) => Type::INTERVAL,
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            array_type(&pg_type(f.data_type())).unwrap_or(Type::TEXT)
+        }
         _ => Type::TEXT,
     }
 }
@@ -50,7 +57,7 @@ pub fn type_size(t: &Type) -> i16 {
     match *t {
         Type::BOOL => 1,
         Type::INT2 => 2,
-        Type::INT4 | Type::FLOAT4 | Type::DATE => 4,
+        Type::INT4 | Type::OID | Type::FLOAT4 | Type::DATE => 4,
         Type::INT8 | Type::FLOAT8 | Type::TIME | Type::TIMESTAMP | Type::TIMESTAMPTZ => 8,
         Type::INTERVAL => 16,
         _ => -1,
@@ -166,12 +173,122 @@ pub fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) {
             let (months, days, micros) = interval_parts(array, row);
             write_interval(&mut w, months, days, micros)
         }
+        DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _) => {
+            if let Some(elements) = list_value(array, row) {
+                write_array_text(elements.as_ref(), w.0);
+            }
+            Ok(())
+        }
         _ => {
             let s = array_value_to_string(array_ref(array).as_ref(), row).unwrap_or_default();
             w.0.extend_from_slice(s.as_bytes());
             Ok(())
         }
     };
+}
+
+/// Element types and their array types (`int2` and `int2[]`).
+const ARRAY_TYPES: &[(Type, Type)] = &[
+    (Type::BOOL, Type::BOOL_ARRAY),
+    (Type::INT2, Type::INT2_ARRAY),
+    (Type::INT4, Type::INT4_ARRAY),
+    (Type::INT8, Type::INT8_ARRAY),
+    (Type::FLOAT4, Type::FLOAT4_ARRAY),
+    (Type::FLOAT8, Type::FLOAT8_ARRAY),
+    (Type::NUMERIC, Type::NUMERIC_ARRAY),
+    (Type::BYTEA, Type::BYTEA_ARRAY),
+    (Type::DATE, Type::DATE_ARRAY),
+    (Type::TIME, Type::TIME_ARRAY),
+    (Type::TIMESTAMP, Type::TIMESTAMP_ARRAY),
+    (Type::TIMESTAMPTZ, Type::TIMESTAMPTZ_ARRAY),
+    (Type::INTERVAL, Type::INTERVAL_ARRAY),
+    (Type::OID, Type::OID_ARRAY),
+    (Type::TEXT, Type::TEXT_ARRAY),
+    (Type::VARCHAR, Type::VARCHAR_ARRAY),
+];
+
+/// The array type of `element` (`int2` → `int2[]`); None for arrays of arrays and of types
+/// without a PostgreSQL array (Eddy sends those as text).
+fn array_type(element: &Type) -> Option<Type> {
+    ARRAY_TYPES
+        .iter()
+        .find(|(e, _)| e == element)
+        .map(|(_, a)| a.clone())
+}
+
+/// The element type of an array type (`int2[]` → `int2`), for binary array parameters.
+pub fn element_type(array: &Type) -> Option<Type> {
+    ARRAY_TYPES
+        .iter()
+        .find(|(_, a)| a == array)
+        .map(|(e, _)| e.clone())
+}
+
+/// One list value: its elements as an array, from `list`'s child values.
+fn list_value(array: &dyn Array, row: usize) -> Option<ArrayRef> {
+    match array.data_type() {
+        DataType::List(_) => Some(downcast!(array, ListArray).value(row)),
+        DataType::LargeList(_) => Some(downcast!(array, LargeListArray).value(row)),
+        DataType::FixedSizeList(_, _) => Some(downcast!(array, FixedSizeListArray).value(row)),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's array text: `{1,2}`, elements quoted (with `\"` and `\\`) when empty, `NULL`
+/// or holding braces, commas, quotes, backslashes or white space; NULL elements as `NULL`;
+/// arrays of arrays nested without quotes.
+fn write_array_text(elements: &dyn Array, out: &mut BytesMut) {
+    out.put_u8(b'{');
+    let mut element = BytesMut::new();
+    for i in 0..elements.len() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        if elements.is_null(i) || elements.data_type() == &DataType::Null {
+            out.extend_from_slice(b"NULL");
+            continue;
+        }
+        element.clear();
+        encode_text(elements, i, &mut element);
+        let nested = list_value(elements, i).is_some();
+        let quote = !nested
+            && (element.is_empty()
+                || element.eq_ignore_ascii_case(b"null")
+                || element.iter().any(|b| {
+                    matches!(b, b'{' | b'}' | b',' | b'"' | b'\\')
+                        || b.is_ascii_whitespace()
+                        || *b == 0x0b
+                }));
+        if quote {
+            out.put_u8(b'"');
+            for b in element.iter() {
+                if matches!(b, b'"' | b'\\') {
+                    out.put_u8(b'\\');
+                }
+                out.put_u8(*b);
+            }
+            out.put_u8(b'"');
+        } else {
+            out.extend_from_slice(&element);
+        }
+    }
+    out.put_u8(b'}');
+}
+
+/// PostgreSQL's binary array: dimensions (none when empty), a has-NULLs flag, the element
+/// type's oid, the length and lower bound (1), then each element length-prefixed (-1: NULL).
+fn write_array_binary(elements: &dyn Array, element_type: &Type, out: &mut BytesMut) {
+    let len = elements.len();
+    out.put_i32(if len == 0 { 0 } else { 1 });
+    out.put_i32((elements.null_count() > 0 || elements.data_type() == &DataType::Null) as i32);
+    out.put_u32(element_type.oid());
+    if len > 0 {
+        out.put_i32(len as i32);
+        out.put_i32(1);
+    }
+    for i in 0..len {
+        encode_value(elements, i, FieldFormat::Binary, out);
+    }
 }
 
 fn array_ref(array: &dyn Array) -> ArrayRef {
@@ -197,7 +314,7 @@ fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) {
         DataType::Int32 => out.put_i32(downcast!(array, Int32Array).value(row)),
         DataType::UInt16 => out.put_i32(downcast!(array, UInt16Array).value(row) as i32),
         DataType::Int64 => out.put_i64(downcast!(array, Int64Array).value(row)),
-        DataType::UInt32 => out.put_i64(downcast!(array, UInt32Array).value(row) as i64),
+        DataType::UInt32 => out.put_u32(downcast!(array, UInt32Array).value(row)),
         // Row numbers and ranks; beyond int8's range (never reached by them) it saturates.
         DataType::UInt64 => {
             out.put_i64(i64::try_from(downcast!(array, UInt64Array).value(row)).unwrap_or(i64::MAX))
@@ -228,6 +345,15 @@ fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) {
             *scale as i32,
             out,
         ),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            match (array_type(&pg_type(f.data_type())), list_value(array, row)) {
+                (Some(_), Some(elements)) => {
+                    write_array_binary(elements.as_ref(), &pg_type(f.data_type()), out)
+                }
+                // Described as text.
+                _ => encode_text(array, row, out),
+            }
+        }
         // Everything else is described as text: its binary form is its text form.
         _ => encode_text(array, row, out),
     }
@@ -518,6 +644,47 @@ mod tests {
         encode_binary(a.as_ref(), 0, &mut out);
         assert_eq!(&out[..], &7i64.to_be_bytes());
         assert_eq!(text(a.slice(1, 1)), i64::MAX.to_string());
+    }
+
+    #[test]
+    fn lists_are_postgres_arrays() {
+        let ints =
+            ListArray::from_iter_primitive::<datafusion::arrow::datatypes::Int16Type, _, _>(vec![
+                Some(vec![Some(1), None, Some(3)]),
+                Some(vec![]),
+            ]);
+        assert_eq!(pg_type(ints.data_type()), Type::INT2_ARRAY);
+        let ints: ArrayRef = Arc::new(ints);
+        assert_eq!(text(ints.clone()), "{1,NULL,3}");
+        assert_eq!(text(ints.slice(1, 1)), "{}");
+        let mut out = BytesMut::new();
+        encode_binary(ints.as_ref(), 0, &mut out);
+        let mut expected = Vec::new();
+        for x in [1i32, 1, 21, 3, 1, 2] {
+            expected.extend_from_slice(&x.to_be_bytes());
+        }
+        expected.extend_from_slice(&1i16.to_be_bytes());
+        expected.extend_from_slice(&(-1i32).to_be_bytes());
+        expected.extend_from_slice(&2i32.to_be_bytes());
+        expected.extend_from_slice(&3i16.to_be_bytes());
+        assert_eq!(&out[..], &expected[..]);
+        // Elements are quoted as array_out quotes them.
+        let mut texts = ListBuilder::new(StringBuilder::new());
+        texts.append_value(["a", "b c", "", "NULL", "x\"y", "back\\slash", "{}"].map(Some));
+        let texts: ArrayRef = Arc::new(texts.finish());
+        assert_eq!(pg_type(texts.data_type()), Type::TEXT_ARRAY);
+        assert_eq!(
+            text(texts),
+            r#"{a,"b c","","NULL","x\"y","back\\slash","{}"}"#
+        );
+        // Arrays of arrays are text, nested without quotes.
+        let mut nested = ListBuilder::new(ListBuilder::new(Int64Builder::new()));
+        nested.values().append_value([Some(1), Some(2)]);
+        nested.values().append_value([Some(3)]);
+        nested.append(true);
+        let nested: ArrayRef = Arc::new(nested.finish());
+        assert_eq!(pg_type(nested.data_type()), Type::TEXT);
+        assert_eq!(text(nested), "{{1,2},{3}}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub fn decode(bytes: Option<&[u8]>, binary: bool, ty: &Type) -> Result<ScalarVal
                 "invalid byte sequence for encoding \"UTF8\""
             )
         })?;
+        if let Some(element) = super::encode::element_type(ty) {
+            return text_array(text, &element);
+        }
         return Ok(ScalarValue::Utf8(Some(text.to_string())));
     }
     Ok(match *ty {
@@ -46,6 +49,7 @@ pub fn decode(bytes: Option<&[u8]>, binary: bool, ty: &Type) -> Result<ScalarVal
         Type::INT2 => ScalarValue::Int16(Some(i16::from_be_bytes(fixed(bytes, ty)?))),
         Type::INT4 => ScalarValue::Int32(Some(i32::from_be_bytes(fixed(bytes, ty)?))),
         Type::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(fixed(bytes, ty)?))),
+        Type::OID => ScalarValue::UInt32(Some(u32::from_be_bytes(fixed(bytes, ty)?))),
         Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(fixed(bytes, ty)?))),
         Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(fixed(bytes, ty)?))),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
@@ -83,8 +87,110 @@ pub fn decode(bytes: Option<&[u8]>, binary: bool, ty: &Type) -> Result<ScalarVal
             )))
         }
         Type::NUMERIC => decode_numeric(bytes, ty)?,
-        _ => return Err(unsupported!("binary parameters of type {}", ty.name())),
+        _ => match super::encode::element_type(ty) {
+            Some(element) => decode_array(bytes, ty, &element)?,
+            None => return Err(unsupported!("binary parameters of type {}", ty.name())),
+        },
     })
+}
+
+/// A text array parameter (`{1,2}`) the client declared as an array of `element`: a list of
+/// that type's values where Arrow has it (the query may not say, as in `x = ANY($1)`), else of
+/// text for the engine to convert.
+fn text_array(text: &str, element: &Type) -> Result<ScalarValue> {
+    use datafusion::arrow::datatypes::DataType;
+    let malformed = || {
+        crate::err!(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            "malformed array literal: \"{text}\""
+        )
+    };
+    let items = crate::sql::postgres_forms::parse_array_literal(text).ok_or_else(malformed)?;
+    let data_type = match *element {
+        Type::BOOL => DataType::Boolean,
+        Type::INT2 => DataType::Int16,
+        Type::INT4 => DataType::Int32,
+        Type::INT8 => DataType::Int64,
+        Type::OID => DataType::UInt32,
+        Type::FLOAT4 => DataType::Float32,
+        Type::FLOAT8 => DataType::Float64,
+        _ => DataType::Utf8,
+    };
+    let values = items
+        .into_iter()
+        .map(|item| {
+            ScalarValue::Utf8(item.clone())
+                .cast_to(&data_type)
+                .map_err(|_| {
+                    crate::err!(
+                        sqlstate::INVALID_TEXT_REPRESENTATION,
+                        "invalid input syntax for type {}: \"{}\"",
+                        element.name(),
+                        item.unwrap_or_default()
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ScalarValue::List(ScalarValue::new_list(
+        &values, &data_type, true,
+    )))
+}
+
+/// Decodes a binary one-dimensional array (dimensions, has-NULLs flag, element oid, length
+/// and lower bound, then each element length-prefixed) into a list of `element` values.
+fn decode_array(bytes: &[u8], ty: &Type, element: &Type) -> Result<ScalarValue> {
+    let int = |at: usize| -> Result<i32> {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
+            .ok_or_else(|| bad(ty))
+    };
+    let dimensions = int(0)?;
+    let (len, mut at) = match dimensions {
+        0 => (0, 12),
+        1 => (usize::try_from(int(12)?).map_err(|_| bad(ty))?, 20),
+        _ => return Err(unsupported!("arrays of {dimensions} dimensions")),
+    };
+    let mut items = Vec::with_capacity(len.min(bytes.len()));
+    for _ in 0..len {
+        let n = int(at)?;
+        at += 4;
+        if n < 0 {
+            items.push(None);
+            continue;
+        }
+        let item = bytes.get(at..at + n as usize).ok_or_else(|| bad(ty))?;
+        at += n as usize;
+        items.push(Some(item));
+    }
+    if at != bytes.len() {
+        return Err(bad(ty));
+    }
+    let values = items
+        .into_iter()
+        .map(|item| decode(item, true, element))
+        .collect::<Result<Vec<_>>>()?;
+    // Elements decode to their own types (NULLs untyped); the list takes the first's.
+    let data_type = values
+        .iter()
+        .find(|v| !v.is_null())
+        .map(ScalarValue::data_type)
+        .unwrap_or(datafusion::arrow::datatypes::DataType::Null);
+    let values = values
+        .into_iter()
+        .map(|v| {
+            if v.is_null() {
+                ScalarValue::try_from(&data_type)
+            } else {
+                Ok(v)
+            }
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()
+        .map_err(|_| bad(ty))?;
+    Ok(ScalarValue::List(ScalarValue::new_list(
+        &values, &data_type, true,
+    )))
 }
 
 /// Decodes binary `numeric` into a Decimal128 with the value's display scale.
@@ -138,6 +244,32 @@ mod tests {
             decode_numeric(&b, &Type::NUMERIC).unwrap(),
             ScalarValue::Decimal128(Some(12345), 38, 2)
         );
+    }
+
+    #[test]
+    fn decodes_binary_arrays() {
+        // int4[] {1,NULL,3}: 1 dimension, has NULLs, oid 23, length 3 from 1.
+        let mut b = Vec::new();
+        for x in [1i32, 1, 23, 3, 1, 4, 1, -1, 4, 3] {
+            b.extend_from_slice(&x.to_be_bytes());
+        }
+        let v = decode(Some(&b), true, &Type::INT4_ARRAY).unwrap();
+        assert_eq!(v.to_string(), "[1, , 3]");
+        let empty = [0i32, 0, 23].map(i32::to_be_bytes).concat();
+        let v = decode(Some(&empty), true, &Type::INT4_ARRAY).unwrap();
+        assert_eq!(v.to_string(), "[]");
+        assert!(decode(Some(&b[..b.len() - 1]), true, &Type::INT4_ARRAY).is_err());
+    }
+
+    #[test]
+    fn decodes_text_arrays_of_the_declared_type() {
+        let v = decode(Some(b"{2, 5,NULL}"), false, &Type::INT8_ARRAY).unwrap();
+        assert_eq!(v.data_type().to_string(), "List(Int64)");
+        assert_eq!(v.to_string(), "[2, 5, ]");
+        let e = decode(Some(b"{2,x}"), false, &Type::INT8_ARRAY).unwrap_err();
+        assert_eq!(e.sqlstate, sqlstate::INVALID_TEXT_REPRESENTATION);
+        let e = decode(Some(b"2,5"), false, &Type::INT8_ARRAY).unwrap_err();
+        assert_eq!(e.sqlstate, sqlstate::INVALID_TEXT_REPRESENTATION);
     }
 
     #[test]

@@ -157,6 +157,19 @@ public class JdbcE2e {
                 check(r.next(), true, "getPrimaryKeys: a key");
                 check(r.getString("COLUMN_NAME") + " " + r.getString("PK_NAME"), "id every_type_pkey", "getPrimaryKeys");
             }
+            try (ResultSet r = meta.getIndexInfo(null, "public", "every_type", false, true)) {
+                check(r.next(), true, "getIndexInfo: an index");
+                check(r.getString("INDEX_NAME") + " " + r.getString("COLUMN_NAME") + " "
+                        + r.getString("ASC_OR_DESC"), "every_type_pkey id A", "getIndexInfo");
+            }
+            check(meta.getSQLKeywords().contains("analyze"), true, "getSQLKeywords");
+            // DBeaver reads a constraint's columns with getArray().
+            try (Statement s = c.createStatement();
+                    ResultSet r = s.executeQuery(
+                            "SELECT conkey FROM pg_catalog.pg_constraint WHERE conname = 'every_type_pkey'")) {
+                check(r.next(), true, "pg_constraint: the key");
+                check(java.util.Arrays.toString((Object[]) r.getArray(1).getArray()), "[1]", "conkey");
+            }
             List<String> schemas = new ArrayList<>();
             try (ResultSet r = meta.getSchemas()) {
                 while (r.next()) {

@@ -90,6 +90,19 @@ async def main():
         pass  # asyncpg refuses it before sending
     check(await conn.fetchval("SELECT count(*) FROM every_type"), 3, "rows after errors")
 
+    # Arrays: asyncpg looks up array types with its introspection query (a recursive CTE
+    # over pg_type with an oid[] parameter) before it can decode or send one.
+    row = await conn.fetchrow(
+        "SELECT array_agg(i4 ORDER BY id), current_schemas(true), ARRAY[1.5, NULL]::float8[] "
+        "FROM every_type"
+    )
+    check(tuple(row), ([3, 3, None], ["pg_catalog", "public"], [1.5, None]), "arrays")
+    check(
+        await conn.fetchval("SELECT count(*) FROM every_type WHERE id = ANY($1::int[])", [1, 3]),
+        2,
+        "an array parameter",
+    )
+
     await conn.execute(
         "CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n, sum(i8) AS total FROM every_type"
     )

@@ -91,6 +91,20 @@ def main():
         check(e.sqlstate, "22003", "SQLSTATE of an out-of-range smallint")
     check(conn.execute("SELECT count(*) FROM every_type").fetchone(), (3,), "rows after errors")
 
+    # Arrays, read in text and binary, and a list as a parameter (text: %s, binary: %b).
+    for binary in (False, True):
+        cur = conn.cursor(binary=binary)
+        cur.execute("SELECT array_agg(i4 ORDER BY id), ARRAY['a', 'b c', NULL] FROM every_type")
+        check(cur.fetchone(), ([3, 3, None], ["a", "b c", None]), f"arrays, binary={binary}")
+    for placeholder in ("%s", "%b"):
+        check(
+            conn.execute(
+                f"SELECT count(*) FROM every_type WHERE id = ANY({placeholder})", ([1, 3],)
+            ).fetchone(),
+            (2,),
+            f"a list parameter ({placeholder})",
+        )
+
     conn.execute(
         "CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n, sum(i8) AS total FROM every_type"
     )
