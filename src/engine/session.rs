@@ -1074,13 +1074,18 @@ impl Session {
         let stmt = sql::windows::rewrite(&stmt)?;
         let table_functions = state.table_functions();
         let stmt = sql::postgres_forms::rewrite(&stmt, &|name| table_functions.contains_key(name));
-        let stmt = sql::dedupe_output_names(&stmt);
-        let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+        let plan_with = |stmt: Statement| {
+            state.statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
                 stmt,
             )))
-            .await?;
-        Ok(plan)
+        };
+        match plan_with(sql::dedupe_output_names(&stmt, false)).await {
+            // `SELECT t.id, t.*` inside a derived table: only now known to repeat a name.
+            Err(e) if e.to_string().contains("unique expression names") => {
+                Ok(plan_with(sql::dedupe_output_names(&stmt, true)).await?)
+            }
+            planned => Ok(planned?),
+        }
     }
 
     pub(super) async fn plan_with_params(

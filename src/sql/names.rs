@@ -28,21 +28,49 @@ const PLANNING_ALIAS_SEPARATOR: char = '\u{1f}';
 /// earlier item's, and — since a wildcard's columns are only known after planning — gives one
 /// to every plain column reference beside a `*` or `t.*`. Aliasing changes no value; the names
 /// the client sees come from [`result_names`].
-pub fn dedupe_output_names(stmt: &Statement) -> Statement {
-    struct Dedupe;
+///
+/// Only the statement's own SELECT lists (the client's result) get the aliases a wildcard
+/// calls for, unless `nested_wildcards`: a derived table's, a CTE's or a subquery's columns
+/// are referenced by name from outside, so there only names that really repeat are aliased (a
+/// reference to one of those is ambiguous in PostgreSQL anyway). The engine plans first
+/// without `nested_wildcards`, and with it when a nested wildcard turns out to repeat a name.
+pub fn dedupe_output_names(stmt: &Statement, nested_wildcards: bool) -> Statement {
+    struct Dedupe {
+        /// Queries entered: 1 inside the statement's own.
+        depth: usize,
+        nested_wildcards: bool,
+    }
     impl VisitorMut for Dedupe {
         type Break = ();
+        fn pre_visit_query(&mut self, _: &mut ast::Query) -> std::ops::ControlFlow<()> {
+            self.depth += 1;
+            std::ops::ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &mut ast::Query) -> std::ops::ControlFlow<()> {
+            self.depth -= 1;
+            std::ops::ControlFlow::Continue(())
+        }
         fn pre_visit_select(&mut self, select: &mut ast::Select) -> std::ops::ControlFlow<()> {
-            dedupe_select_list(&mut select.projection);
+            let outermost = self.depth <= 1;
+            dedupe_select_list(
+                &mut select.projection,
+                outermost,
+                outermost || self.nested_wildcards,
+            );
             std::ops::ControlFlow::Continue(())
         }
     }
     let mut stmt = stmt.clone();
-    let _ = stmt.visit(&mut Dedupe);
+    let _ = stmt.visit(&mut Dedupe {
+        depth: 0,
+        nested_wildcards,
+    });
     stmt
 }
 
-fn dedupe_select_list(items: &mut [SelectItem]) {
+/// `outermost`: the list is the statement's result; `beside_wildcards`: columns beside a
+/// wildcard get aliases too (see [`dedupe_output_names`]).
+fn dedupe_select_list(items: &mut [SelectItem], outermost: bool, beside_wildcards: bool) {
     let has_wildcard = items.iter().any(|i| {
         matches!(
             i,
@@ -60,7 +88,8 @@ fn dedupe_select_list(items: &mut [SelectItem]) {
             }
             _ => continue,
         };
-        let column_beside_wildcard = has_wildcard
+        let column_beside_wildcard = beside_wildcards
+            && has_wildcard
             && matches!(
                 item,
                 SelectItem::UnnamedExpr(
@@ -82,8 +111,14 @@ fn dedupe_select_list(items: &mut [SelectItem]) {
         if !(repeated || column_beside_wildcard || has_subquery) {
             continue;
         }
-        let alias =
-            ast::Ident::with_quote('"', format!("{name}{PLANNING_ALIAS_SEPARATOR}{}", i + 1));
+        // Below the outermost list a subquery's column keeps its PostgreSQL name, by which
+        // the query around it may refer to it.
+        let alias = if outermost || repeated || column_beside_wildcard {
+            format!("{name}{PLANNING_ALIAS_SEPARATOR}{}", i + 1)
+        } else {
+            name
+        };
+        let alias = ast::Ident::with_quote('"', alias);
         match item {
             SelectItem::UnnamedExpr(e) => {
                 *item = SelectItem::ExprWithAlias {
@@ -213,6 +248,15 @@ pub fn output_name(e: &ast::Expr) -> String {
         ast::Expr::Case { .. } => "case".into(),
         ast::Expr::Exists { .. } => "exists".into(),
         ast::Expr::Array(_) => "array".into(),
+        // A scalar subquery is named after its one column, as in PostgreSQL.
+        ast::Expr::Subquery(query) => match query.body.as_ref() {
+            ast::SetExpr::Select(select) => match select.projection.as_slice() {
+                [SelectItem::UnnamedExpr(e)] => output_name(e),
+                [SelectItem::ExprWithAlias { alias, .. }] => normalize_ident(alias),
+                _ => "?column?".into(),
+            },
+            _ => "?column?".into(),
+        },
         _ => "?column?".into(),
     }
 }
@@ -332,7 +376,7 @@ mod tests {
 
     fn select_list(sql: &str) -> String {
         let stmt = super::super::parse_all(sql).unwrap().remove(0).stmt;
-        let Statement::Query(q) = dedupe_output_names(&stmt) else {
+        let Statement::Query(q) = dedupe_output_names(&stmt, false) else {
             panic!("not a query")
         };
         let ast::SetExpr::Select(s) = *q.body else {
