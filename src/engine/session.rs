@@ -104,7 +104,8 @@ struct Transaction {
     settings_at_begin: BTreeMap<String, String>,
     /// What `SET LOCAL` (and the transaction's access mode) changed, with the values from
     /// before: they come back when it ends, however it ends.
-    local: BTreeMap<String, String>,
+    /// (None: it had no value.)
+    local: BTreeMap<String, Option<String>>,
 }
 
 /// Session settings with PostgreSQL's names and defaults.
@@ -837,10 +838,11 @@ impl Session {
             .get("default_transaction_read_only")
             .cloned()
             .unwrap_or_else(|| "off".into());
-        let mut current = self.settings.lock();
-        if let Some(old) = current.insert("transaction_read_only".into(), read_only) {
-            tx.local.insert("transaction_read_only".into(), old);
-        }
+        let old = self
+            .settings
+            .lock()
+            .insert("transaction_read_only".into(), read_only);
+        tx.local.insert("transaction_read_only".into(), old);
         tx
     }
 
@@ -851,9 +853,7 @@ impl Session {
             .settings
             .lock()
             .insert(name.to_string(), value.to_string());
-        if let Some(old) = old {
-            tx.local.entry(name.to_string()).or_insert(old);
-        }
+        tx.local.entry(name.to_string()).or_insert(old);
     }
 
     /// Ends the settings of transaction `tx`: a committed one keeps its plain SETs, and every
@@ -861,7 +861,12 @@ impl Session {
     fn end_settings(&self, tx: Transaction, committed: bool) {
         let mut settings = self.settings.lock();
         if committed {
-            settings.extend(tx.local);
+            for (name, old) in tx.local {
+                match old {
+                    Some(old) => settings.insert(name, old),
+                    None => settings.remove(&name),
+                };
+            }
         } else {
             *settings = tx.settings_at_begin;
         }

@@ -441,14 +441,22 @@ where
         output
     };
     tokio::pin!(run);
+    // A client gone mid-statement does not stop the statement: half a CREATE or a write must
+    // not be left behind. Its error comes once the statement is over.
+    let mut gone = None;
     let output = loop {
         tokio::select! {
             output = &mut run => break output,
-            Some(message) = live.recv() => {
-                client.send(notice("NOTICE", "00000", message)).await?;
+            Some(message) = live.recv(), if gone.is_none() => {
+                if let Err(e) = client.send(notice("NOTICE", "00000", message)).await {
+                    gone = Some(PgWireError::from(e));
+                }
             }
         }
     };
+    if let Some(e) = gone {
+        return Err(e);
+    }
     while let Ok(message) = live.try_recv() {
         client.feed(notice("NOTICE", "00000", message)).await?;
     }
