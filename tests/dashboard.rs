@@ -30,15 +30,10 @@ async fn the_dashboard_draws_live_dataflows_and_subscriptions_in_chromium() {
          Chromium), or set EDDY_NODE_MODULES",
         modules.display()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = eddy::server::ServerOptions::new("127.0.0.1:0".parse().unwrap());
-    options.http_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = eddy::server::Server::start_with_options(
-        eddy::engine::EngineConfig::new(dir.path().to_path_buf()),
-        options,
-    )
-    .await
-    .unwrap();
+    let (server, _dir) = common::start_with_server_options(|o| {
+        o.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let client = connect(&server).await;
     client
         .batch_execute(

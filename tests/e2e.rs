@@ -632,25 +632,7 @@ async fn a_cancelled_statement_aborts_its_transaction() {
 #[tokio::test]
 async fn late_rows_are_left_out_of_the_command_tag_with_a_notice() {
     let (server, _dir) = start().await;
-    let (client, mut conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr().port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    // The connection's messages: NOTICEs go to a channel.
-    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
-            if let tokio_postgres::AsyncMessage::Notice(n) = m {
-                let _ = tx.send(n.message().to_string());
-            }
-        }
-    });
+    let (client, mut notices) = common::connect_with_notices(&server).await;
     client
         .batch_execute(
             "CREATE TABLE bid (id int, ts timestamp,

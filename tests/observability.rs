@@ -5,19 +5,14 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{connect, query_rows, start};
+use common::{connect, connect_with_notices, query_rows, start, start_with_server_options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_has_the_system_views_counters_in_prometheus_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = eddy::server::ServerOptions::new("127.0.0.1:0".parse().unwrap());
-    options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = eddy::server::Server::start_with_options(
-        eddy::engine::EngineConfig::new(dir.path().to_path_buf()),
-        options,
-    )
-    .await
-    .unwrap();
+    let (server, _dir) = start_with_server_options(|o| {
+        o.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let client = connect(&server).await;
     client
         .batch_execute(
@@ -148,24 +143,7 @@ async fn explain_analyze_and_dataflow_operators_count_each_operators_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backfill_reports_its_progress_in_notices_and_the_system_view() {
     let (server, _dir) = start().await;
-    let (client, mut conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr().port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
-            if let tokio_postgres::AsyncMessage::Notice(n) = m {
-                let _ = tx.send(n.message().to_string());
-            }
-        }
-    });
+    let (client, mut notices) = connect_with_notices(&server).await;
     client
         .batch_execute(
             "CREATE TABLE events (id bigint, k bigint);

@@ -154,6 +154,44 @@ pub async fn connect_with_task(server: &Server) -> (Client, tokio::task::JoinHan
     (client, task)
 }
 
+/// A server with these options (on a free port) over a temporary data directory.
+pub async fn start_with_server_options(
+    configure: impl FnOnce(&mut eddy::server::ServerOptions),
+) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = eddy::server::ServerOptions::new("127.0.0.1:0".parse().unwrap());
+    configure(&mut options);
+    let server = Server::start_with_options(EngineConfig::new(dir.path().to_path_buf()), options)
+        .await
+        .unwrap();
+    (server, dir)
+}
+
+/// A connection whose NOTICEs arrive, in order, on the receiver.
+pub async fn connect_with_notices(
+    server: &Server,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=eddy dbname=eddy",
+            server.local_addr().port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, notices) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    (client, notices)
+}
+
 /// A field of `/proc/<pid>/status` in kB (`VmHWM`: peak RSS, `VmRSS`: RSS now), as MB.
 pub fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
