@@ -826,24 +826,20 @@ impl Session {
     }
 
     fn new_transaction(&self, implicit: bool) -> Transaction {
-        let settings = self.settings.lock().clone();
-        let mut tx = Transaction {
-            failed: false,
-            implicit,
-            settings_at_begin: settings.clone(),
-            local: BTreeMap::new(),
-        };
+        let mut settings = self.settings.lock();
+        let settings_at_begin = settings.clone();
         // Its access mode starts as the default one.
-        let read_only = settings
+        let read_only = settings_at_begin
             .get("default_transaction_read_only")
             .cloned()
             .unwrap_or_else(|| "off".into());
-        let old = self
-            .settings
-            .lock()
-            .insert("transaction_read_only".into(), read_only);
-        tx.local.insert("transaction_read_only".into(), old);
-        tx
+        let old = settings.insert("transaction_read_only".into(), read_only);
+        Transaction {
+            failed: false,
+            implicit,
+            settings_at_begin,
+            local: BTreeMap::from([("transaction_read_only".to_string(), old)]),
+        }
     }
 
     /// Sets `name` until the open transaction ends (`SET LOCAL`).
@@ -1448,29 +1444,6 @@ pub(super) fn show_like(options: &ast::ShowStatementOptions) -> Result<Option<(S
         ast::ShowStatementFilter::ILike(p) => Ok(Some((p.clone(), true))),
         other => Err(unsupported!("SHOW … {other}: only LIKE and ILIKE")),
     }
-}
-
-/// SQL LIKE: `%` any run of characters, `_` one, `\` escapes the next.
-pub(super) fn like(text: &str, pattern: &str, case_insensitive: bool) -> bool {
-    fn go(t: &[char], p: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('%', rest)) => (0..=t.len()).any(|i| go(&t[i..], rest)),
-            Some(('_', rest)) => !t.is_empty() && go(&t[1..], rest),
-            Some(('\\', rest)) if !rest.is_empty() => {
-                t.first() == Some(&rest[0]) && go(&t[1..], &rest[1..])
-            }
-            Some((c, rest)) => t.first() == Some(c) && go(&t[1..], rest),
-        }
-    }
-    let fold = |s: &str| -> Vec<char> {
-        if case_insensitive {
-            s.to_lowercase().chars().collect()
-        } else {
-            s.chars().collect()
-        }
-    };
-    go(&fold(text), &fold(pattern))
 }
 
 /// The access mode among a transaction's modes (READ ONLY: true), if one is given.

@@ -324,20 +324,14 @@ impl Session {
         Ok(Output::Command { tag, rows: None })
     }
 
-    /// `SHOW MATERIALIZED VIEWS`: name, rows, status.
-    /// `SHOW MATERIALIZED VIEWS [LIKE pattern]`; `like`: the pattern, and whether ILIKE.
+    /// `SHOW MATERIALIZED VIEWS [LIKE pattern]`: name, rows, status; `like`: the pattern, and
+    /// whether ILIKE.
     pub(super) fn show_materialized_views(&self, like: Option<&(String, bool)>) -> Result<Output> {
         let catalog = self.engine.catalog();
         let mut names = Vec::new();
         let mut rows = Vec::new();
         let mut status = Vec::new();
-        let shown =
-            |name: &str| like.is_none_or(|(pattern, ci)| super::session::like(name, pattern, *ci));
-        for view in catalog
-            .views()
-            .into_iter()
-            .filter(|v| v.materialized && shown(&v.name))
-        {
+        for view in catalog.views().into_iter().filter(|v| v.materialized) {
             names.push(view.name.clone());
             match self.engine.view_state(view.id) {
                 Some(state) => {
@@ -356,11 +350,25 @@ impl Session {
             }
         }
         let schema = show_views_schema();
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(names)),
             Arc::new(Int64Array::from(rows)),
             Arc::new(StringArray::from(status)),
         ];
+        if let Some((pattern, case_insensitive)) = like {
+            use datafusion::arrow::array::Scalar;
+            use datafusion::arrow::compute::kernels::comparison;
+            let pattern = Scalar::new(StringArray::from(vec![pattern.as_str()]));
+            let shown = if *case_insensitive {
+                comparison::ilike(&columns[0], &pattern)?
+            } else {
+                comparison::like(&columns[0], &pattern)?
+            };
+            columns = columns
+                .iter()
+                .map(|c| datafusion::arrow::compute::filter(c, &shown))
+                .collect::<std::result::Result<_, _>>()?;
+        }
         Ok(rows_output(schema, columns, "SHOW"))
     }
 
