@@ -132,6 +132,14 @@ pub fn nexmark_queries() -> Vec<(String, String)> {
     out
 }
 
+/// How to reach `server` as user `eddy`, database `eddy`.
+pub fn conninfo(server: &Server) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=eddy dbname=eddy",
+        server.local_addr().port()
+    )
+}
+
 /// A connection (user and database `eddy`) whose driver task runs in the background.
 pub async fn connect(server: &Server) -> Client {
     connect_with_task(server).await.0
@@ -139,15 +147,9 @@ pub async fn connect(server: &Server) -> Client {
 
 /// A connection and its driver task (abort the task to drop the connection at once).
 pub async fn connect_with_task(server: &Server) -> (Client, tokio::task::JoinHandle<()>) {
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr().port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
+    let (client, conn) = tokio_postgres::connect(&conninfo(server), NoTls)
+        .await
+        .unwrap();
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -171,15 +173,9 @@ pub async fn start_with_server_options(
 pub async fn connect_with_notices(
     server: &Server,
 ) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let (client, mut conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=eddy dbname=eddy",
-            server.local_addr().port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
+    let (client, mut conn) = tokio_postgres::connect(&conninfo(server), NoTls)
+        .await
+        .unwrap();
     let (tx, notices) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
