@@ -1070,37 +1070,80 @@ impl Dataflow {
     }
 }
 
-/// A backfill feeds its dataflow about this many rows at a time.
-const BACKFILL_CHUNK_ROWS: usize = 64 * 1024;
+/// A backfill's first chunk of input rows.
+const BACKFILL_FIRST_CHUNK_ROWS: usize = 64 * 1024;
+
+/// A backfill's chunks grow (or shrink) until one takes about this long, or a sixteenth of
+/// the time the backfill has run if that is longer: often enough for its progress to move
+/// between NOTICEs, rarely enough that what each chunk costs every operator (a barrier, the
+/// deltas its aggregates re-emit) stays a small part of the work however long it runs. Fixed
+/// chunks of 64K rows made q16's backfill 20–30% slower (docs/benchmarks.md).
+const BACKFILL_CHUNK_TIME: Duration = Duration::from_millis(250);
 
 /// Some inputs' rows, each input's batches in order.
 type Chunk = Vec<(Input, Vec<ZBatch>)>;
 
-/// Splits inputs' rows into chunks of about `rows` rows (batches are sliced where a chunk
-/// ends), inputs one after the other. At least one chunk, maybe empty.
-fn backfill_chunks(inputs: Chunk, rows: usize) -> Vec<Chunk> {
-    let mut chunks: Vec<Chunk> = vec![Vec::new()];
-    let mut room = rows;
-    for (input, batches) in inputs {
-        for mut batch in batches {
-            while batch.num_rows() > 0 {
-                if room == 0 {
-                    chunks.push(Vec::new());
-                    room = rows;
-                }
-                let take = batch.num_rows().min(room);
-                let part = batch.slice(0, take);
-                batch = batch.slice(take, batch.num_rows() - take);
-                room -= take;
-                let chunk = chunks.last_mut().expect("one chunk at least");
-                match chunk.last_mut() {
-                    Some((i, parts)) if *i == input => parts.push(part),
-                    _ => chunk.push((input, vec![part])),
-                }
-            }
+/// A backfill's input rows, handed out a chunk at a time, inputs one after the other
+/// (batches are sliced where a chunk ends).
+struct Chunks {
+    inputs: VecDeque<(Input, VecDeque<ZBatch>)>,
+    rows_left: usize,
+}
+
+impl Chunks {
+    fn new(inputs: Vec<(Input, Vec<ZBatch>)>) -> Chunks {
+        let rows_left = inputs
+            .iter()
+            .flat_map(|(_, b)| b)
+            .map(ZBatch::num_rows)
+            .sum();
+        Chunks {
+            inputs: inputs
+                .into_iter()
+                .map(|(input, batches)| (input, batches.into()))
+                .collect(),
+            rows_left,
         }
     }
-    chunks
+
+    /// The next `rows` rows, or fewer at the end.
+    fn take(&mut self, rows: usize) -> Chunk {
+        let mut chunk: Chunk = Vec::new();
+        let mut room = rows;
+        while room > 0 {
+            let Some((input, batches)) = self.inputs.front_mut() else {
+                break;
+            };
+            let input = *input;
+            let Some(batch) = batches.pop_front() else {
+                self.inputs.pop_front();
+                continue;
+            };
+            let n = batch.num_rows();
+            let take = n.min(room);
+            let part = if take == n {
+                batch
+            } else {
+                batches.push_front(batch.slice(take, n - take));
+                batch.slice(0, take)
+            };
+            room -= take;
+            self.rows_left -= take;
+            match chunk.last_mut() {
+                Some((i, parts)) if *i == input => parts.push(part),
+                _ => chunk.push((input, vec![part])),
+            }
+        }
+        chunk
+    }
+}
+
+/// The size of a backfill's next chunk, after one of `rows` rows took `took`, the backfill
+/// having run for `elapsed`. It changes at most fourfold at a time.
+fn next_chunk_rows(rows: usize, took: Duration, elapsed: Duration) -> usize {
+    let target = BACKFILL_CHUNK_TIME.max(elapsed / 16);
+    let scale = target.as_secs_f64() / took.as_secs_f64().max(1e-6);
+    ((rows as f64 * scale.clamp(0.5, 4.0)) as usize).max(BACKFILL_FIRST_CHUNK_ROWS)
 }
 
 fn chunk_input(chunk: &Chunk, input: Input) -> Vec<ZBatch> {
@@ -1867,8 +1910,8 @@ impl Worker {
     /// Feeds a new dataflow its inputs' contents at the committed epoch, as inserts; their
     /// result goes into the view unless `into_view` is false (it is there already).
     ///
-    /// The rows go through in chunks of about [`BACKFILL_CHUNK_ROWS`], so that `backfill` tells
-    /// how far it got; the view receives the result of all of them at once, at the last.
+    /// The rows go through in chunks (see [`BACKFILL_CHUNK_TIME`]), so that `backfill` tells how
+    /// far it got; the view receives the result of all of them at once, at the last.
     fn backfill_operators(
         &mut self,
         df: &mut Dataflow,
@@ -1899,23 +1942,28 @@ impl Worker {
                     .collect(),
             ));
         }
-        let total: usize = initial
-            .iter()
-            .flat_map(|(_, b)| b)
-            .map(ZBatch::num_rows)
-            .sum();
-        backfill.rows_total.store(total as u64, Ordering::Relaxed);
-        let mut chunks = backfill_chunks(initial, BACKFILL_CHUNK_ROWS);
-        let last = chunks.pop().unwrap_or_default();
+        let mut chunks = Chunks::new(initial);
+        backfill
+            .rows_total
+            .store(chunks.rows_left as u64, Ordering::Relaxed);
         let pool = self.pool.as_deref();
         let clock = self.clock;
-        for chunk in chunks {
+        let started = Instant::now();
+        let mut rows = BACKFILL_FIRST_CHUNK_ROWS;
+        let last = loop {
+            // A remainder not much larger than a chunk goes with it.
+            if chunks.rows_left <= rows + rows / 2 {
+                break chunks.take(chunks.rows_left);
+            }
+            let chunk = chunks.take(rows);
+            let chunk_started = Instant::now();
             let feed = |input: Input| chunk_input(&chunk, input);
             guarded(|| df.step_held(pool, epoch, clock, &feed, into_view))?;
             backfill
                 .rows_done
                 .fetch_add(chunk_rows(&chunk), Ordering::Relaxed);
-        }
+            rows = next_chunk_rows(rows, chunk_started.elapsed(), started.elapsed());
+        };
         let feed = |input: Input| chunk_input(&last, input);
         let marks = WatermarkSource {
             tables: &self.table_watermarks,
@@ -1939,5 +1987,62 @@ impl Worker {
             *w = next;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(values: std::ops::Range<i64>) -> ZBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let column = Arc::new(Int64Array::from_iter_values(values));
+        ZBatch::uniform(RecordBatch::try_new(schema, vec![column]).unwrap(), 1)
+    }
+
+    fn values(batches: &[ZBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let column = b.data.column(0).as_any().downcast_ref::<Int64Array>();
+                column.unwrap().values().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_hand_out_every_row_once_in_order() {
+        let (a, b) = (Input::Table(1), Input::Table(2));
+        let mut chunks = Chunks::new(vec![
+            (a, vec![batch(0..5), batch(5..7)]),
+            (b, vec![batch(100..104)]),
+        ]);
+        assert_eq!(chunks.rows_left, 11);
+        let first = chunks.take(6);
+        assert_eq!(values(&chunk_input(&first, a)), vec![0, 1, 2, 3, 4, 5]);
+        assert!(chunk_input(&first, b).is_empty());
+        let second = chunks.take(3);
+        assert_eq!(values(&chunk_input(&second, a)), vec![6]);
+        assert_eq!(values(&chunk_input(&second, b)), vec![100, 101]);
+        let rest = chunks.take(100);
+        assert_eq!(chunk_rows(&rest), 2);
+        assert_eq!(chunks.rows_left, 0);
+        assert!(chunks.take(10).is_empty());
+    }
+
+    #[test]
+    fn chunks_grow_towards_their_time_and_with_the_backfill() {
+        let rows = BACKFILL_FIRST_CHUNK_ROWS;
+        let ms = Duration::from_millis;
+        // Fast chunks grow, at most fourfold; slow ones shrink, at most by half, never below
+        // the first chunk.
+        assert_eq!(next_chunk_rows(rows, ms(1), ms(1)), 4 * rows);
+        assert_eq!(next_chunk_rows(4 * rows, ms(125), ms(500)), 8 * rows);
+        assert_eq!(next_chunk_rows(8 * rows, ms(2000), ms(3000)), 4 * rows);
+        assert_eq!(next_chunk_rows(rows, ms(2000), ms(3000)), rows);
+        // After 16 s a chunk may take a second.
+        assert_eq!(next_chunk_rows(8 * rows, ms(500), ms(16_000)), 16 * rows);
     }
 }
