@@ -40,7 +40,7 @@ pub mod sqlstate {
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const INVALID_TABLE_DEFINITION: &str = "42P16";
-    pub const INVALID_COLUMN_REFERENCE: &str = "42P10";
+    pub const AMBIGUOUS_COLUMN: &str = "42702";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const INSUFFICIENT_RESOURCES: &str = "53000";
     pub const DISK_FULL: &str = "53100";

@@ -23,3 +23,13 @@ CREATE TABLE events_again (user_id int, kind text, at timestamp);
 \copy events_again FROM 'sql-tests/psql/events.csv' CSV HEADER
 SELECT count(*) FROM events_again;
 \conninfo
+-- PostgreSQL's other spellings: ABORT ends a transaction, DROP … IF EXISTS names each missing
+-- object, SET … TO DEFAULT goes back to the connection's value (psql sent application_name).
+BEGIN;
+ABORT;
+DROP TABLE IF EXISTS nosuch_a, nosuch_b;
+SET application_name = 'changed';
+SET application_name TO DEFAULT;
+SHOW application_name;
+CREATE TABLE nosuch.t (a int);
+SELECT CAST(40000 AS smallint);

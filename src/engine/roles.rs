@@ -293,7 +293,7 @@ impl Session {
         if_exists: bool,
     ) -> Result<Output> {
         self.require_superuser("drop role")?;
-        let mut skipped = None;
+        let mut skipped = Vec::new();
         for name in names {
             let name = crate::sql::table_name(name)?;
             if name == BOOTSTRAP_ROLE {
@@ -310,7 +310,7 @@ impl Session {
             }
             if self.engine.catalog().role(&name).is_none() {
                 if if_exists {
-                    skipped = Some(name);
+                    skipped.push(format!("role \"{name}\" does not exist, skipping"));
                     continue;
                 }
                 return Err(crate::err!(
@@ -320,10 +320,10 @@ impl Session {
             }
             self.engine.write_role(&name, |_| Ok(None))?;
         }
-        if let Some(name) = skipped {
+        if !skipped.is_empty() {
             return Ok(Output::Warning {
                 tag: "DROP ROLE",
-                message: format!("role \"{name}\" does not exist, skipping"),
+                message: skipped.join("\n"),
             });
         }
         Ok(Output::Command {

@@ -41,7 +41,8 @@ pub enum Output {
     TransactionEnd { tag: &'static str },
     /// COPY … FROM STDIN: the server now reads CopyData and calls [`Session::copy_rows`].
     CopyIn(CopyIn),
-    /// A warning (PostgreSQL sends these as NOTICE/WARNING) plus a command tag.
+    /// A warning (PostgreSQL sends these as NOTICE/WARNING) plus a command tag; each line of
+    /// `message` is a notice of its own (`DROP TABLE IF EXISTS a, b` skipping both).
     Warning { tag: &'static str, message: String },
     /// SUBSCRIBE: the server streams the subscription until it ends — as DataRows, or as COPY
     /// data in `copy`'s format for `COPY (SUBSCRIBE …) TO STDOUT`.
@@ -1225,6 +1226,11 @@ impl Session {
                 });
             }
             other => return Err(unsupported!("{other}")),
+        };
+        // SET x TO DEFAULT: the value the connection started with, as RESET x.
+        let value = match self.initial_settings.get(&name) {
+            Some(initial) if value.eq_ignore_ascii_case("default") => initial.clone(),
+            _ => value,
         };
         if local {
             if self.tx.is_none() {

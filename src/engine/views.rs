@@ -299,7 +299,7 @@ impl Session {
                     )));
                 }
                 if if_exists {
-                    skipped.push(name);
+                    skipped.push(format!("{kind} \"{name}\" does not exist, skipping"));
                     continue;
                 }
                 return Err(crate::err!(
@@ -315,10 +315,10 @@ impl Session {
                 _ => self.engine.drop_view(&name, false, cascade).await?,
             }
         }
-        if let Some(name) = skipped.first() {
+        if !skipped.is_empty() {
             return Ok(Output::Warning {
                 tag,
-                message: format!("{kind} \"{name}\" does not exist, skipping"),
+                message: skipped.join("\n"),
             });
         }
         Ok(Output::Command { tag, rows: None })

@@ -572,7 +572,11 @@ impl Handlers {
                     _ => "00000",
                 };
                 let severity = if code == "00000" { "NOTICE" } else { "WARNING" };
-                client.feed(notice(severity, code, message)).await?;
+                for line in message.lines() {
+                    client
+                        .feed(notice(severity, code, line.to_string()))
+                        .await?;
+                }
                 Response::Execution(Tag::new(tag))
             }
             Output::CopyIn(copy) => {

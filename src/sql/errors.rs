@@ -12,6 +12,10 @@ use crate::error::{Error, sqlstate};
 pub fn from_arrow(e: ArrowError) -> Error {
     match e {
         ArrowError::DivideByZero => Error::new(sqlstate::DIVISION_BY_ZERO, "division by zero"),
+        // A number cast to a narrower type that cannot hold it.
+        ArrowError::CastError(msg) if msg.starts_with("Can't cast value") => {
+            Error::new(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, out_of_range_message(&msg))
+        }
         ArrowError::CastError(msg) | ArrowError::ParseError(msg) => {
             Error::new(sqlstate::INVALID_TEXT_REPRESENTATION, msg)
         }
@@ -36,6 +40,18 @@ pub fn from_arrow(e: ArrowError) -> Error {
     }
 }
 
+/// PostgreSQL's words for arrow's "Can't cast value 40000 to type Int16": "smallint out of
+/// range" (arrow's text for types PostgreSQL has no name for).
+fn out_of_range_message(msg: &str) -> String {
+    let pg_type = match msg.rsplit(' ').next() {
+        Some("Int16") => "smallint",
+        Some("Int32") => "integer",
+        Some("Int64") => "bigint",
+        _ => return msg.to_string(),
+    };
+    format!("{pg_type} out of range")
+}
+
 pub fn from_datafusion(e: DataFusionError) -> Error {
     match e {
         DataFusionError::ArrowError(inner, _) => from_arrow(*inner),
@@ -55,7 +71,7 @@ pub fn from_datafusion(e: DataFusionError) -> Error {
                 format!("column \"{}\" does not exist", field.name),
             ),
             SchemaError::AmbiguousReference { field } => Error::new(
-                sqlstate::INVALID_COLUMN_REFERENCE,
+                sqlstate::AMBIGUOUS_COLUMN,
                 format!("column reference \"{}\" is ambiguous", field.name),
             ),
             SchemaError::DuplicateQualifiedField { .. }

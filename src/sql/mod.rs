@@ -305,6 +305,12 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Parsed> {
         create_user = word_is(&tokens[significant[0]].token, Keyword::CREATE);
         tokens[significant[1]] = TokenWithSpan::wrap(Token::make_keyword("ROLE"));
     }
+    // ABORT: PostgreSQL's synonym of ROLLBACK (whose command tag it also sends).
+    if let Some(&first) = significant.first()
+        && word_is(&tokens[first].token, Keyword::ABORT)
+    {
+        tokens[first] = TokenWithSpan::wrap(Token::make_keyword("ROLLBACK"));
+    }
     // SHOW CREATE MATERIALIZED VIEW v: sqlparser knows only SHOW CREATE VIEW (which shows
     // materialized views too).
     if significant.len() >= 4
@@ -720,6 +726,9 @@ pub fn normalize_ident(ident: &ast::Ident) -> String {
     }
 }
 
+/// The schemas Eddy shows besides `public`; they hold only its system views.
+const SYSTEM_SCHEMAS: [&str; 3] = ["pg_catalog", "information_schema", "eddy_catalog"];
+
 /// The table name of an object name (`schema.name` accepts only `public` or no schema).
 pub fn table_name(name: &ast::ObjectName) -> Result<String> {
     let parts: Vec<String> = name
@@ -736,9 +745,13 @@ pub fn table_name(name: &ast::ObjectName) -> Result<String> {
         [db, schema, name] if schema == "public" && (db == "eddy" || db == "main") => {
             Ok(name.clone())
         }
+        [schema, _] if !SYSTEM_SCHEMAS.contains(&schema.as_str()) => Err(crate::err!(
+            sqlstate::INVALID_SCHEMA_NAME,
+            "schema \"{schema}\" does not exist (Eddy has one schema for tables and views, public)"
+        )),
         _ => Err(crate::err!(
             sqlstate::UNDEFINED_TABLE,
-            "relation \"{name}\" does not exist (Eddy has one schema, public)"
+            "relation \"{name}\" does not exist (Eddy has one schema for tables and views, public)"
         )),
     }
 }
