@@ -271,6 +271,22 @@ impl EddyProcess {
         EddyProcess { child, port }
     }
 
+    /// The binary run as its container image runs it: no arguments, every setting from the
+    /// environment `env` (which must give the address, on `port`); stdout and stderr (its log)
+    /// go to `log`.
+    pub fn spawn_with_env(port: u16, env: &[(String, String)], log: std::fs::File) -> EddyProcess {
+        watchdog();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("eddy starts");
+        CHILDREN.lock().unwrap().push(child.id());
+        EddyProcess { child, port }
+    }
+
     /// `kill -9`, and waits for the process to be gone.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill -9");
