@@ -149,7 +149,10 @@ fn from_plan_message(msg: String) -> Error {
     if lower.contains("placeholder") {
         return Error::new(sqlstate::INVALID_PARAMETER_VALUE, msg);
     }
-    if lower.contains("unsupported") || lower.contains("not supported") {
+    if lower.contains("unsupported")
+        || lower.contains("not supported")
+        || lower.contains("correlated scalar subquery can only be used")
+    {
         return Error::new(sqlstate::FEATURE_NOT_SUPPORTED, msg);
     }
     Error::new(sqlstate::SYNTAX_ERROR, msg)

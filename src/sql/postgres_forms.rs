@@ -11,6 +11,9 @@
 //!  SELECT x IN (SELECT …), ORDER BY x IN (SELECT …)
 //!                                      ─► CASE over (SELECT array_agg(…) FROM (…)) …
 //!       (DataFusion plans IN (subquery) only in WHERE, HAVING and JOIN conditions)
+//!  SELECT EXISTS (SELECT … FROM t WHERE c)
+//!                                      ─► SELECT (SELECT count(*) > 0 FROM t WHERE c)
+//!       (the same for EXISTS, which migration tools and ORMs send to ask whether a row is there)
 //! ```
 //!
 //! What functions exist is the engine's to say: it passes which names are table functions.
@@ -49,9 +52,7 @@ pub fn rewrite(stmt: &Statement, is_table_function: &dyn Fn(&str) -> bool) -> St
             for item in select.projection.iter_mut() {
                 match item {
                     ast::SelectItem::UnnamedExpr(e)
-                    | ast::SelectItem::ExprWithAlias { expr: e, .. } => {
-                        in_subquery_outside_where(e)
-                    }
+                    | ast::SelectItem::ExprWithAlias { expr: e, .. } => subqueries_outside_where(e),
                     _ => {}
                 }
             }
@@ -64,7 +65,7 @@ pub fn rewrite(stmt: &Statement, is_table_function: &dyn Fn(&str) -> bool) -> St
             }) = query.order_by.as_mut()
             {
                 for o in exprs.iter_mut() {
-                    in_subquery_outside_where(&mut o.expr);
+                    subqueries_outside_where(&mut o.expr);
                 }
             }
             ControlFlow::Continue(())
@@ -234,8 +235,9 @@ pub fn parse_array_literal(text: &str) -> Option<Vec<Option<String>>> {
 /// Rewrites `x [NOT] IN (subquery)` in `expr` (not in subqueries of it, whose WHERE clauses
 /// DataFusion plans) into scalar subqueries over the subquery's values, keeping PostgreSQL's
 /// three-valued result: false for no rows; NULL when `x` is NULL or, unmatched, the rows hold
-/// a NULL; else whether a row equals `x`.
-fn in_subquery_outside_where(expr: &mut Expr) {
+/// a NULL; else whether a row equals `x`. `[NOT] EXISTS (subquery)` becomes a scalar subquery
+/// counting its rows.
+fn subqueries_outside_where(expr: &mut Expr) {
     struct Rewriter {
         depth: usize,
     }
@@ -250,6 +252,18 @@ fn in_subquery_outside_where(expr: &mut Expr) {
             ControlFlow::Continue(())
         }
         fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if self.depth == 0
+                && let Expr::Exists { subquery, negated } = expr
+            {
+                let text = format!(
+                    "{not}({})",
+                    subquery_has_rows(subquery),
+                    not = if *negated { "NOT " } else { "" },
+                );
+                if let Some(rewritten) = parse_expr(&text) {
+                    *expr = rewritten;
+                }
+            }
             if self.depth == 0
                 && let Expr::InSubquery {
                     expr: needle,
@@ -284,14 +298,46 @@ fn in_subquery_outside_where(expr: &mut Expr) {
 /// refer to the outer row, which DataFusion decorrelates); anything else is read as a derived
 /// table `eddy_in_values(v)`.
 fn subquery_values(query: &Query) -> (String, String) {
-    let derived = || {
-        (
+    let item = plain_select(query).and_then(|select| match select.projection.as_slice() {
+        [ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }]
+            if !aggregates(e) =>
+        {
+            Some((e, from_where(select)))
+        }
+        _ => None,
+    });
+    match item {
+        Some((item, values)) => (format!("({item})"), values),
+        None => (
             "v".to_string(),
             format!("FROM ({query}) AS eddy_in_values(v)"),
-        )
-    };
+        ),
+    }
+}
+
+/// A scalar subquery saying whether `query` has a row: a plain SELECT counts the rows of its
+/// own FROM … WHERE … (so it may refer to the outer row); anything else (one with GROUP BY,
+/// LIMIT, or aggregates that make one row of none) is counted as a derived table.
+fn subquery_has_rows(query: &Query) -> String {
+    let plain = plain_select(query).filter(|select| {
+        !select.projection.iter().any(|item| match item {
+            ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => {
+                aggregates(e)
+            }
+            _ => false,
+        })
+    });
+    match plain {
+        Some(select) => format!("SELECT count(*) > 0 {}", from_where(select)),
+        None => format!("SELECT count(*) > 0 FROM ({query}) AS eddy_exists"),
+    }
+}
+
+/// `query`'s SELECT when it is only a SELECT … FROM … WHERE … (DISTINCT at most), whose rows
+/// are those of its FROM that pass its WHERE.
+fn plain_select(query: &Query) -> Option<&Select> {
     let ast::SetExpr::Select(select) = query.body.as_ref() else {
-        return derived();
+        return None;
     };
     let plain_query = query.with.is_none()
         && query.limit_clause.is_none()
@@ -302,22 +348,20 @@ fn subquery_values(query: &Query) -> (String, String) {
         && select.named_window.is_empty()
         && select.qualify.is_none()
         && matches!(select.distinct, None | Some(ast::Distinct::Distinct));
-    let item = match select.projection.as_slice() {
-        [ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }] => e,
-        _ => return derived(),
-    };
-    if !plain_query || !plain_select || aggregates(item) {
-        return derived();
-    }
-    let mut values = String::new();
+    (plain_query && plain_select).then_some(select.as_ref())
+}
+
+/// A plain SELECT's `FROM … WHERE …` (either may be absent).
+fn from_where(select: &Select) -> String {
+    let mut text = String::new();
     if !select.from.is_empty() {
         let from: Vec<String> = select.from.iter().map(ToString::to_string).collect();
-        values = format!("FROM {}", from.join(", "));
+        text = format!("FROM {}", from.join(", "));
     }
     if let Some(selection) = &select.selection {
-        values = format!("{values} WHERE {selection}");
+        text = format!("{text} WHERE {selection}");
     }
-    (format!("({item})"), values)
+    text
 }
 
 /// Whether `expr` may aggregate or be a window function (then it cannot be aggregated again).
@@ -434,5 +478,27 @@ mod tests {
         );
         let out = rewritten("SELECT a FROM u ORDER BY a NOT IN (SELECT b FROM t)");
         assert!(out.contains("ORDER BY NOT (CASE WHEN"), "{out}");
+    }
+
+    #[test]
+    fn exists_outside_where_counts_rows() {
+        assert_eq!(
+            rewritten("SELECT EXISTS (SELECT 1 FROM t WHERE t.a = u.a) FROM u"),
+            "SELECT (SELECT count(*) > 0 FROM t WHERE t.a = u.a) FROM u"
+        );
+        assert_eq!(
+            rewritten("SELECT NOT EXISTS (SELECT a FROM t GROUP BY a) AS none"),
+            "SELECT NOT (SELECT count(*) > 0 FROM (SELECT a FROM t GROUP BY a) AS eddy_exists) AS none"
+        );
+        // An aggregate makes one row of none: counted as it is.
+        assert!(
+            rewritten("SELECT EXISTS (SELECT max(a) FROM t)")
+                .contains("FROM (SELECT max(a) FROM t) AS eddy_exists")
+        );
+        // WHERE keeps its EXISTS, which DataFusion plans.
+        assert_eq!(
+            rewritten("SELECT 1 FROM u WHERE EXISTS (SELECT 1 FROM t)"),
+            "SELECT 1 FROM u WHERE EXISTS (SELECT 1 FROM t)"
+        );
     }
 }

@@ -852,7 +852,14 @@ impl Operator for Join {
         }
 
         // Finally store the incoming rows. Rows with a NULL key never match: nothing to store.
-        let rows = self.sides[a].converter().convert_columns(data.columns())?;
+        // A side without columns (the one row of a SELECT without FROM, joined to a scalar
+        // subquery) stores empty rows: arrow's row format cannot count rows of no columns.
+        let rows = if data.num_columns() == 0 {
+            None
+        } else {
+            Some(self.sides[a].converter().convert_columns(data.columns())?)
+        };
+        let row = |i: usize| -> &[u8] { rows.as_ref().map_or(&[], |r| r.row(i).data()) };
         for i in 0..n {
             if weights[i] == 0 {
                 continue;
@@ -862,19 +869,15 @@ impl Operator for Join {
                 if a == LEFT
                     && let Some(na) = self.null_aware.as_mut()
                 {
-                    na.left_nulls
-                        .update(0, &[], rows.row(i).as_ref(), weights[i], 0)?;
-                    self.unsaved.push(
-                        &[&[LEFT_NULLS as u8], &[], rows.row(i).as_ref()],
-                        weights[i],
-                    );
+                    na.left_nulls.update(0, &[], row(i), weights[i], 0)?;
+                    self.unsaved
+                        .push(&[&[LEFT_NULLS as u8], &[], row(i)], weights[i]);
                 }
                 continue;
             }
             let m = if track_a { matches[i] } else { 0 };
-            self.sides[a].update(hashes[i], key(i), rows.row(i).as_ref(), weights[i], m)?;
-            self.unsaved
-                .push(&[&[a as u8], key(i), rows.row(i).as_ref()], weights[i]);
+            self.sides[a].update(hashes[i], key(i), row(i), weights[i], m)?;
+            self.unsaved.push(&[&[a as u8], key(i), row(i)], weights[i]);
         }
         Ok(())
     }
