@@ -49,6 +49,7 @@ pub mod sqlstate {
     pub const DUPLICATE_CURSOR: &str = "42P03";
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const IO_ERROR: &str = "58030";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";

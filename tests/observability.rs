@@ -215,3 +215,157 @@ async fn a_long_backfill_reports_its_progress_in_notices_and_the_system_view() {
         .unwrap_err();
     assert_eq!(bad.code().unwrap().code(), "22023");
 }
+
+/// A connection with this application_name and user (loopback lets any user in).
+async fn connect_as(
+    server: &eddy::server::Server,
+    user: &str,
+    app: &str,
+) -> tokio_postgres::Client {
+    let conninfo = common::conninfo(server).replace("user=eddy", &format!("user={user}"));
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{conninfo} application_name={app}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// pg_stat_activity lists each connection with what it is doing; pg_cancel_backend stops a
+/// running statement (a subscription here), pg_terminate_backend ends a connection and its
+/// open transaction; a role that is not a superuser may signal only its own sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_stat_activity_shows_sessions_and_pg_cancel_and_terminate_backend_stop_them() {
+    let (server, _dir) = start().await;
+    let admin = connect_as(&server, "eddy", "admin").await;
+    admin
+        .batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let writer = connect_as(&server, "eddy", "writer").await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    let subscriber = connect_as(&server, "eddy", "subscriber").await;
+    let subscription = tokio::spawn(async move {
+        let lines = subscriber
+            .copy_out("COPY (SUBSCRIBE t) TO STDOUT")
+            .await
+            .unwrap();
+        // The rows, until the error that ends them.
+        let end = futures::TryStreamExt::try_collect::<Vec<_>>(lines).await;
+        (subscriber, end)
+    });
+    // Wait until the subscription is running.
+    let activity = "SELECT application_name, usename, state, query, client_addr, \
+                    xact_start IS NOT NULL, backend_start <= query_start \
+                    FROM pg_stat_activity ORDER BY application_name";
+    let mut rows = Vec::new();
+    for _ in 0..200 {
+        rows = query_rows(&admin, activity).await;
+        if rows.len() == 3 && rows[1][2] == "active" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        rows,
+        [
+            ["admin", "eddy", "active", activity, "127.0.0.1", "t", "t"],
+            [
+                "subscriber",
+                "eddy",
+                "active",
+                "COPY (SUBSCRIBE t) TO STDOUT",
+                "127.0.0.1",
+                "t",
+                "t"
+            ],
+            [
+                "writer",
+                "eddy",
+                "idle in transaction",
+                "BEGIN; INSERT INTO t VALUES (2)",
+                "127.0.0.1",
+                "t",
+                "t"
+            ],
+        ]
+    );
+    let pid_of =
+        |app: &str| format!("(SELECT pid FROM pg_stat_activity WHERE application_name = '{app}')");
+
+    // Another role may not signal eddy's sessions.
+    let other = connect_as(&server, "bob", "other").await;
+    let denied = other
+        .simple_query(&format!(
+            "SELECT pg_cancel_backend({})",
+            pid_of("subscriber")
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code().unwrap().code(), "42501", "{denied}");
+    assert_eq!(
+        query_rows(
+            &other,
+            &format!("SELECT pg_cancel_backend({})", pid_of("other"))
+        )
+        .await,
+        [["t"]]
+    );
+
+    // Cancel: the subscription ends with 57014; its connection stays.
+    assert_eq!(
+        query_rows(
+            &admin,
+            &format!("SELECT pg_cancel_backend({})", pid_of("subscriber"))
+        )
+        .await,
+        [["t"]]
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), subscription)
+        .await
+        .expect("the subscription still runs after pg_cancel_backend")
+        .unwrap();
+    let (subscriber, ended) = ended;
+    let error = ended.expect_err("an error ends it");
+    assert_eq!(error.code().unwrap().code(), "57014", "{error}");
+    assert_eq!(query_rows(&subscriber, "SELECT 1").await, [["1"]]);
+
+    // Terminate: the connection goes, and with it the transaction's insert.
+    assert_eq!(
+        query_rows(
+            &admin,
+            &format!("SELECT pg_terminate_backend({})", pid_of("writer"))
+        )
+        .await,
+        [["t"]]
+    );
+    assert!(writer.simple_query("COMMIT").await.is_err());
+    let mut apps = Vec::new();
+    for _ in 0..200 {
+        apps = query_rows(
+            &admin,
+            "SELECT application_name FROM pg_stat_activity ORDER BY 1",
+        )
+        .await;
+        if apps.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(apps, [["admin"], ["other"], ["subscriber"]]);
+    assert_eq!(query_rows(&admin, "SELECT count(*) FROM t").await, [["1"]]);
+    // No such backend: false.
+    assert_eq!(
+        query_rows(
+            &admin,
+            "SELECT pg_cancel_backend(-7), pg_terminate_backend(-7)"
+        )
+        .await,
+        [["f", "f"]]
+    );
+}

@@ -18,6 +18,7 @@
 //!
 //! The server talks to the engine only through [`Session`] (and [`Engine::open`]/[`Engine::close`]).
 
+pub mod activity;
 mod admission;
 pub mod clock;
 mod convert;
@@ -242,6 +243,8 @@ pub struct Engine {
     budget: Arc<ReplayBudget>,
     /// The running sources (see [`sources`]).
     sources: Mutex<HashMap<ObjectId, Arc<sources::SourceRun>>>,
+    /// The connected sessions (see [`activity`]).
+    backends: activity::Backends,
 }
 
 /// What `open` found, for `start`: the checkpoint, and the log records after it (applied to the
@@ -388,6 +391,7 @@ impl Engine {
             throughput: Mutex::new(HashMap::new()),
             budget,
             sources: Mutex::new(HashMap::new()),
+            backends: activity::Backends::default(),
         }))
     }
 
@@ -608,6 +612,11 @@ impl Engine {
     /// A consistent snapshot of the catalog.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().clone()
+    }
+
+    /// The connected sessions and what they are doing.
+    pub fn backends(&self) -> &activity::Backends {
+        &self.backends
     }
 
     pub fn durable_lsn(&self) -> Lsn {

@@ -541,6 +541,8 @@ enum Ty {
     TextList,
     IntList,
     OidList,
+    /// `timestamp with time zone`.
+    Timestamp,
 }
 
 impl Ty {
@@ -555,6 +557,7 @@ impl Ty {
             Ty::TextList => list_of(DataType::Utf8),
             Ty::IntList => list_of(DataType::Int64),
             Ty::OidList => list_of(DataType::UInt32),
+            Ty::Timestamp => SqlType::TimestampTz.to_arrow(),
         }
     }
 }
@@ -563,7 +566,7 @@ fn list_of(t: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", t, true)))
 }
 
-use Ty::{Bool, Float, Int, Int4, IntList, Oid, OidList, Text, TextList};
+use Ty::{Bool, Float, Int, Int4, IntList, Oid, OidList, Text, TextList, Timestamp};
 
 const TABLE_NAMES: &[&str] = &[
     "pg_am",
@@ -593,6 +596,7 @@ const TABLE_NAMES: &[&str] = &[
     "pg_roles",
     "pg_settings",
     "pg_shdescription",
+    "pg_stat_activity",
     "pg_statistic_ext",
     "pg_tables",
     "pg_tablespace",
@@ -608,6 +612,7 @@ const CATALOG_VIEWS: &[&str] = &[
     "pg_matviews",
     "pg_roles",
     "pg_settings",
+    "pg_stat_activity",
     "pg_tables",
     "pg_user",
     "pg_views",
@@ -983,6 +988,30 @@ fn columns(name: &str) -> Option<&'static [(&'static str, Ty)]> {
             ("passwd", Text),
             ("valuntil", Text),
             ("useconfig", TextList),
+        ],
+        "pg_stat_activity" => &[
+            ("datid", Oid),
+            ("datname", Text),
+            ("pid", Int4),
+            ("leader_pid", Int4),
+            ("usesysid", Oid),
+            ("usename", Text),
+            ("application_name", Text),
+            ("client_addr", Text),
+            ("client_hostname", Text),
+            ("client_port", Int4),
+            ("backend_start", Timestamp),
+            ("xact_start", Timestamp),
+            ("query_start", Timestamp),
+            ("state_change", Timestamp),
+            ("wait_event_type", Text),
+            ("wait_event", Text),
+            ("state", Text),
+            ("backend_xid", Text),
+            ("backend_xmin", Text),
+            ("query_id", Int),
+            ("query", Text),
+            ("backend_type", Text),
         ],
         "pg_auth_members" => &[
             ("oid", Int),
@@ -1504,6 +1533,64 @@ impl PgCatalog {
                             ("passwd", hidden),
                         ]);
                     }
+                }
+            }
+            "pg_stat_activity" => {
+                let time = |t: std::time::SystemTime| {
+                    let us = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64);
+                    ScalarValue::TimestampMicrosecond(Some(us), Some("+00:00".into()))
+                };
+                let null_time = ScalarValue::TimestampMicrosecond(None, Some("+00:00".into()));
+                let time_or_null =
+                    |t: Option<std::time::SystemTime>| t.map_or(null_time.clone(), time);
+                for backend in self.engine.backends().list() {
+                    let a = backend.activity();
+                    let idle = a.state != "active";
+                    t.row(&[
+                        ("datid", i(DATABASE_OID)),
+                        ("datname", s(DATABASE)),
+                        ("pid", ScalarValue::Int32(Some(backend.pid))),
+                        ("usesysid", i(role_oid(&backend.user))),
+                        ("usename", s(&backend.user)),
+                        ("application_name", s(&backend.application_name())),
+                        (
+                            "client_addr",
+                            backend
+                                .client
+                                .map_or(ScalarValue::Utf8(None), |c| s(&c.ip().to_string())),
+                        ),
+                        (
+                            "client_port",
+                            ScalarValue::Int32(Some(
+                                backend.client.map_or(-1, |c| c.port().into()),
+                            )),
+                        ),
+                        ("backend_start", time(backend.started)),
+                        ("xact_start", time_or_null(a.xact_start)),
+                        ("query_start", time_or_null(a.query_start)),
+                        ("state_change", time(a.state_change)),
+                        (
+                            "wait_event_type",
+                            if idle {
+                                s("Client")
+                            } else {
+                                ScalarValue::Utf8(None)
+                            },
+                        ),
+                        (
+                            "wait_event",
+                            if idle {
+                                s("ClientRead")
+                            } else {
+                                ScalarValue::Utf8(None)
+                            },
+                        ),
+                        ("state", s(a.state)),
+                        ("query", s(&a.query)),
+                        ("backend_type", s("client backend")),
+                    ]);
                 }
             }
             "pg_settings" => {

@@ -1044,8 +1044,130 @@ impl ScalarUDFImpl for SessionConstant {
     }
 }
 
+/// `pg_cancel_backend(pid)` and `pg_terminate_backend(pid [, timeout])`: true when the
+/// backend was signalled, false when no session has that pid. A superuser may signal any
+/// session, others only their own role's (42501).
+struct SignalBackend {
+    terminate: bool,
+    engine: Arc<Engine>,
+    user: String,
+    signature: Signature,
+}
+
+impl fmt::Debug for SignalBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq for SignalBackend {
+    fn eq(&self, other: &Self) -> bool {
+        self.terminate == other.terminate
+            && Arc::ptr_eq(&self.engine, &other.engine)
+            && self.user == other.user
+    }
+}
+
+impl Eq for SignalBackend {}
+
+impl std::hash::Hash for SignalBackend {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            self.terminate,
+            &self.user,
+            Arc::as_ptr(&self.engine) as usize,
+        )
+            .hash(state)
+    }
+}
+
+impl ScalarUDFImpl for SignalBackend {
+    fn name(&self) -> &str {
+        if self.terminate {
+            "pg_terminate_backend"
+        } else {
+            "pg_cancel_backend"
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let Some(pids) = args.args.first() else {
+            return Err(external(crate::err!(
+                sqlstate::UNDEFINED_FUNCTION,
+                "function {}() does not exist: it takes a backend pid",
+                self.name()
+            )));
+        };
+        let pids = datafusion::arrow::compute::cast(&pids.to_array(n)?, &DataType::Int64)?;
+        let superuser = self
+            .engine
+            .catalog()
+            .role(&self.user)
+            .is_some_and(|r| r.superuser);
+        let mut out = Vec::with_capacity(n);
+        for pid in pids.as_primitive::<datafusion::arrow::datatypes::Int64Type>() {
+            let Some(pid) = pid else {
+                out.push(None);
+                continue;
+            };
+            let backend = i32::try_from(pid)
+                .ok()
+                .and_then(|pid| self.engine.backends().by_pid(pid));
+            let Some(backend) = backend else {
+                out.push(Some(false));
+                continue;
+            };
+            if !superuser && backend.user != self.user {
+                return Err(external(
+                    crate::err!(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        "permission denied to {} process {pid}",
+                        if self.terminate {
+                            "terminate"
+                        } else {
+                            "cancel the query of"
+                        }
+                    )
+                    .with_detail(format!(
+                        "Only superusers and the role \"{}\" may signal it.",
+                        backend.user
+                    )),
+                ));
+            }
+            out.push(Some(if self.terminate {
+                backend.terminate()
+            } else {
+                backend.cancel()
+            }));
+        }
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
+    }
+}
+
 /// Functions whose value depends on the connection.
-pub fn register_session_functions(ctx: &SessionContext, user: &str, backend_pid: i32) {
+pub fn register_session_functions(
+    ctx: &SessionContext,
+    engine: &Arc<Engine>,
+    user: &str,
+    backend_pid: i32,
+) {
+    for terminate in [false, true] {
+        ctx.register_udf(ScalarUDF::from(SignalBackend {
+            terminate,
+            engine: engine.clone(),
+            user: user.to_string(),
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }));
+    }
     let constants = [
         ("current_user", ScalarValue::from(user)),
         // The SQL keyword `user` (Grafana's search-path expansion uses it).

@@ -178,6 +178,14 @@ pub struct Session {
     /// Where NOTICEs go while a statement runs (a backfill's progress), when the connection
     /// can send them then.
     live_notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Its row in pg_stat_activity (removed when the session is dropped).
+    backend: Arc<super::activity::Backend>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.engine.backends().remove(&self.backend);
+    }
 }
 
 impl Session {
@@ -200,7 +208,7 @@ impl Session {
             .get("user")
             .cloned()
             .unwrap_or_else(|| "eddy".into());
-        super::pg_functions::register_session_functions(&ctx, &user, backend_pid);
+        super::pg_functions::register_session_functions(&ctx, &engine, &user, backend_pid);
         if let Some(clock) = engine.manual_clock() {
             ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
                 super::clock::ManualNow::new(clock),
@@ -210,6 +218,12 @@ impl Session {
             Some(addr) => format!("{user}@{addr}"),
             None => user.clone(),
         };
+        let backend = engine.backends().register(super::activity::Backend::new(
+            backend_pid,
+            &user,
+            startup.get(CLIENT_ADDRESS).and_then(|a| a.parse().ok()),
+            settings.clone(),
+        ));
         Ok(Session {
             engine,
             ctx,
@@ -223,7 +237,22 @@ impl Session {
             cursors: HashMap::new(),
             notices: Vec::new(),
             live_notices: None,
+            backend,
         })
+    }
+
+    /// Its row in pg_stat_activity, which the server keeps up to date.
+    pub fn backend(&self) -> &Arc<super::activity::Backend> {
+        &self.backend
+    }
+
+    /// Its state between statements, in pg_stat_activity's words.
+    pub fn backend_state(&self) -> &'static str {
+        match &self.tx {
+            None => "idle",
+            Some(tx) if tx.failed => "idle in transaction (aborted)",
+            Some(_) => "idle in transaction",
+        }
     }
 
     /// The NOTICEs the statements run since the last call have for the client (late rows a

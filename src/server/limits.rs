@@ -212,16 +212,25 @@ fn terminate(stream: &std::net::TcpStream, secure: bool) {
         sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
         "terminating connection due to idle-in-transaction timeout",
     );
-    let info = ErrorInfo::new("FATAL".into(), error.sqlstate.into(), error.message);
+    end_connection(stream, Some(error).filter(|_| !secure));
+    tracing::info!("ended a session idle in a transaction block past its timeout");
+}
+
+/// Shuts the connection's socket down, so pgwire's loop ends and the session (with its
+/// transaction) goes; `fatal`, when given, is sent first as a FATAL message. Only while
+/// pgwire writes nothing (the session is idle), and not over TLS, whose stream this
+/// descriptor cannot write.
+pub(super) fn end_connection(stream: &std::net::TcpStream, fatal: Option<Error>) {
     let mut buf = bytes::BytesMut::new();
-    if !secure
-        && PgWireBackendMessage::ErrorResponse(info.into())
+    if let Some(error) = fatal {
+        let info = ErrorInfo::new("FATAL".into(), error.sqlstate.into(), error.message);
+        if PgWireBackendMessage::ErrorResponse(info.into())
             .encode(&mut buf)
             .is_ok()
-    {
-        let mut stream = stream;
-        let _ = stream.write_all(&buf);
+        {
+            let mut stream = stream;
+            let _ = stream.write_all(&buf);
+        }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    tracing::info!("ended a session idle in a transaction block past its timeout");
 }

@@ -40,6 +40,8 @@ use pgwire::api::auth::{
     save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::DefaultCancelHandler;
+
+use crate::engine::activity::{Backend, BackendControl};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -463,6 +465,79 @@ where
     Ok(output)
 }
 
+/// How `pg_cancel_backend` and `pg_terminate_backend` reach a connection.
+struct ConnectionControl {
+    /// What a CancelRequest fires.
+    handle: Arc<ConnectionHandle>,
+    /// The server's own descriptor for the connection's socket.
+    stream: Option<std::net::TcpStream>,
+    secure: bool,
+}
+
+impl BackendControl for ConnectionControl {
+    fn cancel(&self) {
+        // As a CancelRequest, which arrives on its own connection: the statement calling
+        // pg_cancel_backend does not wait for it.
+        let handle = self.handle.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { handle.cancel().await });
+            }
+            Err(_) => {
+                futures::executor::block_on(handle.cancel());
+            }
+        }
+    }
+
+    fn terminate(&self, idle: bool) {
+        self.cancel();
+        if let Some(stream) = &self.stream {
+            let fatal = (idle && !self.secure).then(|| {
+                Error::new(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                )
+            });
+            limits::end_connection(stream, fatal);
+        }
+    }
+}
+
+/// Shows a session as active in pg_stat_activity while a query runs, and idle (in its
+/// transaction's state) once it ends, also when a CancelRequest drops it midway.
+struct Active {
+    backend: Option<Arc<Backend>>,
+    cell: Arc<SessionCell>,
+}
+
+impl Active {
+    fn start<C: ClientInfo>(client: &C, cell: &Arc<SessionCell>, query: &str) -> Active {
+        let backend = client
+            .session_extensions()
+            .get::<Arc<Backend>>()
+            .map(|b| Arc::clone(&*b));
+        if let Some(backend) = &backend {
+            backend.start(query);
+        }
+        Active {
+            backend,
+            cell: cell.clone(),
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(backend) = &self.backend {
+            let state = self
+                .cell
+                .try_lock()
+                .map_or("idle", |session| session.backend_state());
+            backend.finish(state);
+        }
+    }
+}
+
 fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SessionCell>> {
     client
         .session_extensions()
@@ -717,7 +792,7 @@ impl Handlers {
         let (handle, guard) = self.manager.register(pid, key);
         client
             .session_extensions()
-            .insert::<Arc<ConnectionHandle>>(handle);
+            .insert::<Arc<ConnectionHandle>>(handle.clone());
         client.session_extensions().insert::<ConnectionGuard>(guard);
         let mut startup_params: HashMap<String, String> = client.metadata().clone();
         startup_params.insert(
@@ -733,6 +808,13 @@ impl Handlers {
                 .as_millis()
                 .to_string(),
         );
+        let backend = session.backend().clone();
+        backend.set_control(Arc::new(ConnectionControl {
+            handle,
+            stream: self.socket.and_then(|socket| socket.dup().ok()),
+            secure: client.is_secure(),
+        }));
+        client.session_extensions().insert::<Arc<Backend>>(backend);
         client
             .session_extensions()
             .insert::<SessionCell>(AsyncMutex::new(session));
@@ -764,6 +846,7 @@ impl SimpleQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let cell = session_of(client)?;
+        let _active = Active::start(client, &cell, query);
         let idle = client.session_extensions().get::<limits::IdleWatch>();
         if let Some(idle) = &idle {
             idle.busy();
@@ -975,13 +1058,14 @@ impl ExtendedQueryHandler for Handlers {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let cell = session_of(client)?;
+        let _active = Active::start(client, &cell, &portal.statement.statement.parsed.text);
         let idle = client.session_extensions().get::<limits::IdleWatch>();
         if let Some(idle) = &idle {
             idle.busy();
         }
         let mut response = self.extended_query(client, portal, max_rows).await;
         if let (Some(idle), Ok(response)) = (idle, &mut response) {
-            let cell = session_of(client)?;
             idle.arm_after(std::slice::from_mut(response), &*cell.lock().await);
         }
         response

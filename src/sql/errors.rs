@@ -13,9 +13,10 @@ pub fn from_arrow(e: ArrowError) -> Error {
     match e {
         ArrowError::DivideByZero => Error::new(sqlstate::DIVISION_BY_ZERO, "division by zero"),
         // A number cast to a narrower type that cannot hold it.
-        ArrowError::CastError(msg) if msg.starts_with("Can't cast value") => {
-            Error::new(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, out_of_range_message(&msg))
-        }
+        ArrowError::CastError(msg) if msg.starts_with("Can't cast value") => Error::new(
+            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            out_of_range_message(&msg),
+        ),
         ArrowError::CastError(msg) | ArrowError::ParseError(msg) => {
             Error::new(sqlstate::INVALID_TEXT_REPRESENTATION, msg)
         }
@@ -123,8 +124,24 @@ fn from_plan_message(msg: String) -> Error {
         .or_else(|| msg.strip_prefix("Table '"))
         && lower.contains("not found")
     {
-        let name = rest.split('\'').next().unwrap_or(rest);
-        let name = name.rsplit('.').next().unwrap_or(name);
+        let qualified = rest.split('\'').next().unwrap_or(rest);
+        let name = qualified.rsplit('.').next().unwrap_or(qualified);
+        // PostgreSQL's own catalogs that Eddy does not have: a missing feature, not a typo.
+        let schema = qualified.split('.').rev().nth(1).unwrap_or_default();
+        if name.starts_with("pg_") || schema == "pg_catalog" || schema == "information_schema" {
+            let schema = if schema == "information_schema" {
+                schema
+            } else {
+                "pg_catalog"
+            };
+            return Error::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "not supported: the system catalog {schema}.{name} (Eddy has the catalogs \
+                     that psql, drivers and BI tools read; see docs/sql.md)"
+                ),
+            );
+        }
         return Error::new(
             sqlstate::UNDEFINED_TABLE,
             format!("relation \"{name}\" does not exist"),
