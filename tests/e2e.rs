@@ -359,6 +359,61 @@ async fn copy_from_stdin_text_and_csv() {
     server.shutdown().await;
 }
 
+/// COPY … TO STDOUT through a driver (the extended protocol): what was copied in comes out in
+/// text and CSV, and a copy out round-trips through COPY FROM STDIN.
+#[tokio::test]
+async fn copy_to_stdout_text_csv_and_round_trip() {
+    let (server, _dir) = start().await;
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE src (id int PRIMARY KEY, name text, at timestamp);
+             INSERT INTO src SELECT i, CASE WHEN i % 3 = 0 THEN NULL ELSE 'n, \"' || i || E'\\t' END,
+               TIMESTAMP '2024-01-01 00:00:00' + CAST(i || ' minutes' AS interval)
+             FROM generate_series(1, 5000) AS s(i);
+             CREATE TABLE dst (id int PRIMARY KEY, name text, at timestamp);",
+        )
+        .await
+        .unwrap();
+    let copy_out = |query: &'static str| {
+        let client = &client;
+        async move {
+            let stream = client.copy_out(query).await.unwrap();
+            let chunks: Vec<bytes::Bytes> =
+                futures::TryStreamExt::try_collect(stream).await.unwrap();
+            chunks.concat()
+        }
+    };
+    let text = copy_out("COPY src TO STDOUT").await;
+    assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 5000);
+    let csv = copy_out("COPY (SELECT id, name FROM src WHERE id <= 3 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)").await;
+    assert_eq!(
+        String::from_utf8(csv).unwrap(),
+        "id,name\n1,\"n, \"\"1\t\"\n2,\"n, \"\"2\t\"\n3,\n"
+    );
+    // The text copy loads into a table of the same columns and equals the source.
+    let sink = client.copy_in("COPY dst FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(text)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    let differ = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT * FROM src EXCEPT SELECT * FROM dst) AS d",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(differ.get::<_, i64>(0), 0);
+    // To a server file: refused (42501).
+    let e = client
+        .copy_out("COPY src TO '/tmp/src.txt'")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(code(&e), "42501");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn cancel_request_stops_a_running_query() {
     let (server, _dir) = start().await;

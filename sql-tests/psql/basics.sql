@@ -33,3 +33,8 @@ SET application_name TO DEFAULT;
 SHOW application_name;
 CREATE TABLE nosuch.t (a int);
 SELECT CAST(40000 AS smallint);
+-- COPY … TO STDOUT, which psql's \copy … TO 'file' sends: a table, some columns as CSV, a query.
+COPY users TO STDOUT;
+COPY users (id, name) TO STDOUT WITH (FORMAT csv, HEADER);
+COPY (SELECT name, joined FROM users ORDER BY id DESC) TO STDOUT CSV;
+COPY users TO '/tmp/users.txt';

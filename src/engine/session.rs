@@ -41,6 +41,12 @@ pub enum Output {
     TransactionEnd { tag: &'static str },
     /// COPY … FROM STDIN: the server now reads CopyData and calls [`Session::copy_rows`].
     CopyIn(CopyIn),
+    /// COPY table | (query) TO STDOUT: the rows to send as CopyData in `format`.
+    CopyOut {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        format: CopyFormat,
+    },
     /// A warning (PostgreSQL sends these as NOTICE/WARNING) plus a command tag; each line of
     /// `message` is a notice of its own (`DROP TABLE IF EXISTS a, b` skipping both).
     Warning { tag: &'static str, message: String },
@@ -675,7 +681,7 @@ impl Session {
                 values,
             } => {
                 if *to {
-                    return Err(unsupported!("COPY … TO"));
+                    return self.copy_to(source, target, options, legacy_options).await;
                 }
                 if !matches!(target, ast::CopyTarget::Stdin) {
                     return Err(Error::new(
@@ -751,6 +757,51 @@ impl Session {
                 })
             }
             other => Err(unsupported!("statement {}", statement_kind(other))),
+        }
+    }
+
+    /// `COPY table [(columns)] | (query) TO STDOUT`: the rows of the table (or view) or query
+    /// as of this statement, in text or CSV.
+    async fn copy_to(
+        &mut self,
+        source: &ast::CopySource,
+        target: &ast::CopyTarget,
+        options: &[ast::CopyOption],
+        legacy_options: &[ast::CopyLegacyOption],
+    ) -> Result<Output> {
+        if !matches!(target, ast::CopyTarget::Stdout) {
+            return Err(Error::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "COPY TO a file or program is not allowed; use COPY … TO STDOUT (psql's \\copy … \
+                 TO 'file' does that on the client)",
+            ));
+        }
+        let format = copy_format(options, legacy_options)?;
+        let query = match source {
+            ast::CopySource::Table {
+                table_name,
+                columns,
+            } => {
+                let columns: Vec<String> = columns.iter().map(ToString::to_string).collect();
+                let columns = if columns.is_empty() {
+                    "*".to_string()
+                } else {
+                    columns.join(", ")
+                };
+                format!("SELECT {columns} FROM {table_name}")
+            }
+            ast::CopySource::Query(query) => query.to_string(),
+        };
+        let parsed = sql::parse_all(&query)?
+            .pop()
+            .ok_or_else(|| crate::internal!("COPY's query parsed to nothing"))?;
+        match self.run_query(&parsed).await? {
+            Output::Rows { schema, stream, .. } => Ok(Output::CopyOut {
+                schema,
+                stream,
+                format,
+            }),
+            _ => Err(crate::internal!("COPY's query returned no rows")),
         }
     }
 

@@ -6,12 +6,67 @@
 //! (empty by default, unquoted); a value is quoted when it contains the delimiter, the quote,
 //! CR or LF, or equals the NULL string (so an empty string stays distinct from NULL).
 
+use std::fmt::Debug;
+
 use bytes::{BufMut, BytesMut};
 use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 
 use super::encode;
 use crate::engine::CopyFormat;
+
+/// Sends `COPY … TO STDOUT`'s rows: CopyOutResponse, the header line when asked for, one
+/// CopyData per row, CopyDone. Returns how many rows went (for the `COPY n` tag).
+pub async fn send<C>(
+    client: &mut C,
+    schema: &SchemaRef,
+    mut stream: SendableRecordBatchStream,
+    format: CopyFormat,
+) -> PgWireResult<usize>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let ncols = schema.fields().len();
+    client
+        .feed(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            0,
+            ncols as i16,
+            vec![0; ncols],
+        )))
+        .await?;
+    let mut writer = CopyWriter::new(format);
+    if writer.header() {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let mut line = BytesMut::new();
+        writer.write_header(&names, &mut line);
+        client
+            .feed(PgWireBackendMessage::CopyData(CopyData::new(line.freeze())))
+            .await?;
+    }
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| super::user_error(crate::sql::errors::from_datafusion(e)))?;
+        for row in 0..batch.num_rows() {
+            let mut line = BytesMut::with_capacity(64);
+            writer.write_row(&batch, row, &mut line);
+            client
+                .feed(PgWireBackendMessage::CopyData(CopyData::new(line.freeze())))
+                .await?;
+        }
+        rows += batch.num_rows();
+    }
+    client
+        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    Ok(rows)
+}
 
 pub struct CopyWriter {
     format: CopyFormat,

@@ -626,6 +626,14 @@ impl Handlers {
                 Response::Query(response)
             }
             Output::Command { tag, rows } => Response::Execution(command_tag(tag, rows)),
+            Output::CopyOut {
+                schema,
+                stream,
+                format,
+            } => {
+                let rows = copy_out::send(client, &schema, stream, format).await?;
+                Response::Execution(command_tag("COPY", Some(rows)))
+            }
             Output::Subscribe { subscription, copy } => {
                 let format = if copy.is_some() {
                     &Format::UnifiedText
