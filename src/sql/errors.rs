@@ -166,6 +166,15 @@ fn from_plan_message(msg: String) -> Error {
     if lower.contains("placeholder") {
         return Error::new(sqlstate::INVALID_PARAMETER_VALUE, msg);
     }
+    // Arithmetic PostgreSQL has and DataFusion lacks (integer × interval).
+    if lower.contains("cannot get result type for temporal operation") {
+        return Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "not supported: {msg} (for n × an interval, CAST(n || ' minutes' AS interval) works)"
+            ),
+        );
+    }
     if lower.contains("unsupported")
         || lower.contains("not supported")
         || lower.contains("correlated scalar subquery can only be used")
