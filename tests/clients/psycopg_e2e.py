@@ -110,6 +110,21 @@ def main():
     )
     check(conn.execute("SELECT n, total FROM totals").fetchone(), (3, 8), "the view")
 
+    # COPY out (how psycopg exports a table or a query) and back in.
+    with conn.cursor().copy("COPY (SELECT id, s FROM every_type ORDER BY id) TO STDOUT") as copy:
+        copied = [tuple(row) for row in copy.rows()]
+    check(len(copied), 3, "rows copied out")
+    check(copied[0][0], "1", "COPY TO's first id, as text")
+    conn.execute("CREATE TABLE copied (id int, s text)")
+    with conn.cursor().copy("COPY copied FROM STDIN") as copy:
+        for row in copied:
+            copy.write_row(row)
+    check(
+        conn.execute("SELECT count(*) FROM (SELECT id, s FROM every_type EXCEPT SELECT id, s FROM copied) d").fetchone(),
+        (0,),
+        "COPY TO then COPY FROM gives the same rows",
+    )
+
     sub = psycopg.connect(DSN)
     with sub.transaction():
         sub.execute("DECLARE c CURSOR FOR SUBSCRIBE totals")
