@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ServerOptions;
-use super::subscribe::SocketRef;
 use crate::engine::Session;
 use crate::error::{Error, Result, sqlstate};
 
@@ -109,13 +108,15 @@ pub struct IdleWatch {
 }
 
 impl IdleWatch {
-    /// `secure`: the connection is TLS, where the watch cannot write a message of its own, so
-    /// it only shuts the socket down.
-    pub fn start(socket: SocketRef, default: Duration, secure: bool) -> IdleWatch {
+    /// `stream`: the server's own descriptor for the connection's socket. `secure`: the
+    /// connection is TLS, where the watch cannot write a message of its own, so it only shuts
+    /// the socket down.
+    pub fn start(
+        stream: Option<Arc<std::net::TcpStream>>,
+        default: Duration,
+        secure: bool,
+    ) -> IdleWatch {
         let (deadline, mut changes) = watch::channel(None::<Instant>);
-        // Its own descriptor for the socket: stays valid (and the same socket) whatever
-        // happens to pgwire's.
-        let stream = socket.dup().ok();
         let task = tokio::spawn(async move {
             loop {
                 let at = *changes.borrow_and_update();

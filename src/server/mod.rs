@@ -40,8 +40,6 @@ use pgwire::api::auth::{
     save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::DefaultCancelHandler;
-
-use crate::engine::activity::{Backend, BackendControl};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -62,6 +60,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::engine::activity::{Backend, BackendControl};
 use crate::engine::{CopyIn, Engine, EngineConfig, Output, Prepared, Session};
 use crate::error::{Error, Result, sqlstate};
 use crate::sql;
@@ -470,7 +469,7 @@ struct ConnectionControl {
     /// What a CancelRequest fires.
     handle: Arc<ConnectionHandle>,
     /// The server's own descriptor for the connection's socket.
-    stream: Option<std::net::TcpStream>,
+    stream: Option<Arc<std::net::TcpStream>>,
     secure: bool,
 }
 
@@ -816,21 +815,27 @@ impl Handlers {
                 .as_millis()
                 .to_string(),
         );
+        // The server's own descriptor for the socket: stays valid (and the same socket)
+        // whatever happens to pgwire's, for the idle timeout and pg_terminate_backend.
+        let stream = self
+            .socket
+            .and_then(|socket| socket.dup().ok())
+            .map(Arc::new);
         let backend = session.backend().clone();
         backend.set_control(Arc::new(ConnectionControl {
             handle,
-            stream: self.socket.and_then(|socket| socket.dup().ok()),
+            stream: stream.clone(),
             secure: client.is_secure(),
         }));
         client.session_extensions().insert::<Arc<Backend>>(backend);
         client
             .session_extensions()
             .insert::<SessionCell>(AsyncMutex::new(session));
-        if let Some(socket) = self.socket {
+        if self.socket.is_some() {
             client
                 .session_extensions()
                 .insert::<limits::IdleWatch>(limits::IdleWatch::start(
-                    socket,
+                    stream,
                     self.limits.idle_in_transaction_timeout,
                     client.is_secure(),
                 ));
