@@ -298,8 +298,18 @@ async fn pg_stat_activity_shows_sessions_and_pg_cancel_and_terminate_backend_sto
     let pid_of =
         |app: &str| format!("(SELECT pid FROM pg_stat_activity WHERE application_name = '{app}')");
 
-    // Another role may not signal eddy's sessions.
+    // Another role (not a superuser) sees that eddy's sessions exist, not what they run, and
+    // may not signal them.
     let other = connect_as(&server, "bob", "other").await;
+    assert_eq!(
+        query_rows(
+            &other,
+            "SELECT current_setting('is_superuser'), state, query FROM pg_stat_activity \
+             WHERE application_name = 'writer'"
+        )
+        .await,
+        [["off", "NULL", "<insufficient privilege>"]]
+    );
     let denied = other
         .simple_query(&format!(
             "SELECT pg_cancel_backend({})",

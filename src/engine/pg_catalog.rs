@@ -1545,7 +1545,27 @@ impl PgCatalog {
                 let null_time = ScalarValue::TimestampMicrosecond(None, Some("+00:00".into()));
                 let time_or_null =
                     |t: Option<std::time::SystemTime>| t.map_or(null_time.clone(), time);
+                // As in PostgreSQL, what another role's session is doing is for superusers.
+                let reader = self.settings.lock().get("session_authorization").cloned();
+                let superuser = reader
+                    .as_deref()
+                    .and_then(|r| self.engine.catalog().role(r))
+                    .is_some_and(|r| r.superuser);
                 for backend in self.engine.backends().list() {
+                    if !superuser && reader.as_deref() != Some(backend.user.as_str()) {
+                        t.row(&[
+                            ("datid", i(DATABASE_OID)),
+                            ("datname", s(DATABASE)),
+                            ("pid", ScalarValue::Int32(Some(backend.pid))),
+                            ("usesysid", i(role_oid(&backend.user))),
+                            ("usename", s(&backend.user)),
+                            ("application_name", s(&backend.application_name())),
+                            ("backend_start", time(backend.started)),
+                            ("query", s("<insufficient privilege>")),
+                            ("backend_type", s("client backend")),
+                        ]);
+                        continue;
+                    }
                     let a = backend.activity();
                     let idle = a.state != "active";
                     t.row(&[

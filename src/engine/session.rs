@@ -157,6 +157,7 @@ pub(super) const READ_ONLY_SETTINGS: &[&str] = &[
     "integer_datetimes",
     "max_identifier_length",
     "is_superuser",
+    "session_authorization",
 ];
 
 /// The startup parameter under which the server passes the client's address to
@@ -203,17 +204,23 @@ impl Session {
         backend_pid: i32,
     ) -> Result<Session> {
         let read = Arc::new(ReadState::default());
-        let mut initial = default_settings();
-        if let Some(app) = startup.get("application_name") {
-            initial.insert("application_name".into(), app.clone());
-        }
-        let initial_settings = initial.clone();
-        let settings = Arc::new(parking_lot::Mutex::new(initial));
-        let ctx = provider::session_context(engine.clone(), read.clone(), settings.clone())?;
         let user = startup
             .get("user")
             .cloned()
             .unwrap_or_else(|| "eddy".into());
+        let mut initial = default_settings();
+        if let Some(app) = startup.get("application_name") {
+            initial.insert("application_name".into(), app.clone());
+        }
+        let superuser = engine.catalog().role(&user).is_some_and(|r| r.superuser);
+        initial.insert("session_authorization".into(), user.clone());
+        initial.insert(
+            "is_superuser".into(),
+            if superuser { "on" } else { "off" }.into(),
+        );
+        let initial_settings = initial.clone();
+        let settings = Arc::new(parking_lot::Mutex::new(initial));
+        let ctx = provider::session_context(engine.clone(), read.clone(), settings.clone())?;
         super::pg_functions::register_session_functions(&ctx, &engine, &user, backend_pid);
         if let Some(clock) = engine.manual_clock() {
             ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
