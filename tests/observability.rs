@@ -2,6 +2,7 @@
 //! `eddy_catalog.dataflow_operators` count the rows each operator received and emitted and
 //! the state it holds.
 
+use futures::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -377,5 +378,22 @@ async fn pg_stat_activity_shows_sessions_and_pg_cancel_and_terminate_backend_sto
         )
         .await,
         [["f", "f"]]
+    );
+
+    // COPY FROM STDIN is active while its data streams in, idle once it is committed.
+    let sink = subscriber.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"3\n4\n"))
+        .await
+        .unwrap();
+    let loader = "SELECT state, query FROM pg_stat_activity WHERE application_name = 'subscriber'";
+    assert_eq!(
+        query_rows(&admin, loader).await,
+        [["active", "COPY t FROM STDIN"]]
+    );
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    assert_eq!(
+        query_rows(&admin, loader).await,
+        [["idle", "COPY t FROM STDIN"]]
     );
 }

@@ -525,6 +525,20 @@ impl Active {
     }
 }
 
+impl Active {
+    /// A statement that answered with CopyInResponse is still running while the client sends
+    /// its data: the session stays active until CopyDone or CopyFail ([`copy_finished`]).
+    fn keep_through_copy_in<C: ClientInfo>(mut self, client: &C) {
+        let copying = client
+            .session_extensions()
+            .get::<CopyCell>()
+            .is_some_and(|copy| copy.lock().is_some());
+        if copying {
+            self.backend = None;
+        }
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         if let Some(backend) = &self.backend {
@@ -534,6 +548,13 @@ impl Drop for Active {
                 .map_or("idle", |session| session.backend_state());
             backend.finish(state);
         }
+    }
+}
+
+/// The COPY FROM STDIN that [`Active::keep_through_copy_in`] left active has ended.
+fn copy_finished<C: ClientInfo>(client: &C, session: &Session) {
+    if let Some(backend) = client.session_extensions().get::<Arc<Backend>>() {
+        backend.finish(session.backend_state());
     }
 }
 
@@ -859,7 +880,7 @@ impl SimpleQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let cell = session_of(client)?;
-        let _active = Active::start(client, &cell, query);
+        let active = Active::start(client, &cell, query);
         let idle = client.session_extensions().get::<limits::IdleWatch>();
         if let Some(idle) = &idle {
             idle.busy();
@@ -872,6 +893,7 @@ impl SimpleQueryHandler for Handlers {
         if let Some(idle) = idle {
             idle.arm_after(&mut responses, &*cell.lock().await);
         }
+        active.keep_through_copy_in(client);
         Ok(responses)
     }
 }
@@ -1072,7 +1094,7 @@ impl ExtendedQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let cell = session_of(client)?;
-        let _active = Active::start(client, &cell, &portal.statement.statement.parsed.text);
+        let active = Active::start(client, &cell, &portal.statement.statement.parsed.text);
         let idle = client.session_extensions().get::<limits::IdleWatch>();
         if let Some(idle) = &idle {
             idle.busy();
@@ -1081,6 +1103,7 @@ impl ExtendedQueryHandler for Handlers {
         if let (Some(idle), Ok(response)) = (idle, &mut response) {
             idle.arm_after(std::slice::from_mut(response), &*cell.lock().await);
         }
+        active.keep_through_copy_in(client);
         response
     }
 }
@@ -1231,9 +1254,11 @@ impl CopyHandler for Handlers {
         Self::copy_chunk(&session, &mut state);
         if let Some(e) = state.error {
             session.fail_transaction();
+            copy_finished(client, &session);
             return Err(user_error(e));
         }
         let n = session.copy_commit(&state.copy, state.batches).await;
+        copy_finished(client, &session);
         let notices = session.take_notices();
         drop(session);
         for message in notices {
@@ -1258,7 +1283,9 @@ impl CopyHandler for Handlers {
             c.lock().take();
         }
         if let Ok(cell) = session_of(client) {
-            cell.lock().await.fail_transaction();
+            let mut session = cell.lock().await;
+            session.fail_transaction();
+            copy_finished(client, &session);
         }
         user_error(Error::new(
             sqlstate::QUERY_CANCELED,
