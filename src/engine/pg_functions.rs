@@ -387,9 +387,32 @@ impl ScalarUDFImpl for PgFunction {
             PgFn::RelationSize => {
                 let rels = pg_catalog::relations(engine);
                 let index = self.name == "pg_indexes_size";
+                // PostgreSQL casts a name to regclass: `pg_table_size('users')`.
+                let oids = match arrays.first() {
+                    Some(a) if matches!(a.data_type(), DataType::Utf8 | DataType::Utf8View) => {
+                        let mut oids = Vec::with_capacity(n);
+                        for name in text_arg(0)? {
+                            oids.push(match name {
+                                Some(name) => Some(
+                                    name.parse()
+                                        .ok()
+                                        .or_else(|| pg_catalog::regclass(engine, &name))
+                                        .ok_or_else(|| {
+                                            external(crate::err!(
+                                                sqlstate::UNDEFINED_TABLE,
+                                                "relation \"{name}\" does not exist"
+                                            ))
+                                        })?,
+                                ),
+                                None => None,
+                            });
+                        }
+                        oids
+                    }
+                    _ => int_arg(0)?,
+                };
                 ints(
-                    int_arg(0)?
-                        .into_iter()
+                    oids.into_iter()
                         .map(|o| {
                             let r = rels.iter().find(|r| Some(r.oid) == o)?;
                             Some(if index { 0 } else { r.estimated_bytes() })
