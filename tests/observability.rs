@@ -82,7 +82,8 @@ async fn explain_analyze_and_dataflow_operators_count_each_operators_rows() {
     );
     let operators = query_rows(
         &client,
-        "SELECT operator, rows_in, rows_out, state_rows FROM eddy_catalog.dataflow_operators \
+        "SELECT operator, rows_in, rows_out, state_rows, state_bytes > 0 \
+         FROM eddy_catalog.dataflow_operators \
          WHERE view_name = 'top' ORDER BY operator_id",
     )
     .await;
@@ -98,7 +99,9 @@ async fn explain_analyze_and_dataflow_operators_count_each_operators_rows() {
     assert_eq!(filter[1..3], ["100", "90"], "{filter:?}");
     let aggregate = find("HashAggregate");
     assert_eq!(aggregate[1..4], ["90", "4", "4"], "{aggregate:?}");
-    assert_eq!(find("Materialize: top")[1..3], ["4", "4"]);
+    assert_eq!(aggregate[4], "t", "{aggregate:?}");
+    // The view's rows are the sink's state.
+    assert_eq!(find("Materialize: top")[1..5], ["4", "4", "4", "t"]);
 
     let plan: Vec<String> = query_rows(&client, "EXPLAIN ANALYZE MATERIALIZED VIEW top")
         .await

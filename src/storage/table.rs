@@ -74,6 +74,11 @@ impl Chunk {
     fn is_live(&self, row: usize) -> bool {
         self.deleted.is_empty() || self.deleted[row] == Lsn::MAX
     }
+
+    /// The memory it holds: its arrays and deletion marks.
+    fn bytes(&self) -> usize {
+        self.batch.get_array_memory_size() + self.deleted.capacity() * size_of::<Lsn>()
+    }
 }
 
 /// Which rows a read sees.
@@ -144,6 +149,8 @@ pub struct TableStore {
     index: Option<KeyIndex>,
     random_state: RandomState,
     live_rows: usize,
+    /// The sum of the chunks' [`Chunk::bytes`].
+    chunk_bytes: usize,
     /// The LSN of the last commit that deleted rows: the index holds live rows only, so a
     /// lookup below it could miss a row deleted since.
     last_delete: Lsn,
@@ -231,6 +238,7 @@ impl TableStore {
             },
             random_state: RandomState::with_seed(0),
             live_rows: 0,
+            chunk_bytes: 0,
             last_delete: Lsn::ZERO,
         }
     }
@@ -269,6 +277,16 @@ impl TableStore {
         self.live_rows
     }
 
+    /// Approximate bytes held in memory: the rows' arrays (deleted rows included until their
+    /// chunk is merged or freed), the key index and the tombstones.
+    pub fn bytes_in_memory(&self) -> usize {
+        // A key: its hash, its list of rows and that list's first allocation (4 refs).
+        let per_key = size_of::<u64>() + size_of::<Vec<RowRef>>() + 4 * size_of::<RowRef>();
+        let index = self.index.as_ref().map_or(0, |i| i.capacity() * per_key);
+        let tombstones = self.tombstones.capacity() * (size_of::<Vec<u8>>() + size_of::<Lsn>());
+        self.chunk_bytes + index + tombstones
+    }
+
     /// Whether the base row with stored key `key` is deleted as of `snapshot`.
     fn tombstoned(&self, key: &[u8], snapshot: Snapshot) -> bool {
         self.tombstones.get(key).is_some_and(|lsn| match snapshot {
@@ -297,6 +315,7 @@ impl TableStore {
             let Some(chunk) = self.chunks[slot].take_if(|c| c.inserted <= lsn) else {
                 continue;
             };
+            self.chunk_bytes -= chunk.bytes();
             self.free_slots.push(slot as u32);
             live += chunk.live;
             let later: Vec<u32> = (0..chunk.deleted.len())
@@ -824,6 +843,7 @@ impl TableStore {
                 .ok_or_else(|| crate::internal!("delete in a freed chunk"))?;
             if chunk.deleted.is_empty() {
                 chunk.deleted = vec![Lsn::MAX; chunk.batch.num_rows()];
+                self.chunk_bytes += chunk.deleted.capacity() * size_of::<Lsn>();
             }
             chunk.deleted[at.row as usize] = lsn;
             chunk.live -= 1;
@@ -907,8 +927,9 @@ impl TableStore {
                 .collect();
             self.unindex(slot as u32, &live)?;
             self.live_rows -= live.len();
-            self.chunks[slot] = None;
-            self.free_slots.push(slot as u32);
+            if let Some(chunk) = self.chunks[slot].take() {
+                self.free_slot(slot as u32, &chunk);
+            }
         }
         for slot in 0..self.chunks.len() {
             let Some(chunk) = self.chunks[slot].as_mut() else {
@@ -968,7 +989,14 @@ impl TableStore {
         Ok(())
     }
 
+    /// Slot `slot`, which held `chunk`, is free.
+    fn free_slot(&mut self, slot: u32, chunk: &Chunk) {
+        self.chunk_bytes -= chunk.bytes();
+        self.free_slots.push(slot);
+    }
+
     fn alloc_slot(&mut self, chunk: Chunk) -> u32 {
+        self.chunk_bytes += chunk.bytes();
         match self.free_slots.pop() {
             Some(slot) => {
                 self.chunks[slot as usize] = Some(chunk);
@@ -1013,7 +1041,7 @@ impl TableStore {
             let Some(chunk) = self.chunks[*slot as usize].take() else {
                 continue;
             };
-            self.free_slots.push(*slot);
+            self.free_slot(*slot, &chunk);
             inserted = inserted.max(chunk.inserted);
             for row in 0..chunk.batch.num_rows() {
                 if chunk.is_live(row) {
@@ -1351,6 +1379,24 @@ mod tests {
         assert_eq!(err.sqlstate, sqlstate::UNIQUE_VIOLATION);
         apply(&mut s, rows(&sc, &[5], &["v"], &[-1]), 501).unwrap();
         assert_eq!(s.live_rows(), 199);
+    }
+
+    #[test]
+    fn bytes_in_memory_follow_the_chunks_held() {
+        let mut s = store(&def(false));
+        let sc = s.schema().clone();
+        assert_eq!(s.bytes_in_memory(), 0);
+        // Single-row commits, merged along the way: the count follows each chunk in and out.
+        for i in 0..200 {
+            apply(&mut s, rows(&sc, &[i], &["v"], &[1]), i as u64 + 1).unwrap();
+        }
+        let held = |s: &TableStore| -> usize { s.chunks.iter().flatten().map(Chunk::bytes).sum() };
+        assert_eq!(s.chunk_bytes, held(&s));
+        apply(&mut s, rows(&sc, &[7], &["v"], &[-1]), 201).unwrap();
+        assert_eq!(s.chunk_bytes, held(&s));
+        assert!(s.bytes_in_memory() >= s.chunk_bytes && s.chunk_bytes > 0);
+        s.rollback_after(Lsn::ZERO).unwrap();
+        assert_eq!(s.chunk_bytes, 0);
     }
 
     #[test]

@@ -103,6 +103,10 @@ impl Operator for Materialize {
         self.store.read().live_rows()
     }
 
+    fn state_bytes(&self) -> usize {
+        self.store.read().bytes_in_memory()
+    }
+
     fn checkpoint(&mut self, full: bool, sink: &mut dyn StateSink) -> Result<()> {
         let changes = if full {
             self.unsaved.clear();
