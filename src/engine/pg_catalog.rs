@@ -1183,8 +1183,8 @@ pub fn schema(engine: Arc<Engine>, settings: Settings) -> Arc<dyn SchemaProvider
     Arc::new(PgCatalog { engine, settings })
 }
 
-/// What each setting is, for `pg_settings.short_desc`.
-fn setting_description(name: &str) -> &'static str {
+/// What each setting is, for `pg_settings.short_desc` and `SHOW ALL`.
+pub(super) fn setting_description(name: &str) -> &'static str {
     match name {
         "application_name" => "Sets the application name to be reported in statistics and logs.",
         "backfill_progress_interval" => {
@@ -1193,13 +1193,29 @@ fn setting_description(name: &str) -> &'static str {
         "client_encoding" => "Sets the client's character set encoding.",
         "client_min_messages" => "Sets the message levels that are sent to the client.",
         "datestyle" => "Sets the display format for date and time values.",
+        "default_transaction_isolation" => {
+            "Sets the transaction isolation level of each new transaction."
+        }
+        "default_transaction_read_only" => "Sets the default read-only status of new transactions.",
         "extra_float_digits" => "Sets the number of digits displayed for floating-point values.",
+        "idle_in_transaction_session_timeout" => {
+            "Sets the maximum allowed idle time between queries, when in a transaction."
+        }
+        "integer_datetimes" => "Shows whether datetimes are integer based.",
+        "intervalstyle" => "Sets the display format for interval values.",
+        "is_superuser" => "Shows whether the current user is a superuser.",
+        "lc_messages" => "Sets the language in which messages are displayed.",
+        "max_identifier_length" => "Shows the maximum identifier length.",
         "search_path" => "Sets the schema search order for names that are not schema-qualified.",
+        "server_encoding" => "Shows the server (database) encoding.",
         "server_version" => "Shows the server version.",
         "server_version_num" => "Shows the server version as an integer.",
+        "session_authorization" => "Sets the session user name.",
+        "standard_conforming_strings" => "Causes '...' strings to treat backslashes literally.",
         "statement_timeout" => "Sets the maximum allowed duration of any statement.",
         "timezone" => "Sets the time zone for displaying and interpreting time stamps.",
         "transaction_isolation" => "Sets the current transaction's isolation level.",
+        "transaction_read_only" => "Sets the current transaction's read-only status.",
         _ => "",
     }
 }

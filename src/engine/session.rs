@@ -387,7 +387,11 @@ impl Session {
             }
             Statement::ShowVariable { variable } => {
                 let name = show_name(variable);
-                (vec![], Some(single_text_schema(&name)))
+                if name == "all" {
+                    (vec![], Some(show_all_schema()))
+                } else {
+                    (vec![], Some(single_text_schema(&name)))
+                }
             }
             Statement::ShowTables { .. } => (vec![], Some(single_text_schema("name"))),
             Statement::ShowCreate { .. } => (vec![], Some(show_create_schema())),
@@ -1346,18 +1350,20 @@ impl Session {
     fn show(&self, variable: &[ast::Ident]) -> Result<Output> {
         let name = show_name(variable);
         if name == "all" {
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("name", DataType::Utf8, false),
-                Field::new("setting", DataType::Utf8, false),
-            ]));
+            let schema = show_all_schema();
             let settings = self.settings.lock();
             let names: Vec<&str> = settings.keys().map(|s| s.as_str()).collect();
             let values: Vec<&str> = settings.values().map(|s| s.as_str()).collect();
+            let descriptions: Vec<&str> = names
+                .iter()
+                .map(|n| super::pg_catalog::setting_description(n))
+                .collect();
             return Ok(rows_output(
                 schema,
                 vec![
                     Arc::new(StringArray::from(names)),
                     Arc::new(StringArray::from(values)),
+                    Arc::new(StringArray::from(descriptions)),
                 ],
                 "SHOW",
             ));
@@ -1573,6 +1579,15 @@ fn writes(stmt: &Statement) -> Option<&'static str> {
 
 pub(super) fn ddl_in_transaction(what: &str) -> Error {
     unsupported!("{what} inside a transaction block")
+}
+
+/// `SHOW ALL`'s columns, as in PostgreSQL.
+fn show_all_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("setting", DataType::Utf8, false),
+        Field::new("description", DataType::Utf8, false),
+    ]))
 }
 
 pub(super) fn single_text_schema(name: &str) -> SchemaRef {
