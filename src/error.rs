@@ -46,6 +46,7 @@ pub mod sqlstate {
     pub const DISK_FULL: &str = "53100";
     pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     pub const INVALID_CURSOR_NAME: &str = "34000";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     pub const DUPLICATE_CURSOR: &str = "42P03";
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const QUERY_CANCELED: &str = "57014";

@@ -252,6 +252,34 @@ async fn extended_protocol_with_binary_types() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), "22001");
+
+    // SHOW's column is described as it is sent: the setting's name.
+    client
+        .batch_execute("SET myapp.mode = 'fast'")
+        .await
+        .unwrap();
+    for (show, column, value) in [
+        ("SHOW TIME ZONE", "timezone", "UTC"),
+        (
+            "SHOW TRANSACTION ISOLATION LEVEL",
+            "transaction_isolation",
+            "read committed",
+        ),
+        ("SHOW myapp.mode", "myapp.mode", "fast"),
+    ] {
+        let statement = client.prepare(show).await.unwrap();
+        assert_eq!(statement.columns()[0].name(), column, "{show}");
+        let row = client.query_one(&statement, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), value, "{show}");
+        let simple = client.simple_query(show).await.unwrap();
+        let Some(row) = simple.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        }) else {
+            panic!("{show}: no row");
+        };
+        assert_eq!(row.columns()[0].name(), column, "{show}");
+    }
     server.shutdown().await;
 }
 

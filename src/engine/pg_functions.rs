@@ -70,6 +70,9 @@ enum PgFn {
     StatCounter,
     /// `pg_database_size(oid | name)`: the relations' estimated sizes added up.
     DatabaseSize,
+    /// `pg_advisory_unlock_all()`: Eddy has no advisory locks, so none is held to release
+    /// (connection pools call it on release); void, sent as an empty string.
+    Void,
     /// `information_schema._pg_expandarray(a)` as an array of (x, n) records, unnested by the
     /// rewrite in `sql` (`int2vector` text such as pg_index.indkey "1 2" is read as an array).
     ExpandArray,
@@ -139,6 +142,7 @@ const FUNCTIONS: &[(PgFn, &str)] = &[
     (PgFn::VectorElement, VECTOR_ELEMENT),
     (PgFn::StatCounter, "pg_stat_get_numscans"),
     (PgFn::DatabaseSize, "pg_database_size"),
+    (PgFn::Void, "pg_advisory_unlock_all"),
     (PgFn::ExpandArray, "eddy_expandarray"),
 ];
 
@@ -341,6 +345,7 @@ impl ScalarUDFImpl for PgFunction {
                 ColumnarValue::Array(Arc::new(BooleanArray::from(vec![false; n])))
             }
             PgFn::EncodingToChar => text(vec![Some("UTF8".into()); n]),
+            PgFn::Void => text(vec![Some(String::new()); n]),
             PgFn::Null => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
             PgFn::TablespaceLocation => text(vec![Some(String::new()); n]),
             PgFn::CurrentSchema => ColumnarValue::Scalar(ScalarValue::Utf8(Some("public".into()))),
@@ -977,6 +982,7 @@ pub fn register(ctx: &SessionContext, engine: Arc<Engine>, settings: Settings) {
                 Signature::nullary(Volatility::Stable)
             }
             PgFn::SetConfig => Signature::variadic_any(Volatility::Volatile),
+            PgFn::Void => Signature::nullary(Volatility::Volatile),
             PgFn::VectorElement => Signature::variadic_any(Volatility::Immutable),
             _ => Signature::variadic_any(Volatility::Stable),
         };

@@ -50,6 +50,9 @@ pub enum Output {
     /// A warning (PostgreSQL sends these as NOTICE/WARNING) plus a command tag; each line of
     /// `message` is a notice of its own (`DROP TABLE IF EXISTS a, b` skipping both).
     Warning { tag: &'static str, message: String },
+    /// `DEALLOCATE name` (`None`: `DEALLOCATE ALL`): the server drops the extended protocol's
+    /// prepared statements, which it keeps.
+    Deallocate { name: Option<String> },
     /// SUBSCRIBE: the server streams the subscription until it ends — as DataRows, or as COPY
     /// data in `copy`'s format for `COPY (SUBSCRIBE …) TO STDOUT`.
     Subscribe {
@@ -630,6 +633,9 @@ impl Session {
                 let tag = self.commit_transaction().await?;
                 Ok(Output::TransactionEnd { tag })
             }
+            Statement::Rollback {
+                savepoint: Some(_), ..
+            } => Err(unsupported!("savepoints (ROLLBACK TO SAVEPOINT)")),
             Statement::Rollback { .. } => {
                 self.cursors.clear();
                 let Some(tx) = self.tx.take() else {
@@ -767,6 +773,16 @@ impl Session {
                     rows: None,
                 })
             }
+            Statement::Deallocate { name, .. } => Ok(Output::Deallocate {
+                name: (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
+                    .then(|| name.value.clone()),
+            }),
+            // No session can LISTEN (0A000), so there is never a channel to stop listening to:
+            // poolers send `UNLISTEN *` when they reset a connection.
+            Statement::UNLISTEN { .. } => Ok(Output::Command {
+                tag: "UNLISTEN",
+                rows: None,
+            }),
             other => Err(unsupported!("statement {}", statement_kind(other))),
         }
     }
@@ -1069,6 +1085,14 @@ impl Session {
             sql::temporal::ClockStep::To(t) => t,
             sql::temporal::ClockStep::By(d) => self.engine.clock_now().saturating_add(d),
         };
+        // The clock never goes back: a time past what timestamps can show would stop it there.
+        const LAST_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31 23:59:59.999999 UTC
+        if to > LAST_MICROS {
+            return Err(crate::err!(
+                sqlstate::DATETIME_FIELD_OVERFLOW,
+                "ADVANCE CLOCK would pass 9999-12-31: timestamp out of range"
+            ));
+        }
         self.engine.advance_clock(to).await?;
         Ok(Output::Command {
             tag: "ADVANCE CLOCK",
@@ -1368,29 +1392,14 @@ impl Session {
                 "SHOW",
             ));
         }
-        let dotted = variable
-            .iter()
-            .map(|i| i.value.to_lowercase())
-            .collect::<Vec<_>>()
-            .join(".");
         let settings = self.settings.lock();
-        let name = if settings.contains_key(&dotted) {
-            dotted
-        } else {
-            name
-        };
-        let key = match name.as_str() {
-            "transaction isolation level" => "transaction_isolation".to_string(),
-            "time zone" => "timezone".to_string(),
-            _ => name.clone(),
-        };
-        let value = settings.get(&key).ok_or_else(|| {
+        let value = settings.get(&name).ok_or_else(|| {
             crate::err!(
                 sqlstate::UNDEFINED_OBJECT,
                 "unrecognized configuration parameter \"{name}\""
             )
         })?;
-        let schema = single_text_schema(&key);
+        let schema = single_text_schema(&name);
         Ok(rows_output(
             schema,
             vec![Arc::new(StringArray::from(vec![value.clone()]))],
@@ -1497,12 +1506,15 @@ fn setting_value(e: &ast::Expr) -> String {
     }
 }
 
+/// The setting a SHOW names (its result column too): `SHOW TIME ZONE` is `timezone`,
+/// `SHOW myapp.x` is `myapp.x`.
 fn show_name(variable: &[ast::Ident]) -> String {
-    variable
-        .iter()
-        .map(|i| i.value.to_lowercase())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+    match words.join(" ").as_str() {
+        "transaction isolation level" => "transaction_isolation".into(),
+        "time zone" => "timezone".into(),
+        _ => words.join("."),
+    }
 }
 
 /// Parses a PostgreSQL duration setting (`5000`, `5s`, `100ms`, `1min`) into milliseconds.
@@ -1518,7 +1530,8 @@ fn parse_duration_ms(v: &str) -> Option<u64> {
         "h" => 3_600_000,
         _ => return None,
     };
-    Some(n * factor)
+    // PostgreSQL's limit for a duration setting: an int of milliseconds.
+    n.checked_mul(factor).filter(|ms| *ms <= i32::MAX as u64)
 }
 
 /// A SHOW's `LIKE 'pattern'` / `ILIKE` (pattern, case-insensitive), or none; other filters

@@ -630,11 +630,26 @@ impl Handlers {
         describe: bool,
     ) -> PgWireResult<Response>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         Ok(match output {
+            // Statements the extended protocol parsed are kept by pgwire, and replaced when a
+            // name is parsed again; DEALLOCATE ALL cannot list them, so it leaves them (psycopg
+            // sends it after a DROP or ROLLBACK, and parses again before it uses a name).
+            Output::Deallocate { name: None } => Response::Execution(Tag::new("DEALLOCATE ALL")),
+            Output::Deallocate { name: Some(name) } => {
+                if client.portal_store().get_statement(&name).is_none() {
+                    return Err(user_error(Error::new(
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
+                        format!("prepared statement \"{name}\" does not exist"),
+                    )));
+                }
+                client.portal_store().rm_statement(&name);
+                Response::Execution(Tag::new("DEALLOCATE"))
+            }
             Output::Rows {
                 schema,
                 stream,
@@ -1145,14 +1160,39 @@ impl Handlers {
         };
         let output = execute_live(client, &cell, &prepared.parsed, &params).await?;
         send_notices(client, &cell).await?;
-        self.respond(
-            client,
-            output.map_err(user_error)?,
-            &portal.result_column_format,
-            false,
-        )
-        .await
+        let output = match output {
+            Ok(output) => same_result_type(prepared, output),
+            Err(e) => Err(user_error(e)),
+        };
+        if output.is_err() {
+            cell.lock().await.fail_transaction();
+        }
+        self.respond(client, output?, &portal.result_column_format, false)
+            .await
     }
+}
+
+/// Rows whose columns are not those Parse described (the table, view or cursor was recreated
+/// with other columns since): the client would decode them wrongly, so this is the error
+/// PostgreSQL gives, naming PostgreSQL's routine as asyncpg expects to prepare again.
+fn same_result_type(prepared: &Prepared, output: Output) -> PgWireResult<Output> {
+    if let (Some(described), Output::Rows { schema, .. }) = (&prepared.schema, &output) {
+        let types = |s: &SchemaRef| -> Vec<Type> {
+            s.fields()
+                .iter()
+                .map(|f| encode::pg_type(f.data_type()))
+                .collect()
+        };
+        if types(described) != types(schema) {
+            let mut info = error_info(Error::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "cached plan must not change result type",
+            ));
+            info.routine = Some("RevalidateCachedQuery".into());
+            return Err(PgWireError::UserError(Box::new(info)));
+        }
+    }
+    Ok(output)
 }
 
 /// Decodes a portal's parameters with the client's declared types, or the inferred ones.

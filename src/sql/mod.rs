@@ -164,6 +164,21 @@ fn rewrite_catalog_idioms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
                 continue;
             }
         }
+        // CURRENT_ROLE (a reserved word, like CURRENT_USER) → current_role()
+        if word_eq(t, "current_role")
+            && out
+                .iter()
+                .rev()
+                .find(|t| sig(t))
+                .is_none_or(|t| t.token != Token::Period)
+            && next(i + 1).is_none_or(|j| toks[j].token != Token::LParen)
+        {
+            out.extend(
+                [toks[i].token.clone(), Token::LParen, Token::RParen].map(TokenWithSpan::wrap),
+            );
+            i += 1;
+            continue;
+        }
         // pg_catalog . name  (function calls and type names) → name
         if word_eq(t, "pg_catalog")
             && let Some(dot) = next(i + 1).filter(|j| toks[*j].token == Token::Period)

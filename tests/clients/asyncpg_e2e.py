@@ -108,6 +108,30 @@ async def main():
     )
     check(tuple(await conn.fetchrow("SELECT n, total FROM totals")), (3, 8), "the view")
 
+    # asyncpg caches prepared statements: once the table has other columns, the server's
+    # "cached plan must not change result type" makes it prepare again.
+    await conn.execute("CREATE TABLE reshaped (a int)")
+    await conn.execute("INSERT INTO reshaped VALUES (1)")
+    check([tuple(r) for r in await conn.fetch("SELECT * FROM reshaped")], [(1,)], "SELECT *")
+    await conn.execute("DROP TABLE reshaped")
+    await conn.execute("CREATE TABLE reshaped (a text, b float8)")
+    await conn.execute("INSERT INTO reshaped VALUES ('x', 1.5)")
+    check(
+        [tuple(r) for r in await conn.fetch("SELECT * FROM reshaped")],
+        [("x", 1.5)],
+        "the cached SELECT * once its table has other columns",
+    )
+
+    # A pool resets each connection given back to it (pg_advisory_unlock_all(), CLOSE ALL,
+    # UNLISTEN *, RESET ALL) before handing it out again.
+    pool = await asyncpg.create_pool(
+        host="127.0.0.1", port=PORT, user="eddy", database="eddy", min_size=1, max_size=1
+    )
+    for _ in range(3):
+        async with pool.acquire() as pooled:
+            check(await pooled.fetchval("SELECT count(*) FROM every_type"), 3, "a pooled query")
+    await pool.close()
+
     sub = await asyncpg.connect(host="127.0.0.1", port=PORT, user="eddy", database="eddy")
     async with sub.transaction():
         await sub.execute("DECLARE c CURSOR FOR SUBSCRIBE totals")

@@ -125,6 +125,36 @@ def main():
         "COPY TO then COPY FROM gives the same rows",
     )
 
+    # psycopg prepares a query it ran 5 times (prepare_threshold) and from then on sends
+    # DEALLOCATE ALL after a ROLLBACK or DROP. A table another session changed under a
+    # prepared statement: the server refuses with PostgreSQL's 0A000 rather than send rows
+    # of other types.
+    pooled = psycopg.connect(DSN)
+    conn.execute("CREATE TABLE reshaped (a int)")
+    conn.execute("INSERT INTO reshaped VALUES (1)")
+    for _ in range(6):
+        check(pooled.execute("SELECT * FROM reshaped").fetchall(), [(1,)], "a prepared SELECT *")
+    conn.execute("DROP TABLE reshaped")
+    conn.execute("CREATE TABLE reshaped (a text, b float8)")
+    conn.execute("INSERT INTO reshaped VALUES ('x', 1.5)")
+    try:
+        pooled.execute("SELECT * FROM reshaped")
+        sys.exit("psycopg: a prepared SELECT * ran after its table changed columns")
+    except psycopg.errors.FeatureNotSupported as e:
+        check(str(e), "cached plan must not change result type", "the stale statement's error")
+    # After a ROLLBACK (or a DROP) psycopg sends DEALLOCATE ALL and prepares again.
+    pooled.rollback()
+    check(pooled.execute("SELECT * FROM reshaped").fetchall(), [("x", 1.5)], "SELECT * again")
+    pooled.rollback()
+    pooled.autocommit = True
+    for _ in range(6):
+        pooled.execute("SELECT * FROM reshaped").fetchall()
+    pooled.execute("DROP TABLE reshaped")
+    pooled.execute("CREATE TABLE reshaped (a bigint)")
+    pooled.execute("INSERT INTO reshaped VALUES (7)")
+    check(pooled.execute("SELECT * FROM reshaped").fetchall(), [(7,)], "SELECT * prepared again")
+    pooled.close()
+
     sub = psycopg.connect(DSN)
     with sub.transaction():
         sub.execute("DECLARE c CURSOR FOR SUBSCRIBE totals")
