@@ -307,6 +307,33 @@ async fn transactions_over_the_extended_protocol() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(client.query("SELECT * FROM a", &[]).await.unwrap().len(), 1);
+
+    // A cursor's query takes parameters, as in PostgreSQL.
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO a VALUES ($1, $2)", &[&2i32, &"y"])
+        .await
+        .unwrap();
+    let declare = tx
+        .prepare("DECLARE c CURSOR FOR SELECT v FROM a WHERE id >= $1 ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(declare.params(), [tokio_postgres::types::Type::INT4]);
+    tx.execute(&declare, &[&2i32]).await.unwrap();
+    let rows = tx.query("FETCH ALL c", &[]).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>(),
+        ["y"]
+    );
+    tx.rollback().await.unwrap();
+    // Where there is nothing to bind a parameter to: 0A000 at Parse, which drivers report.
+    for sql in [
+        "COPY (SUBSCRIBE (SELECT v FROM a WHERE id > $1)) TO STDOUT",
+        "SET statement_timeout = $1",
+        "CREATE MATERIALIZED VIEW m AS SELECT v FROM a WHERE id > $1",
+    ] {
+        let e = client.prepare(sql).await.unwrap_err();
+        assert_eq!(code(&e), "0A000", "{sql}: {e}");
+    }
     server.shutdown().await;
 }
 

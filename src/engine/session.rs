@@ -360,6 +360,16 @@ impl Session {
             Statement::Copy { .. } | Statement::Declare { .. } if parsed.subscribe.is_some() => {
                 (vec![], None)
             }
+            Statement::Declare { stmts } => {
+                match stmts.first().and_then(|d| d.for_query.as_deref()) {
+                    // The cursor's query takes the parameters.
+                    Some(query) => {
+                        let select = super::subscribe::with_query(&parsed, query);
+                        (param_types_of(&self.plan(&select.stmt).await?)?, None)
+                    }
+                    None => (vec![], None),
+                }
+            }
             Statement::Copy {
                 source: ast::CopySource::Table { table_name, .. },
                 to: false,
@@ -400,6 +410,18 @@ impl Session {
             Statement::ShowCreate { .. } => (vec![], Some(show_create_schema())),
             _ => (vec![], None),
         };
+        // Parameters where Eddy has no value to bind them to: refused at Parse, which drivers
+        // report, rather than at Bind with a count mismatch.
+        if sql::placeholders(&parsed.text) > param_types.len() {
+            return Err(unsupported!(
+                "parameters ($1…) in {}: write the values into the statement",
+                if parsed.subscribe.is_some() {
+                    "SUBSCRIBE".to_string()
+                } else {
+                    statement_kind(&parsed.stmt)
+                }
+            ));
+        }
         Ok(Prepared {
             parsed,
             param_types,
@@ -467,7 +489,7 @@ impl Session {
         }
         match &parsed.stmt {
             Statement::Query(_) => self.run_query_with(parsed, params).await,
-            Statement::Declare { .. } => self.declare(parsed).await,
+            Statement::Declare { .. } => self.declare(parsed, params).await,
             Statement::Fetch { .. } => self.fetch(parsed).await,
             Statement::Close { cursor } => self.close_cursor(cursor),
             Statement::CreateView(cv) => self.create_view(cv, parsed.emit_on_window_close).await,
@@ -837,7 +859,11 @@ impl Session {
         self.run_query_with(parsed, &[]).await
     }
 
-    async fn run_query_with(&mut self, parsed: &Parsed, params: &[ScalarValue]) -> Result<Output> {
+    pub(super) async fn run_query_with(
+        &mut self,
+        parsed: &Parsed,
+        params: &[ScalarValue],
+    ) -> Result<Output> {
         let Statement::Query(query) = &parsed.stmt else {
             return Err(crate::internal!("not a query"));
         };
@@ -885,7 +911,7 @@ impl Session {
         options: &sql::Subscribe,
     ) -> Result<Output> {
         match &parsed.stmt {
-            Statement::Declare { .. } => self.declare(parsed).await,
+            Statement::Declare { .. } => self.declare(parsed, &[]).await,
             Statement::Copy {
                 to,
                 target,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::TryStreamExt;
@@ -69,7 +70,7 @@ pub(super) fn subscribe_query(stmt: &Statement) -> Result<&ast::Query> {
     }
 }
 
-fn with_query(parsed: &Parsed, query: &ast::Query) -> Parsed {
+pub(super) fn with_query(parsed: &Parsed, query: &ast::Query) -> Parsed {
     Parsed {
         stmt: Statement::Query(Box::new(query.clone())),
         subscribe: None,
@@ -240,7 +241,11 @@ impl Session {
     }
 
     /// `DECLARE c CURSOR FOR SUBSCRIBE … | SELECT …` (inside a transaction block).
-    pub(super) async fn declare(&mut self, parsed: &Parsed) -> Result<Output> {
+    pub(super) async fn declare(
+        &mut self,
+        parsed: &Parsed,
+        params: &[ScalarValue],
+    ) -> Result<Output> {
         let Statement::Declare { stmts } = &parsed.stmt else {
             return Err(crate::internal!("not a DECLARE"));
         };
@@ -282,7 +287,9 @@ impl Session {
             Some(options) => Cursor::Subscribe(Box::new(self.subscribe(query, options).await?)),
             None => {
                 let select = with_query(parsed, query);
-                let Output::Rows { schema, stream, .. } = self.run_query(&select).await? else {
+                let Output::Rows { schema, stream, .. } =
+                    self.run_query_with(&select, params).await?
+                else {
                     return Err(crate::internal!("a query returned no rows"));
                 };
                 let batches: Vec<RecordBatch> = stream.try_collect().await?;

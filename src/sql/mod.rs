@@ -104,6 +104,20 @@ pub fn split(sql: &str) -> Result<Vec<Vec<TokenWithSpan>>> {
     Ok(out)
 }
 
+/// The highest `$n` a statement's text refers to (0: none).
+pub fn placeholders(text: &str) -> usize {
+    Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| match t {
+            Token::Placeholder(p) => p.strip_prefix('$')?.parse().ok(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Parses a whole query string (one or more statements).
 pub fn parse_all(sql: &str) -> Result<Vec<Parsed>> {
     split(sql)?.into_iter().map(parse_tokens).collect()
