@@ -523,9 +523,7 @@ impl Active {
             cell: cell.clone(),
         }
     }
-}
 
-impl Active {
     /// A statement that answered with CopyInResponse is still running while the client sends
     /// its data: the session stays active until CopyDone or CopyFail ([`copy_finished`]).
     fn keep_through_copy_in<C: ClientInfo>(mut self, client: &C) {
