@@ -1568,29 +1568,29 @@ impl PgCatalog {
                     .and_then(|r| self.engine.catalog().role(r))
                     .is_some_and(|r| r.superuser);
                 for backend in self.engine.backends().list() {
-                    if !superuser && reader.as_deref() != Some(backend.user.as_str()) {
-                        t.row(&[
-                            ("datid", i(DATABASE_OID)),
-                            ("datname", s(DATABASE)),
-                            ("pid", ScalarValue::Int32(Some(backend.pid))),
-                            ("usesysid", i(role_oid(&backend.user))),
-                            ("usename", s(&backend.user)),
-                            ("application_name", s(&backend.application_name())),
-                            ("backend_start", time(backend.started)),
-                            ("query", s("<insufficient privilege>")),
-                            ("backend_type", s("client backend")),
-                        ]);
-                        continue;
-                    }
-                    let a = backend.activity();
-                    let idle = a.state != "active";
-                    t.row(&[
+                    let mut row = vec![
                         ("datid", i(DATABASE_OID)),
                         ("datname", s(DATABASE)),
                         ("pid", ScalarValue::Int32(Some(backend.pid))),
                         ("usesysid", i(role_oid(&backend.user))),
                         ("usename", s(&backend.user)),
                         ("application_name", s(&backend.application_name())),
+                        ("backend_start", time(backend.started)),
+                        ("backend_type", s("client backend")),
+                    ];
+                    if !superuser && reader.as_deref() != Some(backend.user.as_str()) {
+                        row.push(("query", s("<insufficient privilege>")));
+                        t.row(&row);
+                        continue;
+                    }
+                    let a = backend.activity();
+                    // Waiting for the client's next message, as PostgreSQL reports it.
+                    let (wait_event_type, wait_event) = if a.state == "active" {
+                        (ScalarValue::Utf8(None), ScalarValue::Utf8(None))
+                    } else {
+                        (s("Client"), s("ClientRead"))
+                    };
+                    row.extend([
                         (
                             "client_addr",
                             backend
@@ -1603,30 +1603,15 @@ impl PgCatalog {
                                 backend.client.map_or(-1, |c| c.port().into()),
                             )),
                         ),
-                        ("backend_start", time(backend.started)),
                         ("xact_start", time_or_null(a.xact_start)),
                         ("query_start", time_or_null(a.query_start)),
                         ("state_change", time(a.state_change)),
-                        (
-                            "wait_event_type",
-                            if idle {
-                                s("Client")
-                            } else {
-                                ScalarValue::Utf8(None)
-                            },
-                        ),
-                        (
-                            "wait_event",
-                            if idle {
-                                s("ClientRead")
-                            } else {
-                                ScalarValue::Utf8(None)
-                            },
-                        ),
+                        ("wait_event_type", wait_event_type),
+                        ("wait_event", wait_event),
                         ("state", s(a.state)),
                         ("query", s(&a.query)),
-                        ("backend_type", s("client backend")),
                     ]);
+                    t.row(&row);
                 }
             }
             "pg_settings" => {
