@@ -106,6 +106,10 @@ pub fn split(sql: &str) -> Result<Vec<Vec<TokenWithSpan>>> {
 
 /// The highest `$n` a statement's text refers to (0: none).
 pub fn placeholders(text: &str) -> usize {
+    // Most statements have none: no second tokenization for them.
+    if !text.contains('$') {
+        return 0;
+    }
     Tokenizer::new(&PostgreSqlDialect {}, text)
         .tokenize()
         .unwrap_or_default()
